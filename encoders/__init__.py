@@ -1,0 +1,1 @@
+"""Image (and later text) encoders: pure TensorFlow/Keras, shared by the batch and serving paths."""

@@ -1,0 +1,319 @@
+"""Keras-applications image encoders: uint8 pixels in, unit-length embeddings out, in one graph.
+
+The model built here takes ``(N, H, W, 3)`` uint8 RGB and does the architecture's own
+preprocessing, the backbone with global average pooling, and the L2 normalisation, so the batch
+pipeline, the query path and a later SavedModel export all run the exact same graph (no second
+implementation of preprocessing to drift).
+
+Importing this module does not import TensorFlow: ``encoders.registry`` reads the architecture
+table below, and only building a ``KerasImageEncoder`` pays for TensorFlow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import logging
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from encoders.base import EncoderSpec, ImageEncoder, check_pixel_batch
+from imgsearch import settings
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+# Part of every version string: bump it when the graph changes in a way that changes vectors
+# (preprocessing, pooling, normalisation) even though the weights did not.
+GRAPH_VERSION = "v1"
+
+# Seed for weights="none": the same random network in every process, so two workers (or a test
+# and the pipeline it checks) built without pretrained weights still agree on every vector.
+RANDOM_INIT_SEED = 0
+
+# Images per model call: bounds peak memory on large batches. The batch dimension of the traced
+# function is unknown (None), so a short last chunk or a single query image does not retrace.
+CHUNK_SIZE = 32
+
+# Smallest input the three Keras backbones accept.
+MIN_IMAGE_SIZE = 32
+
+# Caffe-style means, in BGR order, that keras.applications.resnet50.preprocess_input subtracts.
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasArchitecture:
+    """One backbone from ``keras.applications`` and what its pretrained weights expect."""
+
+    application: str  # constructor name in keras.applications
+    dim: int  # width of the globally pooled features
+    preprocessing: str  # "tf" (scale to [-1, 1]), "raw" (0-255 floats) or "caffe" (BGR - mean)
+    auto_weights_file: str | None  # file name looked up under <assets>/weights for "auto"
+
+
+KERAS_ARCHITECTURES: dict[str, KerasArchitecture] = {
+    "mobilenet_v2": KerasArchitecture(
+        application="MobileNetV2",
+        dim=1280,
+        preprocessing="tf",
+        auto_weights_file="mobilenet_v2_1.0_224_no_top.weights.h5",
+    ),
+    # EfficientNet carries its own Rescaling + Normalization layers and wants raw 0-255 floats.
+    "efficientnet_b0": KerasArchitecture(
+        application="EfficientNetB0", dim=1280, preprocessing="raw", auto_weights_file=None
+    ),
+    "resnet50": KerasArchitecture(
+        application="ResNet50", dim=2048, preprocessing="caffe", auto_weights_file=None
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedWeights:
+    """What ``spec.weights`` means for one architecture, decided before TensorFlow is touched.
+
+    ``keras_weights`` is the value handed to the ``keras.applications`` constructor (a file path,
+    ``"imagenet"`` or None for random init); ``tag`` names the weights inside the version string.
+    """
+
+    keras_weights: str | None
+    tag: str
+
+
+def architecture_for(name: str) -> KerasArchitecture:
+    """The table entry for ``name``, or ValueError listing the known ones."""
+    try:
+        return KERAS_ARCHITECTURES[name]
+    except KeyError:
+        known = ", ".join(sorted(KERAS_ARCHITECTURES))
+        raise ValueError(f"unknown Keras image encoder {name!r}; known: {known}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    # Size and mtime are part of the cache key so a file replaced in place is hashed again.
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_file_sha256(path: Path) -> str:
+    """Hex sha256 of a weights file (cached per path, size and modification time)."""
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _weights_file(path: Path) -> ResolvedWeights:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights file {path} does not exist; pass the path of a Keras .weights.h5 file, "
+            f'"imagenet", "none" or "auto".\n{settings.describe_assets_layout()}'
+        )
+    if not path.name.endswith(".weights.h5"):
+        # Keras 3 only loads weights from files with this suffix; say so before building.
+        raise ValueError(f"weights file {path} must be a Keras '.weights.h5' file")
+    return ResolvedWeights(keras_weights=str(path), tag=weights_file_sha256(path)[:12])
+
+
+def resolve_weights(name: str, weights: str) -> ResolvedWeights:
+    """Turn ``EncoderSpec.weights`` into Keras' ``weights=`` argument and a version tag.
+
+    Raises FileNotFoundError (saying what to provide) when ``"auto"`` finds nothing or a path is
+    missing, ValueError for a name that is not an architecture.
+    """
+    architecture = architecture_for(name)
+    if weights == "imagenet":
+        return ResolvedWeights(keras_weights="imagenet", tag="keras-imagenet")
+    if weights == "none":
+        return ResolvedWeights(keras_weights=None, tag=f"random-seed{RANDOM_INIT_SEED}")
+    if weights != "auto":
+        return _weights_file(Path(weights).expanduser())
+
+    assets = settings.assets_dir()
+    if assets is None:
+        looked = "no assets folder was found"
+    elif architecture.auto_weights_file is None:
+        looked = f"no weights file for it is known in {assets / 'weights'}"
+    else:
+        candidate = assets / "weights" / architecture.auto_weights_file
+        if candidate.is_file():
+            return _weights_file(candidate)
+        looked = f"{candidate} does not exist"
+    raise FileNotFoundError(
+        f'weights="auto" found no weights for {name!r} ({looked}). Pass weights=<path to a '
+        f'Keras .weights.h5 file for {architecture.application} without top>, "imagenet" '
+        f'(downloads, needs internet) or "none" (random, for tests).\n'
+        f"{settings.describe_assets_layout()}"
+    )
+
+
+@contextlib.contextmanager
+def _seeded_initialisation(seed: int) -> Iterator[None]:
+    """Make Keras' unseeded initialisers deterministic without disturbing callers' random streams.
+
+    Keras 3 draws each unseeded initialiser's seed from Python's ``random`` (and its global
+    SeedGenerator), so ``set_random_seed`` makes a random network reproducible across processes.
+    It also reseeds Python and NumPy globally; their states are put back afterwards so a caller's
+    own random sequence is unchanged. (TensorFlow's global seed stays set: nothing here uses it.)
+    """
+    import keras
+
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def build_preprocessing(name: str, image_size: int) -> keras.Model:
+    """uint8 ``(N, S, S, 3)`` RGB -> the float32 input the backbone's weights were trained on."""
+    import keras
+
+    architecture = architecture_for(name)
+    pixels = keras.Input((image_size, image_size, 3), dtype="uint8", name="pixels")
+    x = keras.ops.cast(pixels, "float32")
+    if architecture.preprocessing == "tf":
+        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit_range")(x)
+    elif architecture.preprocessing == "caffe":
+        x = keras.ops.flip(x, axis=-1)  # RGB -> BGR
+        x = keras.layers.Normalization(
+            mean=list(_CAFFE_BGR_MEAN), variance=[1.0, 1.0, 1.0], name="subtract_bgr_mean"
+        )(x)
+    elif architecture.preprocessing != "raw":
+        raise ValueError(f"unknown preprocessing {architecture.preprocessing!r} for {name!r}")
+    return keras.Model(pixels, x, name=f"{name}_preprocessing")
+
+
+def build_embedding_models(
+    name: str, keras_weights: str | None, image_size: int
+) -> tuple[keras.Model, keras.Model]:
+    """The encoder's graphs: uint8 pixels -> unit embeddings, and -> the pooled features.
+
+    Both share every layer and weight; the features model stops before the L2 normalisation
+    (what a classifier head trained on pooled features consumes). ``keras_weights`` is a
+    ``.weights.h5`` path, ``"imagenet"`` or None for a seeded random initialisation.
+    """
+    import keras
+
+    architecture = architecture_for(name)
+    kwargs: dict[str, Any] = {
+        "include_top": False,
+        "weights": keras_weights,
+        "input_shape": (image_size, image_size, 3),
+        "pooling": "avg",
+    }
+    if architecture.application == "MobileNetV2":
+        kwargs["alpha"] = 1.0
+    # The whole assembly is seeded, not just the backbone: layers created while wiring the graph
+    # may draw seeds too.
+    seeding = (
+        _seeded_initialisation(RANDOM_INIT_SEED)
+        if keras_weights is None
+        else contextlib.nullcontext()
+    )
+    with seeding:
+        preprocessing = build_preprocessing(name, image_size)
+        backbone = getattr(keras.applications, architecture.application)(**kwargs)
+        features = backbone(preprocessing.output)
+        embedding = keras.layers.UnitNormalization(axis=-1, name="embedding")(features)
+    if features.shape[-1] != architecture.dim:
+        raise RuntimeError(
+            f"{name} produced {features.shape[-1]}-d features, not {architecture.dim}"
+        )
+    pixels = preprocessing.input
+    return (
+        keras.Model(pixels, embedding, name=f"{name}_embedding"),
+        keras.Model(pixels, features, name=f"{name}_features"),
+    )
+
+
+@functools.cache
+def _log_device_once() -> None:
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    where = ", ".join(device.name for device in gpus) if gpus else "CPU (TensorFlow sees no GPU)"
+    logger.info("image encoders run on %s", where)
+
+
+class KerasImageEncoder(ImageEncoder):
+    """A ``keras.applications`` backbone wrapped as one uint8-in, unit-vector-out Keras model.
+
+    Built from an ``EncoderSpec`` (name in ``KERAS_ARCHITECTURES``, weights, image size). Building
+    loads TensorFlow and the weights, so do it once per process (``load_model`` in Beam, startup
+    in serving) and reuse the object.
+    """
+
+    def __init__(self, spec: EncoderSpec) -> None:
+        import tensorflow as tf
+
+        architecture = architecture_for(spec.name)
+        if spec.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"image_size must be at least {MIN_IMAGE_SIZE} for {spec.name}, "
+                f"got {spec.image_size}"
+            )
+        resolved = resolve_weights(spec.name, spec.weights)
+        _log_device_once()
+
+        self.spec = spec
+        self.name = spec.name
+        self.dim = architecture.dim
+        self.input_size = (spec.image_size, spec.image_size)
+        # The image size is in the version: the same weights at another size give other vectors.
+        self.version = f"{GRAPH_VERSION}-{resolved.tag}-{spec.image_size}"
+
+        self._model, self._feature_model = build_embedding_models(
+            spec.name, resolved.keras_weights, spec.image_size
+        )
+
+        # A None batch dimension traces the graph once for every batch size; calling the model
+        # directly avoids model.predict's per-call dataset and callback machinery.
+        signature = [tf.TensorSpec([None, *self.input_size, 3], tf.uint8, name="pixels")]
+        self._embed = tf.function(
+            lambda batch: self._model(batch, training=False), input_signature=signature
+        )
+        self._features = tf.function(
+            lambda batch: self._feature_model(batch, training=False), input_signature=signature
+        )
+        logger.info("built image encoder %s (%d-d)", self.encoder_id, self.dim)
+
+    @property
+    def model(self) -> keras.Model:
+        """The whole graph, uint8 pixels -> unit embeddings (what a serving export would save)."""
+        return self._model
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """``(N, H, W, 3)`` uint8 at ``input_size`` -> ``(N, dim)`` float32 unit vectors."""
+        return self._run(self._embed, pixels)
+
+    def pooled_features(self, pixels: np.ndarray) -> np.ndarray:
+        """Like ``encode`` but before L2 normalisation: input for a classifier head."""
+        return self._run(self._features, pixels)
+
+    def _run(self, function: Any, pixels: np.ndarray) -> np.ndarray:
+        pixels = check_pixel_batch(pixels, self.input_size)
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        chunks = [
+            function(pixels[start : start + CHUNK_SIZE]).numpy()
+            for start in range(0, len(pixels), CHUNK_SIZE)
+        ]
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def __repr__(self) -> str:
+        return f"KerasImageEncoder({self.encoder_id!r}, input_size={self.input_size})"

@@ -1,0 +1,159 @@
+"""A Beam ``ModelHandler`` that encodes ``DecodedImage`` batches into embedding-table rows.
+
+The handler holds only the ``EncoderSpec`` (small, picklable); the encoder itself is built by
+``load_model`` once per worker process through RunInference's shared handle. Used as::
+
+    handler = ImageEncoderModelHandler(spec)
+    results, failures = images | RunInference(handler).with_exception_handling()
+    # results: a table row (dict) per image, or a DeadLetter for an image whose pixels the
+    #          encoder cannot take (wrong shape or dtype): that image fails alone, its batch
+    #          is still encoded, and it is not lost even without with_exception_handling().
+    # failures.failed_inferences: (batch, error) when the model itself raised; the whole batch
+    #          failed, and encode_dead_letters turns it into one DeadLetter per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler
+
+from encoders.base import EncoderSpec, ImageEncoder
+from encoders.registry import create_image_encoder
+from pipelines.types import STAGE_ENCODE, DeadLetter, DecodedImage, embedding_row
+
+METRICS_NAMESPACE = "imgsearch_encode"
+
+
+def pixels_problem(image: DecodedImage, image_size: int) -> str | None:
+    """Why the encoder cannot take ``image`` (its pixels are not ``(S, S, 3)`` uint8), or None.
+
+    ``run_inference`` checks each image so one bad image becomes one dead letter instead of
+    failing its whole batch.
+    """
+    pixels = image.pixels
+    expected = (image_size, image_size, 3)
+    if not isinstance(pixels, np.ndarray):
+        return f"pixels must be a uint8{expected} array, got {type(pixels).__name__}"
+    if pixels.shape != expected or pixels.dtype != np.uint8:
+        return f"pixels must be uint8{expected} for the encoder, got {pixels.dtype}{pixels.shape}"
+    return None
+
+
+class ImageEncoderModelHandler(
+    ModelHandler[DecodedImage, dict[str, Any] | DeadLetter, ImageEncoder]
+):
+    """``DecodedImage`` -> embedding-table row (``pipelines.types.embedding_row``) or DeadLetter.
+
+    Each batch's usable images are stacked into one ``(N, S, S, 3)`` array and encoded with one
+    ``encode`` call.
+    """
+
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        *,
+        min_batch_size: int = 8,
+        max_batch_size: int = 64,
+        max_batch_duration_secs: int | None = None,
+    ) -> None:
+        if not 1 <= min_batch_size <= max_batch_size:
+            raise ValueError(
+                "need 1 <= min_batch_size <= max_batch_size, "
+                f"got {min_batch_size} and {max_batch_size}"
+            )
+        super().__init__(
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            max_batch_duration_secs=max_batch_duration_secs,
+        )
+        self.spec = spec
+
+    def load_model(self) -> ImageEncoder:
+        """Build the encoder (TensorFlow and weights for Keras encoders): once per worker."""
+        return create_image_encoder(self.spec)
+
+    def run_inference(
+        self,
+        batch: Sequence[DecodedImage],
+        model: ImageEncoder,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[dict[str, Any] | DeadLetter]:
+        """One ``encode`` call for the batch's usable images; results in input order.
+
+        A usable image gives an embedding-table row, an unusable one a ``DeadLetter``. Anything
+        that is not a ``DecodedImage`` raises TypeError, failing the batch: that is a wiring bug,
+        not bad data.
+        """
+        refused: dict[int, DeadLetter] = {}
+        usable: list[DecodedImage] = []
+        for position, image in enumerate(batch):
+            if not isinstance(image, DecodedImage):
+                raise TypeError(f"expected DecodedImage elements, got {type(image).__name__}")
+            problem = pixels_problem(image, self.spec.image_size)
+            if problem is None:
+                usable.append(image)
+            else:
+                ref = image.image.ref
+                refused[position] = DeadLetter(ref.uri, STAGE_ENCODE, problem, ref.image_id)
+        rows: Iterator[dict[str, Any]] = iter(())
+        if usable:
+            vectors = model.encode(np.stack([image.pixels for image in usable]))
+            encoder_id = model.encoder_id
+            rows = (
+                embedding_row(image, vector, encoder_id)
+                for image, vector in zip(usable, vectors, strict=True)
+            )
+        return [
+            refused[position] if position in refused else next(rows)
+            for position in range(len(batch))
+        ]
+
+    def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
+        if inference_args:
+            raise ValueError(
+                f"ImageEncoderModelHandler takes no inference_args, got {sorted(inference_args)}"
+            )
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return dict(self._batching_kwargs)
+
+    def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:
+        # The pixels dominate; pickling the batch just to measure it would copy them all.
+        return sum(
+            int(image.pixels.nbytes)
+            for image in batch
+            if isinstance(image, DecodedImage) and isinstance(image.pixels, np.ndarray)
+        )
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+    def __repr__(self) -> str:
+        return f"ImageEncoderModelHandler({self.spec}, batching={self._batching_kwargs})"
+
+
+def encode_dead_letters(failure: tuple[Any, Any]) -> list[DeadLetter]:
+    """A ``failed_inferences`` record ``(batch, error)`` -> one ``DeadLetter`` per element.
+
+    ``error`` is Beam's ``(exception type, repr, traceback lines)`` triple (or an exception).
+    Elements that are not images (the TypeError case) are named by their repr.
+    """
+    failed, error = failure
+    if isinstance(error, BaseException):
+        reason = repr(error)
+    elif isinstance(error, tuple) and len(error) >= 2:
+        reason = str(error[1])
+    else:
+        reason = str(error)
+    elements = list(failed) if isinstance(failed, list | tuple) else [failed]
+    letters = []
+    for element in elements:
+        if isinstance(element, DecodedImage):
+            ref = element.image.ref
+            letters.append(DeadLetter(ref.uri, STAGE_ENCODE, reason, ref.image_id))
+        else:
+            letters.append(DeadLetter(repr(element)[:200], STAGE_ENCODE, reason))
+    return letters

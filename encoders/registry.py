@@ -1,0 +1,38 @@
+"""``EncoderSpec`` -> live ``ImageEncoder``: the one place that knows which encoders exist.
+
+Importing this module is cheap (no TensorFlow): ``encoders.keras_image`` imports TensorFlow only
+when a Keras encoder is created.
+"""
+
+from __future__ import annotations
+
+from encoders.base import EncoderSpec, ImageEncoder
+from encoders.fake import FAKE_ENCODER_NAME, FakeImageEncoder
+from encoders.keras_image import KERAS_ARCHITECTURES, KerasImageEncoder
+
+IMAGE_ENCODER_NAMES: tuple[str, ...] = (FAKE_ENCODER_NAME, *KERAS_ARCHITECTURES)
+
+
+def image_encoder_dim(spec: EncoderSpec) -> int:
+    """The embedding width ``spec`` gives, without building the model (no TensorFlow, no weights).
+
+    Lets a job size its table schema, or reject an unknown name, before any work starts.
+    """
+    if spec.name == FAKE_ENCODER_NAME:
+        return FakeImageEncoder.dim
+    if spec.name in KERAS_ARCHITECTURES:
+        return KERAS_ARCHITECTURES[spec.name].dim
+    raise _unknown(spec.name)
+
+
+def create_image_encoder(spec: EncoderSpec) -> ImageEncoder:
+    """Build the encoder ``spec`` names (loading its weights); ValueError for an unknown name."""
+    if spec.name == FAKE_ENCODER_NAME:
+        return FakeImageEncoder(spec)
+    if spec.name in KERAS_ARCHITECTURES:
+        return KerasImageEncoder(spec)
+    raise _unknown(spec.name)
+
+
+def _unknown(name: str) -> ValueError:
+    return ValueError(f"unknown image encoder {name!r}; known: {', '.join(IMAGE_ENCODER_NAMES)}")

@@ -1,0 +1,87 @@
+"""``imgsearch``: one console script, one subcommand per job.
+
+    imgsearch index  --corpus SRC --out DIR [options] [Beam options]
+    imgsearch search --index DIR (--image PATH | --image-id ID) [-k 10] [--json]
+    imgsearch demo   [--out DIR]
+
+Heavy imports (Beam, TensorFlow, ScaNN) happen inside each subcommand so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+logger = logging.getLogger("imgsearch")
+
+
+def _index(argv: Sequence[str]) -> int:
+    from pipelines import index_job
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "usage: imgsearch index --corpus SRC --out DIR [--encoder mobilenet_v2] "
+            "[--weights auto|imagenet|none|PATH] [--batch_size 32] [--table_shards 0] "
+            "[Beam options, e.g. --runner DataflowRunner --direct_num_workers 2]"
+        )
+        return 0
+    result = index_job.run(argv)
+    print(result.summary())
+    return 0
+
+
+def _search(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="imgsearch search", description="similar-image search")
+    parser.add_argument("--index", required=True, help="the --out folder of `imgsearch index`")
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", help="a query image file")
+    query.add_argument("--image-id", help="an indexed image_id")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+
+    from serving.searcher import ImageSearcher
+
+    searcher = ImageSearcher.load(args.index)
+    if args.image:
+        hits = searcher.search_image_path(args.image, args.k)
+    else:
+        hits = searcher.similar_to_image_id(args.image_id, args.k)
+    if args.json:
+        print(json.dumps([hit.__dict__ for hit in hits], indent=2))
+    else:
+        for rank, hit in enumerate(hits, start=1):
+            print(f"{rank:3d}  {hit.score:.4f}  {hit.image_id}  {hit.uri}")
+    return 0
+
+
+def _demo(argv: Sequence[str]) -> int:
+    from imgsearch import demo
+
+    return demo.main(argv)
+
+
+COMMANDS = {"index": _index, "search": _search, "demo": _demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        # User errors (bad flags, missing weights, unknown ids): one clear line, no traceback.
+        print(f"imgsearch {argv[0]}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Reading a corpus: a folder, glob or gs:// prefix of image files, or a manifest of uris.
+
+Listing is the only I/O here; bytes are read later, in parallel, by the fetch stage. Each
+listed input becomes an ``ImageRef``; a manifest row that names no usable uri becomes a
+dead letter, so every line a user gave is accounted for.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import posixpath
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from pipelines.types import STAGE_READ, DeadLetter, ImageRef, image_id_for_uri
+
+logger = logging.getLogger(__name__)
+
+DEAD_LETTERS = "dead_letters"
+_GLOB_CHARS = set("*?[")
+_URI_SCHEMES = ("gs://", "http://", "https://", "s3://", "file://")
+
+
+def files_pattern(corpus: str) -> str:
+    """The glob that lists a files corpus: a glob as given, a folder or prefix recursively."""
+    if _GLOB_CHARS & set(corpus):
+        return corpus
+    return corpus.rstrip("/") + "/**"
+
+
+def corpus_root(corpus: str) -> str:
+    """The fixed folder part of a corpus: everything before its first glob character."""
+    glob_at = min((corpus.index(c) for c in _GLOB_CHARS if c in corpus), default=None)
+    if glob_at is None:
+        return corpus.rstrip("/")
+    return posixpath.dirname(corpus[:glob_at])
+
+
+def is_hidden(path: str, root: str) -> bool:
+    """Dotfiles (``.DS_Store``, editor swap files) and dot-folders below the corpus root.
+
+    Only the part below ``root`` counts: a corpus that itself lives under ``~/.cache`` is fine.
+    """
+    relative = path[len(root) :] if path.startswith(root) else path
+    return any(part.startswith(".") for part in relative.split("/") if part)
+
+
+def resolve_manifest_uri(uri: str, manifest_path: str) -> str:
+    """Manifest uris may be relative to the manifest file's own folder."""
+    if uri.startswith(_URI_SCHEMES) or uri.startswith("/"):
+        return uri
+    return posixpath.join(posixpath.dirname(manifest_path), uri)
+
+
+def ref_from_manifest_row(row: dict[str, Any], manifest_path: str) -> ImageRef | DeadLetter:
+    """One manifest row -> an ``ImageRef`` (``uri``, optional ``id``, the rest as metadata)."""
+    raw_uri = row.get("uri")
+    uri = str(raw_uri).strip() if raw_uri is not None else ""
+    where = f"{manifest_path}:{row.get('_line', '?')}"
+    if not uri:
+        return DeadLetter(uri=where, stage=STAGE_READ, reason="manifest row has no 'uri'")
+    uri = resolve_manifest_uri(uri, manifest_path)
+    raw_id = row.get("id")
+    image_id = str(raw_id).strip() if raw_id not in (None, "") else image_id_for_uri(uri)
+    metadata = {k: v for k, v in row.items() if k not in ("uri", "id", "_line") and v is not None}
+    try:
+        metadata_json = json.dumps(metadata, sort_keys=True, default=str) if metadata else ""
+    except (TypeError, ValueError) as exc:
+        return DeadLetter(uri=uri, stage=STAGE_READ, reason=f"unusable metadata: {exc}")
+    return ImageRef(uri=uri, image_id=image_id, metadata_json=metadata_json)
+
+
+def manifest_rows(path: str, handle: io.BufferedIOBase) -> Iterator[dict[str, Any]]:
+    """Rows of a CSV, JSONL or Parquet manifest, streamed, each with its ``_line`` number.
+
+    Raises ValueError for a file that cannot be parsed at all; a single bad JSONL line is
+    yielded as a row without ``uri`` so it becomes a dead letter rather than stopping the job.
+    """
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        parquet = pq.ParquetFile(handle)
+        line = 0
+        for batch in parquet.iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                line += 1
+                yield {**row, "_line": line}
+    elif lower.endswith((".jsonl", ".json")):
+        text = io.TextIOWrapper(handle, encoding="utf-8")
+        for line, raw in enumerate(text, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                yield {"_line": line, "_error": f"invalid JSON: {exc.msg}"}
+                continue
+            if not isinstance(row, dict):
+                yield {"_line": line, "_error": "JSON line is not an object"}
+                continue
+            yield {**row, "_line": line}
+    elif lower.endswith(".csv"):
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+        reader = csv.DictReader(text)
+        if reader.fieldnames is None or "uri" not in reader.fieldnames:
+            raise ValueError(f"manifest {path} has no 'uri' column (header: {reader.fieldnames})")
+        for line, row in enumerate(reader, start=2):
+            yield {**{k: v for k, v in row.items() if k is not None}, "_line": line}
+    else:
+        raise ValueError(f"unknown manifest type {path!r}: use .csv, .jsonl or .parquet")
+
+
+class _ParseManifestFn(beam.DoFn):
+    """ReadableFile -> ImageRef, with a ``dead_letters`` output for unusable rows."""
+
+    def __init__(self) -> None:
+        self.inputs = Metrics.counter("imgsearch", "inputs")
+
+    def process(self, readable: fileio.ReadableFile) -> Iterable[Any]:
+        path = readable.metadata.path
+        with readable.open(compression_type="uncompressed") as handle:
+            for row in manifest_rows(path, handle):
+                self.inputs.inc()
+                if "_error" in row:
+                    where = f"{path}:{row['_line']}"
+                    yield beam.pvalue.TaggedOutput(
+                        DEAD_LETTERS, DeadLetter(uri=where, stage=STAGE_READ, reason=row["_error"])
+                    )
+                    continue
+                ref = ref_from_manifest_row(row, path)
+                if isinstance(ref, DeadLetter):
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTERS, ref)
+                else:
+                    yield ref
+
+
+class _FileToRefFn(beam.DoFn):
+    """FileMetadata -> ImageRef, skipping hidden files (they are not part of a photo corpus)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.inputs = Metrics.counter("imgsearch", "inputs")
+        self.hidden = Metrics.counter("imgsearch", "hidden_files_skipped")
+
+    def process(self, metadata: Any) -> Iterable[ImageRef]:
+        if is_hidden(metadata.path, self.root):
+            self.hidden.inc()
+            return
+        self.inputs.inc()
+        yield ImageRef(uri=metadata.path, image_id=image_id_for_uri(metadata.path))
+
+
+class ReadCorpus(beam.PTransform):
+    """PBegin -> (PCollection[ImageRef], PCollection[DeadLetter]), spread across workers.
+
+    The reshuffle breaks fusion with the listing so that fetching and decoding fan out over
+    every worker even when the listing itself ran as one bundle.
+    """
+
+    def __init__(self, corpus: str, corpus_format: str) -> None:
+        super().__init__()
+        self.corpus = corpus
+        self.corpus_format = corpus_format
+
+    def expand(self, pbegin):
+        if self.corpus_format == "manifest":
+            parsed = (
+                pbegin
+                | "MatchManifest" >> fileio.MatchFiles(self.corpus)
+                | "OpenManifest" >> fileio.ReadMatches()
+                | "ParseManifest"
+                >> beam.ParDo(_ParseManifestFn()).with_outputs(DEAD_LETTERS, main="refs")
+            )
+            refs, dead_letters = parsed.refs, parsed[DEAD_LETTERS]
+        else:
+            refs = (
+                pbegin
+                | "MatchFiles" >> fileio.MatchFiles(files_pattern(self.corpus))
+                | "ToRefs" >> beam.ParDo(_FileToRefFn(corpus_root(self.corpus)))
+            )
+            dead_letters = pbegin | "NoListingErrors" >> beam.Create([])
+        return refs | "SpreadWork" >> beam.Reshuffle(), dead_letters
+
+
+def check_corpus_exists(corpus: str, corpus_format: str) -> None:
+    """Fail before launching a job when the corpus matches nothing (not an empty index)."""
+    pattern = corpus if corpus_format == "manifest" else files_pattern(corpus)
+    matched = FileSystems.match([pattern], limits=[1])[0].metadata_list
+    if not matched:
+        raise ValueError(f"corpus {corpus!r} matched no files (pattern {pattern!r})")

@@ -1,0 +1,338 @@
+"""Bytes of one image in, model-ready pixels (or the reason it was rejected) out.
+
+Pure PIL + NumPy, no Beam and no TensorFlow: the index job and the serving query path both call
+``decode_image``, so a photo indexed in batch and the same photo sent as a query become the same
+pixels. Everything here is deterministic for a given Pillow/libjpeg build.
+
+The order of the checks matters: the header is read first (cheap), the pixel count and shape are
+judged on it, and only then is the image decoded, at a reduced scale for large JPEGs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import math
+import re
+import struct
+import threading
+import warnings
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+# Formats an input may be in. A closed list keeps Pillow's rarer plugins (EPS runs Ghostscript,
+# PSD/FLI/... see little fuzzing) away from untrusted bytes. The JPEG plugin also opens the
+# multi-picture JPEGs many cameras write, which Pillow then reports as format "MPO".
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+_JPEG_FORMATS = ("JPEG", "MPO")
+
+# What Pillow raises for malformed data besides OSError: its parsers use SyntaxError for bad
+# headers, and hostile files reach struct/index/value errors deep inside plugins. Listed, not
+# ``except Exception``, so a bug in this module still surfaces as a bug.
+_PIL_DATA_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+)
+
+# Decode a JPEG at 1/2, 1/4 or 1/8 scale only while it stays at least this many times larger
+# than what the resize needs: the DCT scaling is a box filter, the final bicubic resize then
+# smooths it (the same margin ``Image.thumbnail`` uses with its ``reducing_gap``).
+_DRAFT_GAP = 2.0
+# Resize in two steps (integer ``reduce`` then bicubic) when shrinking by more than this factor:
+# much faster on big non-JPEG images and visually the same as one bicubic pass.
+_REDUCING_GAP = 3.0
+_WHITE = (255, 255, 255)
+
+# EXIF orientation -> the transpose that makes the image upright. The same table as
+# ``PIL.ImageOps.exif_transpose``; kept here because the orientation is needed before loading
+# (to size the JPEG draft) and a broken EXIF block must mean "upright", not a rejected image.
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE_FOR_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_SIDES = frozenset({5, 6, 7, 8})
+
+# ``warnings.catch_warnings`` swaps process-wide state; this lock keeps concurrent decodes
+# (Beam runs several DoFn threads per worker) from restoring each other's filters.
+_OPEN_LOCK = threading.Lock()
+_PIXELS_IN_PIL_MESSAGE = re.compile(r"\((\d+) pixels\)")
+_Side = TypeVar("_Side", int, float)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeLimits:
+    """What an input must satisfy to be decoded; all judged on the header, before decoding.
+
+    ``max_pixels`` guards against decompression bombs (a tiny file declaring a huge canvas).
+    Pillow's own guard (``Image.MAX_IMAGE_PIXELS``, about 8.9e7 by default) still applies on
+    top, so limits above it only take effect if that global is raised by the application.
+    """
+
+    max_pixels: int = 64_000_000
+    min_side: int = 8
+    max_aspect_ratio: float = 30.0  # longer side / shorter side
+
+    def __post_init__(self) -> None:
+        if self.max_pixels <= 0:
+            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+        if self.min_side < 1:
+            raise ValueError(f"min_side must be >= 1, got {self.min_side}")
+        if self.max_aspect_ratio < 1:
+            raise ValueError(f"max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
+
+
+class ImageRejected(ValueError):
+    """The bytes are not a usable image; ``reason`` says why in words fit for a dead letter."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of ``data``: the content key used for deduplication."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_image(
+    data: bytes,
+    size: tuple[int, int] = (224, 224),
+    limits: DecodeLimits = DecodeLimits(),  # frozen, so one shared default is safe
+    *,
+    jpeg_draft: bool = True,
+) -> tuple[np.ndarray, int, int]:
+    """Validate, decode, orient, convert to RGB, resize and centre-crop one image.
+
+    Args:
+        data: the encoded file, as read from storage or received in a query.
+        size: ``(height, width)`` of the output, the encoder's input size.
+        limits: what the header must satisfy before any pixel is decoded.
+        jpeg_draft: decode large JPEGs at a reduced DCT scale (much faster, nearly identical
+            pixels). Leave it on; it exists so tests can compare against a full decode.
+
+    Returns:
+        ``(pixels, width, height)``: ``pixels`` is a writable uint8 array of shape
+        ``(size[0], size[1], 3)`` in RGB; ``width``/``height`` are the original dimensions after
+        EXIF orientation (so a portrait photo stored sideways reports as portrait).
+
+    Raises:
+        ImageRejected: with a specific ``reason`` (empty, not an image, decompression bomb, too
+        small, extreme aspect ratio, truncated or corrupt data, unsupported colour mode).
+    """
+    out_height, out_width = size
+    if out_height < 1 or out_width < 1:
+        raise ValueError(f"output size must be positive, got {size}")
+    if not data:
+        raise ImageRejected("empty file")
+
+    im = _open_header(data, limits)
+    with im:  # releases the BytesIO; the decoded pixels stay valid
+        stored_size = im.size
+        # Pixel count, shorter side and aspect ratio do not depend on orientation, so the header
+        # is judged before EXIF is read (for a PNG, reading EXIF decodes the whole image).
+        _check_shape(stored_size, limits)
+        # The part of the (possibly drafted) image that holds the picture, in its own pixels:
+        # a 333-wide JPEG drafted at 1/2 is 167 pixels wide but shows only 166.5 of them.
+        extent: tuple[float, float] = stored_size
+        if jpeg_draft and im.format in _JPEG_FORMATS:
+            # A JPEG's EXIF block sits in its header, so reading it here decodes nothing.
+            extent = _draft_jpeg(im, (out_height, out_width), _orientation(im))
+        _load(im)
+        orientation = _orientation(im)
+        width, height = _upright_size(stored_size, orientation)
+        rgb = _to_rgb(im)
+        if orientation in _TRANSPOSE_FOR_ORIENTATION:
+            rgb = rgb.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
+            extent = _upright_size(extent, orientation)
+        pixels = np.array(_resize_cover(rgb, (out_height, out_width), extent), dtype=np.uint8)
+    return pixels, width, height
+
+
+def _open_header(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """Identify the format and read the header only; Pillow decodes nothing yet."""
+    try:
+        # Pillow warns between MAX_IMAGE_PIXELS and twice that, and raises above. Turn the warning
+        # into an error here (scoped, under a lock) so a bomb is a rejected input, never noise in
+        # the worker log; the global MAX_IMAGE_PIXELS is left alone.
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(_pil_bomb_reason(exc, limits)) from None
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (cannot identify format)") from None
+    except _PIL_DATA_ERRORS as exc:
+        raise ImageRejected(f"unreadable image header: {exc}") from None
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1..8), or 1 when absent or unreadable."""
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except _PIL_DATA_ERRORS as exc:
+        # A corrupt EXIF block does not make the pixels unusable; treat the image as upright.
+        logger.debug("ignoring unreadable EXIF: %s", exc)
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _upright_size(stored_size: tuple[_Side, _Side], orientation: int) -> tuple[_Side, _Side]:
+    """``(width, height)`` as displayed: orientations 5..8 store the image sideways."""
+    stored_width, stored_height = stored_size
+    if orientation in _SWAPS_SIDES:
+        return stored_height, stored_width
+    return stored_width, stored_height
+
+
+def _check_shape(size: tuple[int, int], limits: DecodeLimits) -> None:
+    """Reject on the header's ``(width, height)``, before any decoding work."""
+    width, height = size
+    pixels = width * height
+    if pixels > limits.max_pixels:
+        raise ImageRejected(
+            f"decompression bomb: {width}x{height} = {_sci(pixels)} pixels"
+            f" > limit {_sci(limits.max_pixels)}"
+        )
+    shorter, longer = sorted(size)
+    if shorter < limits.min_side:
+        raise ImageRejected(f"too small: {width}x{height} (shorter side < {limits.min_side})")
+    if longer / shorter > limits.max_aspect_ratio:
+        raise ImageRejected(
+            f"extreme aspect ratio {longer / shorter:.0f}:1 ({width}x{height},"
+            f" limit {limits.max_aspect_ratio:g}:1)"
+        )
+
+
+def _draft_jpeg(im: Image.Image, size: tuple[int, int], orientation: int) -> tuple[float, float]:
+    """Ask libjpeg to decode at 1/2, 1/4 or 1/8 scale when that still leaves enough pixels.
+
+    ``im`` is an opened, not yet loaded JPEG; ``size`` the output ``(height, width)``;
+    ``orientation`` its EXIF orientation. The scale keeps at least ``_DRAFT_GAP`` times the
+    pixels the cover-resize needs along both sides, so the final bicubic resize still
+    antialiases. Returns the picture's extent ``(width, height)`` in the drafted image's pixels
+    (fractional when a side does not divide by the scale).
+    """
+    stored_size = im.size
+    out_height, out_width = size
+    width, height = _upright_size(stored_size, orientation)
+    scale = max(out_width / width, out_height / height)  # the cover-resize factor
+    needed = _upright_size(  # back to the stored (maybe sideways) layout that draft works on
+        (math.ceil(width * scale * _DRAFT_GAP), math.ceil(height * scale * _DRAFT_GAP)),
+        orientation,
+    )
+    if needed[0] >= stored_size[0] or needed[1] >= stored_size[1]:
+        return stored_size
+    drafted = im.draft("RGB", needed)
+    if drafted is None:  # e.g. already drafted, or a layout libjpeg cannot scale
+        return stored_size
+    _, (_, _, extent_width, extent_height) = drafted
+    return extent_width, extent_height
+
+
+def _load(im: Image.Image) -> None:
+    """Decode the pixels (first frame of an animation); data errors become ``ImageRejected``."""
+    try:
+        im.load()
+    except Image.DecompressionBombError as exc:  # e.g. a GIF frame larger than its canvas
+        raise ImageRejected(f"decompression bomb: {exc}") from None
+    except _PIL_DATA_ERRORS as exc:
+        message = str(exc)
+        if "truncated" in message or isinstance(exc, EOFError):
+            raise ImageRejected("truncated image data") from None
+        raise ImageRejected(f"corrupt {im.format} data: {message}") from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is composited onto white."""
+    mode = im.mode
+    try:
+        if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+            return Image.fromarray(_high_depth_to_uint8(np.asarray(im)), mode="L").convert("RGB")
+        has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+        if has_alpha:
+            # Pillow applies palette / tRNS transparency when converting to RGBA.
+            rgba = im.convert("RGBA")
+            background = Image.new("RGB", rgba.size, _WHITE)
+            background.paste(rgba, mask=rgba.getchannel("A"))
+            return background
+        return im.convert("RGB") if mode != "RGB" else im
+    except ValueError as exc:  # Pillow has no conversion from this mode (e.g. LAB)
+        raise ImageRejected(f"unsupported color mode {mode}: {exc}") from None
+
+
+def _high_depth_to_uint8(values: np.ndarray) -> np.ndarray:
+    """16/32-bit integer or float grey -> uint8, scaled rather than clipped.
+
+    16-bit data (also 16-bit PNGs that Pillow hands over as 32-bit "I") maps 0..65535 to
+    0..255; float data in [0, 1] maps to 0..255; anything else is stretched from its min to max.
+    """
+    is_float = values.dtype.kind == "f"
+    if not is_float and values.min() >= 0 and values.max() <= 65535:
+        scaled = (values.astype(np.uint32) * 255 + 32767) // 65535
+        return scaled.astype(np.uint8)
+    values = values.astype(np.float64)
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    if is_float and low >= 0.0 and high <= 1.0:
+        low, high = 0.0, 1.0
+    if not math.isfinite(low) or not math.isfinite(high) or high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    stretched = np.nan_to_num((values - low) / (high - low))
+    return np.clip(np.round(stretched * 255.0), 0, 255).astype(np.uint8)
+
+
+def _resize_cover(
+    im: Image.Image, size: tuple[int, int], extent: tuple[float, float]
+) -> Image.Image:
+    """Resize so the picture covers ``size`` (height, width), cropping the overflow equally.
+
+    ``extent`` is the ``(width, height)`` of ``im`` that holds the picture (``im.size`` unless
+    a JPEG draft left a partial last row/column). For a square output this is "shorter side to
+    the target, then centre-crop". Cropping is done through ``box`` in source coordinates, so
+    only the kept region is resampled and the result is exactly ``size``.
+    """
+    out_height, out_width = size
+    width, height = extent
+    box_width = min(width, height * out_width / out_height)
+    box_height = min(height, width * out_height / out_width)
+    left = (width - box_width) / 2
+    top = (height - box_height) / 2
+    return im.resize(
+        (out_width, out_height),
+        Image.Resampling.BICUBIC,
+        box=(left, top, left + box_width, top + box_height),
+        reducing_gap=_REDUCING_GAP,
+    )
+
+
+def _pil_bomb_reason(exc: Warning | Exception, limits: DecodeLimits) -> str:
+    """A reason for a bomb that Pillow's own guard caught before the size reached us."""
+    found = _PIXELS_IN_PIL_MESSAGE.search(str(exc))
+    if found is None:
+        return f"decompression bomb: {exc}"
+    pixels = int(found.group(1))
+    limit = min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels)
+    return f"decompression bomb: {_sci(pixels)} pixels > limit {_sci(limit)}"
+
+
+def _sci(value: int) -> str:
+    """1_600_000_000 -> '1.6e9' (short, unambiguous, and grep-able in dead letters)."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"

@@ -1,0 +1,140 @@
+"""The index job: corpus -> Parquet embedding table -> ScaNN index + manifest.
+
+``run(argv)`` parses and validates flags into an ``IndexConfig``; ``build_pipeline`` only wires
+transforms; the ScaNN build runs in the launching process after the Beam job, over the table
+the job wrote (issue-sized corpora; sharded builds come with the scale-out work).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from encoders.registry import image_encoder_dim
+from pipelines.build_index import build_index
+from pipelines.corpus import ReadCorpus, check_corpus_exists
+from pipelines.io import (
+    WriteDeadLetters,
+    WriteDuplicates,
+    WriteEmbeddingTable,
+    clear_previous_output,
+    count_rows,
+    dead_letter_reasons,
+)
+from pipelines.manifest import IndexManifest
+from pipelines.options import IndexConfig
+from pipelines.transforms import DecodeImages, DedupeImages, EncodeImages, HashImages
+
+logger = logging.getLogger(__name__)
+
+
+class IndexImages(beam.PTransform):
+    """PCollection[ImageRef] -> dict of ``rows``, ``duplicates`` and ``dead_letters``."""
+
+    def __init__(self, config: IndexConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, refs):
+        size = (self.config.encoder.image_size, self.config.encoder.image_size)
+        hashed, unreadable = refs | "Hash" >> HashImages(self.config.fetch_limits)
+        unique, duplicates = hashed | "Dedupe" >> DedupeImages()
+        decoded, undecodable = unique | "Decode" >> DecodeImages(
+            size, self.config.decode_limits, self.config.fetch_limits
+        )
+        rows, unencodable = decoded | "Encode" >> EncodeImages(
+            self.config.encoder, self.config.batch_size
+        )
+        dead_letters = (unreadable, undecodable, unencodable) | "AllDeadLetters" >> beam.Flatten()
+        return {"rows": rows, "duplicates": duplicates, "dead_letters": dead_letters}
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: IndexConfig) -> None:
+    """Wire the job into ``pipeline``; no I/O happens until it runs."""
+    refs, unlisted = pipeline | "ReadCorpus" >> ReadCorpus(config.corpus, config.corpus_format)
+    outputs = refs | "IndexImages" >> IndexImages(config)
+    dead_letters = (unlisted, outputs["dead_letters"]) | "DeadLetters" >> beam.Flatten()
+    dim = image_encoder_dim(config.encoder)
+    _ = outputs["rows"] | "WriteTable" >> WriteEmbeddingTable(
+        config.table_dir, dim, config.table_shards
+    )
+    _ = outputs["duplicates"] | "WriteDuplicates" >> WriteDuplicates(config.duplicates_dir)
+    _ = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letters_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexResult:
+    config: IndexConfig
+    counts: dict[str, int]
+    top_dead_letter_reasons: list[tuple[str, int]]
+    manifest: IndexManifest
+
+    def summary(self) -> str:
+        c = self.counts
+        lines = [
+            f"indexed {c['indexed']} images into {self.config.out} (version {self.config.version})",
+            f"  inputs        {c['inputs']}",
+            f"  table rows    {c['indexed']}",
+            f"  duplicates    {c['duplicates']}",
+            f"  dead letters  {c['dead_letters']}",
+        ]
+        if c.get("hidden_files_skipped"):
+            lines.append(f"  hidden files skipped (not inputs)  {c['hidden_files_skipped']}")
+        lines.extend(f"    {n:6d}  {reason}" for reason, n in self.top_dead_letter_reasons)
+        return "\n".join(lines)
+
+
+def _counter(result, name: str) -> int | None:
+    counters = result.metrics().query(MetricsFilter().with_namespace("imgsearch").with_name(name))
+    values = [c.committed for c in counters["counters"] if c.committed is not None]
+    return sum(values) if values else None
+
+
+def collect_counts(config: IndexConfig, result) -> dict[str, int]:
+    """Where every input ended up, from the written files; inputs from the job's counters.
+
+    Raises RuntimeError when the three outputs do not add up to the inputs: an input lost
+    between stages is a bug, never something to publish over.
+    """
+    counts = {
+        "indexed": count_rows(config.table_dir),
+        "duplicates": count_rows(config.duplicates_dir),
+        "dead_letters": count_rows(config.dead_letters_dir),
+    }
+    accounted = sum(counts.values())
+    inputs = _counter(result, "inputs")
+    counts["inputs"] = accounted if inputs is None else inputs
+    counts["hidden_files_skipped"] = _counter(result, "hidden_files_skipped") or 0
+    if inputs is not None and inputs != accounted:
+        raise RuntimeError(
+            f"{inputs} inputs but {accounted} accounted for "
+            f"(table {counts['indexed']}, duplicates {counts['duplicates']}, "
+            f"dead letters {counts['dead_letters']})"
+        )
+    return counts
+
+
+def run(argv: Sequence[str] | None = None) -> IndexResult:
+    """Parse flags, run the Beam job, build the index; the manifest is written last."""
+    options = PipelineOptions(list(argv) if argv is not None else None)
+    config = IndexConfig.from_options(options)
+    check_corpus_exists(config.corpus, config.corpus_format)
+    image_encoder_dim(config.encoder)  # unknown encoder names fail here, before any work
+    clear_previous_output(config.out)
+    logger.info("indexing %s -> %s with %s", config.corpus, config.out, config.encoder)
+
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, config)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    counts = collect_counts(config, result)
+    manifest = build_index(
+        config.out, config.encoder.to_json(), counts, config.version, k=config.neighbors
+    )
+    return IndexResult(config, counts, dead_letter_reasons(config.dead_letters_dir), manifest)

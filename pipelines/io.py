@@ -1,0 +1,129 @@
+"""Writing the index job's outputs: Parquet embedding table, duplicates and dead letters.
+
+Every output is a folder of Parquet files with an explicit pyarrow schema, written through
+Beam's file sinks (temp files, then rename), so a reader never sees a half-written shard.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines.manifest import MANIFEST_NAME
+from pipelines.options import join_uri
+from pipelines.types import DEAD_LETTER_SCHEMA, DUPLICATE_SCHEMA, embedding_table_schema
+
+logger = logging.getLogger(__name__)
+
+TABLE_PREFIX = "embeddings"
+OUTPUT_FOLDERS = ("table", "duplicates", "dead_letters", "index")
+
+
+class _WriteParquet(beam.PTransform):
+    """PCollection[dict] -> Parquet files ``folder/prefix-SSSSS-of-NNNNN.parquet``."""
+
+    def __init__(self, folder: str, prefix: str, schema, num_shards: int = 0) -> None:
+        super().__init__()
+        self.folder, self.prefix, self.schema, self.num_shards = folder, prefix, schema, num_shards
+
+    def expand(self, rows):
+        return rows | beam.io.WriteToParquet(
+            file_path_prefix=join_uri(self.folder, self.prefix),
+            schema=self.schema,
+            file_name_suffix=".parquet",
+            num_shards=self.num_shards,
+            # Embedding rows are ~5 KB: keep row groups to a few thousand rows so readers can
+            # stream the table and a worker's write buffer stays small.
+            row_group_buffer_size=16 * 2**20,
+            record_batch_size=512,
+        )
+
+
+class WriteEmbeddingTable(_WriteParquet):
+    """PCollection[table row dict] -> ``OUT/table/embeddings-*.parquet``."""
+
+    def __init__(self, table_dir: str, dim: int, num_shards: int = 0) -> None:
+        super().__init__(table_dir, TABLE_PREFIX, embedding_table_schema(dim), num_shards)
+
+
+class WriteDeadLetters(beam.PTransform):
+    """PCollection[DeadLetter] -> ``OUT/dead_letters/dead_letters-*.parquet``."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def expand(self, dead_letters):
+        return (
+            dead_letters
+            | "ToRows" >> beam.Map(lambda d: d.to_row())
+            | _WriteParquet(self.folder, "dead_letters", DEAD_LETTER_SCHEMA, num_shards=1)
+        )
+
+
+class WriteDuplicates(beam.PTransform):
+    """PCollection[DuplicateRecord] -> ``OUT/duplicates/duplicates-*.parquet``."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def expand(self, duplicates):
+        return (
+            duplicates
+            | "ToRows" >> beam.Map(lambda d: d.to_row())
+            | _WriteParquet(self.folder, "duplicates", DUPLICATE_SCHEMA, num_shards=1)
+        )
+
+
+def parquet_files(folder: str) -> list[str]:
+    """Sorted paths of the Parquet files directly in ``folder`` (local or gs://)."""
+    matched = FileSystems.match([join_uri(folder, "*.parquet")])[0].metadata_list
+    return sorted(m.path for m in matched)
+
+
+def count_rows(folder: str) -> int:
+    """Rows in a folder of Parquet files, read from the footers only."""
+    total = 0
+    for path in parquet_files(folder):
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
+def dead_letter_reasons(folder: str, top: int = 10) -> list[tuple[str, int]]:
+    """The most common (stage: reason) of the dead letters, for the end-of-run summary."""
+    counts: Counter[str] = Counter()
+    for path in parquet_files(folder):
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            table = pq.read_table(handle, columns=["stage", "reason"])
+        for stage, reason in zip(
+            table.column("stage").to_pylist(), table.column("reason").to_pylist(), strict=True
+        ):
+            counts[f"{stage}: {reason}"] += 1
+    return counts.most_common(top)
+
+
+def clear_previous_output(out: str) -> None:
+    """Remove what an earlier run wrote to ``out``: the manifest first, so no reader trusts it.
+
+    Only the job's own folders and manifest are touched, never anything else in ``out``.
+    """
+    manifest = join_uri(out, MANIFEST_NAME)
+    if FileSystems.exists(manifest):
+        FileSystems.delete([manifest])
+    for folder in OUTPUT_FOLDERS:
+        path = join_uri(out, folder)
+        if FileSystems.exists(path):  # a real directory (local disk)
+            logger.info("removing previous output %s", path)
+            FileSystems.delete([path])
+            continue
+        # Object stores have no directories: delete every object under the prefix.
+        stale = FileSystems.match([join_uri(path, "**")])[0].metadata_list
+        if stale:
+            logger.info("removing %d previous objects under %s", len(stale), path)
+            FileSystems.delete([m.path for m in stale])

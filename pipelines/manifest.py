@@ -1,0 +1,218 @@
+"""The index manifest: what one index version is made of, written last so it publishes the version.
+
+A reader trusts nothing under ``OUT`` without ``OUT/manifest.json``: it names the encoder, the
+ScaNN parameters, the index shards, and every file with its size and SHA-256, so a serving
+process can check what it loads. All I/O goes through Beam's ``FileSystems``, so local paths
+and gs:// share one code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1  # bump when a reader of the old format would misread the new one
+_CHUNK_BYTES = 4 * 2**20
+# Never let Beam guess a codec from the extension: a checksum is over the stored bytes.
+_RAW = CompressionTypes.UNCOMPRESSED
+
+
+class ManifestVerificationError(Exception):
+    """A file the manifest lists is missing or differs from what the manifest recorded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexManifest:
+    """One published index version (``OUT/manifest.json``).
+
+    ``shards`` holds ``{"index_dir", "ids_file", "count"}`` per ScaNN shard and ``files`` holds
+    ``{"path", "bytes", "sha256"}`` per file; every path is relative to ``OUT`` and uses ``/``.
+    """
+
+    format_version: int
+    version: str  # the run id
+    created_at: str  # ISO 8601, UTC
+    encoder_id: str  # name/version of the encoder that made every vector
+    encoder_spec: dict[str, Any]  # EncoderSpec.to_json(): enough to rebuild the encoder
+    dim: int
+    counts: dict[str, int]  # inputs, indexed, duplicates, dead_letters, ...
+    scann_params: dict[str, Any]  # ScannParams.to_json()
+    shards: list[dict[str, Any]]
+    files: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> IndexManifest:
+        """Parse a manifest dict; ValueError when it is malformed or from a newer format."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a manifest is a JSON object, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise ValueError(f"manifest lacks {missing}")
+        if data["format_version"] != FORMAT_VERSION:
+            raise ValueError(
+                f"manifest format_version {data['format_version']!r} is not supported "
+                f"(this code reads format {FORMAT_VERSION}); a newer writer made it?"
+            )
+        for shard in data["shards"]:
+            _require_keys("shard", shard, ("index_dir", "ids_file", "count"))
+            _check_relative(shard["index_dir"])
+            _check_relative(shard["ids_file"])
+        for entry in data["files"]:
+            _require_keys("file entry", entry, ("path", "bytes", "sha256"))
+            _check_relative(entry["path"])
+        return cls(**{name: data[name] for name in names})
+
+    def files_under(self, prefix: str) -> list[dict[str, Any]]:
+        """The file entries whose path lies under the folder ``prefix`` (relative to OUT)."""
+        folder = prefix.strip("/") + "/"
+        return [entry for entry in self.files if entry["path"].startswith(folder)]
+
+
+def _require_keys(what: str, entry: Any, keys: Iterable[str]) -> None:
+    if not isinstance(entry, dict) or any(key not in entry for key in keys):
+        raise ValueError(f"manifest {what} {entry!r} needs the keys {list(keys)}")
+
+
+def _check_relative(path: str) -> None:
+    # Paths are joined to OUT by readers: an absolute path or '..' would read outside it.
+    if not isinstance(path, str) or not path or path.startswith("/") or "://" in path:
+        raise ValueError(f"manifest paths must be relative to the output dir, got {path!r}")
+    if ".." in path.split("/"):
+        raise ValueError(f"manifest paths must not contain '..', got {path!r}")
+
+
+def join_path(root: str, relative: str) -> str:
+    """``root`` joined with a manifest's ``/``-separated relative path (local or gs://)."""
+    return FileSystems.join(root, *relative.split("/"))
+
+
+def manifest_location(out_dir_or_manifest_path: str) -> tuple[str, str]:
+    """``(out_dir, manifest_path)`` for either an output dir or a path to a ``*.json`` manifest."""
+    if out_dir_or_manifest_path.endswith(".json"):
+        out_dir, _ = FileSystems.split(out_dir_or_manifest_path)
+        return out_dir or os.curdir, out_dir_or_manifest_path
+    out_dir = out_dir_or_manifest_path.rstrip("/") or "/"
+    return out_dir, FileSystems.join(out_dir, MANIFEST_NAME)
+
+
+def write_manifest(out_dir: str, manifest: IndexManifest) -> str:
+    """Publish ``manifest`` as ``out_dir/manifest.json``; returns its path.
+
+    Writes a hidden temp file, then renames it over the final name: on local disk the rename is
+    atomic, on gs:// it is a copy of a complete object, so a reader sees the old manifest or
+    the new one, never half of one.
+    """
+    final_path = FileSystems.join(out_dir, MANIFEST_NAME)
+    temp_path = FileSystems.join(out_dir, f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex}")
+    payload = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
+    try:
+        with FileSystems.create(
+            temp_path, mime_type="application/json", compression_type=_RAW
+        ) as f:
+            f.write(payload)
+        FileSystems.rename([temp_path], [final_path])
+    except BaseException:
+        if FileSystems.exists(temp_path):
+            FileSystems.delete([temp_path])
+        raise
+    logger.info("published manifest %s (version %s)", final_path, manifest.version)
+    return final_path
+
+
+def read_manifest(out_dir_or_manifest_path: str) -> IndexManifest:
+    """Read the manifest of an output dir (or at a ``*.json`` path).
+
+    FileNotFoundError when there is none: the index job did not finish, or is still running.
+    """
+    _, path = manifest_location(out_dir_or_manifest_path)
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(
+            f"no index manifest at {path}: the index job has not finished writing this output"
+        )
+    with FileSystems.open(path, compression_type=_RAW) as f:
+        data = json.loads(f.read().decode("utf-8"))
+    return IndexManifest.from_json(data)
+
+
+def _size_and_sha256(path: str) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with FileSystems.open(path, compression_type=_RAW) as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def relative_path(path: str, root: str) -> str:
+    """``path`` relative to ``root`` with ``/`` separators; ValueError if it is not under root."""
+    if "://" in root or "://" in path:
+        prefix = root.rstrip("/") + "/"
+        if not path.startswith(prefix):
+            raise ValueError(f"{path} is not under {root}")
+        return path[len(prefix) :]
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
+        raise ValueError(f"{path} is not under {root}")
+    return relative.replace(os.sep, "/")
+
+
+def file_entry(path: str, root: str, data: bytes | None = None) -> dict[str, Any]:
+    """The manifest entry ``{"path", "bytes", "sha256"}`` of the file ``path`` under ``root``.
+
+    Pass ``data`` when the caller already holds the file's bytes, to avoid reading it twice.
+    """
+    if data is None:
+        size, sha256 = _size_and_sha256(path)
+    else:
+        size, sha256 = len(data), hashlib.sha256(data).hexdigest()
+    return {"path": relative_path(path, root), "bytes": size, "sha256": sha256}
+
+
+def verify_files(out_dir: str, manifest: IndexManifest) -> None:
+    """Check every file of the manifest exists under ``out_dir`` with its size and SHA-256.
+
+    Raises ManifestVerificationError naming every missing or changed file (not just the first,
+    so one run tells an operator the whole damage).
+    """
+    problems = []
+    for entry in manifest.files:
+        path = join_path(out_dir, entry["path"])
+        matched = FileSystems.match([path])[0].metadata_list
+        if not matched:
+            problems.append(f"missing: {entry['path']}")
+            continue
+        # The listed size is free to read; hash only files whose size still matches.
+        if matched[0].size_in_bytes != entry["bytes"]:
+            problems.append(
+                f"size mismatch: {entry['path']} has {matched[0].size_in_bytes} bytes, "
+                f"manifest says {entry['bytes']}"
+            )
+            continue
+        _, sha256 = _size_and_sha256(path)
+        if sha256 != entry["sha256"]:
+            problems.append(
+                f"sha256 mismatch: {entry['path']} is {sha256}, manifest says {entry['sha256']}"
+            )
+    if problems:
+        raise ManifestVerificationError(
+            f"index version {manifest.version} under {out_dir} fails verification "
+            f"({len(problems)} of {len(manifest.files)} files): " + "; ".join(problems)
+        )
+    logger.info("verified %d files of index version %s", len(manifest.files), manifest.version)

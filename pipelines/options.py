@@ -1,0 +1,134 @@
+"""Typed options of the index job, parsed once and frozen into an ``IndexConfig``.
+
+``IndexOptions`` is a Beam ``PipelineOptions`` view, so ``--corpus`` and ``--runner`` travel in
+one argv; ``IndexConfig.from_options`` validates them at the edge and everything downstream
+receives the frozen config, never the raw flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from encoders.base import EncoderSpec
+from pipelines.fetch import FetchLimits
+from pipelines.imaging import DecodeLimits
+
+CORPUS_FORMATS = ("auto", "files", "manifest")
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+
+
+class IndexOptions(PipelineOptions):
+    """Flags of ``imgsearch index`` (Beam's own flags are parsed beside them)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--corpus",
+            help="a directory, glob or gs:// prefix of images, or a CSV/JSONL/Parquet manifest "
+            "with a 'uri' column (plus optional 'id' and metadata columns)",
+        )
+        parser.add_argument("--out", help="output directory (local path or gs://)")
+        parser.add_argument("--corpus_format", default="auto", choices=CORPUS_FORMATS)
+        parser.add_argument("--encoder", default="mobilenet_v2", help="image encoder name")
+        parser.add_argument(
+            "--weights",
+            default="auto",
+            help="'auto' (assets folder), 'imagenet' (Keras download), 'none' or a path",
+        )
+        parser.add_argument("--image_size", type=int, default=224)
+        parser.add_argument("--batch_size", type=int, default=32, help="largest encode batch")
+        parser.add_argument(
+            "--table_shards",
+            type=int,
+            default=0,
+            help="Parquet files in the table; 0 lets the runner decide (no extra shuffle)",
+        )
+        parser.add_argument("--max_pixels", type=int, default=DecodeLimits.max_pixels)
+        parser.add_argument("--max_download_bytes", type=int, default=FetchLimits.max_bytes)
+        parser.add_argument("--download_timeout_s", type=float, default=FetchLimits.read_timeout_s)
+        parser.add_argument("--download_retries", type=int, default=FetchLimits.retries)
+        parser.add_argument("--neighbors", type=int, default=10, help="default k of the index")
+        parser.add_argument("--run_version", default="", help="version name; default: UTC time")
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexConfig:
+    """Everything the index job needs, validated."""
+
+    corpus: str
+    out: str
+    corpus_format: str  # "files" or "manifest" (never "auto" once resolved)
+    encoder: EncoderSpec
+    decode_limits: DecodeLimits
+    fetch_limits: FetchLimits
+    batch_size: int = 32
+    table_shards: int = 0
+    neighbors: int = 10
+    version: str = ""
+
+    @property
+    def table_dir(self) -> str:
+        return join_uri(self.out, "table")
+
+    @property
+    def duplicates_dir(self) -> str:
+        return join_uri(self.out, "duplicates")
+
+    @property
+    def dead_letters_dir(self) -> str:
+        return join_uri(self.out, "dead_letters")
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> IndexConfig:
+        """Validate the flags; raises ValueError naming the flag that is wrong."""
+        opts = options.view_as(IndexOptions)
+        if not opts.corpus:
+            raise ValueError("--corpus is required (a folder, glob, gs:// prefix or manifest)")
+        if not opts.out:
+            raise ValueError("--out is required (the output directory)")
+        for flag in ("image_size", "batch_size", "max_pixels", "max_download_bytes", "neighbors"):
+            if getattr(opts, flag) <= 0:
+                raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
+        if opts.table_shards < 0:
+            raise ValueError(f"--table_shards must be >= 0, got {opts.table_shards}")
+        if opts.download_retries < 0:
+            raise ValueError(f"--download_retries must be >= 0, got {opts.download_retries}")
+        version = opts.run_version or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", version):
+            raise ValueError(f"--run_version may hold letters, digits, '.', '_', '-': {version!r}")
+        return cls(
+            corpus=opts.corpus,
+            out=opts.out.rstrip("/"),
+            corpus_format=resolve_corpus_format(opts.corpus, opts.corpus_format),
+            encoder=EncoderSpec(
+                name=opts.encoder, weights=opts.weights, image_size=opts.image_size
+            ),
+            decode_limits=DecodeLimits(max_pixels=opts.max_pixels),
+            fetch_limits=FetchLimits(
+                max_bytes=opts.max_download_bytes,
+                read_timeout_s=opts.download_timeout_s,
+                retries=opts.download_retries,
+            ),
+            batch_size=opts.batch_size,
+            table_shards=opts.table_shards,
+            neighbors=opts.neighbors,
+            version=version,
+        )
+
+
+def resolve_corpus_format(corpus: str, corpus_format: str = "auto") -> str:
+    """``files`` or ``manifest``: a manifest is named by its table suffix unless told otherwise."""
+    if corpus_format not in CORPUS_FORMATS:
+        raise ValueError(f"corpus format must be one of {CORPUS_FORMATS}, got {corpus_format!r}")
+    if corpus_format != "auto":
+        return corpus_format
+    return "manifest" if corpus.lower().endswith(MANIFEST_SUFFIXES) else "files"
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path parts with '/', for local paths and gs:// alike."""
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])

@@ -1,0 +1,208 @@
+"""I/O-free composite transforms of the index job, in the order the data flows.
+
+    ImageRef -> HashImages -> DedupeImages -> DecodeImages -> EncodeImages -> table rows
+                     \\             \\              \\              \\
+                      dead letters  duplicates    dead letters    dead letters
+
+Only small records (uris and hashes) cross a shuffle. The bytes are read twice, once to hash
+and once to decode, because shuffling pixels (or whole files) to dedupe would make every
+runner move the corpus through its shuffle and make the DirectRunner hold it in memory;
+reading a file twice costs far less than that on local disks and GCS alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+
+from encoders.base import EncoderSpec
+from encoders.model_handler import ImageEncoderModelHandler, encode_dead_letters
+from pipelines.fetch import FetchError, FetchLimits, read_bytes
+from pipelines.imaging import DecodeLimits, ImageRejected, decode_image, sha256_hex
+from pipelines.types import (
+    STAGE_DECODE,
+    STAGE_FETCH,
+    DeadLetter,
+    DecodedImage,
+    DuplicateRecord,
+    HashedImage,
+    ImageRef,
+    UniqueImage,
+)
+
+logger = logging.getLogger(__name__)
+
+DEAD_LETTERS = "dead_letters"
+DUPLICATES = "duplicates"
+
+
+class HashImageFn(beam.DoFn):
+    """ImageRef -> HashedImage; unreadable inputs -> ``dead_letters``."""
+
+    def __init__(self, fetch_limits: FetchLimits) -> None:
+        self.fetch_limits = fetch_limits
+        self.failed = Metrics.counter("imgsearch", "fetch_failed")
+
+    def process(self, ref: ImageRef) -> Iterable[Any]:
+        try:
+            data = read_bytes(ref.uri, self.fetch_limits)
+        except FetchError as exc:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS, DeadLetter(ref.uri, STAGE_FETCH, exc.reason, ref.image_id)
+            )
+            return
+        if not data:
+            # Caught here, not at decode, so that two empty files are two dead letters rather
+            # than one dead letter plus a "duplicate" of it.
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS, DeadLetter(ref.uri, STAGE_DECODE, "empty file", ref.image_id)
+            )
+            return
+        yield HashedImage(ref=ref, sha256=sha256_hex(data), num_bytes=len(data))
+
+
+def choose_unique(
+    sha256: str, copies: Iterable[HashedImage]
+) -> tuple[UniqueImage, list[DuplicateRecord]]:
+    """Keep the copy with the smallest uri (deterministic on every runner); record the others."""
+    ordered = sorted(copies, key=lambda c: (c.ref.uri, c.ref.image_id))
+    kept = ordered[0]
+    duplicates = [
+        DuplicateRecord(
+            uri=c.ref.uri,
+            image_id=c.ref.image_id,
+            sha256=sha256,
+            kept_uri=kept.ref.uri,
+            kept_image_id=kept.ref.image_id,
+        )
+        for c in ordered[1:]
+    ]
+    unique = UniqueImage(
+        ref=kept.ref,
+        sha256=sha256,
+        num_bytes=kept.num_bytes,
+        duplicate_uris=tuple(d.uri for d in duplicates),
+    )
+    return unique, duplicates
+
+
+def _split_duplicates(element: tuple[str, Iterable[HashedImage]]) -> Iterable[Any]:
+    unique, duplicates = choose_unique(*element)
+    yield unique
+    for duplicate in duplicates:
+        yield beam.pvalue.TaggedOutput(DUPLICATES, duplicate)
+
+
+class DecodeImageFn(beam.DoFn):
+    """UniqueImage -> DecodedImage at the encoder's input size; failures -> ``dead_letters``."""
+
+    def __init__(
+        self, size: tuple[int, int], decode_limits: DecodeLimits, fetch_limits: FetchLimits
+    ) -> None:
+        self.size = size
+        self.decode_limits = decode_limits
+        self.fetch_limits = fetch_limits
+        self.rejected = Metrics.counter("imgsearch", "decode_rejected")
+
+    def process(self, image: UniqueImage) -> Iterable[Any]:
+        ref = image.ref
+        try:
+            data = read_bytes(ref.uri, self.fetch_limits)
+        except FetchError as exc:
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS, DeadLetter(ref.uri, STAGE_FETCH, exc.reason, ref.image_id)
+            )
+            return
+        if sha256_hex(data) != image.sha256:
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS,
+                DeadLetter(ref.uri, STAGE_FETCH, "content changed while indexing", ref.image_id),
+            )
+            return
+        try:
+            pixels, width, height = decode_image(data, self.size, self.decode_limits)
+        except ImageRejected as exc:
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS, DeadLetter(ref.uri, STAGE_DECODE, exc.reason, ref.image_id)
+            )
+            return
+        yield DecodedImage(image=image, width=width, height=height, pixels=pixels)
+
+
+class HashImages(beam.PTransform):
+    """PCollection[ImageRef] -> (PCollection[HashedImage], PCollection[DeadLetter])."""
+
+    def __init__(self, fetch_limits: FetchLimits) -> None:
+        super().__init__()
+        self.fetch_limits = fetch_limits
+
+    def expand(self, refs):
+        hashed = refs | beam.ParDo(HashImageFn(self.fetch_limits)).with_outputs(
+            DEAD_LETTERS, main="hashed"
+        )
+        return hashed.hashed, hashed[DEAD_LETTERS]
+
+
+class DedupeImages(beam.PTransform):
+    """PCollection[HashedImage] -> (PCollection[UniqueImage], PCollection[DuplicateRecord])."""
+
+    def expand(self, hashed):
+        split = (
+            hashed
+            | "KeyByContent" >> beam.Map(lambda h: (h.sha256, h))
+            | "GroupByContent" >> beam.GroupByKey()
+            | "KeepOne" >> beam.FlatMap(_split_duplicates).with_outputs(DUPLICATES, main="unique")
+        )
+        return split.unique, split[DUPLICATES]
+
+
+class DecodeImages(beam.PTransform):
+    """PCollection[UniqueImage] -> (PCollection[DecodedImage], PCollection[DeadLetter])."""
+
+    def __init__(
+        self, size: tuple[int, int], decode_limits: DecodeLimits, fetch_limits: FetchLimits
+    ) -> None:
+        super().__init__()
+        self.fn = DecodeImageFn(size, decode_limits, fetch_limits)
+
+    def expand(self, images):
+        decoded = images | beam.ParDo(self.fn).with_outputs(DEAD_LETTERS, main="decoded")
+        return decoded.decoded, decoded[DEAD_LETTERS]
+
+
+def _split_encoded(result: Any) -> Iterable[Any]:
+    """The handler yields a row per image, or a DeadLetter for an image the model refused."""
+    if isinstance(result, DeadLetter):
+        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, result)
+    else:
+        yield result
+
+
+class EncodeImages(beam.PTransform):
+    """PCollection[DecodedImage] -> (PCollection[table row dict], PCollection[DeadLetter]).
+
+    Batched model calls through RunInference: the model loads once per worker process and a
+    batch that fails goes to dead letters instead of failing the bundle forever.
+    """
+
+    def __init__(self, spec: EncoderSpec, max_batch_size: int = 32) -> None:
+        super().__init__()
+        self.handler = ImageEncoderModelHandler(
+            spec, min_batch_size=min(8, max_batch_size), max_batch_size=max_batch_size
+        )
+
+    def expand(self, images):
+        results, dlq = images | RunInference(self.handler).with_exception_handling()
+        split = results | "SplitRefused" >> beam.FlatMap(_split_encoded).with_outputs(
+            DEAD_LETTERS, main="rows"
+        )
+        failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(encode_dead_letters)
+        dead_letters = (split[DEAD_LETTERS], failed) | "EncodeDeadLetters" >> beam.Flatten()
+        return split.rows, dead_letters

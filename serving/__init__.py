@@ -1,0 +1,1 @@
+"""Query side: load a published index version and answer nearest-neighbour searches."""

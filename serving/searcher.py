@@ -1,0 +1,272 @@
+"""Load one index version (its manifest) and search it by vector, by image id, or by image.
+
+Queries go through the same code as the index job: ``pipelines.imaging.decode_image`` to
+pixels, the manifest's encoder to a vector, and ``encoders.base.l2_normalize`` (the one
+normalisation), so a photo that is in the index finds itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from encoders.base import EncoderSpec, ImageEncoder, l2_normalize
+from pipelines.build_index import read_embedding_table, read_ids
+from pipelines.manifest import (
+    IndexManifest,
+    join_path,
+    manifest_location,
+    read_manifest,
+    verify_files,
+)
+from pipelines.scann_index import ScannParams, load_searcher, search_batched
+
+if TYPE_CHECKING:
+    from scann.scann_ops.py.scann_ops_pybind import ScannSearcher
+
+logger = logging.getLogger(__name__)
+
+_RAW = CompressionTypes.UNCOMPRESSED
+
+
+class EncoderMismatchError(ValueError):
+    """The query encoder is not the encoder that made the index's vectors."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchHit:
+    """One result: an indexed image and its dot-product (cosine) score with the query."""
+
+    image_id: str
+    uri: str
+    score: float
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def _copy_shard_to_local(out_dir: str, manifest: IndexManifest, index_dir: str, local: str) -> str:
+    """Copy the files of one shard's ``index_dir`` (relative to OUT) into the local dir ``local``.
+
+    ScaNN loads from local disk only; the manifest says which files make up the shard.
+    """
+    entries = manifest.files_under(index_dir)
+    if not entries:
+        raise ValueError(f"manifest {manifest.version} lists no files under {index_dir}")
+    prefix = index_dir.strip("/") + "/"
+    for entry in entries:
+        name = entry["path"][len(prefix) :]
+        target = os.path.join(local, *name.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with (
+            FileSystems.open(join_path(out_dir, entry["path"]), compression_type=_RAW) as src,
+            open(target, "wb") as dst,
+        ):
+            while chunk := src.read(4 * 2**20):
+                dst.write(chunk)
+    return local
+
+
+class ImageSearcher:
+    """Nearest-neighbour search over one published index version (one shard for now).
+
+    The table's embedding matrix is kept in memory (``N x dim`` float32, e.g. 1M x 1280 is
+    5 GB) so ``similar_to_image_id`` can look up a stored vector; a later issue may read it
+    from the shard instead. Searches are read-only and may run from several threads.
+    """
+
+    def __init__(
+        self,
+        manifest: IndexManifest,
+        searcher: ScannSearcher,
+        image_ids: Sequence[str],
+        uris: Sequence[str],
+        embeddings: np.ndarray,
+        encoder: ImageEncoder | None = None,
+    ) -> None:
+        if not (len(image_ids) == len(uris) == embeddings.shape[0] == searcher.size()):
+            raise ValueError(
+                f"index parts disagree on the number of images: ids {len(image_ids)}, "
+                f"uris {len(uris)}, embeddings {embeddings.shape[0]}, ScaNN {searcher.size()}"
+            )
+        if embeddings.shape[1] != manifest.dim:
+            raise ValueError(f"embeddings have dim {embeddings.shape[1]}, manifest {manifest.dim}")
+        self.manifest = manifest
+        self._params = ScannParams.from_json(manifest.scann_params)
+        self._searcher = searcher
+        self._image_ids = list(image_ids)
+        self._uris = list(uris)
+        self._embeddings = embeddings
+        self._row_of = {image_id: row for row, image_id in enumerate(self._image_ids)}
+        self._encoder = None
+        self._encoder_lock = threading.Lock()
+        if encoder is not None:
+            self._encoder = self._checked_encoder(encoder)
+
+    @classmethod
+    def load(
+        cls,
+        out_dir_or_manifest: str,
+        encoder: ImageEncoder | None = None,
+        verify: bool = True,
+    ) -> ImageSearcher:
+        """Load the index version published at an output dir (or its ``manifest.json``).
+
+        ``verify`` checks every file's size and SHA-256 against the manifest first (reads the
+        whole table once more); ``encoder`` is used for image queries instead of building the
+        manifest's encoder lazily. Raises FileNotFoundError without a manifest,
+        ManifestVerificationError on a damaged file, EncoderMismatchError for a wrong encoder.
+        """
+        out_dir, manifest_path = manifest_location(out_dir_or_manifest)
+        manifest = read_manifest(manifest_path)
+        if verify:
+            verify_files(out_dir, manifest)
+        if len(manifest.shards) != 1:
+            raise NotImplementedError(
+                f"index version {manifest.version} has {len(manifest.shards)} shards; "
+                "this searcher reads one (merging shards is not written yet)"
+            )
+        shard = manifest.shards[0]
+        index_dir = join_path(out_dir, shard["index_dir"])
+        if _is_local(index_dir):
+            searcher = load_searcher(index_dir)
+        else:
+            # ScaNN reads everything into memory while loading, so the copy can go right after.
+            with tempfile.TemporaryDirectory(prefix="imgsearch-shard-") as local:
+                _copy_shard_to_local(out_dir, manifest, shard["index_dir"], local)
+                searcher = load_searcher(local)
+        image_ids, uris = read_ids(join_path(out_dir, shard["ids_file"]))
+        if searcher.size() != shard["count"]:
+            raise ValueError(
+                f"shard {shard['index_dir']} holds {searcher.size()} vectors, "
+                f"manifest says {shard['count']}"
+            )
+
+        table_paths = [join_path(out_dir, entry["path"]) for entry in manifest.files_under("table")]
+        table = read_embedding_table(table_paths)
+        # The index was built from these rows in this order; anything else means the table and
+        # index come from different runs (possible with verify=False).
+        if table.encoder_id != manifest.encoder_id or table.image_ids != image_ids:
+            raise ValueError(
+                f"the table under {out_dir} does not match index version {manifest.version} "
+                f"(encoder {table.encoder_id} vs {manifest.encoder_id}, or different image ids)"
+            )
+        logger.info(
+            "loaded index version %s: %d images, dim %d, %s",
+            manifest.version,
+            len(image_ids),
+            manifest.dim,
+            manifest.scann_params.get("kind"),
+        )
+        return cls(manifest, searcher, image_ids, uris, table.embeddings, encoder=encoder)
+
+    def __len__(self) -> int:
+        return len(self._image_ids)
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def encoder_id(self) -> str:
+        return self.manifest.encoder_id
+
+    def search_vectors(self, queries: np.ndarray, k: int) -> list[list[SearchHit]]:
+        """``(M, dim)`` query vectors -> per query, up to ``k`` hits, best first.
+
+        Query rows are L2-normalised here, so callers may pass raw vectors; ``k`` is clipped
+        to the number of indexed images.
+        """
+        k = _check_k(k)
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (M, {self.dim}), got {queries.shape}")
+        if not np.isfinite(queries).all():
+            raise ValueError("queries contain NaN or infinite values")
+        indices, scores = search_batched(self._searcher, l2_normalize(queries), k, self._params)
+        return [
+            [
+                SearchHit(self._image_ids[row], self._uris[row], float(score))
+                for row, score in zip(row_indices, row_scores, strict=True)
+                if row >= 0  # -1: ScaNN found fewer candidates than asked for
+            ]
+            for row_indices, row_scores in zip(indices, scores, strict=True)
+        ]
+
+    def search_vector(self, vector: np.ndarray, k: int) -> list[SearchHit]:
+        """One ``(dim,)`` query vector -> up to ``k`` hits, best first."""
+        vector = np.asarray(vector, dtype=np.float32)
+        if vector.shape != (self.dim,):
+            raise ValueError(f"a query vector must have shape ({self.dim},), got {vector.shape}")
+        return self.search_vectors(vector[np.newaxis], k)[0]
+
+    def similar_to_image_id(self, image_id: str, k: int) -> list[SearchHit]:
+        """The ``k`` indexed images nearest to an indexed image, without the image itself."""
+        k = _check_k(k)
+        row = self._row_of.get(image_id)
+        if row is None:
+            raise KeyError(
+                f"image_id {image_id!r} is not in index version {self.manifest.version} "
+                f"({len(self)} images, encoder {self.encoder_id})"
+            )
+        # One extra result, because the image normally finds itself first; filter by id, not
+        # by position, since an identical vector may tie with it.
+        hits = self.search_vector(self._embeddings[row], min(k + 1, len(self)))
+        return [hit for hit in hits if hit.image_id != image_id][:k]
+
+    def search_image_bytes(self, data: bytes, k: int) -> list[SearchHit]:
+        """An encoded image (JPEG, PNG, ...) -> its ``k`` nearest indexed images.
+
+        Raises ``pipelines.imaging.ImageRejected`` (a ValueError) for bytes that are not a
+        usable image.
+        """
+        from pipelines.imaging import decode_image  # lazy: needs Pillow, only image queries do
+
+        k = _check_k(k)
+        encoder = self.image_encoder()
+        pixels, _, _ = decode_image(data, size=encoder.input_size)
+        vector = encoder.encode(pixels[np.newaxis])[0]
+        return self.search_vector(vector, k)
+
+    def search_image_path(self, path: str, k: int) -> list[SearchHit]:
+        """An image file (local path or gs://) -> its ``k`` nearest indexed images."""
+        with FileSystems.open(path, compression_type=_RAW) as f:
+            data = f.read()
+        return self.search_image_bytes(data, k)
+
+    def image_encoder(self) -> ImageEncoder:
+        """The encoder for image queries: the one passed in, else built from the manifest once."""
+        with self._encoder_lock:  # concurrent first queries must not build the model twice
+            if self._encoder is None:
+                # Lazy: building a real model loads TensorFlow and weights, which vector-only
+                # callers never need.
+                from encoders.registry import create_image_encoder
+
+                spec = EncoderSpec.from_json(self.manifest.encoder_spec)
+                self._encoder = self._checked_encoder(create_image_encoder(spec))
+            return self._encoder
+
+    def _checked_encoder(self, encoder: ImageEncoder) -> ImageEncoder:
+        if encoder.encoder_id != self.manifest.encoder_id or encoder.dim != self.manifest.dim:
+            raise EncoderMismatchError(
+                f"encoder {encoder.encoder_id} (dim {encoder.dim}) cannot query index version "
+                f"{self.manifest.version}, whose vectors come from {self.manifest.encoder_id} "
+                f"(dim {self.manifest.dim})"
+            )
+        return encoder
