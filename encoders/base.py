@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -83,3 +84,26 @@ def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, eps)
+
+
+class TextEncoder(abc.ABC):
+    """Maps a batch of strings to L2-normalised float32 sentence embeddings.
+
+    Tokenisation happens inside (``tensorflow_text``), so the same object serves training,
+    the index job and queries. ``version`` changes whenever the vectors would (vocabulary,
+    weights, weighting scheme).
+    """
+
+    name: str
+    version: str
+    dim: int
+
+    @property
+    def encoder_id(self) -> str:
+        """``name/version``: recorded with every model trained on these vectors."""
+        return f"{self.name}/{self.version}"
+
+    @abc.abstractmethod
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """``N`` strings -> ``(N, dim)`` float32 with unit L2 norm per row (zero rows for
+        texts with no known token)."""

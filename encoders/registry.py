@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from encoders.base import EncoderSpec, ImageEncoder
 from encoders.fake import FAKE_ENCODER_NAME, FakeImageEncoder
-from encoders.keras_image import KERAS_ARCHITECTURES, KerasImageEncoder
+from encoders.keras_image import KERAS_ARCHITECTURES, KerasImageEncoder, resolve_weights
 
 IMAGE_ENCODER_NAMES: tuple[str, ...] = (FAKE_ENCODER_NAME, *KERAS_ARCHITECTURES)
 
@@ -23,6 +23,18 @@ def image_encoder_dim(spec: EncoderSpec) -> int:
     if spec.name in KERAS_ARCHITECTURES:
         return KERAS_ARCHITECTURES[spec.name].dim
     raise _unknown(spec.name)
+
+
+def check_image_encoder(spec: EncoderSpec) -> int:
+    """Fail fast on a spec that cannot be built (unknown name, weights not found); -> its dim.
+
+    Cheap (no TensorFlow): a job calls it before launching workers, so a missing weights file
+    is one clear error on the command line rather than a crash inside every worker.
+    """
+    dim = image_encoder_dim(spec)
+    if spec.name in KERAS_ARCHITECTURES:
+        resolve_weights(spec.name, spec.weights)
+    return dim
 
 
 def create_image_encoder(spec: EncoderSpec) -> ImageEncoder:

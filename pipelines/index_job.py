@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from encoders.registry import image_encoder_dim
+from encoders.registry import check_image_encoder, image_encoder_dim
 from pipelines.build_index import build_index
 from pipelines.corpus import ReadCorpus, check_corpus_exists
 from pipelines.io import (
@@ -124,7 +124,7 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
     options = PipelineOptions(list(argv) if argv is not None else None)
     config = IndexConfig.from_options(options)
     check_corpus_exists(config.corpus, config.corpus_format)
-    image_encoder_dim(config.encoder)  # unknown encoder names fail here, before any work
+    check_image_encoder(config.encoder)  # unknown names, missing weights: fail before any work
     clear_previous_output(config.out)
     logger.info("indexing %s -> %s with %s", config.corpus, config.out, config.encoder)
 
