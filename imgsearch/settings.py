@@ -38,3 +38,13 @@ def describe_assets_layout() -> str:
         f"  datasets/coco-mini/val2017/*.jpg                 a folder of photos to index\n"
         f"With internet access, --weights imagenet downloads Keras' ImageNet weights instead."
     )
+
+
+def dag_defaults() -> dict[str, str]:
+    """Defaults for the nightly DAG's params (each can be overridden when triggering a run)."""
+    assets = assets_dir()
+    corpus = str(assets / "datasets" / "coco-mini" / "val2017") if assets else ""
+    return {
+        "corpus": os.environ.get("IMGSEARCH_CORPUS", corpus),
+        "output_root": os.environ.get("IMGSEARCH_OUTPUT_ROOT", str(Path.home() / "imgsearch")),
+    }

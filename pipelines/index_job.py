@@ -138,3 +138,13 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
         config.out, config.encoder.to_json(), counts, config.version, k=config.neighbors
     )
     return IndexResult(config, counts, dead_letter_reasons(config.dead_letters_dir), manifest)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m pipelines.index_job --corpus ... --out ...``, as the Beam operator runs it."""
+    logging.basicConfig(level=logging.INFO)
+    print(run(argv).summary())
+
+
+if __name__ == "__main__":
+    main()
