@@ -11,7 +11,9 @@ setup(
     version="0.1.0",
     description="Semantic image search: Beam indexing pipeline, ScaNN index, serving",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["imgsearch*", "pipelines*", "encoders*", "serving*"]),
+    packages=find_packages(
+        include=["imgsearch*", "pipelines*", "encoders*", "serving*", "training*", "evaluation*"]
+    ),
     install_requires=[
         "apache-beam[gcp]==2.77.0",
         "tensorflow==2.20.*",

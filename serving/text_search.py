@@ -1,0 +1,105 @@
+"""Text -> images through a trained joint model, over an image index loaded by ``ImageSearcher``.
+
+The query path reuses what training used: the text encoder named in the model's metadata
+(``encoders.text_registry``), the model's own NumPy towers (``encoders.joint.JointModel``) and
+the index's image vectors. Word2VisualVec maps text into the image space, so it searches the
+ScaNN index directly; a dual encoder's image tower is applied once at load to every indexed
+vector and queries are scored exactly against that projection (BLAS; fine up to a few
+hundred thousand images, a joint-space ScaNN shard is the next step for larger indexes).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from encoders.base import TextEncoder, l2_normalize
+from encoders.joint import KIND_W2VV, JointModel
+from encoders.text_registry import TextEncoderSpec, create_text_encoder
+from pipelines.scann_index import exact_top_k
+from serving.searcher import EncoderMismatchError, ImageSearcher, SearchHit
+from training.artifacts import LATEST, list_models, load_joint_model, read_metadata, resolve_version
+
+logger = logging.getLogger(__name__)
+
+
+def default_joint_model(models_dir: str | Path) -> str:
+    """The joint model to use when none is named: a dual encoder if any, else Word2VisualVec."""
+    names = sorted({m.name for m in list_models(models_dir)})
+    for prefix in ("dual-", "w2vv-"):
+        for name in names:
+            if name.startswith(prefix):
+                return name
+    raise FileNotFoundError(
+        f"no joint model in {models_dir}; train one with "
+        "`imgsearch train joint --dataset DIR --split train --out MODELS_DIR`"
+    )
+
+
+class TextSearcher:
+    """``search(query, k)`` over an ``ImageSearcher`` with a joint model and its text encoder."""
+
+    def __init__(self, images: ImageSearcher, joint: JointModel, text_encoder: TextEncoder) -> None:
+        if joint.image_encoder_id != images.encoder_id:
+            raise EncoderMismatchError(
+                f"joint model was trained on {joint.image_encoder_id} image vectors, the index "
+                f"holds {images.encoder_id}"
+            )
+        if text_encoder.encoder_id != joint.text_encoder_id:
+            raise EncoderMismatchError(
+                f"joint model expects {joint.text_encoder_id} text features, "
+                f"got {text_encoder.encoder_id}"
+            )
+        self.images, self.joint, self.text_encoder = images, joint, text_encoder
+        # Dual encoder: the index's vectors in the joint space, computed once at load.
+        self._joint_images = (
+            None if joint.kind == KIND_W2VV else joint.embed_image_features(images.embeddings)
+        )
+
+    @classmethod
+    def load(
+        cls,
+        images: ImageSearcher,
+        models_dir: str | Path,
+        model: str | None = None,
+        version: str = LATEST,
+    ) -> TextSearcher:
+        name = model or default_joint_model(models_dir)
+        joint = load_joint_model(models_dir, name, version)
+        metadata = read_metadata(resolve_version(models_dir, name, version))
+        spec = TextEncoderSpec.from_json(metadata["text_encoder"])
+        logger.info("text search with %s over %s", name, spec)
+        return cls(images, joint, create_text_encoder(spec))
+
+    def embed_queries(self, queries: list[str]) -> np.ndarray:
+        """Query strings -> unit vectors in the space the index is searched in.
+
+        A query with no word the text encoder knows has an all-zero feature row; the towers
+        would turn it into a constant vector (their biases) and return the same images for
+        any such query, so it is refused instead.
+        """
+        features = self.text_encoder.encode(queries)
+        unknown = [q for q, row in zip(queries, features, strict=True) if not np.any(row)]
+        if unknown:
+            raise ValueError(
+                f"no word of {unknown[0]!r} is known to text encoder {self.text_encoder.encoder_id}"
+            )
+        return self.joint.embed_text_features(features)
+
+    def search_many(self, queries: list[str], k: int) -> list[list[SearchHit]]:
+        vectors = self.embed_queries(queries)
+        if self._joint_images is None:
+            return self.images.search_vectors(vectors, k)
+        k = min(k, len(self._joint_images))
+        rows, scores = exact_top_k(self._joint_images, l2_normalize(vectors), k)
+        return [
+            [self.images.hit_for_row(int(r), float(s)) for r, s in zip(rr, ss, strict=True)]
+            for rr, ss in zip(rows, scores, strict=True)
+        ]
+
+    def search(self, query: str, k: int = 10) -> list[SearchHit]:
+        if not query.strip():
+            raise ValueError("empty text query")
+        return self.search_many([query], k)[0]

@@ -1,0 +1,161 @@
+"""``imgsearch train joint``: fit text-to-image joint models on a captioned dataset.
+
+Steps, each reusing what an earlier run made: the dataset's image features through the real
+index job (``training.features``), the text encoder (fitted on the split's captions for the
+kinds that need fitting), text features for every caption, then Word2VisualVec and/or the dual
+encoder, each saved as a new version in the models directory with the encoder ids it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from encoders.base import EncoderSpec
+from encoders.text_registry import (
+    FITTED_TEXT_ENCODER_NAMES,
+    TEXT_ENCODER_NAMES,
+    TextEncoderSpec,
+    create_text_encoder,
+    fit_text_encoder,
+)
+from training.artifacts import save_joint_model
+from training.captions import caption_pairs, load_captioned_dataset
+from training.features import dataset_features
+from training.joint import DualEncoderConfig, W2VVConfig, train_dual_encoder, train_w2vv
+
+logger = logging.getLogger(__name__)
+
+JOINT_KINDS = ("w2vv", "dual")
+_TEXT_CHUNK = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJointConfig:
+    dataset: str
+    split: str | None
+    models_dir: str
+    text_encoder: str = "minilm"
+    text_path: str = "auto"
+    kinds: tuple[str, ...] = JOINT_KINDS
+    image_encoder: EncoderSpec = dataclasses.field(default_factory=EncoderSpec)
+    epochs: int = 30
+    max_seconds: float | None = None
+    batch_size: int | None = None  # None: each trainer's default
+    dual_loss: str = "infonce"
+    seed: int = 0
+
+
+def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
+    parser = argparse.ArgumentParser(prog="imgsearch train joint", description=__doc__)
+    parser.add_argument("--dataset", required=True, help="captioned folder, Flickr8k or COCO")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--out", required=True, help="the models directory")
+    parser.add_argument("--text-encoder", default="minilm", choices=TEXT_ENCODER_NAMES)
+    parser.add_argument("--text-path", default="auto", help="GloVe/MiniLM source ('auto')")
+    parser.add_argument("--kind", choices=[*JOINT_KINDS, "both"], default="both")
+    parser.add_argument("--encoder", default="mobilenet_v2", help="image encoder")
+    parser.add_argument("--weights", default="auto")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--max-seconds", type=float, default=None, help="per model")
+    parser.add_argument(
+        "--dual-loss", default="infonce", choices=["infonce", "vse++", "infonce+vse++"]
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args, beam_args = parser.parse_known_args(argv)
+    config = TrainJointConfig(
+        dataset=args.dataset,
+        split=args.split or None,
+        models_dir=args.out,
+        text_encoder=args.text_encoder,
+        text_path=args.text_path,
+        kinds=JOINT_KINDS if args.kind == "both" else (args.kind,),
+        image_encoder=EncoderSpec(name=args.encoder, weights=args.weights),
+        epochs=args.epochs,
+        max_seconds=args.max_seconds,
+        batch_size=args.batch_size,
+        dual_loss=args.dual_loss,
+        seed=args.seed,
+    )
+    return config, beam_args
+
+
+def text_encoder_for(config: TrainJointConfig, captions: list[str]) -> TextEncoderSpec:
+    """The spec of the text encoder to train with, fitting it on ``captions`` when it needs it."""
+    if config.text_encoder not in FITTED_TEXT_ENCODER_NAMES:
+        return TextEncoderSpec(config.text_encoder, config.text_path)
+    digest = hashlib.sha256("\n".join(captions).encode()).hexdigest()[:12]
+    out = Path(config.models_dir) / "text" / f"{config.text_encoder}-{digest}"
+    glove = config.text_path
+    return fit_text_encoder(config.text_encoder, captions, out, glove=glove)
+
+
+def encode_texts(encoder, texts: list[str]) -> np.ndarray:
+    """All captions through the text encoder, in chunks (bounded memory, progress in the log)."""
+    parts = []
+    for start in range(0, len(texts), _TEXT_CHUNK):
+        parts.append(encoder.encode(texts[start : start + _TEXT_CHUNK]))
+        if start and start % (20 * _TEXT_CHUNK) == 0:
+            logger.info("encoded %d/%d captions", start, len(texts))
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def run(config: TrainJointConfig, beam_args: Sequence[str] = ()) -> list[Path]:
+    """Train every kind in ``config.kinds``; -> the saved version folders."""
+    dataset = load_captioned_dataset(config.dataset, config.split)
+    features = dataset_features(
+        dataset, Path(config.models_dir) / "features", config.image_encoder, beam_args
+    )
+    captions = dataset.caption_texts
+    text_spec = text_encoder_for(config, captions)
+    text_encoder = create_text_encoder(text_spec)
+    start = time.perf_counter()
+    text_feats = encode_texts(text_encoder, captions)
+    logger.info("text features %s in %.1f s", text_feats.shape, time.perf_counter() - start)
+
+    image_feats = features.image_embeddings
+    pairs = caption_pairs(dataset, np.arange(len(dataset.images)))
+    saved = []
+    for kind in config.kinds:
+        common = {"epochs": config.epochs, "seed": config.seed, "max_seconds": config.max_seconds}
+        if config.batch_size is not None:
+            common["batch_size"] = config.batch_size
+        if kind == "w2vv":
+            training = W2VVConfig(**common)
+            trained, history = train_w2vv(text_feats, image_feats, pairs, training)
+        else:
+            training = DualEncoderConfig(loss=config.dual_loss, **common)
+            trained, history = train_dual_encoder(text_feats, image_feats, pairs, training)
+        model = trained.to_joint_model(text_encoder.encoder_id, features.table.encoder_id)
+        metadata = {
+            "text_encoder": {**text_spec.to_json(), "encoder_id": text_encoder.encoder_id},
+            "image_encoder": {
+                **config.image_encoder.to_json(),
+                "encoder_id": features.table.encoder_id,
+            },
+            "dataset": dataset.summary(),
+            "features_index": features.index_dir,
+            "training_config": training.to_json(),
+            "history": history.to_json(),
+            "heldout_metrics": history.best_heldout,
+        }
+        name = f"{kind}-{config.text_encoder}"
+        folder = save_joint_model(config.models_dir, name, model, metadata)
+        logger.info("saved %s (held-out %s) to %s", name, history.best_heldout, folder)
+        saved.append(folder)
+    return saved
+
+
+def main(argv: Sequence[str]) -> int:
+    config, beam_args = parse_args(argv)
+    for folder in run(config, beam_args):
+        print(f"saved {folder}")
+    return 0
