@@ -4,6 +4,8 @@ Layout under an output dir ``OUT`` (local or gs://)::
 
     OUT/table/embeddings-SSSSS-of-NNNNN.parquet   written by the Beam job
     OUT/index/shard-00000/                         ScaNN assets + ids.parquet (row, image_id, uri)
+    OUT/index/joint-shard-00000/                   the same over joint_embedding, if the table
+                                                   has it (a dual joint model's image side)
     OUT/manifest.json                              written last: publishes the version
 
 Row ``i`` of a shard's ScaNN index is row ``i`` of its ``ids.parquet``. Rows are sorted by
@@ -28,6 +30,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.joint import split_model_id
 from pipelines.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -37,6 +40,7 @@ from pipelines.manifest import (
     write_manifest,
 )
 from pipelines.scann_index import build_searcher, choose_scann_params, save_searcher
+from pipelines.types import JOINT_EMBEDDING, JOINT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,11 @@ def shard_dir_name(shard: int) -> str:
     return f"{INDEX_DIR}/shard-{shard:05d}"
 
 
+def joint_shard_dir_name(shard: int) -> str:
+    """``index/joint-shard-00000``: a joint-space shard's folder relative to the output dir."""
+    return f"{INDEX_DIR}/joint-shard-{shard:05d}"
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class EmbeddingTable:
     """The rows of an embedding table that the index needs, sorted by ``image_id``.
@@ -76,6 +85,8 @@ class EmbeddingTable:
     embeddings: np.ndarray
     encoder_id: str
     paths: tuple[str, ...]  # the Parquet files read, sorted
+    joint_embeddings: np.ndarray | None = None  # (N, joint_dim), when the table has the column
+    joint_model: str = ""  # the dual joint model's name/version that made them
 
     @property
     def dim(self) -> int:
@@ -112,23 +123,33 @@ def read_embedding_table(paths: Sequence[str]) -> EmbeddingTable:
         raise ValueError("empty table: no embedding-table Parquet files to read")
     parts = []
     dims: dict[str, int] = {}
+    joint_dims: dict[str, int | None] = {}
     for path in paths:
         with FileSystems.open(path, compression_type=_RAW) as handle:
             try:
-                part = pq.read_table(handle, columns=_TABLE_COLUMNS)
+                parquet = pq.ParquetFile(handle)
+                has_joint = JOINT_EMBEDDING in parquet.schema_arrow.names
+                columns = _TABLE_COLUMNS + ([JOINT_EMBEDDING, JOINT_MODEL] if has_joint else [])
+                part = parquet.read(columns=columns)
             except (pa.ArrowException, KeyError) as err:
                 raise ValueError(f"{path} is not a readable embedding-table file: {err}") from err
         dims[path] = _embedding_dim(part.schema.field("embedding").type, path)
+        joint_dims[path] = (
+            _embedding_dim(part.schema.field(JOINT_EMBEDDING).type, path) if has_joint else None
+        )
         # Schema metadata (e.g. the writer's dim) may differ per file and would block concat.
         parts.append(part.replace_schema_metadata(None))
     if len(set(dims.values())) > 1:
         raise ValueError(f"embedding-table files disagree on the dimension: {dims}")
+    if len(set(joint_dims.values())) > 1:
+        raise ValueError(f"embedding-table files disagree on the joint column: {joint_dims}")
     dim = next(iter(dims.values()))
+    joint_dim = next(iter(joint_dims.values()))
     table = pa.concat_tables(parts)
     del parts
     if table.num_rows == 0:
         raise ValueError(f"empty table: the {len(paths)} Parquet file(s) hold no rows")
-    for column in _TABLE_COLUMNS:
+    for column in table.column_names:
         if table[column].null_count:
             raise ValueError(f"the table has {table[column].null_count} null {column!r} values")
 
@@ -142,6 +163,16 @@ def read_embedding_table(paths: Sequence[str]) -> EmbeddingTable:
     embeddings = embedding_column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
     if not np.isfinite(embeddings).all():
         raise ValueError("the table holds NaN or infinite embedding values")
+    joint_embeddings, joint_model = None, ""
+    if joint_dim is not None:
+        joint_model = _single_value(table, JOINT_MODEL, "joint model")
+        joint_column = table[JOINT_EMBEDDING].combine_chunks()
+        joint_embeddings = np.ascontiguousarray(
+            joint_column.flatten().to_numpy(zero_copy_only=False).reshape(-1, joint_dim),
+            dtype=np.float32,
+        )
+        if not np.isfinite(joint_embeddings).all():
+            raise ValueError("the table holds NaN or infinite joint_embedding values")
     off_norm = int((np.abs(np.linalg.norm(embeddings, axis=1) - 1.0) > _NORM_TOLERANCE).sum())
     if off_norm:
         logger.warning(
@@ -155,23 +186,29 @@ def read_embedding_table(paths: Sequence[str]) -> EmbeddingTable:
         embeddings=np.ascontiguousarray(embeddings, dtype=np.float32),
         encoder_id=encoder_id,
         paths=paths,
+        joint_embeddings=joint_embeddings,
+        joint_model=joint_model,
     )
 
 
 def _single_encoder_id(table: pa.Table) -> str:
-    counts = pc.value_counts(table["encoder"])
-    by_encoder = dict(
+    return _single_value(table, "encoder", "encoder")
+
+
+def _single_value(table: pa.Table, column: str, what: str) -> str:
+    counts = pc.value_counts(table[column])
+    by_value = dict(
         zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
     )
-    if len(by_encoder) != 1:
+    if len(by_value) != 1:
         raise ValueError(
-            f"the table mixes encoder ids {by_encoder} (rows per encoder); vectors of "
-            f"different encoders are not comparable, so one index must hold one encoder"
+            f"the table mixes {what} ids {by_value} (rows per {what}); vectors of "
+            f"different {what}s are not comparable, so one index must hold one {what}"
         )
-    encoder_id = next(iter(by_encoder))
-    if not encoder_id:
-        raise ValueError("the table's rows have an empty encoder id")
-    return encoder_id
+    value = next(iter(by_value))
+    if not value:
+        raise ValueError(f"the table's rows have an empty {what} id")
+    return value
 
 
 def _check_unique_ids(table: pa.Table) -> None:
@@ -249,6 +286,25 @@ def _upload(local_path: str, destination: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def _publish_shard(
+    out_dir: str, shard_rel: str, searcher: Any, table: EmbeddingTable
+) -> list[dict[str, Any]]:
+    """Write a ScaNN searcher + ids.parquet under ``OUT/shard_rel``; -> their manifest entries."""
+    shard_dir = FileSystems.join(out_dir, *shard_rel.split("/"))
+    entries = []
+    # ScaNN serializes to local disk only; stage there, then copy through FileSystems (gs://).
+    with tempfile.TemporaryDirectory(prefix="imgsearch-index-") as staging:
+        save_searcher(searcher, staging)
+        write_ids(os.path.join(staging, IDS_FILE), table.image_ids, table.uris)
+        for name in sorted(os.listdir(staging)):
+            destination = FileSystems.join(shard_dir, name)
+            size, sha256 = _upload(os.path.join(staging, name), destination)
+            entries.append(
+                {"path": relative_path(destination, out_dir), "bytes": size, "sha256": sha256}
+            )
+    return entries
+
+
 def build_index(
     out_dir: str,
     encoder_spec: dict[str, Any],
@@ -289,18 +345,33 @@ def build_index(
     searcher = build_searcher(table.embeddings, params)
 
     shard_rel = shard_dir_name(0)
-    shard_dir = FileSystems.join(out_dir, *shard_rel.split("/"))
-    index_entries = []
-    # ScaNN serializes to local disk only; stage there, then copy through FileSystems (gs://).
-    with tempfile.TemporaryDirectory(prefix="imgsearch-index-") as staging:
-        save_searcher(searcher, staging)
-        write_ids(os.path.join(staging, IDS_FILE), table.image_ids, table.uris)
-        for name in sorted(os.listdir(staging)):
-            destination = FileSystems.join(shard_dir, name)
-            size, sha256 = _upload(os.path.join(staging, name), destination)
-            index_entries.append(
-                {"path": relative_path(destination, out_dir), "bytes": size, "sha256": sha256}
-            )
+    index_entries = _publish_shard(out_dir, shard_rel, searcher, table)
+    joint_index = None
+    if table.joint_embeddings is not None:
+        joint_dim = int(table.joint_embeddings.shape[1])
+        joint_params = choose_scann_params(num_rows, joint_dim, k)
+        logger.info(
+            "indexing %d x %d joint vectors of %s with %s",
+            num_rows,
+            joint_dim,
+            table.joint_model,
+            joint_params,
+        )
+        joint_rel = joint_shard_dir_name(0)
+        joint_searcher = build_searcher(table.joint_embeddings, joint_params)
+        index_entries += _publish_shard(out_dir, joint_rel, joint_searcher, table)
+        model, model_version = split_model_id(table.joint_model)
+        joint_index = {
+            "model": model,
+            "model_version": model_version,
+            "dim": joint_dim,
+            "scann_params": joint_params.to_json(),
+            "shard": {
+                "index_dir": joint_rel,
+                "ids_file": f"{joint_rel}/{IDS_FILE}",
+                "count": num_rows,
+            },
+        }
     table_entries = [file_entry(path, out_dir) for path in table.paths]
 
     manifest = IndexManifest(
@@ -314,6 +385,7 @@ def build_index(
         scann_params=params.to_json(),
         shards=[{"index_dir": shard_rel, "ids_file": f"{shard_rel}/{IDS_FILE}", "count": num_rows}],
         files=sorted(table_entries + index_entries, key=lambda entry: entry["path"]),
+        joint_index=joint_index,
     )
     write_manifest(out_dir, manifest)
     return manifest

@@ -28,7 +28,13 @@ from pipelines.io import (
 )
 from pipelines.manifest import IndexManifest
 from pipelines.options import IndexConfig
-from pipelines.transforms import DecodeImages, DedupeImages, EncodeImages, HashImages
+from pipelines.transforms import (
+    AddJointEmbeddings,
+    DecodeImages,
+    DedupeImages,
+    EncodeImages,
+    HashImages,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ class IndexImages(beam.PTransform):
         rows, unencodable = decoded | "Encode" >> EncodeImages(
             self.config.encoder, self.config.batch_size
         )
+        if self.config.joint_model is not None:
+            rows = rows | "JointEmbed" >> AddJointEmbeddings(self.config.joint_model)
         dead_letters = (unreadable, undecodable, unencodable) | "AllDeadLetters" >> beam.Flatten()
         return {"rows": rows, "duplicates": duplicates, "dead_letters": dead_letters}
 
@@ -60,8 +68,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: IndexConfig) -> None:
     outputs = refs | "IndexImages" >> IndexImages(config)
     dead_letters = (unlisted, outputs["dead_letters"]) | "DeadLetters" >> beam.Flatten()
     dim = image_encoder_dim(config.encoder)
+    joint_dim = config.joint_model.dim if config.joint_model is not None else None
     _ = outputs["rows"] | "WriteTable" >> WriteEmbeddingTable(
-        config.table_dir, dim, config.table_shards
+        config.table_dir, dim, config.table_shards, joint_dim
     )
     _ = outputs["duplicates"] | "WriteDuplicates" >> WriteDuplicates(config.duplicates_dir)
     _ = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letters_dir)

@@ -46,8 +46,11 @@ class _WriteParquet(beam.PTransform):
 class WriteEmbeddingTable(_WriteParquet):
     """PCollection[table row dict] -> ``OUT/table/embeddings-*.parquet``."""
 
-    def __init__(self, table_dir: str, dim: int, num_shards: int = 0) -> None:
-        super().__init__(table_dir, TABLE_PREFIX, embedding_table_schema(dim), num_shards)
+    def __init__(
+        self, table_dir: str, dim: int, num_shards: int = 0, joint_dim: int | None = None
+    ) -> None:
+        schema = embedding_table_schema(dim, joint_dim)
+        super().__init__(table_dir, TABLE_PREFIX, schema, num_shards)
 
 
 class WriteDeadLetters(beam.PTransform):

@@ -51,9 +51,16 @@ class IndexManifest:
     scann_params: dict[str, Any]  # ScannParams.to_json()
     shards: list[dict[str, Any]]
     files: list[dict[str, Any]]
+    # A dual joint model's image index, or None: {"model", "model_version", "dim",
+    # "scann_params", "shard": {"index_dir", "ids_file", "count"}}. Optional, so manifests
+    # without it (older ones included) read the same; omitted from the JSON when None.
+    joint_index: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["joint_index"] is None:
+            del data["joint_index"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> IndexManifest:
@@ -61,7 +68,8 @@ class IndexManifest:
         if not isinstance(data, dict):
             raise ValueError(f"a manifest is a JSON object, got {type(data).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [name for name in names if name not in data]
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        missing = [name for name in names if name not in data and name not in optional]
         if missing:
             raise ValueError(f"manifest lacks {missing}")
         if data["format_version"] != FORMAT_VERSION:
@@ -76,7 +84,13 @@ class IndexManifest:
         for entry in data["files"]:
             _require_keys("file entry", entry, ("path", "bytes", "sha256"))
             _check_relative(entry["path"])
-        return cls(**{name: data[name] for name in names})
+        joint = data.get("joint_index")
+        if joint is not None:
+            _require_keys("joint_index", joint, ("model", "model_version", "dim", "shard"))
+            _require_keys("joint shard", joint["shard"], ("index_dir", "ids_file", "count"))
+            _check_relative(joint["shard"]["index_dir"])
+            _check_relative(joint["shard"]["ids_file"])
+        return cls(**{name: data[name] for name in names if name in data})
 
     def files_under(self, prefix: str) -> list[dict[str, Any]]:
         """The file entries whose path lies under the folder ``prefix`` (relative to OUT)."""

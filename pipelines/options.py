@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from encoders.base import EncoderSpec
 from pipelines.fetch import FetchLimits
 from pipelines.imaging import DecodeLimits
+from pipelines.joint import JointModelRef, resolve_joint_model
 
 CORPUS_FORMATS = ("auto", "files", "manifest")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
@@ -53,6 +54,13 @@ class IndexOptions(PipelineOptions):
         parser.add_argument("--download_retries", type=int, default=FetchLimits.retries)
         parser.add_argument("--neighbors", type=int, default=10, help="default k of the index")
         parser.add_argument("--run_version", default="", help="version name; default: UTC time")
+        parser.add_argument("--models", default="", help="models directory (for --joint_model)")
+        parser.add_argument(
+            "--joint_model",
+            default="",
+            help="a dual joint model in --models: adds joint_embedding to the table and a joint "
+            "ScaNN index (its LATEST version, pinned at launch)",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +77,7 @@ class IndexConfig:
     table_shards: int = 0
     neighbors: int = 10
     version: str = ""
+    joint_model: JointModelRef | None = None  # a pinned dual model, or None: no joint column
 
     @property
     def table_dir(self) -> str:
@@ -97,16 +106,20 @@ class IndexConfig:
             raise ValueError(f"--table_shards must be >= 0, got {opts.table_shards}")
         if opts.download_retries < 0:
             raise ValueError(f"--download_retries must be >= 0, got {opts.download_retries}")
+        if bool(opts.models) != bool(opts.joint_model):
+            raise ValueError("--models and --joint_model go together (a dual model in a folder)")
         version = opts.run_version or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         if not re.fullmatch(r"[A-Za-z0-9._-]+", version):
             raise ValueError(f"--run_version may hold letters, digits, '.', '_', '-': {version!r}")
+        encoder = EncoderSpec(name=opts.encoder, weights=opts.weights, image_size=opts.image_size)
+        joint_model = None
+        if opts.joint_model:
+            joint_model = resolve_joint_model(opts.models, opts.joint_model, encoder)
         return cls(
             corpus=opts.corpus,
             out=opts.out.rstrip("/"),
             corpus_format=resolve_corpus_format(opts.corpus, opts.corpus_format),
-            encoder=EncoderSpec(
-                name=opts.encoder, weights=opts.weights, image_size=opts.image_size
-            ),
+            encoder=encoder,
             decode_limits=DecodeLimits(max_pixels=opts.max_pixels),
             fetch_limits=FetchLimits(
                 max_bytes=opts.max_download_bytes,
@@ -117,6 +130,7 @@ class IndexConfig:
             table_shards=opts.table_shards,
             neighbors=opts.neighbors,
             version=version,
+            joint_model=joint_model,
         )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
@@ -24,7 +25,10 @@ from encoders.base import EncoderSpec
 from encoders.model_handler import ImageEncoderModelHandler, encode_dead_letters
 from pipelines.fetch import FetchError, FetchLimits, read_bytes
 from pipelines.imaging import DecodeLimits, ImageRejected, decode_image, sha256_hex
+from pipelines.joint import JointModelRef
 from pipelines.types import (
+    JOINT_EMBEDDING,
+    JOINT_MODEL,
     STAGE_DECODE,
     STAGE_FETCH,
     DeadLetter,
@@ -206,3 +210,44 @@ class EncodeImages(beam.PTransform):
         failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(encode_dead_letters)
         dead_letters = (split[DEAD_LETTERS], failed) | "EncodeDeadLetters" >> beam.Flatten()
         return split.rows, dead_letters
+
+
+class JointEmbeddingFn(beam.DoFn):
+    """Table row -> the same row plus ``joint_embedding`` and ``joint_model`` (a dual model's).
+
+    The model (NumPy weights) loads once per worker in ``setup``. A row made by another image
+    encoder than the model was trained on fails the job with a clear error: its joint vectors
+    would be meaningless, and every row of the run shares the encoder.
+    """
+
+    def __init__(self, model: JointModelRef) -> None:
+        self.model_ref = model
+        self._model = None
+
+    def setup(self) -> None:
+        from training.artifacts import load_joint_model  # lazy: only jobs with a joint model
+
+        ref = self.model_ref
+        self._model = load_joint_model(ref.models_dir, ref.name, ref.version)
+
+    def process(self, row: dict[str, Any]) -> Iterable[dict[str, Any]]:
+        if row["encoder"] != self._model.image_encoder_id:
+            raise ValueError(
+                f"joint model {self.model_ref.model_id} takes {self._model.image_encoder_id} "
+                f"image vectors, but this job's encoder is {row['encoder']}: train the joint "
+                f"model on this encoder's features or index with the encoder it was trained on"
+            )
+        features = np.asarray(row["embedding"], dtype=np.float32)[np.newaxis]
+        joint = self._model.embed_image_features(features)[0]
+        yield {**row, JOINT_EMBEDDING: joint.tolist(), JOINT_MODEL: self.model_ref.model_id}
+
+
+class AddJointEmbeddings(beam.PTransform):
+    """PCollection[table row dict] -> rows with the joint model's image embedding added."""
+
+    def __init__(self, model: JointModelRef) -> None:
+        super().__init__()
+        self.model = model
+
+    def expand(self, rows):
+        return rows | beam.ParDo(JointEmbeddingFn(self.model))

@@ -94,14 +94,31 @@ class DuplicateRecord:
         return dataclasses.asdict(self)
 
 
-def embedding_table_schema(dim: int) -> pa.Schema:
+JOINT_EMBEDDING = "joint_embedding"
+JOINT_MODEL = "joint_model"
+
+
+def embedding_table_schema(dim: int, joint_dim: int | None = None) -> pa.Schema:
     """The Parquet embedding table: one row per unique image content.
 
     ``embedding`` is a fixed-size float32 list so DuckDB/BigQuery/pandas see a proper array and
-    readers can reshape a column to an ``(N, dim)`` matrix without copying row by row.
+    readers can reshape a column to an ``(N, dim)`` matrix without copying row by row. With
+    ``joint_dim``, each row also holds ``joint_embedding`` (the image in a dual joint model's
+    space) and ``joint_model`` (that model's ``name/version``); without it the schema has
+    neither column.
     """
     if dim <= 0:
         raise ValueError(f"embedding dimension must be positive, got {dim}")
+    if joint_dim is not None and joint_dim <= 0:
+        raise ValueError(f"joint embedding dimension must be positive, got {joint_dim}")
+    joint_fields = []
+    metadata = {b"imgsearch.table": b"embeddings", b"imgsearch.dim": str(dim).encode()}
+    if joint_dim is not None:
+        joint_fields = [
+            pa.field(JOINT_EMBEDDING, pa.list_(pa.float32(), joint_dim), nullable=False),
+            pa.field(JOINT_MODEL, pa.string(), nullable=False),
+        ]
+        metadata[b"imgsearch.joint_dim"] = str(joint_dim).encode()
     return pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),
@@ -114,8 +131,9 @@ def embedding_table_schema(dim: int) -> pa.Schema:
             pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
             pa.field("encoder", pa.string(), nullable=False),
             pa.field("metadata", pa.string(), nullable=False),
+            *joint_fields,
         ],
-        metadata={b"imgsearch.table": b"embeddings", b"imgsearch.dim": str(dim).encode()},
+        metadata=metadata,
     )
 
 

@@ -83,6 +83,27 @@ def _copy_shard_to_local(out_dir: str, manifest: IndexManifest, index_dir: str, 
     return local
 
 
+def _load_shard(
+    out_dir: str, manifest: IndexManifest, shard: dict
+) -> tuple[ScannSearcher, list[str], list[str]]:
+    """One shard of the manifest -> its ScaNN searcher, image ids and uris (row order)."""
+    index_dir = join_path(out_dir, shard["index_dir"])
+    if _is_local(index_dir):
+        searcher = load_searcher(index_dir)
+    else:
+        # ScaNN reads everything into memory while loading, so the copy can go right after.
+        with tempfile.TemporaryDirectory(prefix="imgsearch-shard-") as local:
+            _copy_shard_to_local(out_dir, manifest, shard["index_dir"], local)
+            searcher = load_searcher(local)
+    image_ids, uris = read_ids(join_path(out_dir, shard["ids_file"]))
+    if searcher.size() != shard["count"]:
+        raise ValueError(
+            f"shard {shard['index_dir']} holds {searcher.size()} vectors, "
+            f"manifest says {shard['count']}"
+        )
+    return searcher, image_ids, uris
+
+
 class ImageSearcher:
     """Nearest-neighbour search over one published index version (one shard for now).
 
@@ -99,6 +120,7 @@ class ImageSearcher:
         uris: Sequence[str],
         embeddings: np.ndarray,
         encoder: ImageEncoder | None = None,
+        joint_searcher: ScannSearcher | None = None,
     ) -> None:
         if not (len(image_ids) == len(uris) == embeddings.shape[0] == searcher.size()):
             raise ValueError(
@@ -114,6 +136,16 @@ class ImageSearcher:
         self._uris = list(uris)
         self._embeddings = embeddings
         self._row_of = {image_id: row for row, image_id in enumerate(self._image_ids)}
+        self._joint_searcher = None
+        self._joint_params = None
+        if manifest.joint_index is not None:
+            if joint_searcher is None or joint_searcher.size() != len(image_ids):
+                raise ValueError(
+                    f"manifest {manifest.version} lists a joint index; pass its ScaNN searcher "
+                    f"over the same {len(image_ids)} images"
+                )
+            self._joint_searcher = joint_searcher
+            self._joint_params = ScannParams.from_json(manifest.joint_index["scann_params"])
         self._encoder = None
         self._encoder_lock = threading.Lock()
         if encoder is not None:
@@ -143,20 +175,16 @@ class ImageSearcher:
                 "this searcher reads one (merging shards is not written yet)"
             )
         shard = manifest.shards[0]
-        index_dir = join_path(out_dir, shard["index_dir"])
-        if _is_local(index_dir):
-            searcher = load_searcher(index_dir)
-        else:
-            # ScaNN reads everything into memory while loading, so the copy can go right after.
-            with tempfile.TemporaryDirectory(prefix="imgsearch-shard-") as local:
-                _copy_shard_to_local(out_dir, manifest, shard["index_dir"], local)
-                searcher = load_searcher(local)
-        image_ids, uris = read_ids(join_path(out_dir, shard["ids_file"]))
-        if searcher.size() != shard["count"]:
-            raise ValueError(
-                f"shard {shard['index_dir']} holds {searcher.size()} vectors, "
-                f"manifest says {shard['count']}"
-            )
+        searcher, image_ids, uris = _load_shard(out_dir, manifest, shard)
+        joint_searcher = None
+        if manifest.joint_index is not None:
+            joint_shard = manifest.joint_index["shard"]
+            joint_searcher, joint_ids, _ = _load_shard(out_dir, manifest, joint_shard)
+            if joint_ids != image_ids:
+                raise ValueError(
+                    f"joint shard {joint_shard['index_dir']} of index version "
+                    f"{manifest.version} holds other images than {shard['index_dir']}"
+                )
 
         table_paths = [join_path(out_dir, entry["path"]) for entry in manifest.files_under("table")]
         table = read_embedding_table(table_paths)
@@ -174,7 +202,15 @@ class ImageSearcher:
             manifest.dim,
             manifest.scann_params.get("kind"),
         )
-        return cls(manifest, searcher, image_ids, uris, table.embeddings, encoder=encoder)
+        return cls(
+            manifest,
+            searcher,
+            image_ids,
+            uris,
+            table.embeddings,
+            encoder=encoder,
+            joint_searcher=joint_searcher,
+        )
 
     def __len__(self) -> int:
         return len(self._image_ids)
@@ -204,13 +240,23 @@ class ImageSearcher:
         Query rows are L2-normalised here, so callers may pass raw vectors; ``k`` is clipped
         to the number of indexed images.
         """
+        return self._search(self._searcher, self._params, queries, k, self.dim)
+
+    def _search(
+        self,
+        searcher: ScannSearcher,
+        params: ScannParams,
+        queries: np.ndarray,
+        k: int,
+        dim: int,
+    ) -> list[list[SearchHit]]:
         k = _check_k(k)
         queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape (M, {self.dim}), got {queries.shape}")
+        if queries.ndim != 2 or queries.shape[1] != dim:
+            raise ValueError(f"queries must have shape (M, {dim}), got {queries.shape}")
         if not np.isfinite(queries).all():
             raise ValueError("queries contain NaN or infinite values")
-        indices, scores = search_batched(self._searcher, l2_normalize(queries), k, self._params)
+        indices, scores = search_batched(searcher, l2_normalize(queries), k, params)
         return [
             [
                 SearchHit(self._image_ids[row], self._uris[row], float(score))
@@ -219,6 +265,23 @@ class ImageSearcher:
             ]
             for row_indices, row_scores in zip(indices, scores, strict=True)
         ]
+
+    @property
+    def joint_index(self) -> dict | None:
+        """The manifest's joint index entry (model, model_version, dim, ...), or None."""
+        return self.manifest.joint_index
+
+    def search_joint_vectors(self, queries: np.ndarray, k: int) -> list[list[SearchHit]]:
+        """``(M, joint dim)`` vectors in the joint model's space -> up to ``k`` hits each.
+
+        Searches the joint ScaNN shard (the table's ``joint_embedding``); ValueError when this
+        index version has none.
+        """
+        if self._joint_searcher is None:
+            raise ValueError(f"index version {self.manifest.version} has no joint index")
+        return self._search(
+            self._joint_searcher, self._joint_params, queries, k, self.joint_index["dim"]
+        )
 
     def search_vector(self, vector: np.ndarray, k: int) -> list[SearchHit]:
         """One ``(dim,)`` query vector -> up to ``k`` hits, best first."""

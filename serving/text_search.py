@@ -5,7 +5,9 @@ The query path reuses what training used: the text encoder named in the model's 
 the index's image vectors. Word2VisualVec maps text into the image space, so it searches the
 ScaNN index directly; a dual encoder's image tower is applied once at load to every indexed
 vector and queries are scored exactly against that projection (BLAS; fine up to a few
-hundred thousand images, a joint-space ScaNN shard is the next step for larger indexes).
+hundred thousand images) -- unless the index was built with that same model version
+(``imgsearch index --models DIR --joint_model NAME``): then queries search its joint-space
+ScaNN shard and nothing is projected at load.
 """
 
 from __future__ import annotations
@@ -38,10 +40,36 @@ def default_joint_model(models_dir: str | Path) -> str:
     )
 
 
+def _index_matches(
+    joint_index: dict | None, model_version: tuple[str, str] | None, dim: int
+) -> bool:
+    if joint_index is None or model_version is None:
+        return False
+    name, version = model_version
+    matches = (joint_index["model"], joint_index["model_version"]) == (name, version)
+    if not matches:
+        logger.info(
+            "the index's joint shard is from %s/%s, not %s/%s: projecting the index at load",
+            joint_index["model"],
+            joint_index["model_version"],
+            name,
+            version,
+        )
+    return matches and joint_index["dim"] == dim
+
+
 class TextSearcher:
     """``search(query, k)`` over an ``ImageSearcher`` with a joint model and its text encoder."""
 
-    def __init__(self, images: ImageSearcher, joint: JointModel, text_encoder: TextEncoder) -> None:
+    def __init__(
+        self,
+        images: ImageSearcher,
+        joint: JointModel,
+        text_encoder: TextEncoder,
+        model_version: tuple[str, str] | None = None,
+    ) -> None:
+        """``model_version`` is the joint model's ``(name, version)``: when the index holds a
+        joint shard made by that same version, queries search it instead of a projection."""
         if joint.image_encoder_id != images.encoder_id:
             raise EncoderMismatchError(
                 f"joint model was trained on {joint.image_encoder_id} image vectors, the index "
@@ -53,9 +81,15 @@ class TextSearcher:
                 f"got {text_encoder.encoder_id}"
             )
         self.images, self.joint, self.text_encoder = images, joint, text_encoder
-        # Dual encoder: the index's vectors in the joint space, computed once at load.
+        self.uses_joint_index = joint.kind != KIND_W2VV and _index_matches(
+            images.joint_index, model_version, joint.dim
+        )
+        # Dual encoder without a matching joint shard: the index's vectors in the joint space,
+        # computed once at load.
         self._joint_images = (
-            None if joint.kind == KIND_W2VV else joint.embed_image_features(images.embeddings)
+            None
+            if joint.kind == KIND_W2VV or self.uses_joint_index
+            else joint.embed_image_features(images.embeddings)
         )
 
     @classmethod
@@ -67,11 +101,12 @@ class TextSearcher:
         version: str = LATEST,
     ) -> TextSearcher:
         name = model or default_joint_model(models_dir)
-        joint = load_joint_model(models_dir, name, version)
-        metadata = read_metadata(resolve_version(models_dir, name, version))
+        folder = resolve_version(models_dir, name, version)
+        joint = load_joint_model(models_dir, name, folder.name)
+        metadata = read_metadata(folder)
         spec = TextEncoderSpec.from_json(metadata["text_encoder"])
-        logger.info("text search with %s over %s", name, spec)
-        return cls(images, joint, create_text_encoder(spec))
+        logger.info("text search with %s (%s) over %s", name, folder.name, spec)
+        return cls(images, joint, create_text_encoder(spec), (name, folder.name))
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:
         """Query strings -> unit vectors in the space the index is searched in.
@@ -90,6 +125,8 @@ class TextSearcher:
 
     def search_many(self, queries: list[str], k: int) -> list[list[SearchHit]]:
         vectors = self.embed_queries(queries)
+        if self.uses_joint_index:
+            return self.images.search_joint_vectors(vectors, k)
         if self._joint_images is None:
             return self.images.search_vectors(vectors, k)
         k = min(k, len(self._joint_images))

@@ -1,0 +1,70 @@
+"""Joint-space image embeddings in the index job: which dual model, checked before launch.
+
+``resolve_joint_model`` runs in the launching process and pins one model version, so every
+worker loads the same weights even if ``LATEST`` moves during the job. ``JointEmbeddingFn``
+(in ``pipelines.transforms``) applies it to each table row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from encoders.base import EncoderSpec
+from encoders.joint import KIND_DUAL, KIND_W2VV
+from encoders.registry import image_encoder_dim
+from training.artifacts import load_joint_model, read_config, read_metadata, resolve_version
+
+
+@dataclasses.dataclass(frozen=True)
+class JointModelRef:
+    """One pinned version of a dual joint model in a models directory (a local path)."""
+
+    models_dir: str
+    name: str
+    version: str
+    dim: int  # width of the joint space: the table's joint_embedding column
+    image_encoder_id: str  # the encoder whose vectors the image tower takes
+
+    @property
+    def model_id(self) -> str:
+        """``name/version``: what the table's ``joint_model`` column holds."""
+        return f"{self.name}/{self.version}"
+
+
+def split_model_id(model_id: str) -> tuple[str, str]:
+    """``name/version`` -> ``(name, version)``; ValueError for anything else."""
+    name, sep, version = model_id.partition("/")
+    if not (sep and name and version) or "/" in version:
+        raise ValueError(f"a joint model id is 'name/version', got {model_id!r}")
+    return name, version
+
+
+def resolve_joint_model(models_dir: str, name: str, encoder: EncoderSpec) -> JointModelRef:
+    """Check model ``name`` can add joint embeddings to a table made by ``encoder``; pin it.
+
+    FileNotFoundError when it does not exist; ValueError when it is a Word2VisualVec model
+    (whose image side is the image embedding itself) or was trained on another image encoder.
+    The exact encoder id (it includes a hash of the weights) is compared again on every row.
+    """
+    folder = resolve_version(models_dir, name)
+    kind = read_config(folder).get("kind")
+    if kind == KIND_W2VV:
+        raise ValueError(
+            f"--joint_model {name} is a w2vv model: its image side is the image embedding "
+            f"itself, so the image index already serves its text queries and no joint column "
+            f"is needed; pass a {KIND_DUAL!r} model"
+        )
+    if kind != KIND_DUAL:
+        raise ValueError(f"--joint_model {name} is a {kind!r} model, not a {KIND_DUAL!r} one")
+    model = load_joint_model(models_dir, name, folder.name)
+    trained_on = read_metadata(folder).get("image_encoder", {})
+    expected = {"name": encoder.name, "image_size": encoder.image_size}
+    recorded = {key: trained_on.get(key, expected[key]) for key in expected}
+    recorded["name"] = model.image_encoder_id.split("/", 1)[0]
+    dim = image_encoder_dim(encoder)
+    if recorded != expected or model.image_dim != dim:
+        raise ValueError(
+            f"--joint_model {name} was trained on {model.image_encoder_id} image vectors "
+            f"({model.image_dim}-d, {recorded}), but this job encodes with {encoder} ({dim}-d)"
+        )
+    return JointModelRef(models_dir, name, folder.name, model.dim, model.image_encoder_id)

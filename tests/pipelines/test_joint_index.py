@@ -1,0 +1,152 @@
+"""``imgsearch index --models DIR --joint_model NAME``: joint column, joint shard, text search."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from encoders.base import TextEncoder
+from encoders.joint import KIND_DUAL, KIND_W2VV, DenseLayer, JointModel
+from pipelines import index_job
+from pipelines.io import parquet_files
+from pipelines.joint import JointModelRef
+from pipelines.manifest import read_manifest
+from pipelines.transforms import JointEmbeddingFn
+from pipelines.types import embedding_table_schema
+from serving.searcher import ImageSearcher
+from serving.text_search import TextSearcher
+from training.artifacts import save_joint_model
+
+FAKE_ID = "fake/v1"
+NOW = dt.datetime(2026, 11, 23, 12, 0, 0, tzinfo=dt.UTC)
+
+
+class HashTextEncoder(TextEncoder):
+    """Deterministic text features: each word adds a seeded random vector."""
+
+    name, version, dim = "hash", "v1", 16
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        rows = []
+        for text in texts:
+            row = np.zeros(self.dim, np.float32)
+            for word in text.split():
+                seed = int(hashlib.sha256(word.encode()).hexdigest()[:8], 16)
+                row += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            rows.append(row / max(np.linalg.norm(row), 1e-12))
+        return np.stack(rows)
+
+
+def _layer(rng, inputs: int, units: int, activation: str = "linear") -> DenseLayer:
+    kernel = rng.standard_normal((inputs, units)).astype(np.float32) / np.sqrt(inputs)
+    return DenseLayer(kernel, rng.standard_normal(units).astype(np.float32) * 0.1, activation)
+
+
+def _save(models: Path, name: str, kind: str, image_id: str = FAKE_ID, image_dim: int = 64):
+    rng = np.random.default_rng(len(name))
+    if kind == KIND_DUAL:
+        model = JointModel(
+            KIND_DUAL, "hash/v1", image_id, 16, image_dim,
+            text_layers=(_layer(rng, 16, 24, "relu"), _layer(rng, 24, 12)),
+            image_layers=(_layer(rng, image_dim, 12),),
+        )  # fmt: skip
+    else:
+        model = JointModel(
+            KIND_W2VV, "hash/v1", image_id, 16, image_dim, text_layers=(_layer(rng, 16, 64),)
+        )
+    metadata = {
+        "text_encoder": {"name": "hash", "encoder_id": "hash/v1"},
+        "image_encoder": {"name": image_id.split("/")[0], "image_size": 64, "encoder_id": image_id},
+    }
+    return model, save_joint_model(models, name, model, metadata, now=NOW)
+
+
+def _args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return ["--corpus", str(corpus), "--out", str(out), "--encoder", "fake", "--weights", "none",
+            "--image_size", "64", "--run_version", "test-1", *extra]  # fmt: skip
+
+
+def test_joint_model_adds_column_index_and_text_search(small_photo_dir: Path, tmp_path: Path):
+    models, out = tmp_path / "models", tmp_path / "out"
+    model, folder = _save(models, "dual-test", KIND_DUAL)
+    index_job.run(
+        _args(small_photo_dir, out, "--models", str(models), "--joint_model", "dual-test")
+    )
+
+    table = pq.ParquetDataset(parquet_files(str(out / "table"))).read().sort_by("image_id")
+    assert table.schema.remove_metadata() == embedding_table_schema(64, 12).remove_metadata()
+    assert set(table["joint_model"].to_pylist()) == {f"dual-test/{folder.name}"}
+    embedding = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
+    joint = np.stack(table["joint_embedding"].to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(joint, model.embed_image_features(embedding), atol=1e-5)
+
+    manifest = read_manifest(str(out))
+    assert manifest.joint_index["model"] == "dual-test"
+    assert manifest.joint_index["model_version"] == folder.name
+    assert manifest.joint_index["dim"] == 12
+    listed = {entry["path"] for entry in manifest.files}
+    assert f"{manifest.joint_index['shard']['ids_file']}" in listed
+    assert any(p.startswith("index/joint-shard-00000/") and "ids" not in p for p in listed)
+
+    images = ImageSearcher.load(str(out))  # verifies every checksum, joint shard included
+    via_index = TextSearcher(images, model, HashTextEncoder(), ("dual-test", folder.name))
+    projected = TextSearcher(images, model, HashTextEncoder())  # no version: projection
+    assert via_index.uses_joint_index and not projected.uses_joint_index
+    queries = ["a dog on grass", "red car", "two people walking"]
+    for a, b in zip(
+        via_index.search_many(queries, 4), projected.search_many(queries, 4), strict=True
+    ):
+        assert [h.image_id for h in a] == [h.image_id for h in b]
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-4)
+
+    # Another version of the model: the joint shard is not its space, so it projects.
+    other = TextSearcher(images, model, HashTextEncoder(), ("dual-test", "20000101T000000Z-0"))
+    assert not other.uses_joint_index
+
+
+def test_index_without_joint_model_keeps_the_schema_and_manifest(small_photo_dir, tmp_path):
+    out = tmp_path / "out"
+    index_job.run(_args(small_photo_dir, out))
+    table = pq.ParquetDataset(parquet_files(str(out / "table"))).read()
+    assert table.schema.remove_metadata() == embedding_table_schema(64).remove_metadata()
+    assert "joint_index" not in (out / "manifest.json").read_text()
+    assert read_manifest(str(out)).joint_index is None
+    with pytest.raises(ValueError, match="no joint index"):
+        ImageSearcher.load(str(out)).search_joint_vectors(np.ones((1, 12)), 3)
+
+
+def test_invalid_joint_models_are_clear_errors_before_launch(tmp_path: Path):
+    models, corpus = tmp_path / "models", tmp_path / "corpus"
+    corpus.mkdir()
+    _save(models, "w2vv-test", KIND_W2VV)
+    _save(models, "dual-mobilenet", KIND_DUAL, "mobilenet_v2/v1-6714965a05ee-224", 1280)
+    out = tmp_path / "out"
+
+    def run(*extra: str) -> None:
+        index_job.run(_args(corpus, out, *extra))
+
+    with pytest.raises(ValueError, match=r"w2vv model.*no joint column"):
+        run("--models", str(models), "--joint_model", "w2vv-test")
+    with pytest.raises(FileNotFoundError, match="no model 'nope'"):
+        run("--models", str(models), "--joint_model", "nope")
+    with pytest.raises(ValueError, match="trained on mobilenet_v2"):
+        run("--models", str(models), "--joint_model", "dual-mobilenet")
+    with pytest.raises(ValueError, match="go together"):
+        run("--joint_model", "w2vv-test")
+    assert not out.exists()  # nothing was launched or cleared
+
+
+def test_joint_fn_refuses_rows_of_another_encoder_version(tmp_path: Path):
+    models = tmp_path / "models"
+    _, folder = _save(models, "dual-old", KIND_DUAL, "fake/v0")
+    fn = JointEmbeddingFn(JointModelRef(str(models), "dual-old", folder.name, 12, "fake/v0"))
+    fn.setup()
+    row = {"encoder": FAKE_ID, "embedding": np.ones(64, np.float32) / 8}
+    with pytest.raises(ValueError, match=r"takes fake/v0 image vectors.*encoder is fake/v1"):
+        list(fn.process(row))
