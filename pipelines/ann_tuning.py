@@ -652,7 +652,15 @@ def autotune_scann_targets(
 ) -> list[TuningResult]:
     """``autotune_scann`` for several targets (same k) at the cost of one sweep.
 
+    Returns one ``TuningResult`` per target, in order. Choice, per target: among the timed
+    configurations whose recall lower bound reaches the target and which fit the budgets, the
+    one with the lowest median single-query latency (ties within ``TIE_TOLERANCE`` go to the
+    smallest). If none fits, brute force is measured and taken when it fits; otherwise the
+    result is the fastest configuration reaching the recall, with ``met_target=False`` and the
+    missed budget in ``reason``. Below ``BRUTE_FORCE_MAX_VECTORS`` vectors: brute force.
+
     Memory: a copy of the database (the held-out split) plus one searcher at a time.
+    Time (2 cores, shared): ~15 s for 100k x 64, ~45 s for 390k x 50, ~3.5 min for 1M x 256.
     Raises ValueError on a malformed database, queries or targets.
     """
     started = time.perf_counter()

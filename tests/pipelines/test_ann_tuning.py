@@ -250,7 +250,7 @@ def test_tuning_target_rejects_bad_values(kwargs: dict) -> None:
         TuningTarget(**kwargs)
 
 
-def test_targets_must_share_k(data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_rejects_mixed_k_and_non_finite_database(data: tuple[np.ndarray, np.ndarray]) -> None:
     database, _ = data
     with pytest.raises(ValueError, match="share k"):
         autotune_scann_targets(database, [TuningTarget(k=10), TuningTarget(k=5)])
