@@ -47,3 +47,14 @@ def small_photo_dir(tmp_path: Path, coco_photos: list[Path]) -> Path:
     for photo in coco_photos[:6]:
         shutil.copy(photo, folder / photo.name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def flickr_caption_rows(assets_dir: Path) -> list[tuple[str, str]]:
+    """The first 500 (image, caption) rows of Flickr8k's captions.tsv: 100 images x 5 captions."""
+    path = assets_dir / "datasets" / "flickr8k" / "captions.tsv"
+    if not path.is_file():
+        pytest.skip(f"missing {path} (Flickr8k captions: image<TAB>caption per line)")
+    with path.open(encoding="utf-8") as lines:
+        next(lines)  # header
+        return [tuple(next(lines).rstrip("\n").split("\t", 1)) for _ in range(500)]

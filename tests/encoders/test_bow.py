@@ -18,18 +18,11 @@ from encoders.text_registry import (
     fit_text_encoder,
 )
 
-CAPTIONS = Path("datasets") / "flickr8k" / "captions.tsv"
-
 
 @pytest.fixture(scope="module")
-def flickr(assets_dir: Path) -> tuple[list[str], list[str]]:
+def flickr(flickr_caption_rows: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
     """(image names, captions) of the first 500 Flickr8k captions: 100 images x 5 captions."""
-    path = assets_dir / CAPTIONS
-    if not path.is_file():
-        pytest.skip(f"missing {path} (Flickr8k captions: image<TAB>caption per line)")
-    with path.open(encoding="utf-8") as lines:
-        next(lines)  # header
-        rows = [next(lines).rstrip("\n").split("\t", 1) for _ in range(500)]
+    rows = flickr_caption_rows
     return [image for image, _ in rows], [caption for _, caption in rows]
 
 

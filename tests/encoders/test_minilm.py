@@ -47,7 +47,6 @@ except ImportError:  # only a speed-up for the NumPy reference, see NumpyBert.hi
 
 pytestmark = pytest.mark.slow
 
-CAPTIONS = Path("datasets") / "flickr8k" / "captions.tsv"
 
 # Different lengths, punctuation, an accent, a number, a long rare word.
 SENTENCES = [
@@ -80,13 +79,8 @@ def vocab(model_dir: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def captions(assets_dir: Path) -> list[str]:
-    path = assets_dir / CAPTIONS
-    if not path.is_file():
-        pytest.skip(f"missing {path} (Flickr8k captions: image<TAB>caption per line)")
-    with path.open(encoding="utf-8") as lines:
-        next(lines)  # header
-        return [next(lines).rstrip("\n").split("\t", 1)[1] for _ in range(300)]
+def captions(flickr_caption_rows: list[tuple[str, str]]) -> list[str]:
+    return [caption for _, caption in flickr_caption_rows[:300]]
 
 
 # ---------------------------------------------------------------- NumPy reference forward pass

@@ -13,18 +13,11 @@ import pytest
 
 from encoders.text_tokenize import check_texts, tokenize_words
 
-CAPTIONS = Path("datasets") / "flickr8k" / "captions.tsv"
-
 
 @pytest.fixture(scope="module")
-def flickr_captions(assets_dir: Path) -> list[str]:
+def flickr_captions(flickr_caption_rows: list[tuple[str, str]]) -> list[str]:
     """The first 500 Flickr8k captions (already space-tokenised by the dataset's authors)."""
-    path = assets_dir / CAPTIONS
-    if not path.is_file():
-        pytest.skip(f"missing {path} (Flickr8k captions: image<TAB>caption per line)")
-    with path.open(encoding="utf-8") as lines:
-        next(lines)  # header
-        return [next(lines).rstrip("\n").split("\t", 1)[1] for _ in range(500)]
+    return [caption for _, caption in flickr_caption_rows[:500]]
 
 
 @pytest.mark.parametrize(
