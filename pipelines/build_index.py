@@ -311,12 +311,16 @@ def build_index(
     counts: dict[str, int],
     version: str,
     k: int = 10,
+    target_recall: float | None = None,
 ) -> IndexManifest:
     """Build the ScaNN index of ``OUT/table`` into ``OUT/index`` and publish ``OUT/manifest.json``.
 
     ``counts`` are the job's tallies (inputs, duplicates, dead_letters, ...); ``indexed`` is
     taken from the table and, if given, must agree with it. ``k`` is the default number of
-    neighbours the index is tuned for. Returns the manifest it wrote.
+    neighbours the index is tuned for. With ``target_recall``, the main index's parameters come
+    from ``pipelines.ann_tuning.autotune_scann`` (held-out queries against exact neighbours)
+    instead of the size rules, and the measurements are recorded in the manifest's ``tuning``.
+    Returns the manifest it wrote.
     """
     # Validate what the caller passed before reading a large table or deleting anything.
     if not version:
@@ -337,7 +341,16 @@ def build_index(
         raise ValueError(f"counts['indexed'] is {counts['indexed']} but the table holds {num_rows}")
     counts = {**counts, "indexed": num_rows}
 
-    params = choose_scann_params(num_rows, table.dim, k)
+    tuning = None
+    if target_recall is None:
+        params = choose_scann_params(num_rows, table.dim, k)
+    else:
+        from pipelines.ann_tuning import TuningTarget, autotune_scann
+
+        result = autotune_scann(table.embeddings, TuningTarget(recall=target_recall, k=k))
+        if not result.met_target:
+            logger.warning("autotuning missed its target: %s", result.reason)
+        params, tuning = result.params, result.to_json()
     remove_previous_index(out_dir)
     logger.info(
         "indexing %d x %d vectors of %s with %s", num_rows, table.dim, table.encoder_id, params
@@ -386,6 +399,7 @@ def build_index(
         shards=[{"index_dir": shard_rel, "ids_file": f"{shard_rel}/{IDS_FILE}", "count": num_rows}],
         files=sorted(table_entries + index_entries, key=lambda entry: entry["path"]),
         joint_index=joint_index,
+        tuning=tuning,
     )
     write_manifest(out_dir, manifest)
     return manifest

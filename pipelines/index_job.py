@@ -144,7 +144,12 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
 
     counts = collect_counts(config, result)
     manifest = build_index(
-        config.out, config.encoder.to_json(), counts, config.version, k=config.neighbors
+        config.out,
+        config.encoder.to_json(),
+        counts,
+        config.version,
+        k=config.neighbors,
+        target_recall=config.target_recall,
     )
     return IndexResult(config, counts, dead_letter_reasons(config.dead_letters_dir), manifest)
 

@@ -55,11 +55,15 @@ class IndexManifest:
     # "scann_params", "shard": {"index_dir", "ids_file", "count"}}. Optional, so manifests
     # without it (older ones included) read the same; omitted from the JSON when None.
     joint_index: dict[str, Any] | None = None
+    # How ``scann_params`` were chosen when the job was given a recall target: the autotuner's
+    # ``TuningResult.to_json()`` (target, measured recall and latency, candidates). Optional.
+    tuning: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if data["joint_index"] is None:
-            del data["joint_index"]
+        for optional in ("joint_index", "tuning"):
+            if data[optional] is None:
+                del data[optional]
         return data
 
     @classmethod

@@ -53,6 +53,12 @@ class IndexOptions(PipelineOptions):
         parser.add_argument("--download_timeout_s", type=float, default=FetchLimits.read_timeout_s)
         parser.add_argument("--download_retries", type=int, default=FetchLimits.retries)
         parser.add_argument("--neighbors", type=int, default=10, help="default k of the index")
+        parser.add_argument(
+            "--target_recall",
+            type=float,
+            default=None,
+            help="autotune the ScaNN index to this recall@k (e.g. 0.95); default: size rules",
+        )
         parser.add_argument("--run_version", default="", help="version name; default: UTC time")
         parser.add_argument("--models", default="", help="models directory (for --joint_model)")
         parser.add_argument(
@@ -76,6 +82,7 @@ class IndexConfig:
     batch_size: int = 32
     table_shards: int = 0
     neighbors: int = 10
+    target_recall: float | None = None
     version: str = ""
     joint_model: JointModelRef | None = None  # a pinned dual model, or None: no joint column
 
@@ -108,6 +115,8 @@ class IndexConfig:
             raise ValueError(f"--download_retries must be >= 0, got {opts.download_retries}")
         if bool(opts.models) != bool(opts.joint_model):
             raise ValueError("--models and --joint_model go together (a dual model in a folder)")
+        if opts.target_recall is not None and not 0.0 < opts.target_recall <= 1.0:
+            raise ValueError(f"--target_recall must be in (0, 1], got {opts.target_recall}")
         version = opts.run_version or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         if not re.fullmatch(r"[A-Za-z0-9._-]+", version):
             raise ValueError(f"--run_version may hold letters, digits, '.', '_', '-': {version!r}")
@@ -129,6 +138,7 @@ class IndexConfig:
             batch_size=opts.batch_size,
             table_shards=opts.table_shards,
             neighbors=opts.neighbors,
+            target_recall=opts.target_recall,
             version=version,
             joint_model=joint_model,
         )

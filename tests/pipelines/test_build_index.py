@@ -282,3 +282,37 @@ def test_bad_arguments_leave_the_published_version_alone(built) -> None:
         build_index(str(out), ENCODER_SPEC, COUNTS, "", k=10)
     assert read_manifest(str(out)) == manifest
     verify_files(str(out), manifest)
+
+
+def test_target_recall_autotunes_and_records_the_measurements(tmp_path: Path) -> None:
+    from serving.searcher import ImageSearcher
+
+    # Clustered vectors, big enough (25k) that a tree beats brute force.
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((50, 16)).astype(np.float32)
+    rows, _ = table_rows(25_000, 16, seed=3)
+    data = centres[rng.integers(0, 50, 25_000)] + 0.3 * rng.standard_normal((25_000, 16))
+    data = (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32)
+    for row, vector in zip(rows, data, strict=True):
+        row["embedding"] = vector.tolist()
+    write_embedding_table(tmp_path, rows, 16, num_files=2)
+
+    manifest = build_index(str(tmp_path), ENCODER_SPEC, {}, "tuned", k=10, target_recall=0.9)
+
+    assert manifest.tuning is not None and manifest.tuning["target"]["recall"] == 0.9
+    assert manifest.tuning["met_target"] and manifest.tuning["recall"] >= 0.9
+    assert manifest.scann_params == manifest.tuning["params"]
+    assert manifest.scann_params["kind"] == "tree_ah"
+    assert read_manifest(str(tmp_path)).tuning == manifest.tuning
+
+    # The published index keeps that recall on queries it has not seen.
+    searcher = ImageSearcher.load(str(tmp_path))
+    queries = data[rng.integers(0, 25_000, 300)] + 0.05 * rng.standard_normal((300, 16))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    exact, _ = exact_top_k(searcher.embeddings, queries, 10)
+    row_of = {searcher.hit_for_row(r, 0.0).image_id: r for r in range(len(searcher))}
+    recalls = [
+        len({row_of[hit.image_id] for hit in hits} & set(truth.tolist())) / 10
+        for hits, truth in zip(searcher.search_vectors(queries, 10), exact, strict=True)
+    ]
+    assert np.mean(recalls) >= 0.85

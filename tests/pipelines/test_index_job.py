@@ -122,6 +122,9 @@ def test_manifest_corpus_with_ids_metadata_and_missing_files(corpus, tmp_path):
 def test_bad_flags_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="--corpus is required"):
         index_job.run(["--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--target_recall must be in"):
+        index_job.run(["--corpus", str(tmp_path), "--out", str(tmp_path / "o"),
+                       "--target_recall", "1.5"])  # fmt: skip
     with pytest.raises(ValueError, match="matched no files"):
         index_job.run(["--corpus", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
 
