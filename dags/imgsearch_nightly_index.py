@@ -27,6 +27,8 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    # Templates render to Python objects, so the beam_options param arrives as a dict.
+    render_template_as_native_obj=True,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=10)},
     params={
         "corpus": Param(DEFAULTS["corpus"], type="string", minLength=1),
