@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.io import parquet_files
 from pipelines.joint import split_model_id
 from pipelines.manifest import (
     FORMAT_VERSION,
@@ -98,8 +99,7 @@ class EmbeddingTable:
 
 def table_files(out_dir: str) -> list[str]:
     """Sorted paths of ``OUT/table/*.parquet``."""
-    pattern = FileSystems.join(out_dir, TABLE_DIR, "*.parquet")
-    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    return parquet_files(FileSystems.join(out_dir, TABLE_DIR))
 
 
 def _embedding_dim(field_type: pa.DataType, path: str) -> int:
