@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint format bench lock clean
+.PHONY: venv browser demo test lint format bench lock clean
 
 venv: $(STAMP)
 
@@ -17,10 +17,16 @@ $(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# Debian's Chromium, for the tests that open the eval report and the search page in a real browser.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	test -x $(CHROMIUM) || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
+
 demo: venv
 	$(BIN)/imgsearch demo
 
-test: venv
+test: venv browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
