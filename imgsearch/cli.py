@@ -4,6 +4,8 @@
     imgsearch search --index DIR (--image PATH | --image-id ID | --text "...") [-k 10] [--json]
                      [--models MODELS_DIR [--model NAME]]
     imgsearch train joint --dataset DIR --split train --out MODELS_DIR [--text-encoder minilm]
+    imgsearch eval   --dataset DIR --out OUT [--models MODELS_DIR] [--split dev] [Beam options]
+    imgsearch eval score --submission FILE --dataset DIR [--split dev]
     imgsearch demo   [--out DIR]
 
 Heavy imports (Beam, TensorFlow, ScaNN) happen inside each subcommand so ``--help`` is instant.
@@ -70,6 +72,12 @@ def _search(argv: Sequence[str]) -> int:
     return 0
 
 
+def _eval(argv: Sequence[str]) -> int:
+    from evaluation import eval_job
+
+    return eval_job.main(argv)
+
+
 def _demo(argv: Sequence[str]) -> int:
     from imgsearch import demo
 
@@ -85,7 +93,13 @@ def _train(argv: Sequence[str]) -> int:
     return train_joint_job.main(argv[1:])
 
 
-COMMANDS = {"index": _index, "search": _search, "train": _train, "demo": _demo}
+COMMANDS = {
+    "index": _index,
+    "search": _search,
+    "train": _train,
+    "eval": _eval,
+    "demo": _demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

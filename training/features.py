@@ -74,16 +74,21 @@ def dataset_features(
     work_root: str | Path,
     spec: EncoderSpec,
     beam_args: Sequence[str] = (),
+    out: str | Path | None = None,
+    reuse: bool = True,
 ) -> DatasetFeatures:
     """Index ``dataset``'s images with ``spec`` unless an identical index exists; read it.
 
-    Images the index job could not use (dead letters) make this fail with the list of them:
-    a training or evaluation set with silently missing images would give wrong figures.
+    ``out`` overrides the folder (default: ``features_dir(work_root, ...)``); ``reuse=False``
+    always reindexes (evaluation does, since its ``beam_args`` may add index flags such as
+    ``--joint_model`` that the reuse check does not compare). Images the index job could not
+    use (dead letters) make this fail with the list of them: a training or evaluation set with
+    silently missing images would give wrong figures.
     """
     from pipelines import index_job
 
-    out = features_dir(work_root, dataset, spec)
-    reuse = (out / "manifest.json").is_file()
+    out = Path(out) if out is not None else features_dir(work_root, dataset, spec)
+    reuse = reuse and (out / "manifest.json").is_file()
     if reuse:
         manifest = read_manifest(str(out))
         reuse = manifest.encoder_spec == spec.to_json()

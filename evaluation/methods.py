@@ -1,0 +1,185 @@
+"""Text->image methods that ``imgsearch eval`` compares, found by name in a small registry.
+
+A *family* (e.g. ``"joint"``) is a function ``MethodContext -> list[Method]``: it looks at what
+is available (the models directory, the indexed features) and returns one prepared ``Method``
+per representation it can offer, e.g. one per joint model. Later families (caption matching,
+image tags, fused ranking) plug in with ``@register_family("tags")`` and show up in the same
+tables, evaluated on the same queries and images.
+
+A ``Method`` is scored by dot product: ``caption_vectors @ image_vectors.T``. Linear score
+fusion fits this too (concatenate the weighted parts); a method whose scores are not a dot
+product would add a scores hook here, not a special case in the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from encoders.base import l2_normalize
+from encoders.joint import JOINT_KINDS, KIND_W2VV
+from encoders.text_registry import TextEncoderSpec, create_text_encoder
+from serving.searcher import ImageSearcher
+from training.artifacts import list_models, load_joint_model, read_metadata, resolve_version
+from training.features import DatasetFeatures
+from training.train_joint_job import encode_texts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodContext:
+    """What a family may use: the models directory and the indexed evaluation images."""
+
+    models_dir: Path | None
+    features: DatasetFeatures  # dataset + table + dataset-image -> table-row map
+    images: ImageSearcher  # the ScaNN index over the same table (OUT/index)
+
+
+@dataclasses.dataclass(eq=False)
+class Method:
+    """One text->image representation, prepared on the evaluation set.
+
+    ``caption_vectors`` follow ``dataset.captions``, ``image_vectors`` ``dataset.images``.
+    ``index_vectors`` are what the method's ANN index holds (table-row order) and
+    ``ann_search(queries, k) -> (Q, k) table rows`` searches it, or both are None when the
+    method has no ANN index (serving scores it exactly). ``embed_query`` is the single-query
+    serving path (text -> vector), timed for the latency figures.
+    """
+
+    name: str
+    family: str
+    description: dict[str, Any]
+    caption_vectors: np.ndarray
+    image_vectors: np.ndarray
+    embed_query: Callable[[str], np.ndarray]
+    ann_name: str | None = None
+    index_vectors: np.ndarray | None = None
+    ann_search: Callable[[np.ndarray, int], np.ndarray] | None = None
+
+
+Family = Callable[[MethodContext], list[Method]]
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(name: str) -> Callable[[Family], Family]:
+    """Decorator: make a family available to ``prepare_methods`` under ``name``."""
+
+    def register(family: Family) -> Family:
+        if name in _FAMILIES:
+            raise ValueError(f"method family {name!r} is already registered")
+        _FAMILIES[name] = family
+        return family
+
+    return register
+
+
+def family_names() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def prepare_methods(context: MethodContext, families: list[str] | None = None) -> list[Method]:
+    """Every method of the named families (default: all), in family then method order."""
+    chosen = families or family_names()
+    unknown = sorted(set(chosen) - set(_FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown method families {unknown}; known: {family_names()}")
+    methods: list[Method] = []
+    for family in chosen:
+        methods.extend(_FAMILIES[family](context))
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two methods share a name: {names}")
+    return methods
+
+
+def joint_model_names(models_dir: str | Path | None) -> list[str]:
+    """Joint models (``w2vv-*``, ``dual-*``) with a published version, dual encoders first."""
+    if models_dir is None:
+        return []
+    names = {m.name for m in list_models(models_dir) if m.kind in JOINT_KINDS and m.latest}
+    return sorted(names, key=lambda name: (not name.startswith("dual-"), name))
+
+
+@register_family("joint")
+def joint_methods(context: MethodContext) -> list[Method]:
+    """One method per joint model in the models directory (its latest version).
+
+    Word2VisualVec queries search the image index (its space is the image space); a dual
+    encoder searches the index's joint shard when that shard was made by the same version,
+    else it has no ANN index here (serving would score it exactly).
+    """
+    features = context.features
+    table = features.table
+    methods = []
+    for name in joint_model_names(context.models_dir):
+        folder = resolve_version(context.models_dir, name)  # pinned: LATEST may move meanwhile
+        joint = load_joint_model(context.models_dir, name, folder.name)
+        if joint.image_encoder_id != table.encoder_id:
+            raise ValueError(
+                f"joint model {name} was trained on {joint.image_encoder_id} image vectors but "
+                f"the evaluation images were indexed with {table.encoder_id}; evaluate it with "
+                f"the image encoder it was trained on (or retrain it)"
+            )
+        metadata = read_metadata(folder)
+        spec = TextEncoderSpec.from_json(metadata["text_encoder"])
+        text_encoder = create_text_encoder(spec)
+        texts = features.dataset.caption_texts
+        caption_vectors = joint.embed_text_features(encode_texts(text_encoder, texts))
+        image_vectors = joint.embed_image_features(features.image_embeddings)
+
+        def embed_query(text: str, joint=joint, text_encoder=text_encoder) -> np.ndarray:
+            return joint.embed_text_features(text_encoder.encode([text]))[0]
+
+        ann_name = index_vectors = ann_search = None
+        model_id = f"{name}/{metadata['version']}"
+        if joint.kind == KIND_W2VV:
+            ann_name, index_vectors = "scann image index", table.embeddings
+            ann_search = _searcher(context.images.search_vectors, table.image_ids)
+        elif table.joint_embeddings is not None and table.joint_model == model_id:
+            ann_name, index_vectors = "scann joint index", table.joint_embeddings
+            ann_search = _searcher(context.images.search_joint_vectors, table.image_ids)
+        methods.append(
+            Method(
+                name=name,
+                family="joint",
+                description={
+                    "model": name,
+                    "version": metadata["version"],
+                    "kind": joint.kind,
+                    "text_encoder": spec.to_json(),
+                    "text_encoder_id": joint.text_encoder_id,
+                    "image_encoder_id": joint.image_encoder_id,
+                    "trained_on": metadata.get("dataset"),
+                },
+                caption_vectors=caption_vectors,
+                image_vectors=image_vectors,
+                embed_query=embed_query,
+                ann_name=ann_name,
+                index_vectors=None if index_vectors is None else l2_normalize(index_vectors),
+                ann_search=ann_search,
+            )
+        )
+    return methods
+
+
+def _searcher(search, image_ids: list[str]) -> Callable[[np.ndarray, int], np.ndarray]:
+    """Wrap a ``SearchHit`` search into ``(queries, k) -> (Q, k)`` table rows (-1: no hit).
+
+    ``image_ids`` are the table's, in row order: ``ImageSearcher.load`` checks that its index
+    holds the same rows in the same order.
+    """
+    row_of = {image_id: row for row, image_id in enumerate(image_ids)}
+
+    def search_rows(queries: np.ndarray, k: int) -> np.ndarray:
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        for q, hits in enumerate(search(queries, k)):
+            rows[q, : len(hits)] = [row_of[hit.image_id] for hit in hits]
+        return rows
+
+    return search_rows
