@@ -49,7 +49,8 @@ pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
 </style></head><body>
 <h1>Retrieval evaluation</h1>
 <p>Dataset <code>{{ dataset.path | e }}</code> ({{ dataset.layout }}, split
-{{ dataset.split }}): <b>{{ images }}</b> images, <b>{{ queries }}</b> caption queries.
+{{ dataset.split or 'none: every image' }}): <b>{{ images }}</b> images,
+<b>{{ queries }}</b> caption queries.
 Ranks are 1-based; ties count pessimistically (an other item scoring equal to the correct one
 is ranked above it).</p>
 
@@ -57,14 +58,14 @@ is ranked above it).</p>
 <table id="text-to-image"><tr><th>method</th>
 {% for k in t2i_keys %}<th>{{ k }}</th>{% endfor %}</tr>
 {% for name, m in methods.items() %}<tr><td>{{ name | e }}</td>
-{% for k in t2i_keys %}<td>{{ fmt(m.text_to_image[k]) }}</td>{% endfor %}</tr>{% endfor %}
+{% for k in t2i_keys %}<td>{{ fmt(m.text_to_image[k], k) }}</td>{% endfor %}</tr>{% endfor %}
 </table>
 
 <h2>Image &rarr; text</h2>
 <table id="image-to-text"><tr><th>method</th>
 {% for k in i2t_keys %}<th>{{ k }}</th>{% endfor %}</tr>
 {% for name, m in methods.items() %}<tr><td>{{ name | e }}</td>
-{% for k in i2t_keys %}<td>{{ fmt(m.image_to_text[k]) }}</td>{% endfor %}</tr>{% endfor %}
+{% for k in i2t_keys %}<td>{{ fmt(m.image_to_text[k], k) }}</td>{% endfor %}</tr>{% endfor %}
 </table>
 
 <h2>Approximate (ScaNN) vs exact search</h2>
@@ -122,12 +123,13 @@ submission of {{ primary | e }}: <code>submission.csv</code>.</p>
 )
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:.4f}"
-    if isinstance(value, float):
-        return f"{value:.0f}" if value > 1 else f"{value:.4f}"
-    return str(value)
+def _fmt(value: Any, key: str = "") -> str:
+    """Fractions with 4 decimals, ranks with 1, counts as integers."""
+    if isinstance(value, int):
+        return str(value)
+    if key.endswith("_rank"):
+        return f"{value:.1f}"
+    return f"{value:.4f}"
 
 
 def _png(figure) -> str:

@@ -1,0 +1,227 @@
+"""`imgsearch eval` end to end on real Flickr8k dev photos with a joint model trained in-test.
+
+One evaluation run (module fixture) is shared by the assertions: 36 photos, 180 captions, real
+MobileNetV2 features through the real index job, real ScaNN, a tfidf joint model of each kind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation import eval_job
+from evaluation.submission import score_submission
+from imgsearch import cli
+from training import train_joint_job
+from training.captions import load_captioned_dataset
+
+NUM_IMAGES = 36
+
+
+def make_captioned_folder(flickr: Path, out: Path, count: int) -> Path:
+    """The first ``count`` dev photos (symlinked, never copied) and all their captions."""
+    names = (flickr / "splits" / "dev.txt").read_text().split()[:count]
+    (out / "images").mkdir(parents=True)
+    for name in names:
+        os.symlink(flickr / "images" / name, out / "images" / name)
+    keep = set(names)
+    lines = (flickr / "captions.tsv").read_text(encoding="utf-8").splitlines()
+    rows = [lines[0], *(line for line in lines[1:] if line.split("\t", 1)[0] in keep)]
+    (out / "captions.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def flickr(assets_dir: Path) -> Path:
+    root = assets_dir / "datasets" / "flickr8k"
+    if not (root / "splits" / "dev.txt").is_file():
+        pytest.skip("Flickr8k missing from the assets folder")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(flickr: Path, tmp_path_factory) -> Path:
+    return make_captioned_folder(flickr, tmp_path_factory.mktemp("eval") / "ds", NUM_IMAGES)
+
+
+@pytest.fixture(scope="module")
+def models(dataset_dir: Path, tmp_path_factory, mobilenet_weights) -> Path:
+    models = tmp_path_factory.mktemp("models")
+    config, beam_args = train_joint_job.parse_args(
+        ["--dataset", str(dataset_dir), "--split", "", "--out", str(models),
+         "--text-encoder", "tfidf", "--epochs", "40", "--batch-size", "64", "--seed", "1",
+         "--weights", str(mobilenet_weights)]
+    )  # fmt: skip
+    train_joint_job.run(config, beam_args)
+    return models
+
+
+@pytest.fixture(scope="module")
+def evaluated(dataset_dir: Path, models: Path, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("eval-out")
+    code = cli.main(
+        ["eval", "--dataset", str(dataset_dir), "--out", str(out), "--models", str(models),
+         "--latency-queries", "30"]
+    )  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    return out, metrics
+
+
+def test_metrics_json_schema_and_figures(evaluated):
+    out, metrics = evaluated
+    assert metrics["schema_version"] == eval_job.SCHEMA_VERSION
+    assert metrics["images"] == NUM_IMAGES and metrics["queries"] == 5 * NUM_IMAGES
+    assert set(metrics["methods"]) == {"dual-tfidf", "w2vv-tfidf"}
+    assert metrics["primary_method"] == "dual-tfidf"
+    for name, figures in metrics["methods"].items():
+        t2i, i2t = figures["text_to_image"], figures["image_to_text"]
+        assert set(t2i) >= {"R@1", "R@5", "R@10", "MRR", "median_rank", "mean_rank", "queries"}
+        assert t2i["queries"] == 5 * NUM_IMAGES and i2t["queries"] == NUM_IMAGES
+        assert 0 <= t2i["R@1"] <= t2i["R@5"] <= t2i["R@10"] <= 1
+        assert i2t["R@1"] <= i2t["R@5"] <= i2t["R@10"]
+        # Trained on these very captions: far above chance (10 / 36 = 0.28 for R@10).
+        assert t2i["R@10"] > 0.5, (name, t2i)
+        assert figures["description"]["model"] == name
+        assert figures["description"]["image_encoder_id"] == metrics["index"]["encoder_id"]
+    assert metrics["index"]["joint_model"].startswith("dual-tfidf/")
+    assert (out / "index" / "manifest.json").is_file()  # the real index job's output
+
+
+def test_ann_against_exact_on_the_same_vectors(evaluated):
+    _, metrics = evaluated
+    ann = metrics["ann"]["text_to_image"]
+    assert {a["index"] for a in ann.values()} == {"scann joint index", "scann image index"}
+    for name, figures in ann.items():
+        assert 0.0 <= figures["recall@10"] <= 1.0
+        for key, delta in figures["delta"].items():
+            assert delta == pytest.approx(figures["approximate"][key] - figures["exact"][key])
+        # Exact search over the index's vectors reproduces the method's own figures (no
+        # duplicate photos here, so table rows and dataset images coincide).
+        for key in ("R@1", "R@5", "R@10"):
+            exact = metrics["methods"][name]["text_to_image"][key]
+            assert figures["exact"][key] == pytest.approx(exact, abs=1 / 180 + 1e-9)
+    assert 0.9 <= metrics["ann"]["image_to_image"]["recall@10"] <= 1.0
+    for latency in metrics["latency_ms"].values():
+        assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+        assert latency["queries"] == 30
+
+
+def test_submission_file_scores_like_the_metrics(evaluated, dataset_dir: Path, capsys):
+    out, metrics = evaluated
+    with (out / "submission.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["query_id", "query", "image_ids"]
+    assert len(rows) == 1 + 5 * NUM_IMAGES
+    assert all(len(row[2].split()) == 20 for row in rows[1:])
+    dataset = load_captioned_dataset(dataset_dir)
+    score = score_submission(out / "submission.csv", dataset)
+    primary = metrics["methods"][metrics["primary_method"]]["text_to_image"]
+    for key in ("R@1", "R@5", "R@10"):
+        assert score[key] == pytest.approx(primary[key], abs=2 / 180)
+    assert metrics["submission"]["score"] == score
+
+    capsys.readouterr()
+    code = cli.main(
+        ["eval", "score", "--submission", str(out / "submission.csv"),
+         "--dataset", str(dataset_dir)]
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["R@1"] == score["R@1"]
+
+
+def test_a_wrong_submission_names_its_lines(evaluated, dataset_dir: Path, tmp_path, capsys):
+    out, _ = evaluated
+    lines = (out / "submission.csv").read_text(encoding="utf-8").splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",not-an-image.jpg"
+    del lines[5]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    code = cli.main(["eval", "score", "--submission", str(bad), "--dataset", str(dataset_dir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown image id" in err and "line 4" in err and "not-an-image.jpg" in err
+
+
+def test_malformed_dataset_exits_non_zero_naming_the_lines(dataset_dir: Path, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    (broken / "images").mkdir(parents=True)
+    first, second = sorted((dataset_dir / "images").iterdir())[:2]
+    os.symlink(first.resolve(), broken / "images" / first.name)
+    os.symlink(second.resolve(), broken / "images" / second.name)
+    (broken / "captions.tsv").write_text(
+        "image\tcaption\n"
+        f"{first.name}\tA fine caption .\n"
+        f"{second.name}\t   \n"
+        "missing.jpg\tA caption for a photo that is not there .\n"
+        f"{second.name}\tAnother caption .\n",
+        encoding="utf-8",
+    )
+    capsys.readouterr()
+    code = cli.main(["eval", "--dataset", str(broken), "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "empty caption: captions.tsv line 3" in err
+    assert "missing image file: captions.tsv line 4: no images/missing.jpg" in err
+    assert not (tmp_path / "out").exists()  # nothing was indexed
+
+
+def test_no_models_is_an_explicit_error(dataset_dir: Path, tmp_path, capsys):
+    capsys.readouterr()
+    code = cli.main(["eval", "--dataset", str(dataset_dir), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "imgsearch train joint" in capsys.readouterr().err
+    empty = tmp_path / "models"
+    empty.mkdir()
+    code = cli.main(
+        ["eval", "--dataset", str(dataset_dir), "--out", str(tmp_path / "o"),
+         "--models", str(empty)]
+    )  # fmt: skip
+    assert code == 2
+    assert "holds no joint model" in capsys.readouterr().err
+
+
+def test_report_renders_in_chromium(evaluated):
+    """Open the report via file:// in headless Chromium: tables there, every image decoded."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.is_file():
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    out, metrics = evaluated
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(chromium),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--disable-quic"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            # Offline: any request leaving the page (a CDN, a font) would be a bug.
+            requests = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto((out / "report.html").resolve().as_uri())
+            page.wait_for_load_state("load")
+            for table in ("text-to-image", "image-to-text", "ann", "latency", "provenance"):
+                assert page.locator(f"table#{table}").count() == 1, table
+            rows = page.locator("table#text-to-image tr").count()
+            assert rows == 1 + len(metrics["methods"])
+            widths = page.evaluate(
+                "Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)"
+            )
+            text = page.inner_text("body")
+        finally:
+            browser.close()
+    assert len(widths) >= 2 + 5 * 10  # two plots, 10 example queries x top 5
+    assert all(width > 0 for width in widths), widths
+    assert "Worst failures" in text
+    assert metrics["provenance"]["command"].startswith("imgsearch eval --dataset")
+    assert metrics["provenance"]["command"] in text
+    assert all(url.startswith(("file://", "data:")) for url in requests), requests
+    assert np.all([name in text for name in metrics["methods"]])

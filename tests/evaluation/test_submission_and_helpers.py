@@ -1,0 +1,89 @@
+"""Submission scoring and the ANN / gallery helpers against hand-computed cases (no pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation.eval_job import _overlap, _recall_of
+from evaluation.report import gallery_queries
+from evaluation.submission import read_submission, score_rankings, write_submission
+from training.captions import CaptionedDataset, DatasetError
+
+
+def _dataset() -> CaptionedDataset:
+    images = [(name, f"/nowhere/{name}") for name in ("a.jpg", "b.jpg", "c.jpg")]
+    captions = [("a.jpg", "a cat"), ("b.jpg", "a dog"), ("c.jpg", "a cow"), ("a.jpg", "cat, sat")]
+    return CaptionedDataset("/nowhere", "folder", None, images, captions)
+
+
+def test_score_by_hand():
+    dataset = _dataset()
+    rankings = {
+        0: ["a.jpg", "b.jpg"],  # rank 1
+        1: ["a.jpg", "c.jpg", "b.jpg"],  # rank 3
+        2: ["a.jpg"],  # c.jpg not listed: a miss
+        3: ["b.jpg", "a.jpg"],  # rank 2
+    }
+    score = score_rankings(dataset, rankings, ks=(1, 2, 3))
+    assert score == {
+        "R@1": 0.25,
+        "R@2": 0.5,
+        "R@3": 0.75,
+        "MRR@3": pytest.approx((1 + 1 / 3 + 0 + 1 / 2) / 4),
+        "queries": 4,
+        "list_length": 3,
+    }
+
+
+def test_write_then_read_round_trips_quotes_and_commas(tmp_path: Path):
+    dataset = _dataset()
+    rankings = [["a.jpg"], ["b.jpg", "a.jpg"], ["c.jpg"], ["a.jpg", "c.jpg"]]
+    path = write_submission(tmp_path / "s.csv", dataset, rankings)
+    assert read_submission(path, dataset) == dict(enumerate(rankings))
+
+
+def test_read_names_every_wrong_line(tmp_path: Path):
+    dataset = _dataset()
+    path = tmp_path / "bad.csv"
+    path.write_text(
+        "query_id,query,image_ids\n"
+        "q000000,a cat,a.jpg zzz.jpg\n"  # line 2: unknown image
+        "q000001,a horse,b.jpg\n"  # line 3: not the dataset's caption
+        "q000002,a cow,\n"  # line 4: empty ranking
+        "q000002,a cow,c.jpg\n"  # line 5: fine (first valid line for q2)
+        "q000009,x,a.jpg\n"  # line 6: unknown id
+        'q000003,"cat, sat",a.jpg a.jpg\n'  # line 7: listed twice
+    )
+    with pytest.raises(DatasetError) as caught:
+        read_submission(path, dataset)
+    problems = caught.value.problems
+    assert problems["unknown image id"] == ["line 2: q000000: ['zzz.jpg']"]
+    assert "line 3" in problems["query text differs from the dataset's caption"][0]
+    assert problems["empty ranking"] == ["line 4: q000002"]
+    assert problems["unknown query id"] == ["line 6: 'q000009'"]
+    assert problems["image listed twice"] == ["line 7: q000003"]
+    path.write_text("query,image_ids\n")
+    with pytest.raises(DatasetError, match="bad header"):
+        read_submission(path, dataset)
+    path.write_text("query_id,query,image_ids\nq000000,a cat,a.jpg\n")
+    with pytest.raises(DatasetError, match="3 x query without a line"):
+        read_submission(path, dataset)
+
+
+def test_recall_and_overlap_by_hand():
+    rows = np.array([[4, 2, 7], [1, 0, -1], [5, 6, 8]])
+    own = np.array([2, 1, 9])
+    assert _recall_of(rows, own, (1, 2, 3, 10)) == {"R@1": 1 / 3, "R@2": 2 / 3, "R@3": 2 / 3}
+    exact = np.array([[4, 2, 7], [1, 0, 3], [8, 6, 5]])
+    # 3/3, 2/3 (the -1 padding is not a hit), 3/3 (order does not matter)
+    assert _overlap(rows, exact) == pytest.approx((1 + 2 / 3 + 1) / 3)
+
+
+def test_gallery_picks_spread_examples_and_worst_with_ties_by_row():
+    ranks = np.array([1, 9, 3, 9, 2, 1])
+    spread, worst = gallery_queries(ranks, examples=3, failures=3)
+    assert spread == [0, 2, 5]
+    assert worst == [1, 3, 2]  # rank 9 twice (lower row first), then rank 3
