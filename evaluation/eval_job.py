@@ -32,7 +32,13 @@ from typing import Any
 import numpy as np
 
 from encoders.base import EncoderSpec, l2_normalize
-from evaluation.methods import Method, MethodContext, joint_model_names, prepare_methods
+from evaluation.methods import (
+    Method,
+    MethodContext,
+    family_names,
+    joint_model_names,
+    prepare_methods,
+)
 from evaluation.metrics import (
     DEFAULT_KS,
     image_to_text_ranks,
@@ -216,7 +222,8 @@ def run(argv_or_config: Sequence[str] | EvalConfig) -> dict[str, Any]:
     started = time.perf_counter()
     dataset = load_captioned_dataset(config.dataset, config.split)  # fails before any work
     joint_names = joint_model_names(config.models_dir)
-    if not joint_names and not config.families:
+    # Only the joint family needs models; checked before the (costly) indexing.
+    if not joint_names and set(config.families or family_names()) <= {"joint"}:
         raise NoMethodError(
             "no text->image method to evaluate: "
             + (f"{config.models_dir} holds no joint model" if config.models_dir else "no --models")
