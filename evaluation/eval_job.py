@@ -302,6 +302,7 @@ def run(argv_or_config: Sequence[str] | EvalConfig) -> dict[str, Any]:
         "score": score_submission(out / "submission.csv", dataset),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "summary.md").write_text(results_markdown(metrics))
 
     from evaluation.report import write_report
 
@@ -336,6 +337,52 @@ def summary(metrics: dict[str, Any]) -> str:
             f"latency {name}: p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, "
             f"p99 {lat['p99']:.2f} ms ({lat['search']})"
         )
+    return "\n".join(lines)
+
+
+def results_markdown(metrics: dict[str, Any]) -> str:
+    """The headline figures as Markdown (``OUT/summary.md``), for notes and results folders."""
+    data = metrics["dataset"]
+    lines = [
+        f"# imgsearch eval: {data['layout']} {data['split'] or '(all images)'}",
+        "",
+        f"`{metrics['provenance']['command']}`",
+        "",
+        f"{metrics['images']} images, {metrics['queries']} caption queries; "
+        f"{metrics['provenance']['code_version']}, {metrics['provenance']['created_at']}, "
+        f"{metrics['provenance']['seconds']} s; image encoder `{metrics['index']['encoder_id']}`, "
+        f"ScaNN `{metrics['index']['scann_params'].get('kind')}`.",
+        "",
+        "| method | t2i R@1 | R@5 | R@10 | MRR | median rank | i2t R@1 | R@5 | R@10 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, figures in metrics["methods"].items():
+        t, i = figures["text_to_image"], figures["image_to_text"]
+        lines.append(
+            f"| {name} | {t['R@1']:.4f} | {t['R@5']:.4f} | {t['R@10']:.4f} | {t['MRR']:.4f} | "
+            f"{t['median_rank']:.1f} | {i['R@1']:.4f} | {i['R@5']:.4f} | {i['R@10']:.4f} |"
+        )
+    lines += [
+        "",
+        "| method | ANN index | recall@10 vs exact | ΔR@1 | ΔR@5 | ΔR@10 "
+        "| p50 ms | p90 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, lat in metrics["latency_ms"].items():
+        ann = metrics["ann"]["text_to_image"].get(name)
+        if ann is None:
+            cells = f"{lat['search']} | - | - | - | -"
+        else:
+            d = ann["delta"]
+            cells = (
+                f"{ann['index']} | {ann['recall@10']:.4f} | {d['R@1']:+.4f} | {d['R@5']:+.4f} | "
+                f"{d['R@10']:+.4f}"
+            )
+        lines.append(
+            f"| {name} | {cells} | {lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} |"
+        )
+    image_ann = metrics["ann"]["image_to_image"]
+    lines += ["", f"Image->image: {image_ann['index']} recall@10 {image_ann['recall@10']:.4f}.", ""]
     return "\n".join(lines)
 
 

@@ -125,6 +125,7 @@ def test_submission_file_scores_like_the_metrics(evaluated, dataset_dir: Path, c
     for key in ("R@1", "R@5", "R@10"):
         assert score[key] == pytest.approx(primary[key], abs=2 / 180)
     assert metrics["submission"]["score"] == score
+    assert "| dual-tfidf |" in (out / "summary.md").read_text()
 
     capsys.readouterr()
     code = cli.main(
