@@ -87,3 +87,32 @@ def test_gallery_picks_spread_examples_and_worst_with_ties_by_row():
     spread, worst = gallery_queries(ranks, examples=3, failures=3)
     assert spread == [0, 2, 5]
     assert worst == [1, 3, 2]  # rank 9 twice (lower row first), then rank 3
+
+
+def test_method_families_plug_in_by_name():
+    from evaluation import methods
+
+    def identity(context) -> list:
+        vectors = np.eye(3, dtype=np.float32)
+        return [
+            methods.Method(
+                name="identity",
+                family="test-identity",
+                description={},
+                caption_vectors=vectors,
+                image_vectors=vectors,
+                embed_query=lambda text: vectors[0],
+            )
+        ]
+
+    methods.register_family("test-identity")(identity)
+    try:
+        assert "test-identity" in methods.family_names()
+        found = methods.prepare_methods(None, ["test-identity"])
+        assert [m.name for m in found] == ["identity"]
+        with pytest.raises(ValueError, match="already registered"):
+            methods.register_family("test-identity")(identity)
+        with pytest.raises(ValueError, match="unknown method families"):
+            methods.prepare_methods(None, ["no-such-family"])
+    finally:
+        methods._FAMILIES.pop("test-identity")
