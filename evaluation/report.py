@@ -175,7 +175,7 @@ def rank_histogram_png(results: Sequence[MethodResult], num_images: int) -> str:
     for result in results:
         axis.hist(result.t2i_ranks, bins=bins, histtype="step", label=result.method.name)
     axis.set(xscale="log", xlabel="rank of the correct image", ylabel="queries")
-    axis.set_title("text→image rank histogram")
+    axis.set_title("text→image rank histogram (log-spaced bins)")
     axis.legend(fontsize=8)
     return _png(figure)
 

@@ -116,3 +116,46 @@ def test_method_families_plug_in_by_name():
             methods.prepare_methods(None, ["no-such-family"])
     finally:
         methods._FAMILIES.pop("test-identity")
+
+
+def test_ann_figures_measure_a_real_lossy_scann_tree():
+    """A tree-AH index that searches 1 leaf of 40 must lose neighbours, and the figures say so."""
+    from encoders.base import l2_normalize
+    from evaluation import methods
+    from evaluation.eval_job import ann_figures
+    from pipelines.scann_index import ScannParams, build_searcher, exact_top_k, search_batched
+
+    rng = np.random.default_rng(3)
+    images = l2_normalize(rng.standard_normal((1600, 32)).astype(np.float32))
+    own = np.repeat(np.arange(400), 2)  # two captions for each of the first 400 images
+    captions = l2_normalize(images[own] + 0.6 * rng.standard_normal((800, 32)).astype(np.float32))
+    params = ScannParams(
+        kind="tree_ah", num_neighbors=10, num_leaves=40, num_leaves_to_search=1,
+        training_sample_size=1600, dims_per_block=2, anisotropic_quantization_threshold=0.2,
+        reorder_k=20,
+    )  # fmt: skip
+    searcher = build_searcher(images, params)
+    method = methods.Method(
+        name="lossy",
+        family="test",
+        description={},
+        caption_vectors=captions,
+        image_vectors=images,
+        embed_query=lambda text: captions[0],
+        ann_name="scann tree",
+        index_vectors=images,
+        ann_search=lambda queries, k: search_batched(searcher, queries, k, params)[0],
+    )
+    figures = ann_figures(method, own, (1, 5, 10))
+    approx = search_batched(searcher, captions, 10, params)[0]
+    exact = exact_top_k(images, captions, 10)[0]
+    pairs = zip(approx, exact, strict=True)
+    expected = np.mean([len(set(a[a >= 0]) & set(e)) / 10 for a, e in pairs])
+    assert figures["recall@10"] == pytest.approx(expected)
+    assert figures["recall@10"] < 0.9  # one leaf of 40: neighbours are lost
+    exact_r10 = np.mean([o in e for o, e in zip(own, exact, strict=True)])
+    assert figures["exact"]["R@10"] == pytest.approx(exact_r10)
+    assert figures["delta"]["R@10"] == pytest.approx(
+        figures["approximate"]["R@10"] - figures["exact"]["R@10"]
+    )
+    assert figures["approximate"]["R@10"] <= figures["exact"]["R@10"]
