@@ -226,3 +226,21 @@ def test_report_renders_in_chromium(evaluated):
     assert metrics["provenance"]["command"] in text
     assert all(url.startswith(("file://", "data:")) for url in requests), requests
     assert np.all([name in text for name in metrics["methods"]])
+
+
+def test_coco_layout_through_run(assets_dir: Path, models: Path, tmp_path):
+    """COCO captions JSON + full-size photos, through ``run`` as the nightly DAG calls it."""
+    coco = assets_dir / "datasets" / "coco-mini"
+    if not (coco / "annotations" / "captions_val2017.json").is_file():
+        pytest.skip("coco-mini captions missing from the assets folder")
+    metrics = eval_job.run(
+        ["--dataset", str(coco), "--split", "val", "--out", str(tmp_path / "coco"),
+         "--models", str(models), "--latency-queries", "5"]
+    )  # fmt: skip
+    assert metrics["dataset"]["layout"] == "coco"
+    assert metrics["images"] == 79 and metrics["queries"] == 395
+    assert json.loads((tmp_path / "coco" / "metrics.json").read_text()) == metrics
+    # Models fitted on 36 Flickr8k photos: near chance on COCO, but every figure is measured.
+    for figures in metrics["methods"].values():
+        assert figures["text_to_image"]["queries"] == 395
+        assert 0 <= figures["text_to_image"]["R@10"] <= 1
