@@ -24,6 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from encoders.base import EncoderSpec, ImageEncoder, check_pixel_batch
+from encoders.inference_policy import (
+    CPU_POLICY,
+    InferencePolicy,
+    choose_policy,
+    detect_accelerators,
+)
 from imgsearch import settings
 
 if TYPE_CHECKING:
@@ -39,9 +45,10 @@ GRAPH_VERSION = "v1"
 # and the pipeline it checks) built without pretrained weights still agree on every vector.
 RANDOM_INIT_SEED = 0
 
-# Images per model call: bounds peak memory on large batches. The batch dimension of the traced
-# function is unknown (None), so a short last chunk or a single query image does not retrace.
-CHUNK_SIZE = 32
+# Images per model call on CPU (the inference policy sets it on GPU): bounds peak memory on large
+# batches. The batch dimension of the traced function is unknown (None), so a short last chunk
+# or a single query image does not retrace (without XLA; with XLA each new size compiles once).
+CHUNK_SIZE = CPU_POLICY.chunk_size
 
 # Smallest input the three Keras backbones accept.
 MIN_IMAGE_SIZE = 32
@@ -198,14 +205,34 @@ def build_preprocessing(name: str, image_size: int) -> keras.Model:
     return keras.Model(pixels, x, name=f"{name}_preprocessing")
 
 
+@contextlib.contextmanager
+def _dtype_policy(precision: str) -> Iterator[None]:
+    """Build layers under Keras' ``precision`` policy, then put the caller's policy back.
+
+    Keras keeps the policy in a process global; scoping it here means only the backbone built
+    inside computes in reduced precision (variables stay float32 under a mixed policy, so the
+    float32 weights files load unchanged).
+    """
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_embedding_models(
-    name: str, keras_weights: str | None, image_size: int
+    name: str, keras_weights: str | None, image_size: int, precision: str = "float32"
 ) -> tuple[keras.Model, keras.Model]:
     """The encoder's graphs: uint8 pixels -> unit embeddings, and -> the pooled features.
 
     Both share every layer and weight; the features model stops before the L2 normalisation
     (what a classifier head trained on pooled features consumes). ``keras_weights`` is a
     ``.weights.h5`` path, ``"imagenet"`` or None for a seeded random initialisation.
+    ``precision`` is the backbone's Keras dtype policy (``encoders.inference_policy``); the
+    preprocessing, the pooled features and the normalisation are float32 whatever it is.
     """
     import keras
 
@@ -227,8 +254,11 @@ def build_embedding_models(
     )
     with seeding:
         preprocessing = build_preprocessing(name, image_size)
-        backbone = getattr(keras.applications, architecture.application)(**kwargs)
+        with _dtype_policy(precision):
+            backbone = getattr(keras.applications, architecture.application)(**kwargs)
         features = backbone(preprocessing.output)
+        if precision != "float32":
+            features = keras.ops.cast(features, "float32")
         embedding = keras.layers.UnitNormalization(axis=-1, name="embedding")(features)
     if features.shape[-1] != architecture.dim:
         raise RuntimeError(
@@ -258,7 +288,8 @@ class KerasImageEncoder(ImageEncoder):
     in serving) and reuse the object.
     """
 
-    def __init__(self, spec: EncoderSpec) -> None:
+    def __init__(self, spec: EncoderSpec, policy: InferencePolicy | None = None) -> None:
+        """``policy`` None: chosen from the GPUs this process sees (float32 on CPU)."""
         import tensorflow as tf
 
         architecture = architecture_for(spec.name)
@@ -277,20 +308,30 @@ class KerasImageEncoder(ImageEncoder):
         # The image size is in the version: the same weights at another size give other vectors.
         self.version = f"{GRAPH_VERSION}-{resolved.tag}-{spec.image_size}"
 
-        self._model, self._feature_model = build_embedding_models(
-            spec.name, resolved.keras_weights, spec.image_size
-        )
+        self.policy = policy if policy is not None else choose_policy(detect_accelerators())
+        with tf.device(self.policy.device):
+            self._model, self._feature_model = build_embedding_models(
+                spec.name, resolved.keras_weights, spec.image_size, self.policy.precision
+            )
 
         # A None batch dimension traces the graph once for every batch size; calling the model
-        # directly avoids model.predict's per-call dataset and callback machinery.
+        # directly avoids model.predict's per-call dataset and callback machinery. The graph
+        # takes uint8, so a batch crosses to the GPU at a quarter of its float32 size.
         signature = [tf.TensorSpec([None, *self.input_size, 3], tf.uint8, name="pixels")]
+        jit = self.policy.jit_compile
         self._embed = tf.function(
-            lambda batch: self._model(batch, training=False), input_signature=signature
+            lambda batch: self._model(batch, training=False),
+            input_signature=signature,
+            jit_compile=jit,
         )
         self._features = tf.function(
-            lambda batch: self._feature_model(batch, training=False), input_signature=signature
+            lambda batch: self._feature_model(batch, training=False),
+            input_signature=signature,
+            jit_compile=jit,
         )
-        logger.info("built image encoder %s (%d-d)", self.encoder_id, self.dim)
+        logger.info(
+            "built image encoder %s (%d-d) on %s", self.encoder_id, self.dim, self.policy.describe()
+        )
 
     @property
     def model(self) -> keras.Model:
@@ -309,10 +350,14 @@ class KerasImageEncoder(ImageEncoder):
         pixels = check_pixel_batch(pixels, self.input_size)
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        chunks = [
-            function(pixels[start : start + CHUNK_SIZE]).numpy()
-            for start in range(0, len(pixels), CHUNK_SIZE)
-        ]
+        import tensorflow as tf
+
+        chunk = self.policy.chunk_size
+        with tf.device(self.policy.device):
+            chunks = [
+                function(pixels[start : start + chunk]).numpy()
+                for start in range(0, len(pixels), chunk)
+            ]
         return np.concatenate(chunks).astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
