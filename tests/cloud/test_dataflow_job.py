@@ -20,17 +20,24 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
+from infra.options import beam_args, load_options
 from pipelines.index_job import build_pipeline
 from pipelines.options import IndexConfig
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = "us-central1-docker.pkg.dev/my-project/imgsearch/worker:test"
+INFRA = load_options()["dataflow"]
+IMAGE = INFRA["sdk_container_image"]
 GBK = common_urns.primitives.GROUP_BY_KEY.urn
 
 
 @pytest.fixture(scope="module")
 def dataflow_job(gcs_emulator, tmp_path_factory):
-    """(job JSON, staged pipeline proto, {staged object name: size}) of a template build."""
+    """(job JSON, staged pipeline proto, {staged object name: size}) of a template build.
+
+    The job is built from infra/pipeline-options.yaml (what users launch with), with the
+    project and buckets pointed at the emulator, plus ``--setup_file`` so the staging of the
+    package (the launch path without the custom image) is checked as well.
+    """
     from google.cloud import storage as gcs
 
     bucket = "imgsearch-dataflow-dry-run"
@@ -38,24 +45,22 @@ def dataflow_job(gcs_emulator, tmp_path_factory):
     if client.lookup_bucket(bucket) is None:
         client.create_bucket(bucket)
     job_file = tmp_path_factory.mktemp("dataflow") / "job.json"
+    settings = load_options(
+        overrides=[
+            "project=imgsearch-dry-run",
+            f"temp_location=gs://{bucket}/tmp",
+            f"staging_location=gs://{bucket}/staging",
+            f"corpus=gs://{bucket}/corpus",
+            f"out=gs://{bucket}/out/versions/v1",
+            "run_version=v1",
+            "weights=none",
+        ]
+    )
     argv = [
-        "--runner=DataflowRunner",
-        "--project=imgsearch-dry-run",
-        "--region=us-central1",
-        f"--temp_location=gs://{bucket}/tmp",
-        f"--staging_location=gs://{bucket}/staging",
+        *beam_args(settings),
         "--no_auth",
         f"--template_location={job_file}",
         f"--setup_file={REPO / 'setup.py'}",
-        f"--sdk_container_image={IMAGE}",
-        "--machine_type=n1-standard-8",
-        "--max_num_workers=10",
-        "--disk_size_gb=50",
-        f"--corpus=gs://{bucket}/corpus",
-        f"--out=gs://{bucket}/out/versions/v1",
-        "--encoder=mobilenet_v2",
-        "--weights=gs://models/mobilenet_v2.weights.h5",
-        "--run_version=v1",
     ]
     options = PipelineOptions(argv)
     pipeline = beam.Pipeline(options=options)
@@ -124,10 +129,15 @@ def test_worker_settings_and_container_in_the_job(dataflow_job):
     job, _, _ = dataflow_job
     env = job["environment"]
     assert "use_runner_v2" in env["experiments"]
+    # One SDK process per VM: one model per GPU (infra/pipeline-options.yaml).
+    assert "no_use_multiple_sdk_containers" in env["experiments"]
+    assert env["serviceOptions"] == [INFRA["dataflow_service_options"]]
+    assert "nvidia-l4" in INFRA["dataflow_service_options"]
     [pool] = env["workerPools"]
-    assert pool["machineType"] == "n1-standard-8"
-    assert pool["autoscalingSettings"]["maxNumWorkers"] == 10
-    assert pool["diskSizeGb"] == 50
+    assert pool["machineType"] == INFRA["machine_type"]
+    assert pool["autoscalingSettings"]["maxNumWorkers"] == INFRA["max_num_workers"]
+    assert pool["diskSizeGb"] == INFRA["disk_size_gb"]
+    assert pool["numThreadsPerWorker"] == INFRA["number_of_worker_harness_threads"]
     assert pool["workerHarnessContainerImage"] == IMAGE
     assert {c["containerImage"] for c in pool["sdkHarnessContainerImages"]} == {IMAGE}
 
