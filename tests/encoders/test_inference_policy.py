@@ -112,18 +112,27 @@ def test_xla_float32_matches_the_plain_graph(mobilenet_weights, photo_batch, flo
     np.testing.assert_allclose(vectors, float32_vectors, atol=2e-5)
 
 
+# The exact policy a T4 worker gets (device "/GPU:0": TensorFlow's soft placement runs it on
+# the CPU here, with the same float16 graph and XLA compilation), and forced bfloat16.
+T4_POLICY = choose_policy([_gpu((7, 5), 16)])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("precision", "min_cosine"),
-    # float16 is what GPUs get automatically; bfloat16 only when forced (see the policy).
-    [("mixed_float16", 0.9995), ("mixed_bfloat16", 0.98)],
+    ("policy", "min_cosine"),
+    [
+        (T4_POLICY, 0.9995),
+        (InferencePolicy("/CPU:0", "mixed_bfloat16", jit_compile=True, chunk_size=8), 0.98),
+    ],
+    ids=["t4-float16-xla", "forced-bfloat16-xla"],
 )
 def test_the_gpu_graph_reduced_precision_xla_stays_close(
-    mobilenet_weights, photo_batch, float32_vectors, precision, min_cosine
+    mobilenet_weights, photo_batch, float32_vectors, policy, min_cosine
 ):
     from encoders.keras_image import KerasImageEncoder
 
-    policy = InferencePolicy("/CPU:0", precision, jit_compile=True, chunk_size=8)
+    assert T4_POLICY.precision == "mixed_float16" and T4_POLICY.jit_compile
+    precision = policy.precision
     encoder = KerasImageEncoder(EncoderSpec(weights=str(mobilenet_weights)), policy)
     vectors = encoder.encode(photo_batch)
     assert vectors.dtype == np.float32
