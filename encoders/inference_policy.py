@@ -95,6 +95,21 @@ def chunk_size_for(memory_bytes: int | None) -> int:
     return min(MAX_GPU_CHUNK, power)
 
 
+MIN_BUCKET = 8
+
+
+def padded_batch_size(count: int, chunk_size: int) -> int:
+    """The batch size ``count`` images are padded to under XLA: a power of two, 8..chunk_size.
+
+    At most log2(chunk_size / 8) + 2 distinct shapes ever reach the compiler, whatever batch
+    sizes the pipeline produces.
+    """
+    if count < 1 or count > chunk_size:
+        raise ValueError(f"need 1 <= count <= chunk_size, got {count} and {chunk_size}")
+    bucket = max(MIN_BUCKET, 1 << (count - 1).bit_length())
+    return min(bucket, chunk_size)
+
+
 def choose_policy(accelerators: list[Accelerator], precision: str = "auto") -> InferencePolicy:
     """The policy for a process that sees ``accelerators``.
 

@@ -29,6 +29,7 @@ from encoders.inference_policy import (
     InferencePolicy,
     choose_policy,
     detect_accelerators,
+    padded_batch_size,
 )
 from imgsearch import settings
 
@@ -353,12 +354,21 @@ class KerasImageEncoder(ImageEncoder):
         import tensorflow as tf
 
         chunk = self.policy.chunk_size
+        outputs = []
         with tf.device(self.policy.device):
-            chunks = [
-                function(pixels[start : start + chunk]).numpy()
-                for start in range(0, len(pixels), chunk)
-            ]
-        return np.concatenate(chunks).astype(np.float32, copy=False)
+            for start in range(0, len(pixels), chunk):
+                part = pixels[start : start + chunk]
+                if self.policy.jit_compile:
+                    # XLA compiles one program per input shape: pad to a few bucket sizes so a
+                    # stream of odd batch sizes does not compile a new program for each. Images
+                    # are independent at inference (batch norm uses its moving statistics), so
+                    # the zero padding changes no real row.
+                    size = padded_batch_size(len(part), chunk)
+                    padding = np.zeros((size - len(part), *part.shape[1:]), dtype=part.dtype)
+                    outputs.append(function(np.concatenate([part, padding])).numpy()[: len(part)])
+                else:
+                    outputs.append(function(part).numpy())
+        return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
         return f"KerasImageEncoder({self.encoder_id!r}, input_size={self.input_size})"

@@ -20,6 +20,7 @@ from encoders.inference_policy import (
     choose_policy,
     chunk_size_for,
     detect_accelerators,
+    padded_batch_size,
     precision_for,
 )
 
@@ -53,6 +54,18 @@ def test_precision_follows_the_hardware(capability, precision):
 )  # fmt: skip
 def test_chunk_size_scales_with_memory_as_a_power_of_two(memory, chunk):
     assert chunk_size_for(memory) == chunk
+
+
+def test_xla_batches_are_padded_to_few_shapes():
+    sizes = {padded_batch_size(n, 128) for n in range(1, 129)}
+    assert sizes == {8, 16, 32, 64, 128}
+    assert padded_batch_size(1, 128) == 8 and padded_batch_size(9, 128) == 16
+    assert padded_batch_size(100, 100) == 100  # a chunk size that is not a power of two
+    assert padded_batch_size(3, 4) == 4
+    with pytest.raises(ValueError):
+        padded_batch_size(0, 128)
+    with pytest.raises(ValueError):
+        padded_batch_size(129, 128)
 
 
 def test_cpu_policy_is_the_unchanged_float32_graph():
@@ -106,10 +119,11 @@ def test_xla_float32_matches_the_plain_graph(mobilenet_weights, photo_batch, flo
     from encoders.keras_image import KerasImageEncoder
 
     policy = InferencePolicy("/CPU:0", "float32", jit_compile=True, chunk_size=8)
-    vectors = KerasImageEncoder(EncoderSpec(weights=str(mobilenet_weights)), policy).encode(
-        photo_batch
-    )
+    encoder = KerasImageEncoder(EncoderSpec(weights=str(mobilenet_weights)), policy)
+    vectors = encoder.encode(photo_batch)  # 12 images: a chunk of 8, then 4 padded to 8
     np.testing.assert_allclose(vectors, float32_vectors, atol=2e-5)
+    # A lone image (padded with 7 blank ones) gets the same vector as in a full batch.
+    np.testing.assert_allclose(encoder.encode(photo_batch[5:6])[0], vectors[5], atol=2e-5)
 
 
 # The exact policy a T4 worker gets (device "/GPU:0": TensorFlow's soft placement runs it on
