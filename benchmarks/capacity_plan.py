@@ -232,7 +232,8 @@ def render(measured: dict, encode: dict, ann: dict, p: dict, a: Assumptions, met
         f"- Index job, real MobileNetV2 on {measured['images']} Flickr8k photos (DirectRunner, "
         f"this run): table **{_n(measured['table_bytes_per_image'])} bytes/image** (1280 float32 "
         f"= 5,120 bytes of vector; the rest is ids, uris and metadata columns and, at this "
-        f"small size, each file's footer; Parquet cannot compress float noise), index shard {_n(measured['index_bytes_per_vector'])} bytes/vector "
+        f"small size, each file's footer; Parquet cannot compress float noise), index shard "
+        f"{_n(measured['index_bytes_per_vector'])} bytes/vector "
         f"(ScaNN files + ids at this size), {measured['job_wall_s']:.0f} s wall including "
         "TensorFlow start and model load.",
         f"- Encoding on CPU ({encode['source']}): decode+resize of full-size COCO JPEGs "
