@@ -16,7 +16,11 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import os
 import random
+import shutil
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,6 +138,44 @@ def _weights_file(path: Path) -> ResolvedWeights:
     return ResolvedWeights(keras_weights=str(path), tag=weights_file_sha256(path)[:12])
 
 
+def fetch_remote_weights(uri: str) -> Path:
+    """A local copy of a weights file at ``uri`` (gs:// or any Beam filesystem), cached.
+
+    Keras loads weights from local files only. Dataflow workers and serving replicas read the
+    weights from the bucket the job names, so nothing has to be baked into the image. The copy
+    is keyed by uri, size and modification time (a replaced object is fetched again) and lands
+    by rename, so threads or processes fetching at once never see half a file. The version tag
+    is still the sha256 of the bytes, so a local and a gs:// copy of one file index alike.
+    """
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    if not name.endswith(".weights.h5"):
+        raise ValueError(f"weights file {uri} must be a Keras '.weights.h5' file")
+    matched = FileSystems.match([uri])[0].metadata_list
+    if not matched:
+        raise FileNotFoundError(f"weights file {uri} does not exist")
+    meta = matched[0]
+    key = hashlib.sha256(f"{uri}|{meta.size_in_bytes}|{meta.last_updated_in_seconds}".encode())
+    target = Path(tempfile.gettempdir()) / "imgsearch-weights" / key.hexdigest()[:24] / name
+    if target.is_file() and target.stat().st_size == meta.size_in_bytes:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{name}.{uuid.uuid4().hex}")
+    try:
+        with (
+            FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as source,
+            open(partial, "wb") as copy,
+        ):
+            shutil.copyfileobj(source, copy, 1 << 20)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    logger.info("fetched weights %s -> %s", uri, target)
+    return target
+
+
 def resolve_weights(name: str, weights: str) -> ResolvedWeights:
     """Turn ``EncoderSpec.weights`` into Keras' ``weights=`` argument and a version tag.
 
@@ -145,6 +187,8 @@ def resolve_weights(name: str, weights: str) -> ResolvedWeights:
         return ResolvedWeights(keras_weights="imagenet", tag="keras-imagenet")
     if weights == "none":
         return ResolvedWeights(keras_weights=None, tag=f"random-seed{RANDOM_INIT_SEED}")
+    if "://" in weights:
+        return _weights_file(fetch_remote_weights(weights))
     if weights != "auto":
         return _weights_file(Path(weights).expanduser())
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from apache_beam.io.filesystems import FileSystems
+from google.cloud import storage
 
 from pipelines import index_job
 from pipelines.manifest import read_manifest, verify_files
@@ -77,10 +78,16 @@ def test_fake_encoder_index_publish_and_search_all_on_gs(gcs_bucket: str, small_
 
 @pytest.mark.slow
 def test_real_mobilenet_on_gs(gcs_bucket: str, small_photo_dir: Path, mobilenet_weights: Path):
+    """Photos, weights, table, index, pointer: everything read from and written to the bucket."""
     uris = upload_folder(small_photo_dir, gcs_bucket, "corpus")
+    weights = f"gs://{gcs_bucket}/models/{mobilenet_weights.name}"
+    client = storage.Client.create_anonymous_client()
+    client.bucket(gcs_bucket).blob(f"models/{mobilenet_weights.name}").upload_from_filename(
+        str(mobilenet_weights)
+    )
     version_dir = f"gs://{gcs_bucket}/out/versions/v1"
     result = index_job.run(
-        _index_args(f"gs://{gcs_bucket}/corpus", version_dir, "--weights", str(mobilenet_weights))
+        _index_args(f"gs://{gcs_bucket}/corpus", version_dir, "--weights", weights)
     )
     assert result.counts["indexed"] + result.counts["duplicates"] == len(uris)
     write_pointer(f"gs://{gcs_bucket}/out", "v1")
