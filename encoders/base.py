@@ -22,7 +22,7 @@ class EncoderSpec:
 
     ``weights`` is ``"auto"`` (the assets folder, else an error saying what to provide),
     ``"imagenet"`` (Keras downloads them), ``"none"`` (seeded random init, for tests) or a path
-    to a Keras ``.weights.h5`` file.
+    or gs:// uri of a Keras ``.weights.h5`` file.
     """
 
     name: str = "mobilenet_v2"

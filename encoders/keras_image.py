@@ -16,7 +16,11 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import os
 import random
+import shutil
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +28,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from encoders.base import EncoderSpec, ImageEncoder, check_pixel_batch
+from encoders.inference_policy import (
+    CPU_POLICY,
+    InferencePolicy,
+    choose_policy,
+    detect_accelerators,
+    padded_batch_size,
+)
 from imgsearch import settings
 
 if TYPE_CHECKING:
@@ -39,9 +50,10 @@ GRAPH_VERSION = "v1"
 # and the pipeline it checks) built without pretrained weights still agree on every vector.
 RANDOM_INIT_SEED = 0
 
-# Images per model call: bounds peak memory on large batches. The batch dimension of the traced
-# function is unknown (None), so a short last chunk or a single query image does not retrace.
-CHUNK_SIZE = 32
+# Images per model call on CPU (the inference policy sets it on GPU): bounds peak memory on large
+# batches. The batch dimension of the traced function is unknown (None), so a short last chunk
+# or a single query image does not retrace (without XLA; with XLA each new size compiles once).
+CHUNK_SIZE = CPU_POLICY.chunk_size
 
 # Smallest input the three Keras backbones accept.
 MIN_IMAGE_SIZE = 32
@@ -126,6 +138,44 @@ def _weights_file(path: Path) -> ResolvedWeights:
     return ResolvedWeights(keras_weights=str(path), tag=weights_file_sha256(path)[:12])
 
 
+def fetch_remote_weights(uri: str) -> Path:
+    """A local copy of a weights file at ``uri`` (gs:// or any Beam filesystem), cached.
+
+    Keras loads weights from local files only. Dataflow workers and serving replicas read the
+    weights from the bucket the job names, so nothing has to be baked into the image. The copy
+    is keyed by uri, size and modification time (a replaced object is fetched again) and lands
+    by rename, so threads or processes fetching at once never see half a file. The version tag
+    is still the sha256 of the bytes, so a local and a gs:// copy of one file index alike.
+    """
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    if not name.endswith(".weights.h5"):
+        raise ValueError(f"weights file {uri} must be a Keras '.weights.h5' file")
+    matched = FileSystems.match([uri])[0].metadata_list
+    if not matched:
+        raise FileNotFoundError(f"weights file {uri} does not exist")
+    meta = matched[0]
+    key = hashlib.sha256(f"{uri}|{meta.size_in_bytes}|{meta.last_updated_in_seconds}".encode())
+    target = Path(tempfile.gettempdir()) / "imgsearch-weights" / key.hexdigest()[:24] / name
+    if target.is_file() and target.stat().st_size == meta.size_in_bytes:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{name}.{uuid.uuid4().hex}")
+    try:
+        with (
+            FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as source,
+            open(partial, "wb") as copy,
+        ):
+            shutil.copyfileobj(source, copy, 1 << 20)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    logger.info("fetched weights %s -> %s", uri, target)
+    return target
+
+
 def resolve_weights(name: str, weights: str) -> ResolvedWeights:
     """Turn ``EncoderSpec.weights`` into Keras' ``weights=`` argument and a version tag.
 
@@ -137,6 +187,8 @@ def resolve_weights(name: str, weights: str) -> ResolvedWeights:
         return ResolvedWeights(keras_weights="imagenet", tag="keras-imagenet")
     if weights == "none":
         return ResolvedWeights(keras_weights=None, tag=f"random-seed{RANDOM_INIT_SEED}")
+    if "://" in weights:
+        return _weights_file(fetch_remote_weights(weights))
     if weights != "auto":
         return _weights_file(Path(weights).expanduser())
 
@@ -198,14 +250,34 @@ def build_preprocessing(name: str, image_size: int) -> keras.Model:
     return keras.Model(pixels, x, name=f"{name}_preprocessing")
 
 
+@contextlib.contextmanager
+def _dtype_policy(precision: str) -> Iterator[None]:
+    """Build layers under Keras' ``precision`` policy, then put the caller's policy back.
+
+    Keras keeps the policy in a process global; scoping it here means only the backbone built
+    inside computes in reduced precision (variables stay float32 under a mixed policy, so the
+    float32 weights files load unchanged).
+    """
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_embedding_models(
-    name: str, keras_weights: str | None, image_size: int
+    name: str, keras_weights: str | None, image_size: int, precision: str = "float32"
 ) -> tuple[keras.Model, keras.Model]:
     """The encoder's graphs: uint8 pixels -> unit embeddings, and -> the pooled features.
 
     Both share every layer and weight; the features model stops before the L2 normalisation
     (what a classifier head trained on pooled features consumes). ``keras_weights`` is a
     ``.weights.h5`` path, ``"imagenet"`` or None for a seeded random initialisation.
+    ``precision`` is the backbone's Keras dtype policy (``encoders.inference_policy``); the
+    preprocessing, the pooled features and the normalisation are float32 whatever it is.
     """
     import keras
 
@@ -227,8 +299,11 @@ def build_embedding_models(
     )
     with seeding:
         preprocessing = build_preprocessing(name, image_size)
-        backbone = getattr(keras.applications, architecture.application)(**kwargs)
+        with _dtype_policy(precision):
+            backbone = getattr(keras.applications, architecture.application)(**kwargs)
         features = backbone(preprocessing.output)
+        if precision != "float32":
+            features = keras.ops.cast(features, "float32")
         embedding = keras.layers.UnitNormalization(axis=-1, name="embedding")(features)
     if features.shape[-1] != architecture.dim:
         raise RuntimeError(
@@ -258,7 +333,8 @@ class KerasImageEncoder(ImageEncoder):
     in serving) and reuse the object.
     """
 
-    def __init__(self, spec: EncoderSpec) -> None:
+    def __init__(self, spec: EncoderSpec, policy: InferencePolicy | None = None) -> None:
+        """``policy`` None: chosen from the GPUs this process sees (float32 on CPU)."""
         import tensorflow as tf
 
         architecture = architecture_for(spec.name)
@@ -277,20 +353,30 @@ class KerasImageEncoder(ImageEncoder):
         # The image size is in the version: the same weights at another size give other vectors.
         self.version = f"{GRAPH_VERSION}-{resolved.tag}-{spec.image_size}"
 
-        self._model, self._feature_model = build_embedding_models(
-            spec.name, resolved.keras_weights, spec.image_size
-        )
+        self.policy = policy if policy is not None else choose_policy(detect_accelerators())
+        with tf.device(self.policy.device):
+            self._model, self._feature_model = build_embedding_models(
+                spec.name, resolved.keras_weights, spec.image_size, self.policy.precision
+            )
 
         # A None batch dimension traces the graph once for every batch size; calling the model
-        # directly avoids model.predict's per-call dataset and callback machinery.
+        # directly avoids model.predict's per-call dataset and callback machinery. The graph
+        # takes uint8, so a batch crosses to the GPU at a quarter of its float32 size.
         signature = [tf.TensorSpec([None, *self.input_size, 3], tf.uint8, name="pixels")]
+        jit = self.policy.jit_compile
         self._embed = tf.function(
-            lambda batch: self._model(batch, training=False), input_signature=signature
+            lambda batch: self._model(batch, training=False),
+            input_signature=signature,
+            jit_compile=jit,
         )
         self._features = tf.function(
-            lambda batch: self._feature_model(batch, training=False), input_signature=signature
+            lambda batch: self._feature_model(batch, training=False),
+            input_signature=signature,
+            jit_compile=jit,
         )
-        logger.info("built image encoder %s (%d-d)", self.encoder_id, self.dim)
+        logger.info(
+            "built image encoder %s (%d-d) on %s", self.encoder_id, self.dim, self.policy.describe()
+        )
 
     @property
     def model(self) -> keras.Model:
@@ -309,11 +395,24 @@ class KerasImageEncoder(ImageEncoder):
         pixels = check_pixel_batch(pixels, self.input_size)
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        chunks = [
-            function(pixels[start : start + CHUNK_SIZE]).numpy()
-            for start in range(0, len(pixels), CHUNK_SIZE)
-        ]
-        return np.concatenate(chunks).astype(np.float32, copy=False)
+        import tensorflow as tf
+
+        chunk = self.policy.chunk_size
+        outputs = []
+        with tf.device(self.policy.device):
+            for start in range(0, len(pixels), chunk):
+                part = pixels[start : start + chunk]
+                if self.policy.jit_compile:
+                    # XLA compiles one program per input shape: pad to a few bucket sizes so a
+                    # stream of odd batch sizes does not compile a new program for each. Images
+                    # are independent at inference (batch norm uses its moving statistics), so
+                    # the zero padding changes no real row.
+                    size = padded_batch_size(len(part), chunk)
+                    padding = np.zeros((size - len(part), *part.shape[1:]), dtype=part.dtype)
+                    outputs.append(function(np.concatenate([part, padding])).numpy()[: len(part)])
+                else:
+                    outputs.append(function(part).numpy())
+        return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
         return f"KerasImageEncoder({self.encoder_id!r}, input_size={self.input_size})"

@@ -38,7 +38,7 @@ class IndexOptions(PipelineOptions):
         parser.add_argument(
             "--weights",
             default="auto",
-            help="'auto' (assets folder), 'imagenet' (Keras download), 'none' or a path",
+            help="'auto' (assets folder), 'imagenet' (Keras download), 'none', a path or gs:// uri",
         )
         parser.add_argument("--image_size", type=int, default=224)
         parser.add_argument("--batch_size", type=int, default=32, help="largest encode batch")

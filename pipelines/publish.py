@@ -7,7 +7,9 @@ Layout of a publish root (local or gs://)::
                                              "published_at": "...", "previous": "<version>|null"}
 
 The pointer is the only mutable object. It is written whole and swapped in one step (a rename
-on local disk), so a reader sees the old version or the new one, never a mix. Serving and the
+on local disk; on gs:// one object write conditioned on the generation that was read, so of two
+concurrent publishers one wins and the other gets ``PointerConflictError``), so a reader sees
+the old version or the new one, never a mix. Serving and the
 nightly DAG resolve what to load through ``resolve_index``, which also accepts a plain index
 output folder (one with ``manifest.json``) so every command works on either.
 """
@@ -60,6 +62,10 @@ class Pointer:
         )
 
 
+class PointerConflictError(RuntimeError):
+    """Another publisher replaced ``latest.json`` between our read and our write."""
+
+
 def _root(root: str) -> str:
     return root.rstrip("/") or "/"
 
@@ -110,27 +116,83 @@ def write_pointer(root: str, version: str) -> Pointer:
     """Point ``ROOT/latest.json`` at ``ROOT/versions/<version>`` in one atomic swap.
 
     Refuses a version whose manifest is missing: a pointer must never name a partial version.
+    On gs:// raises ``PointerConflictError`` when another publisher wrote the pointer between
+    this call's read and its write (nothing is overwritten; re-run to publish on top of it).
     """
     target = version_dir(root, version)
     if not FileSystems.exists(FileSystems.join(target, MANIFEST_NAME)):
         raise FileNotFoundError(f"refusing to publish {target}: it has no {MANIFEST_NAME}")
-    current = read_pointer(root)
-    pointer = Pointer(
+    final_path = pointer_path(root)
+    if FileSystems.get_scheme(final_path) == "gs":
+        pointer = _swap_gcs_pointer(final_path, version)
+    else:
+        pointer = _next_pointer(version, read_pointer(root))
+        _replace_by_rename(root, final_path, _pointer_bytes(pointer))
+    logger.info("published %s -> %s (previous %s)", final_path, version, pointer.previous)
+    return pointer
+
+
+def _next_pointer(version: str, current: Pointer | None) -> Pointer:
+    return Pointer(
         version=version,
         path=f"{VERSIONS_DIR}/{version}",
         published_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         previous=current.version if current is not None else None,
     )
-    final_path = pointer_path(root)
+
+
+def _pointer_bytes(pointer: Pointer) -> bytes:
+    return json.dumps(pointer.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def _replace_by_rename(root: str, final_path: str, payload: bytes) -> None:
     temp_path = FileSystems.join(_root(root), f".{POINTER_NAME}.tmp-{uuid.uuid4().hex}")
-    payload = json.dumps(pointer.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
     try:
-        with FileSystems.create(temp_path, mime_type="application/json", compression_type=_RAW) as f:
+        with FileSystems.create(
+            temp_path, mime_type="application/json", compression_type=_RAW
+        ) as f:
             f.write(payload)
         FileSystems.rename([temp_path], [final_path])
     except BaseException:
         if FileSystems.exists(temp_path):
             FileSystems.delete([temp_path])
         raise
-    logger.info("published %s -> %s (previous %s)", final_path, version, pointer.previous)
+
+
+def _swap_gcs_pointer(final_path: str, version: str) -> Pointer:
+    """Compare-and-swap of the pointer object on GCS, keyed on its generation.
+
+    A GCS "rename" is copy + delete, so two publishers could both succeed and the last one
+    silently wins. Instead: read the object and its generation (0 when absent), build the new
+    pointer from what was read, and write it only if the generation is unchanged
+    (``if_generation_match``); GCS answers 412 otherwise. The client comes from Beam's own
+    factory, so it uses the same credentials (and endpoint settings) as ``FileSystems``.
+    """
+    from apache_beam.io.gcp.gcsio import create_storage_client, parse_gcs_path
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from google.api_core.exceptions import PreconditionFailed
+
+    bucket_name, name = parse_gcs_path(final_path)
+    bucket = create_storage_client(PipelineOptions()).bucket(bucket_name)
+    blob = bucket.get_blob(name)
+    generation = 0 if blob is None else int(blob.generation)
+    current = None
+    if blob is not None:
+        raw = blob.download_as_bytes(if_generation_match=generation)
+        try:
+            current = Pointer.from_json(json.loads(raw.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{final_path} is not a valid publish pointer: {exc}") from exc
+    pointer = _next_pointer(version, current)
+    try:
+        bucket.blob(name).upload_from_string(
+            _pointer_bytes(pointer),
+            content_type="application/json",
+            if_generation_match=generation,
+        )
+    except PreconditionFailed as exc:
+        raise PointerConflictError(
+            f"{final_path} changed while publishing {version} (it was at generation "
+            f"{generation}): another publisher won; re-run to publish on top of it"
+        ) from exc
     return pointer
