@@ -43,7 +43,7 @@ def check_image_encoder(spec: EncoderSpec) -> int:
 
 
 def image_encoder_id(spec: EncoderSpec) -> str:
-    """The ``encoder_id`` the encoder built from ``spec`` will stamp on its rows, without building it.
+    """The ``encoder_id`` that ``spec``'s encoder stamps on its rows, without building it.
 
     The incremental index job compares it with the ids stored in the previous table before any
     worker loads a model: a row is reused only if the same encoder version made it. Must agree

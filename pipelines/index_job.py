@@ -140,8 +140,6 @@ def collect_counts(config: IndexConfig, result) -> dict[str, int]:
         counts["encoded"] = counts["indexed"] - counts["reused"]
         counts["joint_recomputed"] = _counter(result, "joint_recomputed") or 0
         counts["previous_dropped"] = _counter(result, "previous_dropped") or 0
-    else:
-        counts["encoded"] = counts["indexed"]
     if inputs is not None and inputs != accounted:
         raise RuntimeError(
             f"{inputs} inputs but {accounted} accounted for "
