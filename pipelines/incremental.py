@@ -134,9 +134,7 @@ class _PlanContentFn(beam.DoFn):
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterable[Any]:
         _, grouped = element
         previous = list(grouped["previous"])
-        decision = plan_content(
-            grouped["current"], previous, self.encoder_id, self.joint_model_id
-        )
+        decision = plan_content(grouped["current"], previous, self.encoder_id, self.joint_model_id)
         if decision is None:
             # Content of the previous version that is no longer in the corpus: not carried over.
             self.dropped.inc(len(previous))

@@ -149,7 +149,7 @@ def test_second_run_reuses_unchanged_rows_and_reflects_every_change(
     assert after[str(changed)] != before[str(changed)]
 
     # The incremental table equals a full run over the same corpus, row for row.
-    full = index_job.run(_args(corpus, tmp_path / "full", "full"))
+    index_job.run(_args(corpus, tmp_path / "full", "full"))
     assert _table(tmp_path / "full") == rows
 
 
