@@ -147,7 +147,7 @@ Command: `python benchmarks/bench_incremental.py --sizes {" ".join(map(str, args
 {table}
 
 Start-up of a process that does no work: {startup_wall:.1f} s ({startup_imports:.1f} s
-importing Beam, ScaNN and the job, {startup_model:.1f} s importing TensorFlow and building
+importing Beam, ScaNN (and with it TensorFlow) and the job, {startup_model:.1f} s building
 MobileNetV2, the rest process start). "Net of start-up" subtracts it from both runs.
 
 {counts}

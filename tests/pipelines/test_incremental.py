@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -178,3 +179,33 @@ def test_previous_must_be_a_complete_other_version(small_photo_dir, tmp_path):
         index_job.run(
             _args(small_photo_dir, tmp_path / "v1", "v1", "--previous", str(tmp_path / "v1"))
         )
+
+
+def test_joint_model_rows_reuse_the_image_embedding_and_the_matching_joint_one(
+    small_photo_dir, tmp_path
+):
+    from tests.pipelines.test_joint_index import KIND_DUAL, _save
+
+    models = tmp_path / "models"
+    model, folder = _save(models, "dual-test", KIND_DUAL)
+    joint = ("--models", str(models), "--joint_model", "dual-test")
+    index_job.run(_args(small_photo_dir, tmp_path / "v1", "v1"))  # no joint column yet
+    second = index_job.run(
+        _args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"), *joint)
+    )
+    c = second.counts
+    assert (c["reused"], c["encoded"], c["joint_recomputed"]) == (6, 0, 6)
+    assert _embedding_bytes(tmp_path / "v2") == _embedding_bytes(tmp_path / "v1")
+    rows = _table(tmp_path / "v2")
+    embedding = np.array([rows[u]["embedding"] for u in sorted(rows)], np.float32)
+    expected = model.embed_image_features(embedding)
+    np.testing.assert_allclose(
+        [rows[u]["joint_embedding"] for u in sorted(rows)], expected, atol=1e-5
+    )
+    assert {r["joint_model"] for r in rows.values()} == {f"dual-test/{folder.name}"}
+    # Same encoder and joint model version: the whole row is reused, joint column included.
+    third = index_job.run(
+        _args(small_photo_dir, tmp_path / "v3", "v3", "--previous", str(tmp_path / "v2"), *joint)
+    )
+    assert (third.counts["reused"], third.counts["joint_recomputed"]) == (6, 0)
+    assert _table(tmp_path / "v3") == rows
