@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from encoders.base import EncoderSpec, ImageEncoder
 from encoders.fake import FAKE_ENCODER_NAME, FakeImageEncoder
-from encoders.keras_image import KERAS_ARCHITECTURES, KerasImageEncoder, resolve_weights
+from encoders.keras_image import (
+    GRAPH_VERSION,
+    KERAS_ARCHITECTURES,
+    KerasImageEncoder,
+    resolve_weights,
+)
 
 IMAGE_ENCODER_NAMES: tuple[str, ...] = (FAKE_ENCODER_NAME, *KERAS_ARCHITECTURES)
 
@@ -35,6 +40,21 @@ def check_image_encoder(spec: EncoderSpec) -> int:
     if spec.name in KERAS_ARCHITECTURES:
         resolve_weights(spec.name, spec.weights)
     return dim
+
+
+def image_encoder_id(spec: EncoderSpec) -> str:
+    """The ``encoder_id`` that ``spec``'s encoder stamps on its rows, without building it.
+
+    The incremental index job compares it with the ids stored in the previous table before any
+    worker loads a model: a row is reused only if the same encoder version made it. Must agree
+    with ``create_image_encoder(spec).encoder_id`` (a test checks both encoders).
+    """
+    if spec.name == FAKE_ENCODER_NAME:
+        return f"{FakeImageEncoder.name}/{FakeImageEncoder.version}"
+    if spec.name in KERAS_ARCHITECTURES:
+        tag = resolve_weights(spec.name, spec.weights).tag
+        return f"{spec.name}/{GRAPH_VERSION}-{tag}-{spec.image_size}"
+    raise _unknown(spec.name)
 
 
 def create_image_encoder(spec: EncoderSpec) -> ImageEncoder:

@@ -410,3 +410,7 @@ def main(argv: Sequence[str]) -> int:
     print(summary(metrics))
     print(f"wrote {Path(parse_args(argv).out) / 'metrics.json'} and report.html")
     return 0
+
+
+if __name__ == "__main__":  # the nightly DAG runs `python -m evaluation.eval_job`
+    sys.exit(main(sys.argv[1:]))

@@ -7,6 +7,9 @@
     imgsearch eval   --dataset DIR --out OUT [--models MODELS_DIR] [--split dev] [Beam options]
     imgsearch eval score --submission FILE --dataset DIR [--split dev]
     imgsearch demo   [--out DIR]
+    imgsearch publish  --root ROOT --version VERSION [--no-verify]
+    imgsearch rollback --root ROOT [--to VERSION]
+    imgsearch versions --root ROOT [--prune --keep N]
 
 Heavy imports (Beam, TensorFlow, ScaNN) happen inside each subcommand so ``--help`` is instant.
 """
@@ -93,12 +96,72 @@ def _train(argv: Sequence[str]) -> int:
     return train_joint_job.main(argv[1:])
 
 
+def _publish(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="imgsearch publish", description="serve ROOT/versions/VERSION (atomic pointer swap)"
+    )
+    parser.add_argument("--root", required=True, help="publish root (holds latest.json)")
+    parser.add_argument("--version", required=True, help="a complete version under ROOT/versions")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip checking every file's sha256"
+    )
+    args = parser.parse_args(argv)
+    from pipelines.manifest import ManifestVerificationError
+    from pipelines.publish import publish_version
+
+    try:
+        pointer = publish_version(args.root, args.version, verify=not args.no_verify)
+    except ManifestVerificationError as exc:
+        raise ValueError(str(exc)) from exc  # a damaged version: one clear line, not served
+    print(f"{args.root} serves {pointer.version} (previous {pointer.previous})")
+    return 0
+
+
+def _rollback(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="imgsearch rollback", description="serve an earlier version again (one pointer swap)"
+    )
+    parser.add_argument("--root", required=True, help="publish root (holds latest.json)")
+    parser.add_argument("--to", help="version to serve (default: the previously published one)")
+    args = parser.parse_args(argv)
+    from pipelines.manifest import ManifestVerificationError
+    from pipelines.publish import rollback
+
+    try:
+        pointer = rollback(args.root, args.to)
+    except ManifestVerificationError as exc:
+        raise ValueError(str(exc)) from exc
+    print(f"{args.root} serves {pointer.version} again (was {pointer.previous})")
+    return 0
+
+
+def _versions(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="imgsearch versions", description="list, prune")
+    parser.add_argument("--root", required=True, help="publish root")
+    parser.add_argument("--prune", action="store_true", help="apply retention (--keep)")
+    parser.add_argument("--keep", type=int, default=7, help="complete versions to keep")
+    args = parser.parse_args(argv)
+    from pipelines.publish import list_versions, prune_versions, read_pointer
+
+    if args.prune:
+        for name in prune_versions(args.root, args.keep):
+            print(f"deleted {name}")
+    pointer = read_pointer(args.root)
+    for info in list_versions(args.root):
+        mark = "*" if pointer is not None and pointer.version == info.version else " "
+        print(f"{mark} {info.version}{'' if info.complete else '  (incomplete)'}")
+    return 0
+
+
 COMMANDS = {
     "index": _index,
     "search": _search,
     "train": _train,
     "eval": _eval,
     "demo": _demo,
+    "publish": _publish,
+    "rollback": _rollback,
+    "versions": _versions,
 }
 
 

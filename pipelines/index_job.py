@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from encoders.registry import check_image_encoder, image_encoder_dim
 from pipelines.build_index import build_index
 from pipelines.corpus import ReadCorpus, check_corpus_exists
+from pipelines.incremental import SplitReusable
 from pipelines.io import (
     WriteDeadLetters,
     WriteDuplicates,
@@ -50,6 +51,10 @@ class IndexImages(beam.PTransform):
         size = (self.config.encoder.image_size, self.config.encoder.image_size)
         hashed, unreadable = refs | "Hash" >> HashImages(self.config.fetch_limits)
         unique, duplicates = hashed | "Dedupe" >> DedupeImages()
+        reused = needs_joint = None
+        if self.config.reuse is not None:
+            # Only content the previous version lacks (or made with another encoder) goes on.
+            unique, reused, needs_joint = unique | "Reuse" >> SplitReusable(self.config.reuse)
         decoded, undecodable = unique | "Decode" >> DecodeImages(
             size, self.config.decode_limits, self.config.fetch_limits
         )
@@ -57,7 +62,11 @@ class IndexImages(beam.PTransform):
             self.config.encoder, self.config.batch_size
         )
         if self.config.joint_model is not None:
+            if needs_joint is not None:
+                rows = (rows, needs_joint) | "NeedJoint" >> beam.Flatten()
             rows = rows | "JointEmbed" >> AddJointEmbeddings(self.config.joint_model)
+        if reused is not None:
+            rows = (rows, reused) | "WithReused" >> beam.Flatten()
         dead_letters = (unreadable, undecodable, unencodable) | "AllDeadLetters" >> beam.Flatten()
         return {"rows": rows, "duplicates": duplicates, "dead_letters": dead_letters}
 
@@ -92,6 +101,12 @@ class IndexResult:
             f"  duplicates    {c['duplicates']}",
             f"  dead letters  {c['dead_letters']}",
         ]
+        if self.config.reuse is not None:
+            lines.append(
+                f"  incremental over {self.config.reuse.previous_version}: "
+                f"{c['reused']} rows reused, {c['encoded']} encoded, "
+                f"{c['previous_dropped']} previous rows dropped (deleted or changed)"
+            )
         if c.get("hidden_files_skipped"):
             lines.append(f"  hidden files skipped (not inputs)  {c['hidden_files_skipped']}")
         lines.extend(f"    {n:6d}  {reason}" for reason, n in self.top_dead_letter_reasons)
@@ -119,6 +134,12 @@ def collect_counts(config: IndexConfig, result) -> dict[str, int]:
     inputs = _counter(result, "inputs")
     counts["inputs"] = accounted if inputs is None else inputs
     counts["hidden_files_skipped"] = _counter(result, "hidden_files_skipped") or 0
+    if config.reuse is not None:
+        # Every table row was either reused from the previous version or encoded by this run.
+        counts["reused"] = _counter(result, "reused") or 0
+        counts["encoded"] = counts["indexed"] - counts["reused"]
+        counts["joint_recomputed"] = _counter(result, "joint_recomputed") or 0
+        counts["previous_dropped"] = _counter(result, "previous_dropped") or 0
     if inputs is not None and inputs != accounted:
         raise RuntimeError(
             f"{inputs} inputs but {accounted} accounted for "
@@ -136,6 +157,8 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
     check_image_encoder(config.encoder)  # unknown names, missing weights: fail before any work
     clear_previous_output(config.out)
     logger.info("indexing %s -> %s with %s", config.corpus, config.out, config.encoder)
+    if config.reuse is not None:
+        logger.info("reusing unchanged rows of %s", config.reuse.table_dir)
 
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)

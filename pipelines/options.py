@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
+from typing import TYPE_CHECKING
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -17,6 +18,9 @@ from encoders.base import EncoderSpec
 from pipelines.fetch import FetchLimits
 from pipelines.imaging import DecodeLimits
 from pipelines.joint import JointModelRef, resolve_joint_model
+
+if TYPE_CHECKING:
+    from pipelines.incremental import ReusePlan
 
 CORPUS_FORMATS = ("auto", "files", "manifest")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
@@ -67,6 +71,12 @@ class IndexOptions(PipelineOptions):
             help="a dual joint model in --models: adds joint_embedding to the table and a joint "
             "ScaNN index (its LATEST version, pinned at launch)",
         )
+        parser.add_argument(
+            "--previous",
+            default="",
+            help="incremental run: a publish root (its current version) or an index output "
+            "whose rows are reused for unchanged content made by the same encoder version",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +95,7 @@ class IndexConfig:
     target_recall: float | None = None
     version: str = ""
     joint_model: JointModelRef | None = None  # a pinned dual model, or None: no joint column
+    reuse: ReusePlan | None = None  # --previous: which stored rows may be reused
 
     @property
     def table_dir(self) -> str:
@@ -124,6 +135,9 @@ class IndexConfig:
         joint_model = None
         if opts.joint_model:
             joint_model = resolve_joint_model(opts.models, opts.joint_model, encoder)
+        reuse = None
+        if opts.previous:
+            reuse = _reuse_plan(opts.previous, opts.out, encoder, joint_model)
         return cls(
             corpus=opts.corpus,
             out=opts.out.rstrip("/"),
@@ -141,7 +155,27 @@ class IndexConfig:
             target_recall=opts.target_recall,
             version=version,
             joint_model=joint_model,
+            reuse=reuse,
         )
+
+
+def _reuse_plan(
+    previous: str, out: str, encoder: EncoderSpec, joint_model: JointModelRef | None
+) -> ReusePlan:
+    """Resolve ``--previous`` to a complete version and pin what its rows must match."""
+    from encoders.registry import image_encoder_id
+    from pipelines.incremental import ReusePlan, resolve_previous, same_location
+
+    index_dir, version = resolve_previous(previous)
+    if same_location(index_dir, out):
+        # The job clears --out before it runs: it would delete the rows it means to reuse.
+        raise ValueError(f"--previous resolves to --out ({out}); reuse another version")
+    return ReusePlan(
+        table_dir=join_uri(index_dir, "table"),
+        previous_version=version,
+        encoder_id=image_encoder_id(encoder),
+        joint_model_id=joint_model.model_id if joint_model is not None else None,
+    )
 
 
 def resolve_corpus_format(corpus: str, corpus_format: str = "auto") -> str:

@@ -196,3 +196,97 @@ def _swap_gcs_pointer(final_path: str, version: str) -> Pointer:
             f"{generation}): another publisher won; re-run to publish on top of it"
         ) from exc
     return pointer
+
+
+# --- Versions: listing, publishing with checks, rollback and retention -------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionInfo:
+    """One folder under ``ROOT/versions``; ``complete`` when its manifest has been written."""
+
+    version: str
+    path: str
+    complete: bool
+
+
+def list_versions(root: str) -> list[VersionInfo]:
+    """Every version folder of a publish root, oldest first (by name).
+
+    Version names sort in time order: the nightly DAG names them by logical date
+    (``YYYYMMDD``) and the index job's default is a UTC timestamp.
+    """
+    versions_root = FileSystems.join(_root(root), VERSIONS_DIR)
+    names: set[str] = set()
+    # One listing serves local disks and object stores (which have no folders to list).
+    for meta in FileSystems.match([FileSystems.join(versions_root, "**")])[0].metadata_list:
+        relative = meta.path[len(versions_root) :].lstrip("/")
+        if relative:
+            names.add(relative.split("/", 1)[0])
+    found = []
+    for name in sorted(names):
+        path = FileSystems.join(versions_root, name)
+        found.append(
+            VersionInfo(name, path, FileSystems.exists(FileSystems.join(path, MANIFEST_NAME)))
+        )
+    return found
+
+
+def publish_version(root: str, version: str, verify: bool = True) -> Pointer:
+    """Make ``version`` the one that serves, after checking every file its manifest lists.
+
+    Idempotent: publishing the version the pointer already names changes nothing (a rerun of a
+    nightly run must not make a version its own ``previous``).
+    """
+    from pipelines.manifest import read_manifest, verify_files
+
+    target = version_dir(root, version)
+    if verify:
+        verify_files(target, read_manifest(target))  # ManifestVerificationError names the damage
+    current = read_pointer(root)
+    if current is not None and current.version == version:
+        logger.info("%s already serves %s; pointer left as it is", root, version)
+        return current
+    return write_pointer(root, version)
+
+
+def rollback(root: str, to: str | None = None) -> Pointer:
+    """Point ``root`` back at version ``to``, or at the version published before the current one.
+
+    One pointer swap, like a publish: the versions themselves are immutable and still there
+    (``prune_versions`` never deletes the pointer's current or previous version).
+    """
+    current = read_pointer(root)
+    if to is None:
+        if current is None or not current.previous:
+            raise ValueError(f"{root} has no previous version to roll back to; pass --to VERSION")
+        to = current.previous
+    if current is not None and current.version == to:
+        raise ValueError(f"{root} already serves {to}")
+    return publish_version(root, to)
+
+
+def prune_versions(root: str, keep: int) -> list[str]:
+    """Delete complete versions beyond the ``keep`` newest; returns the deleted names.
+
+    Never deleted: the version the pointer serves and its ``previous`` (the rollback target),
+    and incomplete folders (no manifest), which may be a job still writing. ``keep`` >= 1.
+    """
+    if keep < 1:
+        raise ValueError(f"retention must keep at least 1 version, got {keep}")
+    pointer = read_pointer(root)
+    protected = set()
+    if pointer is not None:
+        protected = {pointer.version, pointer.previous} - {None}
+    complete = [v for v in list_versions(root) if v.complete]
+    doomed = [v for v in complete[:-keep] if v.version not in protected]
+    for info in doomed:
+        # The manifest goes first: a half-deleted folder is then "incomplete", never "complete".
+        FileSystems.delete([FileSystems.join(info.path, MANIFEST_NAME)])
+        leftovers = FileSystems.match([FileSystems.join(info.path, "**")])[0].metadata_list
+        if FileSystems.exists(info.path):
+            FileSystems.delete([info.path])
+        elif leftovers:
+            FileSystems.delete([m.path for m in leftovers])
+        logger.info("retention: deleted version %s of %s", info.version, root)
+    return [info.version for info in doomed]
