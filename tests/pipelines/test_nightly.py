@@ -137,7 +137,11 @@ def test_gate_without_eval_set_passes_and_ignores_stale_metrics(root):
 def test_evaluate_is_skipped_without_dataset_and_builds_the_eval_command(root):
     assert nightly.evaluate(str(root / "versions" / "20260101"), "") is None
     argv = nightly.eval_argv(
-        "/data/coco", "/r/versions/v", "/models", ["--split", "val"], python="py",
+        "/data/coco",
+        "/r/versions/v",
+        "/models",
+        ["--split", "val"],
+        python="py",
         encoder_spec={"name": "mobilenet_v2", "weights": "/w.h5", "image_size": 224},
     )
     assert argv == [
