@@ -150,6 +150,8 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
         config.version,
         k=config.neighbors,
         target_recall=config.target_recall,
+        num_shards=config.index_shards,
+        pipeline_options=options,
     )
     return IndexResult(config, counts, dead_letter_reasons(config.dead_letters_dir), manifest)
 

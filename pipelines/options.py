@@ -48,6 +48,12 @@ class IndexOptions(PipelineOptions):
             default=0,
             help="Parquet files in the table; 0 lets the runner decide (no extra shuffle)",
         )
+        parser.add_argument(
+            "--index_shards",
+            type=int,
+            default=1,
+            help="ScaNN shards, built in parallel; rows go to shard sha256(image_id) mod N",
+        )
         parser.add_argument("--max_pixels", type=int, default=DecodeLimits.max_pixels)
         parser.add_argument("--max_download_bytes", type=int, default=FetchLimits.max_bytes)
         parser.add_argument("--download_timeout_s", type=float, default=FetchLimits.read_timeout_s)
@@ -81,6 +87,7 @@ class IndexConfig:
     fetch_limits: FetchLimits
     batch_size: int = 32
     table_shards: int = 0
+    index_shards: int = 1
     neighbors: int = 10
     target_recall: float | None = None
     version: str = ""
@@ -111,6 +118,10 @@ class IndexConfig:
                 raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
         if opts.table_shards < 0:
             raise ValueError(f"--table_shards must be >= 0, got {opts.table_shards}")
+        if opts.index_shards < 1:
+            raise ValueError(f"--index_shards must be >= 1, got {opts.index_shards}")
+        if opts.index_shards > 1 and opts.target_recall is not None:
+            raise ValueError("--target_recall autotunes one index; it needs --index_shards 1")
         if opts.download_retries < 0:
             raise ValueError(f"--download_retries must be >= 0, got {opts.download_retries}")
         if bool(opts.models) != bool(opts.joint_model):
@@ -137,6 +148,7 @@ class IndexConfig:
             ),
             batch_size=opts.batch_size,
             table_shards=opts.table_shards,
+            index_shards=opts.index_shards,
             neighbors=opts.neighbors,
             target_recall=opts.target_recall,
             version=version,
