@@ -1,0 +1,174 @@
+"""index_update: ScaNN upsert/delete on published shards, a new version, and the rebuild rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.build_index import build_index, shard_of_ids
+from pipelines.index_update import RebuildRule, main, update_index
+from pipelines.manifest import read_manifest, verify_files
+from pipelines.types import embedding_table_schema
+from serving.searcher import ImageSearcher
+from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
+
+DIM = 16
+
+
+def write_rows(path: Path, rows: list[dict], dim: int = DIM) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=embedding_table_schema(dim)), path)
+    return str(path)
+
+
+def build_base(out: Path, num_rows: int = 300, num_shards: int = 1, dim: int = DIM):
+    rows, embeddings = table_rows(num_rows, dim, seed=1)
+    write_embedding_table(out, rows, dim, num_files=3)
+    build_index(str(out), ENCODER_SPEC, {}, "v1", k=10, num_shards=num_shards)
+    return rows, embeddings
+
+
+def ids_of(hits) -> list[str]:
+    return [hit.image_id for hit in hits]
+
+
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_upserted_rows_are_found_and_deleted_rows_never_return(tmp_path: Path, num_shards) -> None:
+    base, out = tmp_path / "v1", tmp_path / "v2"
+    rows, embeddings = build_base(base, num_shards=num_shards)
+    new_rows, new_vectors = table_rows(12, DIM, seed=2)  # other uris, so other ids
+    # One existing image gets a new vector (a re-encoded photo): upsert replaces it.
+    replaced, replacement = table_rows(1, DIM, seed=3)
+    replaced[0]["image_id"], replaced[0]["uri"] = rows[40]["image_id"], rows[40]["uri"]
+    added = write_rows(tmp_path / "new" / "rows.parquet", new_rows + replaced)
+    deleted = [rows[i]["image_id"] for i in (0, 7, 99, 150, 299)]
+
+    result = update_index(str(base), str(out), [added], deleted, "v2")
+
+    assert not result.decision.rebuild and result.upserted == 13 and result.deleted == 5
+    manifest = read_manifest(str(out))
+    verify_files(str(out), manifest)
+    assert manifest.counts == {"indexed": 300 + 12 - 5, "upserted": 13, "deleted": 5}
+    assert manifest.lineage == {
+        "built_from": "v1",
+        "built_count": 300,
+        "updates": [{"version": "v2", "base": "v1", "upserted": 13, "deleted": 5}],
+    }
+    assert len(manifest.shards) == num_shards
+    searcher = ImageSearcher.load(str(out))
+    assert len(searcher) == 307
+    # Exact self-match of every new vector, and the replaced image under its new vector.
+    for hits, row in zip(searcher.search_vectors(new_vectors, 1), new_rows, strict=True):
+        assert hits[0].image_id == row["image_id"] and hits[0].score == pytest.approx(1, abs=1e-5)
+        assert hits[0].uri == row["uri"]
+    assert ids_of(searcher.search_vector(replacement[0], 1)) == [rows[40]["image_id"]]
+    row_of = {searcher.hit_for_row(r, 0).image_id: r for r in range(len(searcher))}
+    np.testing.assert_array_equal(searcher.embeddings[row_of[rows[40]["image_id"]]], replacement[0])
+    # Deleted ids are gone from every answer, even when asking for the whole index.
+    everything = searcher.search_vectors(embeddings[[0, 7, 99]], len(searcher))
+    assert all(not set(deleted) & set(ids_of(hits)) for hits in everything)
+    assert all(len(hits) == 307 for hits in everything)
+    # New ids live in the shard the build's assignment gives them.
+    if num_shards > 1:
+        from pipelines.build_index import read_ids
+
+        for number, shard in enumerate(manifest.shards):
+            shard_ids, _ = read_ids(str(out / shard["ids_file"]))
+            assert set(shard_of_ids(shard_ids, num_shards).tolist()) <= {number}
+    # The base version is untouched and still serves its 300 images.
+    verify_files(str(base), read_manifest(str(base)))
+    assert len(ImageSearcher.load(str(base))) == 300
+
+
+def test_untouched_shards_are_copied_byte_for_byte(tmp_path: Path) -> None:
+    base, out = tmp_path / "v1", tmp_path / "v2"
+    rows, _ = build_base(base, num_shards=3)
+    deleted = rows[5]["image_id"]
+    update_index(str(base), str(out), [], [deleted], "v2")
+    before, after = read_manifest(str(base)), read_manifest(str(out))
+    holder = int(shard_of_ids([deleted], 3)[0])
+    for number, (old, new) in enumerate(zip(before.shards, after.shards, strict=True)):
+        assert (old == new) == (number != holder)
+    assert after.counts["indexed"] == 299
+
+
+def test_tree_ah_shard_takes_upserts(tmp_path: Path) -> None:
+    """Above 20k rows the shard is a ScaNN tree: new rows go to existing leaves, still found."""
+    base, out = tmp_path / "v1", tmp_path / "v2"
+    rows, embeddings = build_base(base, num_rows=20_500, dim=8)
+    assert read_manifest(str(base)).scann_params["kind"] == "tree_ah"
+    new_rows, new_vectors = table_rows(100, 8, seed=5)
+    added = write_rows(tmp_path / "new.parquet", new_rows, dim=8)
+    deleted = [row["image_id"] for row in rows[:100]]
+    update_index(str(base), str(out), [added], deleted, "v2")
+    searcher = ImageSearcher.load(str(out), verify=False)
+    assert searcher.manifest.scann_params["kind"] == "tree_ah"
+    found = searcher.search_vectors(new_vectors, 1)
+    assert [hits[0].image_id for hits in found] == [row["image_id"] for row in new_rows]
+    for hits in searcher.search_vectors(embeddings[:100], 10):
+        assert not set(deleted) & set(ids_of(hits))
+
+
+def test_rebuild_when_too_much_changed(tmp_path: Path) -> None:
+    base, v2, v3 = tmp_path / "v1", tmp_path / "v2", tmp_path / "v3"
+    build_base(base)
+    first, first_vectors = table_rows(20, DIM, seed=6)  # 20 of 300: 6.7%, patched
+    result = update_index(str(base), str(v2), [write_rows(tmp_path / "a.parquet", first)], [], "v2")
+    assert not result.decision.rebuild
+    second, _ = table_rows(15, DIM, seed=7)  # 35 since the build: 11.7% > 10%, rebuilt
+    result = update_index(str(v2), str(v3), [write_rows(tmp_path / "b.parquet", second)], [], "v3")
+    assert result.decision.rebuild and "exceeds" in result.decision.reason
+    manifest = read_manifest(str(v3))
+    assert manifest.lineage == {"built_from": "v3", "built_count": 335, "updates": []}
+    assert manifest.counts["indexed"] == 335
+    searcher = ImageSearcher.load(str(v3))
+    assert ids_of(searcher.search_vector(first_vectors[3], 1)) == [first[3]["image_id"]]
+
+
+def test_rebuild_rule_on_scann_kind_and_threshold(tmp_path: Path) -> None:
+    base = tmp_path / "v1"
+    build_base(base)
+    manifest = read_manifest(str(base))
+    rule = RebuildRule(max_changed_fraction=0.5)
+    assert not rule.decide(manifest, 10, 10, [300], 10).rebuild
+    grown = rule.decide(manifest, 0, 0, [25_000], 10)
+    assert grown.rebuild and "tree_ah" in grown.reason
+    assert rule.decide(manifest, 0, 0, [0], 10).rebuild
+    assert RebuildRule(0.0).decide(manifest, 1, 0, [301], 10).rebuild
+    with pytest.raises(ValueError, match="max_changed_fraction"):
+        RebuildRule(-0.1)
+
+
+def test_bad_updates_are_refused(tmp_path: Path) -> None:
+    base, out = tmp_path / "v1", tmp_path / "v2"
+    rows, _ = build_base(base)
+    with pytest.raises(ValueError, match="not in index version v1"):
+        update_index(str(base), str(out), [], ["no-such-id"], "v2")
+    clash = write_rows(tmp_path / "clash.parquet", [rows[3]])
+    with pytest.raises(ValueError, match="both deleted and upserted"):
+        update_index(str(base), str(out), [clash], [rows[3]["image_id"]], "v2")
+    other, _ = table_rows(3, DIM, seed=9, encoder_id="other/2")
+    with pytest.raises(ValueError, match="other/2"):
+        update_index(str(base), str(out), [write_rows(tmp_path / "o.parquet", other)], [], "v2")
+    with pytest.raises(ValueError, match="immutable"):
+        update_index(str(base), str(base), [], [], "v2")
+    assert not (out / "manifest.json").exists()  # nothing above published a version
+    published = tmp_path / "published"
+    published.mkdir()
+    (published / "manifest.json").write_bytes((base / "manifest.json").read_bytes())
+    with pytest.raises(ValueError, match="already holds"):
+        update_index(str(base), str(published), [], [], "v2")
+
+
+def test_command_line(tmp_path: Path, capsys) -> None:
+    base, out = tmp_path / "v1", tmp_path / "v2"
+    rows, _ = build_base(base)
+    (tmp_path / "gone.txt").write_text(f"{rows[1]['image_id']}\n{rows[2]['image_id']}\n")
+    main(["--base", str(base), "--out", str(out), "--delete", str(tmp_path / "gone.txt"),
+          "--run_version", "v2"])  # fmt: skip
+    assert "deleted 2" in capsys.readouterr().out
+    assert len(ImageSearcher.load(str(out))) == 298
