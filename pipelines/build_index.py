@@ -44,7 +44,7 @@ from pipelines.manifest import (
     write_manifest,
 )
 from pipelines.scann_index import build_searcher, choose_scann_params, save_searcher
-from pipelines.types import JOINT_EMBEDDING, JOINT_MODEL
+from pipelines.types import EMBEDDING_SCALE, JOINT_EMBEDDING, JOINT_MODEL, dequantize_int8
 
 logger = logging.getLogger(__name__)
 
@@ -153,13 +153,44 @@ def table_files(out_dir: str) -> list[str]:
     return parquet_files(FileSystems.join(out_dir, TABLE_DIR))
 
 
-def _embedding_dim(field_type: pa.DataType, path: str) -> int:
+def _embedding_dim(field_type: pa.DataType, path: str, column: str = "embedding") -> int:
     if not (pa.types.is_fixed_size_list(field_type) and field_type.value_type == pa.float32()):
         raise ValueError(
-            f"{path}: 'embedding' must be a fixed-size list of float32 "
+            f"{path}: {column!r} must be a fixed-size list of float32 "
             f"(pipelines.types.embedding_table_schema), got {field_type}"
         )
     return field_type.list_size
+
+
+_COMPACT_TYPES = (pa.float16(), pa.int8())
+
+
+def _decode_embeddings(part: pa.Table, path: str) -> pa.Table:
+    """``part`` with a float16 or int8 (+ ``embedding_scale``) ``embedding`` as unit float32.
+
+    Compact rows are renormalised after decoding: the index scores by dot product, which is the
+    cosine only for unit rows, and rounding moves a row's norm by up to ~1e-3 (int8).
+    """
+    field_type = part.schema.field("embedding").type
+    if not (pa.types.is_fixed_size_list(field_type) and field_type.value_type in _COMPACT_TYPES):
+        return part  # float32 (checked by _embedding_dim) or a type it will refuse
+    dim = field_type.list_size
+    column = part["embedding"].combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    if field_type.value_type == pa.int8():
+        if EMBEDDING_SCALE not in part.column_names:
+            raise ValueError(f"{path}: an int8 'embedding' needs the {EMBEDDING_SCALE!r} column")
+        scales = part[EMBEDDING_SCALE].to_numpy(zero_copy_only=False)
+        vectors = dequantize_int8(values, scales)
+    else:
+        vectors = values.astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = np.divide(vectors, norms, out=vectors, where=norms > 0).astype(np.float32)
+    decoded = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+    part = part.set_column(part.column_names.index("embedding"), "embedding", decoded)
+    if EMBEDDING_SCALE in part.column_names:
+        part = part.drop_columns([EMBEDDING_SCALE])
+    return part
 
 
 def read_embedding_table(
@@ -184,9 +215,12 @@ def read_embedding_table(
         with FileSystems.open(path, compression_type=_RAW) as handle:
             try:
                 parquet = pq.ParquetFile(handle)
-                has_joint = JOINT_EMBEDDING in parquet.schema_arrow.names
+                names = parquet.schema_arrow.names
+                has_joint = JOINT_EMBEDDING in names
                 columns = _TABLE_COLUMNS + ([JOINT_EMBEDDING, JOINT_MODEL] if has_joint else [])
-                part = parquet.read(columns=columns)
+                if EMBEDDING_SCALE in names:
+                    columns.append(EMBEDDING_SCALE)
+                part = _decode_embeddings(parquet.read(columns=columns), path)
             except (pa.ArrowException, KeyError) as err:
                 raise ValueError(f"{path} is not a readable embedding-table file: {err}") from err
         if shard is not None:
@@ -195,9 +229,18 @@ def read_embedding_table(
             part = part.filter(pa.array(mine))
         dims[path] = _embedding_dim(part.schema.field("embedding").type, path)
         joint_dims[path] = (
-            _embedding_dim(part.schema.field(JOINT_EMBEDDING).type, path) if has_joint else None
+            _embedding_dim(part.schema.field(JOINT_EMBEDDING).type, path, JOINT_EMBEDDING)
+            if has_joint
+            else None
         )
-        # Schema metadata (e.g. the writer's dim) may differ per file and would block concat.
+        # One embedding type for every file (compact files decode to a list type of their own
+        # naming), and no schema metadata (e.g. the writer's dim): either would block concat.
+        canonical = pa.list_(pa.float32(), dims[path])
+        part = part.set_column(
+            part.column_names.index("embedding"),
+            pa.field("embedding", canonical, nullable=False),
+            part["embedding"].cast(canonical),
+        )
         parts.append(part.replace_schema_metadata(None))
     if len(set(dims.values())) > 1:
         raise ValueError(f"embedding-table files disagree on the dimension: {dims}")

@@ -17,6 +17,7 @@ from encoders.base import EncoderSpec
 from pipelines.fetch import FetchLimits
 from pipelines.imaging import DecodeLimits
 from pipelines.joint import JointModelRef, resolve_joint_model
+from pipelines.types import EMBEDDING_STORAGES
 
 CORPUS_FORMATS = ("auto", "files", "manifest")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
@@ -54,6 +55,13 @@ class IndexOptions(PipelineOptions):
             default=1,
             help="ScaNN shards, built in parallel; rows go to shard sha256(image_id) mod N",
         )
+        parser.add_argument(
+            "--embedding_storage",
+            default="float32",
+            choices=EMBEDDING_STORAGES,
+            help="how the table stores embeddings: float32 (exact), float16 (half the bytes), "
+            "int8 + a per-row scale (a quarter); readers always get float32",
+        )
         parser.add_argument("--max_pixels", type=int, default=DecodeLimits.max_pixels)
         parser.add_argument("--max_download_bytes", type=int, default=FetchLimits.max_bytes)
         parser.add_argument("--download_timeout_s", type=float, default=FetchLimits.read_timeout_s)
@@ -88,6 +96,7 @@ class IndexConfig:
     batch_size: int = 32
     table_shards: int = 0
     index_shards: int = 1
+    embedding_storage: str = "float32"
     neighbors: int = 10
     target_recall: float | None = None
     version: str = ""
@@ -149,6 +158,7 @@ class IndexConfig:
             batch_size=opts.batch_size,
             table_shards=opts.table_shards,
             index_shards=opts.index_shards,
+            embedding_storage=opts.embedding_storage,
             neighbors=opts.neighbors,
             target_recall=opts.target_recall,
             version=version,
