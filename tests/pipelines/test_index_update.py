@@ -172,3 +172,59 @@ def test_command_line(tmp_path: Path, capsys) -> None:
           "--run_version", "v2"])  # fmt: skip
     assert "deleted 2" in capsys.readouterr().out
     assert len(ImageSearcher.load(str(out))) == 298
+
+
+# --- gs:// end to end, on the GCS emulator -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gcs_bucket():
+    """A bucket on an in-process GCS emulator, reached through Beam's own gs:// filesystem."""
+    import os
+    import socket
+
+    from apache_beam.internal.gcp import auth
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="imgsearch-test")
+    server.start()
+    saved_env = os.environ.get("STORAGE_EMULATOR_HOST")
+    saved_auth = (auth._Credentials._credentials_init, auth._Credentials._credentials)
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    # Anonymous, as the emulator wants: skips Beam's ~20 s of retried credential lookups.
+    auth._Credentials._credentials_init, auth._Credentials._credentials = True, None
+    try:
+        yield "gs://imgsearch-test"
+    finally:
+        auth._Credentials._credentials_init, auth._Credentials._credentials = saved_auth
+        if saved_env is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved_env
+        server.stop()
+
+
+def test_sharded_build_serve_and_update_on_gcs(gcs_bucket: str, tmp_path: Path) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    base, out = f"{gcs_bucket}/v1", f"{gcs_bucket}/v2"
+    rows, embeddings = table_rows(240, DIM, seed=11)
+    for number, part in enumerate((rows[:120], rows[120:])):
+        with FileSystems.create(f"{base}/table/embeddings-{number:05d}-of-00002.parquet") as f:
+            pq.write_table(pa.Table.from_pylist(part, schema=embedding_table_schema(DIM)), f)
+    build_index(base, ENCODER_SPEC, {}, "v1", k=10, num_shards=2)
+    searcher = ImageSearcher.load(base)
+    assert len(searcher.manifest.shards) == 2 and len(searcher) == 240
+    assert ids_of(searcher.search_vector(embeddings[5], 1)) == [rows[5]["image_id"]]
+
+    new_rows, new_vectors = table_rows(6, DIM, seed=12)
+    added = write_rows(tmp_path / "new.parquet", new_rows)
+    update_index(base, out, [added], [rows[0]["image_id"]], "v2")
+    updated = ImageSearcher.load(out)
+    assert len(updated) == 245
+    found = updated.search_vectors(new_vectors, 1)
+    assert [hits[0].image_id for hits in found] == [row["image_id"] for row in new_rows]
+    assert rows[0]["image_id"] not in ids_of(updated.search_vector(embeddings[0], 20))
