@@ -45,6 +45,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.build_index import (
+    SHARD_ASSIGNMENT,
     TABLE_DIR,
     EmbeddingTable,
     build_index,
@@ -308,6 +309,12 @@ def update_index(
 
     # New ids go where the build's assignment puts them, existing ids stay in their shard.
     num_shards = len(manifest.shards)
+    assignment = (manifest.sharding or {}).get("assignment", SHARD_ASSIGNMENT)
+    if num_shards > 1 and assignment != SHARD_ASSIGNMENT:
+        raise ValueError(
+            f"index version {manifest.version} assigns rows to shards by {assignment!r}; this "
+            f"code assigns by {SHARD_ASSIGNMENT!r}, so it cannot place new rows: rebuild it"
+        )
     hashed = shard_of_ids(upsert_ids, num_shards)
     target = [shard_of.get(i, int(h)) for i, h in zip(upsert_ids, hashed, strict=True)]
     counts = [len(ids) for ids in shard_ids]

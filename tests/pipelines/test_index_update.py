@@ -228,3 +228,36 @@ def test_sharded_build_serve_and_update_on_gcs(gcs_bucket: str, tmp_path: Path) 
     found = updated.search_vectors(new_vectors, 1)
     assert [hits[0].image_id for hits in found] == [row["image_id"] for row in new_rows]
     assert rows[0]["image_id"] not in ids_of(updated.search_vector(embeddings[0], 20))
+
+
+def test_joint_shards_take_the_new_rows_too(tmp_path: Path) -> None:
+    base, out = tmp_path / "v1", tmp_path / "v2"
+    rng = np.random.default_rng(13)
+
+    def with_joint(rows: list[dict]) -> np.ndarray:
+        joint = rng.standard_normal((len(rows), 6)).astype(np.float32)
+        joint /= np.linalg.norm(joint, axis=1, keepdims=True)
+        for row, vector in zip(rows, joint, strict=True):
+            row["joint_embedding"], row["joint_model"] = vector.tolist(), "dual/2"
+        return joint
+
+    rows, _ = table_rows(80, DIM, seed=14)
+    with_joint(rows)
+    schema = embedding_table_schema(DIM, 6)
+    (base / "table").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), base / "table" / "e-0.parquet")
+    build_index(str(base), ENCODER_SPEC, {}, "v1", k=5)
+    new_rows, _ = table_rows(4, DIM, seed=15)
+    new_joint = with_joint(new_rows)
+    added = tmp_path / "new.parquet"
+    pq.write_table(pa.Table.from_pylist(new_rows, schema=schema), added)
+    # Rows without the index's joint column are refused: the joint shard would lose them.
+    plain, _ = table_rows(2, DIM, seed=16)
+    with pytest.raises(ValueError, match="joint_embedding"):
+        update_index(str(base), str(out), [write_rows(tmp_path / "p.parquet", plain)], [], "v2")
+
+    update_index(str(base), str(out), [str(added)], [rows[1]["image_id"]], "v2")
+    searcher = ImageSearcher.load(str(out))
+    assert searcher.joint_index["shard"]["count"] == 83
+    found = searcher.search_joint_vectors(new_joint, 1)
+    assert [hits[0].image_id for hits in found] == [row["image_id"] for row in new_rows]
