@@ -714,6 +714,26 @@ def full_build_lineage(version: str, num_rows: int) -> dict[str, Any]:
     return {"built_from": version, "built_count": int(num_rows), "updates": []}
 
 
+def _check_shard_sizes(paths: Sequence[str], num_shards: int) -> None:
+    """Refuse, before anything is deleted, a shard count that would leave a shard empty.
+
+    Reads only the ``image_id`` column: cheap next to the builds, and a clear error here beats
+    a worker failing halfway through the Beam job.
+    """
+    counts = np.zeros(num_shards, dtype=np.int64)
+    for path in paths:
+        with FileSystems.open(path, compression_type=_RAW) as handle:
+            ids = pq.read_table(handle, columns=["image_id"])["image_id"].to_pylist()
+        counts += np.bincount(shard_of_ids(ids, num_shards), minlength=num_shards)
+    empty = np.flatnonzero(counts == 0).tolist()
+    if empty:
+        raise ValueError(
+            f"empty table: {num_shards} index shards over {int(counts.sum())} rows leave "
+            f"shard(s) {empty[:10]} with no rows; use fewer index shards"
+        )
+    logger.info("rows per index shard: %s", counts.tolist())
+
+
 def _build_index_sharded(
     out_dir: str,
     paths: Sequence[str],
@@ -724,6 +744,7 @@ def _build_index_sharded(
     num_shards: int,
     pipeline_options: Any,
 ) -> IndexManifest:
+    _check_shard_sizes(paths, num_shards)
     remove_previous_index(out_dir)
     shards, index_entries, joint_index, encoder_id, dim = _build_sharded(
         out_dir, paths, num_shards, k, pipeline_options

@@ -144,9 +144,11 @@ def test_bad_shard_requests_are_refused(tmp_path: Path) -> None:
         build_index(str(tmp_path), ENCODER_SPEC, {}, "v", num_shards=0)
     with pytest.raises(ValueError, match="autotuning sharded"):
         build_index(str(tmp_path), ENCODER_SPEC, {}, "v", num_shards=2, target_recall=0.9)
-    # 4 rows over 16 shards: some shard is empty, and the build says which.
-    with pytest.raises(Exception, match="no rows for shard"):
+    # 4 rows over 16 shards: some shard is empty; refused before the old index is touched.
+    build_index(str(tmp_path), ENCODER_SPEC, {}, "v1")
+    with pytest.raises(ValueError, match=r"shard\(s\) \[.*\] with no rows"):
         build_index(str(tmp_path), ENCODER_SPEC, {}, "v", num_shards=16)
+    assert read_manifest(str(tmp_path)).version == "v1"
     table = read_embedding_table([str(p) for p in (tmp_path / "table").glob("*.parquet")])
     assert len(table) == 4
 
