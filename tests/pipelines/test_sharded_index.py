@@ -173,17 +173,25 @@ def test_index_job_with_index_shards(small_photo_dir: Path, tmp_path: Path) -> N
     """``imgsearch index --index_shards 2`` on real photos: two shards, one searchable index."""
     from pipelines import index_job
 
+    # Fixed ids (a manifest corpus), so the shards' rows do not depend on the temp path: ids
+    # hashed from uris could leave one of two shards empty in 1 run of 32.
+    ids = [f"photo-{i}" for i in range(6)]
+    assert set(shard_of_ids(ids, 2).tolist()) == {0, 1}
+    manifest = tmp_path / "corpus.csv"
+    photos = sorted(small_photo_dir.glob("*.jpg"))
+    manifest.write_text(
+        "uri,id\n" + "".join(f"{p},{i}\n" for p, i in zip(photos, ids, strict=True))
+    )
     out = tmp_path / "out"
-    args = ["--corpus", str(small_photo_dir), "--out", str(out), "--encoder", "fake",
+    args = ["--corpus", str(manifest), "--out", str(out), "--encoder", "fake",
             "--weights", "none", "--image_size", "64", "--run_version", "sharded"]  # fmt: skip
     result = index_job.run([*args, "--index_shards", "2"])
     assert len(result.manifest.shards) == 2
     assert sum(s["count"] for s in result.manifest.shards) == result.counts["indexed"] == 6
     searcher = ImageSearcher.load(str(out))
+    assert sorted(searcher.hit_for_row(r, 0).image_id for r in range(6)) == ids
     for row in range(len(searcher)):
-        vector = searcher.embeddings[row]
-        assert (
-            searcher.search_vector(vector, 1)[0].image_id == searcher.hit_for_row(row, 0).image_id
-        )
+        top = searcher.search_vector(searcher.embeddings[row], 1)[0]
+        assert top.image_id == searcher.hit_for_row(row, 0).image_id
     with pytest.raises(ValueError, match="--index_shards must be >= 1"):
         index_job.run([*args, "--index_shards", "0"])
