@@ -18,6 +18,7 @@ Figures are printed and written to ``--report`` (markdown); nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import platform
@@ -136,32 +137,34 @@ def scann_rows(vectors: np.ndarray, num_queries: int, workdir: Path) -> list:
     queries, database = vectors[:num_queries], vectors[num_queries:]
     truth, _ = exact_top_k(database, queries, K)
     num_leaves = max(2, round(np.sqrt(len(database))))
+    tree = ScannParams(
+        kind="tree_ah",
+        num_neighbors=K,
+        num_leaves=num_leaves,
+        # The size rules of choose_scann_params (10% of the leaves, at least 8).
+        num_leaves_to_search=min(num_leaves, max(8, int(np.ceil(0.1 * num_leaves)))),
+        training_sample_size=len(database),
+        dims_per_block=2,
+        anisotropic_quantization_threshold=0.2,
+        reorder_k=10 * K,
+    )
     configs = [
-        ScannParams(kind="brute_force", num_neighbors=K),
-        ScannParams(
-            kind="tree_ah",
-            num_neighbors=K,
-            num_leaves=num_leaves,
-            # The size rules of choose_scann_params (10% of the leaves, at least 8).
-            num_leaves_to_search=min(num_leaves, max(8, int(np.ceil(0.1 * num_leaves)))),
-            training_sample_size=len(database),
-            dims_per_block=2,
-            anisotropic_quantization_threshold=0.2,
-            reorder_k=10 * K,
-        ),
+        dataclasses.replace(base, quantize=quantize)
+        for base in (ScannParams(kind="brute_force", num_neighbors=K), tree)
+        for quantize in ("float32", "bfloat16", "int8")
     ]
     results = []
     for params in configs:
         started = time.perf_counter()
         searcher = build_searcher(database, params)
         build_s = time.perf_counter() - started
-        folder = workdir / params.kind
+        folder = workdir / f"{params.kind}-{params.quantize}"
         save_searcher(searcher, str(folder))
         files = {p.name: p.stat().st_size for p in folder.iterdir()}
         found, _ = search_batched(searcher, queries, K, params)
         results.append(
             {
-                "kind": params.kind,
+                "kind": f"{params.kind}, {params.quantize}",
                 "files": files,
                 "rows": len(database),
                 "recall": recall(found, truth),
@@ -214,8 +217,8 @@ def report(args, dim, encoder_id, count, storage, scann, elapsed) -> str:
         "",
         "## ScaNN index (serialized, per vector)",
         "",
-        "| index | per-row files (bytes/vector) | per-row total per million | other files "
-        "(KiB, whole index) | recall@10 | build s |",
+        "| index, `--index_quantize` | per-row files (bytes/vector) | per-row total per million "
+        "| other files (KiB, whole index) | recall@10 | build s |",
         "|---|---|---:|---|---:|---:|",
     ]
     for r in scann:
@@ -233,8 +236,9 @@ def report(args, dim, encoder_id, count, storage, scann, elapsed) -> str:
     lines += [
         "",
         "`dataset.npy` is the float32 copy ScaNN keeps for brute force and for tree-AH's exact "
-        "rescoring; `hashed_dataset.npy` the AH codes (one byte per 2-dim block on disk, two "
-        "blocks a byte in memory, LUT16); `datapoint_to_token.npy` the leaf of each row. "
+        "rescoring (`bfloat16_dataset.npy` / `int8_dataset.npy` with `--index_quantize`); "
+        "`hashed_dataset.npy` the AH codes (one byte per 2-dim block on disk, two blocks a "
+        "byte in memory, LUT16); `datapoint_to_token.npy` the leaf of each row. "
         "The tree-AH row is here for its bytes per row: on a few hundred rows (few leaves, a "
         "tiny training set) its recall says nothing about the 20k+ row shards `build_index` "
         "builds trees for; see `benchmarks/results/ann.md` for recall at a million.",
@@ -250,8 +254,8 @@ def report(args, dim, encoder_id, count, storage, scann, elapsed) -> str:
         "",
         "A serving process holds the decoded table (float32) plus its ScaNN shards: brute force "
         "= 2 float32 copies, tree-AH = float32 copy + AH codes + leaf ids + the float32 "
-        "rescoring copy. ScaNN's int8/bfloat16 rescoring copies would cut the last term by "
-        "4x/2x but are not exposed by `ScannParams` yet.",
+        "rescoring copy; `--index_quantize int8|bfloat16` cuts ScaNN's copy by 4x/2x (the "
+        "decoded table stays float32 for `similar_to_image_id` and `embeddings`).",
         "",
     ]
     return "\n".join(lines)

@@ -43,7 +43,7 @@ from pipelines.manifest import (
     relative_path,
     write_manifest,
 )
-from pipelines.scann_index import build_searcher, choose_scann_params, save_searcher
+from pipelines.scann_index import QUANTIZE, build_searcher, choose_scann_params, save_searcher
 from pipelines.types import EMBEDDING_SCALE, JOINT_EMBEDDING, JOINT_MODEL, dequantize_int8
 
 logger = logging.getLogger(__name__)
@@ -453,6 +453,7 @@ class ShardSpec:
     num_shards: int
     table_paths: tuple[str, ...]
     k: int
+    quantize: str = "float32"  # ScannParams.quantize of the image index
 
 
 def _shard_result_path(out_dir: str, shard: int) -> str:
@@ -468,7 +469,9 @@ def build_shard(spec: ShardSpec) -> dict[str, Any]:
     (a retried bundle) rewrites the same files, so it is safe to retry.
     """
     table = read_embedding_table(spec.table_paths, shard=(spec.shard, spec.num_shards))
-    params = choose_scann_params(len(table), table.dim, spec.k)
+    params = dataclasses.replace(
+        choose_scann_params(len(table), table.dim, spec.k), quantize=spec.quantize
+    )
     logger.info(
         "shard %d/%d: %d x %d with %s", spec.shard, spec.num_shards, len(table), table.dim, params
     )
@@ -571,9 +574,13 @@ def _build_sharded(
     num_shards: int,
     k: int,
     pipeline_options: Any,
+    quantize: str = "float32",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None, str, int]:
     """Build ``num_shards`` shards in parallel; -> (shards, files, joint_index, encoder, dim)."""
-    specs = [ShardSpec(out_dir, shard, num_shards, tuple(paths), k) for shard in range(num_shards)]
+    specs = [
+        ShardSpec(out_dir, shard, num_shards, tuple(paths), k, quantize)
+        for shard in range(num_shards)
+    ]
     results = _run_shard_builds(out_dir, specs, pipeline_options)
     _check_shard_results(results)
     shards = [result["shard"] for result in results]
@@ -601,13 +608,16 @@ def build_index(
     target_recall: float | None = None,
     num_shards: int = 1,
     pipeline_options: Any = None,
+    quantize: str = "float32",
 ) -> IndexManifest:
     """Build the ScaNN index of ``OUT/table`` into ``OUT/index`` and publish ``OUT/manifest.json``.
 
     With ``num_shards > 1`` the rows are split by ``shard_of_ids`` and each shard (and joint
     shard) is built by its own worker of a Beam job run with ``pipeline_options`` (default: the
     DirectRunner); each shard chooses ScaNN parameters for its own size. Autotuning
-    (``target_recall``) is for single-shard indexes only.
+    (``target_recall``) is for single-shard indexes only. ``quantize`` (``scann_index.QUANTIZE``)
+    is how the image index stores the vectors it scores exactly: float32, bfloat16 or int8 (the
+    joint index, a few hundred dimensions, stays float32).
 
     ``counts`` are the job's tallies (inputs, duplicates, dead_letters, ...); ``indexed`` is
     taken from the table and, if given, must agree with it. ``k`` is the default number of
@@ -627,6 +637,13 @@ def build_index(
         )
     if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
         raise ValueError(f"num_shards must be a positive integer, got {num_shards!r}")
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    if quantize != "float32" and target_recall is not None:
+        raise ValueError(
+            "target_recall autotunes with float32 rescoring; a quantized index would not keep "
+            "the recall it measured (autotuning quantized indexes is not supported yet)"
+        )
     if num_shards > 1 and target_recall is not None:
         raise ValueError(
             "target_recall autotunes one index; with index shards > 1 each shard takes the "
@@ -637,7 +654,7 @@ def build_index(
         raise ValueError(f"empty table: no Parquet files match {out_dir}/{TABLE_DIR}/*.parquet")
     if num_shards > 1:
         return _build_index_sharded(
-            out_dir, paths, encoder_spec, counts, version, k, num_shards, pipeline_options
+            out_dir, paths, encoder_spec, counts, version, k, num_shards, pipeline_options, quantize
         )
     table = read_embedding_table(paths)
     num_rows = len(table)
@@ -648,7 +665,7 @@ def build_index(
 
     tuning = None
     if target_recall is None:
-        params = choose_scann_params(num_rows, table.dim, k)
+        params = dataclasses.replace(choose_scann_params(num_rows, table.dim, k), quantize=quantize)
     else:
         from pipelines.ann_tuning import TuningTarget, autotune_scann
 
@@ -743,11 +760,12 @@ def _build_index_sharded(
     k: int,
     num_shards: int,
     pipeline_options: Any,
+    quantize: str = "float32",
 ) -> IndexManifest:
     _check_shard_sizes(paths, num_shards)
     remove_previous_index(out_dir)
     shards, index_entries, joint_index, encoder_id, dim = _build_sharded(
-        out_dir, paths, num_shards, k, pipeline_options
+        out_dir, paths, num_shards, k, pipeline_options, quantize
     )
     num_rows = sum(shard["count"] for shard in shards)
     if "indexed" in counts and counts["indexed"] != num_rows:

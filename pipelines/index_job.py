@@ -152,6 +152,7 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
         target_recall=config.target_recall,
         num_shards=config.index_shards,
         pipeline_options=options,
+        quantize=config.index_quantize,
     )
     return IndexResult(config, counts, dead_letter_reasons(config.dead_letters_dir), manifest)
 

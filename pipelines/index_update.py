@@ -330,7 +330,13 @@ def update_index(
     new_counts = {"indexed": sum(counts), "upserted": len(upsert_ids), "deleted": len(deletes)}
     if decision.rebuild:
         rebuilt = build_index(
-            out_dir, manifest.encoder_spec, new_counts, version, k=k, num_shards=num_shards
+            out_dir,
+            manifest.encoder_spec,
+            new_counts,
+            version,
+            k=k,
+            num_shards=num_shards,
+            quantize=ScannParams.from_json(manifest.scann_params).quantize,
         )
         return UpdateResult(rebuilt, decision, len(upsert_ids), len(deletes))
 

@@ -17,6 +17,7 @@ from encoders.base import EncoderSpec
 from pipelines.fetch import FetchLimits
 from pipelines.imaging import DecodeLimits
 from pipelines.joint import JointModelRef, resolve_joint_model
+from pipelines.scann_index import QUANTIZE
 from pipelines.types import EMBEDDING_STORAGES
 
 CORPUS_FORMATS = ("auto", "files", "manifest")
@@ -62,6 +63,13 @@ class IndexOptions(PipelineOptions):
             help="how the table stores embeddings: float32 (exact), float16 (half the bytes), "
             "int8 + a per-row scale (a quarter); readers always get float32",
         )
+        parser.add_argument(
+            "--index_quantize",
+            default="float32",
+            choices=QUANTIZE,
+            help="how ScaNN stores the vectors it scores exactly: float32, bfloat16 (half) or "
+            "int8 (a quarter), at a small recall cost",
+        )
         parser.add_argument("--max_pixels", type=int, default=DecodeLimits.max_pixels)
         parser.add_argument("--max_download_bytes", type=int, default=FetchLimits.max_bytes)
         parser.add_argument("--download_timeout_s", type=float, default=FetchLimits.read_timeout_s)
@@ -97,6 +105,7 @@ class IndexConfig:
     table_shards: int = 0
     index_shards: int = 1
     embedding_storage: str = "float32"
+    index_quantize: str = "float32"
     neighbors: int = 10
     target_recall: float | None = None
     version: str = ""
@@ -131,6 +140,8 @@ class IndexConfig:
             raise ValueError(f"--index_shards must be >= 1, got {opts.index_shards}")
         if opts.index_shards > 1 and opts.target_recall is not None:
             raise ValueError("--target_recall autotunes one index; it needs --index_shards 1")
+        if opts.index_quantize != "float32" and opts.target_recall is not None:
+            raise ValueError("--target_recall autotunes float32 rescoring; drop --index_quantize")
         if opts.download_retries < 0:
             raise ValueError(f"--download_retries must be >= 0, got {opts.download_retries}")
         if bool(opts.models) != bool(opts.joint_model):
@@ -159,6 +170,7 @@ class IndexConfig:
             table_shards=opts.table_shards,
             index_shards=opts.index_shards,
             embedding_storage=opts.embedding_storage,
+            index_quantize=opts.index_quantize,
             neighbors=opts.neighbors,
             target_recall=opts.target_recall,
             version=version,
