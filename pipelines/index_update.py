@@ -413,17 +413,33 @@ def update_index(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m pipelines.index_update --base V1 --out V2 --add new.parquet --delete ids``."""
+    """``python -m pipelines.index_update (--root ROOT | --base V1 --out V2) --run_version V2``.
+
+    With ``--root`` (a publish root, ``pipelines.publish``) the base is the version
+    ``latest.json`` points at, the new version goes to ``ROOT/versions/<run_version>``, and the
+    pointer moves to it once its manifest is written.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--base", required=True, help="the published index version to update")
-    parser.add_argument("--out", required=True, help="where to write the new version")
+    parser.add_argument("--root", default="", help="a publish root: update its latest version")
+    parser.add_argument("--base", default="", help="the published index version to update")
+    parser.add_argument("--out", default="", help="where to write the new version")
     parser.add_argument("--add", nargs="*", default=[], help="Parquet files of new/changed rows")
     parser.add_argument("--delete", default="", help="a text file of image ids to delete")
     parser.add_argument("--run_version", required=True, help="the new version's name")
     parser.add_argument("--neighbors", type=int, default=10)
     parser.add_argument("--max_changed_fraction", type=float, default=DEFAULT_MAX_CHANGED_FRACTION)
     args = parser.parse_args(argv)
+    with_root = bool(args.root) and not (args.base or args.out)
+    with_dirs = not args.root and bool(args.base and args.out)
+    if not (with_root or with_dirs):
+        parser.error("give either --root, or both --base and --out")
     logging.basicConfig(level=logging.INFO)
+    base, out = args.base, args.out
+    if args.root:
+        from pipelines.publish import resolve_index, version_dir
+
+        base, _ = resolve_index(args.root)
+        out = version_dir(args.root, args.run_version)
     deletes: list[str] = []
     if args.delete:
         with FileSystems.open(args.delete, compression_type=_RAW) as f:
@@ -431,14 +447,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                 line.strip() for line in f.read().decode("utf-8").splitlines() if line.strip()
             ]
     result = update_index(
-        args.base,
-        args.out,
+        base,
+        out,
         args.add,
         deletes,
         args.run_version,
         RebuildRule(args.max_changed_fraction),
         k=args.neighbors,
     )
+    if args.root:
+        from pipelines.publish import write_pointer
+
+        write_pointer(args.root, args.run_version)
     print(result.summary())
 
 

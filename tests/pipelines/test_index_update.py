@@ -261,3 +261,21 @@ def test_joint_shards_take_the_new_rows_too(tmp_path: Path) -> None:
     assert searcher.joint_index["shard"]["count"] == 83
     found = searcher.search_joint_vectors(new_joint, 1)
     assert [hits[0].image_id for hits in found] == [row["image_id"] for row in new_rows]
+
+
+def test_command_line_on_a_publish_root(tmp_path: Path, capsys) -> None:
+    from pipelines.publish import read_pointer, resolve_index, version_dir, write_pointer
+
+    root = tmp_path / "root"
+    build_base(Path(version_dir(str(root), "v1")))
+    write_pointer(str(root), "v1")
+    new_rows, new_vectors = table_rows(3, DIM, seed=17)
+    added = write_rows(tmp_path / "new.parquet", new_rows)
+    main(["--root", str(root), "--add", added, "--run_version", "v2"])
+    assert "upserted 3" in capsys.readouterr().out
+    pointer = read_pointer(str(root))
+    assert (pointer.version, pointer.previous) == ("v2", "v1")
+    searcher = ImageSearcher.load(resolve_index(str(root))[0])
+    assert ids_of(searcher.search_vector(new_vectors[0], 1)) == [new_rows[0]["image_id"]]
+    with pytest.raises(SystemExit):
+        main(["--root", str(root), "--base", str(root), "--run_version", "v3"])
