@@ -1,15 +1,20 @@
-"""After the Beam job: embedding table -> ScaNN index shard -> manifest (written last).
+"""After the Beam job: embedding table -> ScaNN index shard(s) -> manifest (written last).
 
 Layout under an output dir ``OUT`` (local or gs://)::
 
     OUT/table/embeddings-SSSSS-of-NNNNN.parquet   written by the Beam job
-    OUT/index/shard-00000/                         ScaNN assets + ids.parquet (row, image_id, uri)
-    OUT/index/joint-shard-00000/                   the same over joint_embedding, if the table
+    OUT/index/shard-00000/ .. shard-0000N/         ScaNN assets + ids.parquet (row, image_id, uri)
+    OUT/index/joint-shard-00000/ ..                the same over joint_embedding, if the table
                                                    has it (a dual joint model's image side)
     OUT/manifest.json                              written last: publishes the version
 
-Row ``i`` of a shard's ScaNN index is row ``i`` of its ``ids.parquet``. Rows are sorted by
-``image_id``, so the index does not depend on how the runner split the table into files.
+Row ``i`` of a shard's ScaNN index is row ``i`` of its ``ids.parquet``. A full build sorts a
+shard's rows by ``image_id``, so the index does not depend on how the runner split the table
+into files. With more than one shard, a row belongs to shard ``shard_of_ids`` (a hash of its
+id) and every shard is built by its own worker of the ``BuildShards`` Beam job: a shard reads
+the table's id and embedding columns and keeps its slice, so no embedding crosses a shuffle
+and a retried shard rewrites the same files. (Reading the columns once per shard costs I/O,
+not memory, and is small next to training a shard's ScaNN tree.)
 """
 
 from __future__ import annotations

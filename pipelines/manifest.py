@@ -37,8 +37,10 @@ class ManifestVerificationError(Exception):
 class IndexManifest:
     """One published index version (``OUT/manifest.json``).
 
-    ``shards`` holds ``{"index_dir", "ids_file", "count"}`` per ScaNN shard and ``files`` holds
-    ``{"path", "bytes", "sha256"}`` per file; every path is relative to ``OUT`` and uses ``/``.
+    ``shards`` holds ``{"index_dir", "ids_file", "count"}`` per ScaNN shard (newer writers add
+    its ``scann_params``, ``bytes`` and a ``sha256`` over its files' checksums) and ``files``
+    holds ``{"path", "bytes", "sha256"}`` per file; every path is relative to ``OUT`` and uses
+    ``/``. Global row ``i`` of the index is shard by shard, each in its ids file's order.
     """
 
     format_version: int
