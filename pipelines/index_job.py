@@ -79,7 +79,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IndexConfig) -> None:
     dim = image_encoder_dim(config.encoder)
     joint_dim = config.joint_model.dim if config.joint_model is not None else None
     _ = outputs["rows"] | "WriteTable" >> WriteEmbeddingTable(
-        config.table_dir, dim, config.table_shards, joint_dim
+        config.table_dir, dim, config.table_shards, joint_dim, config.embedding_storage
     )
     _ = outputs["duplicates"] | "WriteDuplicates" >> WriteDuplicates(config.duplicates_dir)
     _ = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letters_dir)
@@ -173,6 +173,9 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
         config.version,
         k=config.neighbors,
         target_recall=config.target_recall,
+        num_shards=config.index_shards,
+        pipeline_options=options,
+        quantize=config.index_quantize,
     )
     return IndexResult(config, counts, dead_letter_reasons(config.dead_letters_dir), manifest)
 

@@ -15,7 +15,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.manifest import MANIFEST_NAME
 from pipelines.options import join_uri
-from pipelines.types import DEAD_LETTER_SCHEMA, DUPLICATE_SCHEMA, embedding_table_schema
+from pipelines.types import (
+    DEAD_LETTER_SCHEMA,
+    DUPLICATE_SCHEMA,
+    compact_row,
+    embedding_table_schema,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +49,29 @@ class _WriteParquet(beam.PTransform):
 
 
 class WriteEmbeddingTable(_WriteParquet):
-    """PCollection[table row dict] -> ``OUT/table/embeddings-*.parquet``."""
+    """PCollection[table row dict] -> ``OUT/table/embeddings-*.parquet``.
+
+    ``storage`` (float32, float16, int8) is how the ``embedding`` column is stored
+    (``pipelines.types.compact_row``); rows arrive as float32 either way.
+    """
 
     def __init__(
-        self, table_dir: str, dim: int, num_shards: int = 0, joint_dim: int | None = None
+        self,
+        table_dir: str,
+        dim: int,
+        num_shards: int = 0,
+        joint_dim: int | None = None,
+        storage: str = "float32",
     ) -> None:
-        schema = embedding_table_schema(dim, joint_dim)
+        schema = embedding_table_schema(dim, joint_dim, storage)
         super().__init__(table_dir, TABLE_PREFIX, schema, num_shards)
+        self.storage = storage
+
+    def expand(self, rows):
+        if self.storage != "float32":
+            storage = self.storage
+            rows = rows | "Compact" >> beam.Map(lambda row: compact_row(row, storage))
+        return super().expand(rows)
 
 
 class WriteDeadLetters(beam.PTransform):

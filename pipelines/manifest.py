@@ -37,8 +37,10 @@ class ManifestVerificationError(Exception):
 class IndexManifest:
     """One published index version (``OUT/manifest.json``).
 
-    ``shards`` holds ``{"index_dir", "ids_file", "count"}`` per ScaNN shard and ``files`` holds
-    ``{"path", "bytes", "sha256"}`` per file; every path is relative to ``OUT`` and uses ``/``.
+    ``shards`` holds ``{"index_dir", "ids_file", "count"}`` per ScaNN shard (newer writers add
+    its ``scann_params``, ``bytes`` and a ``sha256`` over its files' checksums) and ``files``
+    holds ``{"path", "bytes", "sha256"}`` per file; every path is relative to ``OUT`` and uses
+    ``/``. Global row ``i`` of the index is shard by shard, each in its ids file's order.
     """
 
     format_version: int
@@ -58,10 +60,18 @@ class IndexManifest:
     # How ``scann_params`` were chosen when the job was given a recall target: the autotuner's
     # ``TuningResult.to_json()`` (target, measured recall and latency, candidates). Optional.
     tuning: dict[str, Any] | None = None
+    # How rows were split over ``shards`` when there is more than one: {"assignment",
+    # "num_shards"} (see pipelines.build_index.shard_of_ids). Optional; None for one shard.
+    sharding: dict[str, Any] | None = None
+    # Where this version comes from: {"built_from": <version of the last full build>,
+    # "built_count": rows then, "updates": [{"version", "base", "upserted", "deleted"}, ...]}.
+    # pipelines.index_update reads it to decide when a rebuild is due. Optional (older
+    # manifests have none and count as full builds).
+    lineage: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for optional in ("joint_index", "tuning"):
+        for optional in ("joint_index", "tuning", "sharding", "lineage"):
             if data[optional] is None:
                 del data[optional]
         return data
@@ -90,11 +100,32 @@ class IndexManifest:
             _check_relative(entry["path"])
         joint = data.get("joint_index")
         if joint is not None:
-            _require_keys("joint_index", joint, ("model", "model_version", "dim", "shard"))
-            _require_keys("joint shard", joint["shard"], ("index_dir", "ids_file", "count"))
-            _check_relative(joint["shard"]["index_dir"])
-            _check_relative(joint["shard"]["ids_file"])
+            _require_keys("joint_index", joint, ("model", "model_version", "dim"))
+            # One joint shard is written as "shard" (the original format), several as "shards".
+            joint_shards = joint["shards"] if "shards" in joint else [joint.get("shard")]
+            if not joint_shards or len(joint_shards) != len(data["shards"]):
+                raise ValueError(
+                    f"manifest joint_index has {len(joint_shards)} shard(s) for "
+                    f"{len(data['shards'])} index shard(s); it needs one per index shard"
+                )
+            for shard in joint_shards:
+                _require_keys("joint shard", shard, ("index_dir", "ids_file", "count"))
+                _check_relative(shard["index_dir"])
+                _check_relative(shard["ids_file"])
         return cls(**{name: data[name] for name in names if name in data})
+
+    @property
+    def joint_shards(self) -> list[dict[str, Any]]:
+        """The joint index's shards (one per index shard, same order), or [] without one."""
+        if self.joint_index is None:
+            return []
+        if "shards" in self.joint_index:
+            return list(self.joint_index["shards"])
+        return [self.joint_index["shard"]]
+
+    def shard_params(self, shard: dict[str, Any]) -> dict[str, Any]:
+        """A shard's ScaNN params: its own entry's, else the manifest's (one-shard manifests)."""
+        return shard.get("scann_params") or self.scann_params
 
     def files_under(self, prefix: str) -> list[dict[str, Any]]:
         """The file entries whose path lies under the folder ``prefix`` (relative to OUT)."""

@@ -18,6 +18,8 @@ from encoders.base import EncoderSpec
 from pipelines.fetch import FetchLimits
 from pipelines.imaging import DecodeLimits
 from pipelines.joint import JointModelRef, resolve_joint_model
+from pipelines.scann_index import QUANTIZE
+from pipelines.types import EMBEDDING_STORAGES
 
 if TYPE_CHECKING:
     from pipelines.incremental import ReusePlan
@@ -51,6 +53,26 @@ class IndexOptions(PipelineOptions):
             type=int,
             default=0,
             help="Parquet files in the table; 0 lets the runner decide (no extra shuffle)",
+        )
+        parser.add_argument(
+            "--index_shards",
+            type=int,
+            default=1,
+            help="ScaNN shards, built in parallel; rows go to shard sha256(image_id) mod N",
+        )
+        parser.add_argument(
+            "--embedding_storage",
+            default="float32",
+            choices=EMBEDDING_STORAGES,
+            help="how the table stores embeddings: float32 (exact), float16 (half the bytes), "
+            "int8 + a per-row scale (a quarter); readers always get float32",
+        )
+        parser.add_argument(
+            "--index_quantize",
+            default="float32",
+            choices=QUANTIZE,
+            help="how ScaNN stores the vectors it scores exactly: float32, bfloat16 (half) or "
+            "int8 (a quarter), at a small recall cost",
         )
         parser.add_argument("--max_pixels", type=int, default=DecodeLimits.max_pixels)
         parser.add_argument("--max_download_bytes", type=int, default=FetchLimits.max_bytes)
@@ -91,6 +113,9 @@ class IndexConfig:
     fetch_limits: FetchLimits
     batch_size: int = 32
     table_shards: int = 0
+    index_shards: int = 1
+    embedding_storage: str = "float32"
+    index_quantize: str = "float32"
     neighbors: int = 10
     target_recall: float | None = None
     version: str = ""
@@ -122,6 +147,12 @@ class IndexConfig:
                 raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
         if opts.table_shards < 0:
             raise ValueError(f"--table_shards must be >= 0, got {opts.table_shards}")
+        if opts.index_shards < 1:
+            raise ValueError(f"--index_shards must be >= 1, got {opts.index_shards}")
+        if opts.index_shards > 1 and opts.target_recall is not None:
+            raise ValueError("--target_recall autotunes one index; it needs --index_shards 1")
+        if opts.index_quantize != "float32" and opts.target_recall is not None:
+            raise ValueError("--target_recall autotunes float32 rescoring; drop --index_quantize")
         if opts.download_retries < 0:
             raise ValueError(f"--download_retries must be >= 0, got {opts.download_retries}")
         if bool(opts.models) != bool(opts.joint_model):
@@ -151,6 +182,9 @@ class IndexConfig:
             ),
             batch_size=opts.batch_size,
             table_shards=opts.table_shards,
+            index_shards=opts.index_shards,
+            embedding_storage=opts.embedding_storage,
+            index_quantize=opts.index_quantize,
             neighbors=opts.neighbors,
             target_recall=opts.target_recall,
             version=version,

@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 ScannKind = Literal["brute_force", "tree_ah"]
 KINDS: tuple[str, ...] = ("brute_force", "tree_ah")
+# How ScaNN stores the vectors it scores exactly (brute force) or rescores (tree-AH reorder):
+# float32 (4 bytes a dimension, exact), bfloat16 (2 bytes, 8 significant bits) or int8 (1 byte,
+# ScaNN's fixed point with one multiplier per dimension). The compact ones cut the index's
+# largest part by 2x/4x at a measured recall cost (benchmarks/results/storage.md).
+QUANTIZE: tuple[str, ...] = ("float32", "bfloat16", "int8")
 
 # ScaNN's rules of thumb (scann/docs/algorithms.md) say "fewer than 20k points: brute force".
 # At that size an exact scan costs ~20k dot products per query (a few ms even at dim 1280), has
@@ -72,6 +77,7 @@ class ScannParams:
     dims_per_block: int | None = None
     anisotropic_quantization_threshold: float | None = None
     reorder_k: int | None = None
+    quantize: str = "float32"  # QUANTIZE: the exact-scoring copy's type (both kinds)
 
     _TREE_FIELDS = (
         "num_leaves",
@@ -86,6 +92,8 @@ class ScannParams:
         if self.kind not in KINDS:
             raise ValueError(f"ScaNN kind must be one of {KINDS}, got {self.kind!r}")
         _check_positive_int("num_neighbors", self.num_neighbors)
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"ScaNN quantize must be one of {QUANTIZE}, got {self.quantize!r}")
         values = {name: getattr(self, name) for name in self._TREE_FIELDS}
         if self.kind == "brute_force":
             # A manifest claiming leaves for a brute-force index would mislead whoever reads it.
@@ -111,7 +119,10 @@ class ScannParams:
             )
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["quantize"] == "float32":
+            del data["quantize"]  # the default: manifests without it read the same
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ScannParams:
@@ -186,6 +197,16 @@ def _scann_ops():
     return scann_ops_pybind
 
 
+def _reorder_type(quantize: str):
+    from scann.scann_ops.py.scann_builder import ReorderType  # lazy, as _scann_ops
+
+    return {
+        "float32": ReorderType.FLOAT32,
+        "bfloat16": ReorderType.BFLOAT16,
+        "int8": ReorderType.INT8,
+    }[quantize]
+
+
 def build_searcher(embeddings: np.ndarray, params: ScannParams) -> ScannSearcher:
     """Train a ScaNN searcher over ``embeddings`` ``(N, dim)`` (unit rows) with dot product.
 
@@ -197,8 +218,9 @@ def build_searcher(embeddings: np.ndarray, params: ScannParams) -> ScannSearcher
         raise ValueError("empty table: there are no vectors to index")
     num_neighbors = min(params.num_neighbors, num_vectors)
     builder = _scann_ops().builder(database, num_neighbors, "dot_product")
+    quantize = _reorder_type(params.quantize)
     if params.kind == "brute_force":
-        builder = builder.score_brute_force()  # float32 scoring: exact results
+        builder = builder.score_brute_force(quantize)  # float32: exact results
     else:
         if params.num_leaves > num_vectors:
             raise ValueError(f"num_leaves ({params.num_leaves}) exceeds the {num_vectors} vectors")
@@ -217,7 +239,7 @@ def build_searcher(embeddings: np.ndarray, params: ScannParams) -> ScannSearcher
                 anisotropic_quantization_threshold=params.anisotropic_quantization_threshold,
                 training_sample_size=sample,
             )
-            .reorder(params.reorder_k)
+            .reorder(params.reorder_k, quantize=quantize)
         )
     started = time.perf_counter()
     searcher = builder.build()

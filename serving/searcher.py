@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoders.base import EncoderSpec, ImageEncoder, l2_normalize
-from pipelines.build_index import read_embedding_table, read_ids
+from pipelines.build_index import EmbeddingTable, download_shard, read_embedding_table, read_ids
 from pipelines.manifest import (
     IndexManifest,
     join_path,
@@ -62,25 +61,8 @@ def _check_k(k: int) -> int:
 
 
 def _copy_shard_to_local(out_dir: str, manifest: IndexManifest, index_dir: str, local: str) -> str:
-    """Copy the files of one shard's ``index_dir`` (relative to OUT) into the local dir ``local``.
-
-    ScaNN loads from local disk only; the manifest says which files make up the shard.
-    """
-    entries = manifest.files_under(index_dir)
-    if not entries:
-        raise ValueError(f"manifest {manifest.version} lists no files under {index_dir}")
-    prefix = index_dir.strip("/") + "/"
-    for entry in entries:
-        name = entry["path"][len(prefix) :]
-        target = os.path.join(local, *name.split("/"))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with (
-            FileSystems.open(join_path(out_dir, entry["path"]), compression_type=_RAW) as src,
-            open(target, "wb") as dst,
-        ):
-            while chunk := src.read(4 * 2**20):
-                dst.write(chunk)
-    return local
+    """Copy one shard's files (``index_dir``, relative to OUT) into the local dir ``local``."""
+    return download_shard(out_dir, manifest.files, index_dir, local)
 
 
 def _load_shard(
@@ -96,56 +78,115 @@ def _load_shard(
             _copy_shard_to_local(out_dir, manifest, shard["index_dir"], local)
             searcher = load_searcher(local)
     image_ids, uris = read_ids(join_path(out_dir, shard["ids_file"]))
-    if searcher.size() != shard["count"]:
+    if not searcher.size() == len(image_ids) == shard["count"]:
         raise ValueError(
-            f"shard {shard['index_dir']} holds {searcher.size()} vectors, "
-            f"manifest says {shard['count']}"
+            f"shard {shard['index_dir']} holds {searcher.size()} vectors and "
+            f"{len(image_ids)} ids, manifest says {shard['count']}"
         )
     return searcher, image_ids, uris
 
 
-class ImageSearcher:
-    """Nearest-neighbour search over one published index version (one shard for now).
+@dataclasses.dataclass(frozen=True)
+class _Shard:
+    """One loaded ScaNN shard: its rows are global rows ``offset .. offset + size - 1``."""
 
-    The table's embedding matrix is kept in memory (``N x dim`` float32, e.g. 1M x 1280 is
-    5 GB) so ``similar_to_image_id`` can look up a stored vector; a later issue may read it
-    from the shard instead. Searches are read-only and may run from several threads.
+    searcher: ScannSearcher
+    params: ScannParams
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return int(self.searcher.size())
+
+
+def _as_shards(
+    searchers: ScannSearcher | Sequence[ScannSearcher], params: Sequence[ScannParams]
+) -> list[_Shard]:
+    if not isinstance(searchers, list | tuple):
+        searchers = [searchers]
+    if len(searchers) != len(params):
+        raise ValueError(f"{len(searchers)} ScaNN searchers for {len(params)} manifest shards")
+    shards, offset = [], 0
+    for searcher, shard_params in zip(searchers, params, strict=True):
+        shards.append(_Shard(searcher, shard_params, offset))
+        offset += int(searcher.size())
+    return shards
+
+
+def merge_top_k(
+    indices: Sequence[np.ndarray], scores: Sequence[np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard top-k lists (global rows, ``-1``/NaN for none) into one top ``k``.
+
+    Rows of the result are best first, ties broken by the lower global row; the tail is ``-1``
+    / NaN where all shards together found fewer than ``k``. Each shard's top ``k`` holds every
+    candidate of the global top ``k`` that lives in that shard, so with exact shards the merge
+    equals one exact index over all rows.
+    """
+    all_indices = np.concatenate(indices, axis=1)
+    all_scores = np.concatenate(scores, axis=1).astype(np.float32)
+    ranked = np.where(np.isnan(all_scores) | (all_indices < 0), -np.inf, all_scores)
+    # lexsort's last key is the primary one: score descending, then global row ascending.
+    order = np.lexsort((all_indices, -ranked), axis=1)[:, :k]
+    top_indices = np.take_along_axis(all_indices, order, axis=1)
+    top_scores = np.take_along_axis(all_scores, order, axis=1)
+    missing = np.isneginf(np.take_along_axis(ranked, order, axis=1))
+    top_indices[missing] = -1
+    top_scores[missing] = np.nan
+    return top_indices, top_scores
+
+
+class ImageSearcher:
+    """Nearest-neighbour search over one published index version, merged over its shards.
+
+    Global row ``i`` (``hit_for_row``, ``embeddings``) is shard by shard in manifest order,
+    each shard's rows in its ``ids.parquet`` order. The table's embedding matrix is kept in
+    memory in that order (``N x dim`` float32, e.g. 1M x 1280 is 5 GB) so
+    ``similar_to_image_id`` can look up a stored vector. Searches are read-only and may run
+    from several threads.
     """
 
     def __init__(
         self,
         manifest: IndexManifest,
-        searcher: ScannSearcher,
+        searcher: ScannSearcher | Sequence[ScannSearcher],
         image_ids: Sequence[str],
         uris: Sequence[str],
         embeddings: np.ndarray,
         encoder: ImageEncoder | None = None,
-        joint_searcher: ScannSearcher | None = None,
+        joint_searcher: ScannSearcher | Sequence[ScannSearcher] | None = None,
     ) -> None:
-        if not (len(image_ids) == len(uris) == embeddings.shape[0] == searcher.size()):
+        shard_params = [ScannParams.from_json(manifest.shard_params(s)) for s in manifest.shards]
+        self._shards = _as_shards(searcher, shard_params)
+        total = sum(shard.size for shard in self._shards)
+        if not (len(image_ids) == len(uris) == embeddings.shape[0] == total):
             raise ValueError(
                 f"index parts disagree on the number of images: ids {len(image_ids)}, "
-                f"uris {len(uris)}, embeddings {embeddings.shape[0]}, ScaNN {searcher.size()}"
+                f"uris {len(uris)}, embeddings {embeddings.shape[0]}, ScaNN {total}"
             )
         if embeddings.shape[1] != manifest.dim:
             raise ValueError(f"embeddings have dim {embeddings.shape[1]}, manifest {manifest.dim}")
         self.manifest = manifest
-        self._params = ScannParams.from_json(manifest.scann_params)
-        self._searcher = searcher
+        self._params = shard_params[0]
         self._image_ids = list(image_ids)
         self._uris = list(uris)
         self._embeddings = embeddings
         self._row_of = {image_id: row for row, image_id in enumerate(self._image_ids)}
-        self._joint_searcher = None
-        self._joint_params = None
+        self._joint_shards: list[_Shard] = []
         if manifest.joint_index is not None:
-            if joint_searcher is None or joint_searcher.size() != len(image_ids):
-                raise ValueError(
-                    f"manifest {manifest.version} lists a joint index; pass its ScaNN searcher "
-                    f"over the same {len(image_ids)} images"
+            joint_params = [
+                ScannParams.from_json(
+                    shard.get("scann_params") or manifest.joint_index["scann_params"]
                 )
-            self._joint_searcher = joint_searcher
-            self._joint_params = ScannParams.from_json(manifest.joint_index["scann_params"])
+                for shard in manifest.joint_shards
+            ]
+            joint = _as_shards(joint_searcher, joint_params) if joint_searcher is not None else []
+            if [s.size for s in joint] != [s.size for s in self._shards]:
+                raise ValueError(
+                    f"manifest {manifest.version} lists a joint index; pass its ScaNN searchers "
+                    f"over the same {len(image_ids)} images, shard by shard"
+                )
+            self._joint_shards = joint
         self._encoder = None
         self._encoder_lock = threading.Lock()
         if encoder is not None:
@@ -169,47 +210,49 @@ class ImageSearcher:
         manifest = read_manifest(manifest_path)
         if verify:
             verify_files(out_dir, manifest)
-        if len(manifest.shards) != 1:
-            raise NotImplementedError(
-                f"index version {manifest.version} has {len(manifest.shards)} shards; "
-                "this searcher reads one (merging shards is not written yet)"
-            )
-        shard = manifest.shards[0]
-        searcher, image_ids, uris = _load_shard(out_dir, manifest, shard)
-        joint_searcher = None
+        searchers, image_ids, uris = [], [], []
+        for shard in manifest.shards:
+            searcher, shard_ids, shard_uris = _load_shard(out_dir, manifest, shard)
+            searchers.append(searcher)
+            image_ids.extend(shard_ids)
+            uris.extend(shard_uris)
+        joint_searchers = None
         if manifest.joint_index is not None:
-            joint_shard = manifest.joint_index["shard"]
-            joint_searcher, joint_ids, _ = _load_shard(out_dir, manifest, joint_shard)
-            if joint_ids != image_ids:
-                raise ValueError(
-                    f"joint shard {joint_shard['index_dir']} of index version "
-                    f"{manifest.version} holds other images than {shard['index_dir']}"
-                )
+            joint_searchers = []
+            for shard, joint_shard in zip(manifest.shards, manifest.joint_shards, strict=True):
+                joint_searcher, joint_ids, _ = _load_shard(out_dir, manifest, joint_shard)
+                start = sum(s.size() for s in searchers[: len(joint_searchers)])
+                if joint_ids != image_ids[start : start + len(joint_ids)]:
+                    raise ValueError(
+                        f"joint shard {joint_shard['index_dir']} of index version "
+                        f"{manifest.version} holds other images than {shard['index_dir']}"
+                    )
+                joint_searchers.append(joint_searcher)
 
         table_paths = [join_path(out_dir, entry["path"]) for entry in manifest.files_under("table")]
         table = read_embedding_table(table_paths)
-        # The index was built from these rows in this order; anything else means the table and
-        # index come from different runs (possible with verify=False).
-        if table.encoder_id != manifest.encoder_id or table.image_ids != image_ids:
+        embeddings = _in_row_order(table, image_ids, out_dir, manifest)
+        if table.encoder_id != manifest.encoder_id:
             raise ValueError(
                 f"the table under {out_dir} does not match index version {manifest.version} "
-                f"(encoder {table.encoder_id} vs {manifest.encoder_id}, or different image ids)"
+                f"(encoder {table.encoder_id} vs {manifest.encoder_id})"
             )
         logger.info(
-            "loaded index version %s: %d images, dim %d, %s",
+            "loaded index version %s: %d images in %d shard(s), dim %d, %s",
             manifest.version,
             len(image_ids),
+            len(searchers),
             manifest.dim,
             manifest.scann_params.get("kind"),
         )
         return cls(
             manifest,
-            searcher,
+            searchers,
             image_ids,
             uris,
-            table.embeddings,
+            embeddings,
             encoder=encoder,
-            joint_searcher=joint_searcher,
+            joint_searcher=joint_searchers,
         )
 
     def __len__(self) -> int:
@@ -238,17 +281,13 @@ class ImageSearcher:
         """``(M, dim)`` query vectors -> per query, up to ``k`` hits, best first.
 
         Query rows are L2-normalised here, so callers may pass raw vectors; ``k`` is clipped
-        to the number of indexed images.
+        to the number of indexed images. Every shard is searched for its own top ``k`` and the
+        lists are merged by score (``merge_top_k``).
         """
-        return self._search(self._searcher, self._params, queries, k, self.dim)
+        return self._search(self._shards, queries, k, self.dim)
 
     def _search(
-        self,
-        searcher: ScannSearcher,
-        params: ScannParams,
-        queries: np.ndarray,
-        k: int,
-        dim: int,
+        self, shards: Sequence[_Shard], queries: np.ndarray, k: int, dim: int
     ) -> list[list[SearchHit]]:
         k = _check_k(k)
         queries = np.asarray(queries, dtype=np.float32)
@@ -256,7 +295,19 @@ class ImageSearcher:
             raise ValueError(f"queries must have shape (M, {dim}), got {queries.shape}")
         if not np.isfinite(queries).all():
             raise ValueError("queries contain NaN or infinite values")
-        indices, scores = search_batched(searcher, l2_normalize(queries), k, params)
+        queries = l2_normalize(queries)
+        if len(shards) == 1:
+            indices, scores = search_batched(shards[0].searcher, queries, k, shards[0].params)
+        else:
+            found = [search_batched(s.searcher, queries, k, s.params) for s in shards]
+            indices, scores = merge_top_k(
+                [
+                    np.where(i >= 0, i + s.offset, -1)
+                    for (i, _), s in zip(found, shards, strict=True)
+                ],
+                [scores for _, scores in found],
+                min(k, len(self)),
+            )
         return [
             [
                 SearchHit(self._image_ids[row], self._uris[row], float(score))
@@ -277,11 +328,9 @@ class ImageSearcher:
         Searches the joint ScaNN shard (the table's ``joint_embedding``); ValueError when this
         index version has none.
         """
-        if self._joint_searcher is None:
+        if not self._joint_shards:
             raise ValueError(f"index version {self.manifest.version} has no joint index")
-        return self._search(
-            self._joint_searcher, self._joint_params, queries, k, self.joint_index["dim"]
-        )
+        return self._search(self._joint_shards, queries, k, self.joint_index["dim"])
 
     def search_vector(self, vector: np.ndarray, k: int) -> list[SearchHit]:
         """One ``(dim,)`` query vector -> up to ``k`` hits, best first."""
@@ -344,3 +393,26 @@ class ImageSearcher:
                 f"(dim {self.manifest.dim})"
             )
         return encoder
+
+
+def _in_row_order(
+    table: EmbeddingTable, image_ids: Sequence[str], out_dir: str, manifest: IndexManifest
+) -> np.ndarray:
+    """The table's embeddings in the index's global row order (``image_ids``).
+
+    The table is sorted by image_id; shards (and updated shards) order rows their own way.
+    Any id missing from the table, or a table row no shard holds, means the table and index
+    come from different runs (possible with verify=False).
+    """
+    if table.image_ids == list(image_ids):  # one full-build shard: already in order
+        return table.embeddings
+    row_of = {image_id: row for row, image_id in enumerate(table.image_ids)}
+    rows = [row_of.get(image_id, -1) for image_id in image_ids]
+    missing = sum(row < 0 for row in rows)
+    if missing or len(rows) != len(table.image_ids):
+        raise ValueError(
+            f"the table under {out_dir} does not match index version {manifest.version}: "
+            f"{len(table.image_ids)} table rows, {len(rows)} indexed ids, "
+            f"{missing} indexed ids not in the table"
+        )
+    return table.embeddings[np.asarray(rows, dtype=np.int64)]

@@ -90,13 +90,18 @@ def test_build_index_publishes_a_verified_manifest(built) -> None:
     assert manifest.dim == 32
     assert manifest.counts == {**COUNTS, "indexed": 200}
     assert ScannParams.from_json(manifest.scann_params).kind == "brute_force"
-    assert manifest.shards == [
-        {
-            "index_dir": "index/shard-00000",
-            "ids_file": "index/shard-00000/ids.parquet",
-            "count": 200,
-        }
-    ]
+    [shard] = manifest.shards
+    shard_files = manifest.files_under("index/shard-00000")
+    assert shard == {
+        "index_dir": "index/shard-00000",
+        "ids_file": "index/shard-00000/ids.parquet",
+        "count": 200,
+        "scann_params": manifest.scann_params,
+        "bytes": sum(entry["bytes"] for entry in shard_files),
+        "sha256": shard["sha256"],
+    }
+    assert len(shard["sha256"]) == 64
+    assert manifest.lineage == {"built_from": "run-1", "built_count": 200, "updates": []}
     paths = {entry["path"] for entry in manifest.files}
     assert {f"table/embeddings-0000{i}-of-00003.parquet" for i in range(3)} <= paths
     assert {"index/shard-00000/ids.parquet", "index/shard-00000/scann_assets.pbtxt"} <= paths

@@ -15,8 +15,20 @@ from encoders.fake import FakeImageEncoder
 from pipelines.build_index import build_index
 from pipelines.imaging import ImageRejected, decode_image
 from pipelines.manifest import ManifestVerificationError, read_manifest
-from pipelines.scann_index import ScannParams, exact_top_k, load_searcher, search_batched
-from serving.searcher import EncoderMismatchError, ImageSearcher, SearchHit, _copy_shard_to_local
+from pipelines.scann_index import (
+    ScannParams,
+    build_searcher,
+    exact_top_k,
+    load_searcher,
+    search_batched,
+)
+from serving.searcher import (
+    EncoderMismatchError,
+    ImageSearcher,
+    SearchHit,
+    _copy_shard_to_local,
+    merge_top_k,
+)
 from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
 
 DIM = 32
@@ -160,6 +172,48 @@ def test_tree_ah_index_end_to_end(tmp_path: Path) -> None:
     assert all(
         hits[0].image_id == rows[i]["image_id"] for hits, i in zip(found, sample, strict=True)
     )
+
+
+# --- merging shards (sharded indexes end to end: tests/pipelines/test_sharded_index.py) ---
+
+
+def test_merge_of_tree_ah_shards_keeps_recall() -> None:
+    """merge_top_k over real ScaNN tree-AH shards: recall@10 against exact over all rows."""
+    rng = np.random.default_rng(8)
+    centres = rng.standard_normal((40, 16))
+    data = centres[rng.integers(0, 40, 8000)] + 0.4 * rng.standard_normal((8000, 16))
+    data = (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32)
+    params = ScannParams(
+        kind="tree_ah",
+        num_neighbors=10,
+        num_leaves=40,
+        num_leaves_to_search=8,
+        training_sample_size=4000,
+        dims_per_block=2,
+        anisotropic_quantization_threshold=0.2,
+        reorder_k=100,
+    )
+    halves = [(0, data[:4000]), (4000, data[4000:])]
+    queries = data[rng.integers(0, 8000, 200)] + 0.05 * rng.standard_normal((200, 16))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    found = []
+    for offset, part in halves:
+        indices, scores = search_batched(build_searcher(part, params), queries, 10, params)
+        found.append((np.where(indices >= 0, indices + offset, -1), scores))
+    merged, merged_scores = merge_top_k([i for i, _ in found], [s for _, s in found], 10)
+    exact, _ = exact_top_k(data, queries, 10)
+    recall = np.mean([len(set(m) & set(e)) / 10 for m, e in zip(merged, exact, strict=True)])
+    assert recall >= 0.9
+    assert np.all(np.diff(merged_scores, axis=1) <= 1e-6)  # best first
+
+
+def test_merge_top_k_handles_missing_candidates() -> None:
+    indices = [np.array([[0, -1]]), np.array([[5, 6]])]
+    scores = [np.array([[0.9, np.nan]], np.float32), np.array([[0.95, 0.1]], np.float32)]
+    merged, merged_scores = merge_top_k(indices, scores, 4)
+    assert merged.tolist() == [[5, 0, 6, -1]]
+    assert np.isnan(merged_scores[0, 3])
+    np.testing.assert_allclose(merged_scores[0, :3], [0.95, 0.9, 0.1])
 
 
 # --- image queries: pipelines.imaging + the fake encoder, as the index job uses them ---
