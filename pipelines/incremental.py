@@ -32,7 +32,7 @@ from apache_beam.metrics import Metrics
 from pipelines.manifest import MANIFEST_NAME
 from pipelines.options import join_uri
 from pipelines.publish import resolve_index
-from pipelines.types import JOINT_EMBEDDING, JOINT_MODEL, UniqueImage
+from pipelines.types import JOINT_EMBEDDING, JOINT_MODEL, UniqueImage, expanded_row
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def _table_fields(row: dict[str, Any]) -> dict[str, Any]:
 
 def reused_row(current: UniqueImage, stored: dict[str, Any], keep_joint: bool) -> dict[str, Any]:
     """The stored row under the current input's identity (the embedding is the stored one)."""
+    stored = expanded_row(stored)
     row = stored if keep_joint else _table_fields(stored)
     return {
         **row,

@@ -136,6 +136,29 @@ def compact_row(row: dict[str, Any], storage: str) -> dict[str, Any]:
     return {**row, "embedding": codes[0].tolist(), EMBEDDING_SCALE: float(scales[0])}
 
 
+def expanded_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored table row back in the float32 form ``compact_row`` takes (no scale column).
+
+    Rows reused from an earlier version go through the writer's ``compact_row`` again, so they
+    must re-enter as float32: an int8 row re-quantizes to the same codes (its largest code is
+    127, so only the scale moves, by the renormalisation), and a change of
+    ``--embedding_storage`` between runs converts reused rows instead of writing int8 codes
+    into a float column.
+    """
+    if EMBEDDING_SCALE not in row:
+        return row
+    row = dict(row)
+    scale = row.pop(EMBEDDING_SCALE)
+    if scale is None:  # a float row of a table that mixes storages
+        return row
+    codes = np.asarray(row["embedding"], dtype=np.int8)[np.newaxis]
+    vector = dequantize_int8(codes, np.asarray([scale]))[0]
+    # Unit length, as the table reader decodes it (rounding moves an int8 row's norm by ~1e-3).
+    norm = float(np.linalg.norm(vector))
+    row["embedding"] = (vector / norm if norm > 0 else vector).tolist()
+    return row
+
+
 def embedding_table_schema(
     dim: int, joint_dim: int | None = None, storage: str = "float32"
 ) -> pa.Schema:

@@ -15,7 +15,14 @@ from encoders.registry import create_image_encoder, image_encoder_id
 from pipelines import index_job
 from pipelines.incremental import NEEDS_JOINT, REUSED, plan_content
 from pipelines.io import parquet_files
-from pipelines.types import ImageRef, UniqueImage, image_id_for_uri
+from pipelines.types import (
+    EMBEDDING_SCALE,
+    ImageRef,
+    UniqueImage,
+    compact_row,
+    image_id_for_uri,
+    quantize_int8,
+)
 
 ENC = "fake/v1"
 
@@ -47,6 +54,18 @@ def test_plan_reuses_stored_row_under_the_current_identity():
     assert row["embedding"] == [0.6, 0.8] and (row["width"], row["height"]) == (3, 2)
     assert row["image_id"] == current.ref.image_id and row["uri"] == "/new/place.jpg"
     assert row["duplicate_uris"] == ["/new/dup.jpg"] and row["metadata"] == '{"k": 1}'
+
+
+def test_plan_hands_int8_rows_back_as_float32_for_the_writer():
+    codes, scales = quantize_int8(np.array([[0.6, 0.8]], np.float32))
+    stored = _stored(embedding=codes[0].tolist(), **{EMBEDDING_SCALE: float(scales[0])})
+    action, row = plan_content([_unique("/new.jpg")], [stored], ENC, None)
+    assert action == REUSED and EMBEDDING_SCALE not in row
+    np.testing.assert_allclose(row["embedding"], [0.6, 0.8], atol=0.01)
+    # Written as int8 again, the row gets back exactly the codes and scale it was stored with.
+    again = compact_row(row, "int8")
+    assert again["embedding"] == codes[0].tolist()
+    assert again[EMBEDDING_SCALE] == pytest.approx(float(scales[0]), rel=1e-2)
 
 
 def test_plan_encodes_new_content_and_rows_of_another_encoder_version():
@@ -169,6 +188,28 @@ def test_another_encoder_version_in_the_previous_table_means_a_full_reencode(
     )
     assert (second.counts["reused"], second.counts["encoded"]) == (0, 6)
     assert {r["encoder"] for r in _table(tmp_path / "v2").values()} == {ENC}
+
+
+def test_a_change_of_table_storage_between_runs_converts_reused_rows(small_photo_dir, tmp_path):
+    from pipelines.build_index import read_embedding_table
+
+    index_job.run(_args(small_photo_dir, tmp_path / "v1", "v1", "--embedding_storage", "int8"))
+    second = index_job.run(
+        _args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
+    )
+    assert (second.counts["reused"], second.counts["encoded"]) == (6, 0)
+    old = read_embedding_table(parquet_files(str(tmp_path / "v1" / "table")))
+    new = read_embedding_table(parquet_files(str(tmp_path / "v2" / "table")))
+    assert (
+        pq.read_schema(parquet_files(str(tmp_path / "v2" / "table"))[0])
+        .field("embedding")
+        .type.value_type
+        == pa.float32()
+    )
+    order = {image_id: row for row, image_id in enumerate(new.image_ids)}
+    np.testing.assert_allclose(
+        new.embeddings[[order[i] for i in old.image_ids]], old.embeddings, atol=1e-6
+    )
 
 
 def test_previous_must_be_a_complete_other_version(small_photo_dir, tmp_path):
