@@ -244,3 +244,42 @@ def test_coco_layout_through_run(assets_dir: Path, models: Path, tmp_path):
     for figures in metrics["methods"].values():
         assert figures["text_to_image"]["queries"] == 395
         assert 0 <= figures["text_to_image"]["R@10"] <= 1
+
+
+def test_nightly_gate_runs_the_real_eval_job_on_a_version(
+    dataset_dir: Path, models: Path, mobilenet_weights, evaluated, tmp_path
+):
+    """The DAG's eval task (``pipelines.nightly.evaluate``) runs ``python -m evaluation.eval_job``
+    with the version's encoder; its metrics then gate publishing against what serves now."""
+    from pipelines import index_job, nightly
+    from pipelines.publish import read_pointer, version_dir, write_pointer
+
+    root = tmp_path / "root"
+    for version in ("v1", "v2"):
+        index_job.run(
+            ["--corpus", str(dataset_dir / "images"), "--out", version_dir(str(root), version),
+             "--weights", str(mobilenet_weights), "--run_version", version]
+        )  # fmt: skip
+    candidate = nightly.evaluate(
+        version_dir(str(root), "v2"), str(dataset_dir), str(models), ["--latency-queries", "5"]
+    )
+    assert candidate is not None and (root / "versions" / "v2" / "eval" / "report.html").is_file()
+    # Same data, models and encoder as the fixture's `imgsearch eval` run: the same figures.
+    _, expected = evaluated
+    for name, figures in expected["methods"].items():
+        assert candidate["methods"][name]["text_to_image"]["R@5"] == pytest.approx(
+            figures["text_to_image"]["R@5"], abs=1e-9
+        )
+    # A published version that scored better by more than the tolerance keeps the pointer.
+    better = json.loads(json.dumps(candidate))
+    for figures in better["methods"].values():
+        figures["text_to_image"]["R@1"] = min(1.0, figures["text_to_image"]["R@1"] + 0.2)
+    (root / "versions" / "v1" / "eval").mkdir()
+    (root / "versions" / "v1" / "eval" / "metrics.json").write_text(json.dumps(better))
+    write_pointer(str(root), "v1")
+    with pytest.raises(nightly.GateFailed, match="R@1"):
+        nightly.run_gate(str(root), "v2", evaluated=True)
+    assert read_pointer(str(root)).version == "v1"
+    # Against its own figures it passes.
+    (root / "versions" / "v1" / "eval" / "metrics.json").write_text(json.dumps(candidate))
+    assert nightly.run_gate(str(root), "v2", evaluated=True).passed
