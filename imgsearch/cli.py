@@ -4,6 +4,7 @@
     imgsearch search --index DIR (--image PATH | --image-id ID | --text "...") [-k 10] [--json]
                      [--models MODELS_DIR [--model NAME]]
     imgsearch train joint --dataset DIR --split train --out MODELS_DIR [--text-encoder minilm]
+    imgsearch serve  --index ROOT_OR_INDEX_DIR [--port 8080] [--models MODELS_DIR [--model NAME]]
     imgsearch demo   [--out DIR]
 
 Heavy imports (Beam, TensorFlow, ScaNN) happen inside each subcommand so ``--help`` is instant.
@@ -70,6 +71,42 @@ def _search(argv: Sequence[str]) -> int:
     return 0
 
 
+def _serve(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="imgsearch serve", description="HTTP search API and search page"
+    )
+    parser.add_argument(
+        "--index",
+        required=True,
+        help="a publish root (with latest.json; hot-reloaded) or an index output folder",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--models", help="models directory: enables text queries")
+    parser.add_argument("--model", help="joint model name (default: a dual encoder, else w2vv)")
+    parser.add_argument("--poll-seconds", type=float, default=5.0, help="0: no hot reload")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0)
+    parser.add_argument("--no-verify", action="store_true", help="skip manifest checksums")
+    args = parser.parse_args(argv)
+
+    from serving.config import ServeConfig
+    from serving.server import serve
+
+    serve(
+        ServeConfig(
+            index=args.index,
+            models_dir=args.models,
+            joint_model=args.model,
+            host=args.host,
+            port=args.port,
+            poll_interval_s=args.poll_seconds,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            verify=not args.no_verify,
+        )
+    )
+    return 0
+
+
 def _demo(argv: Sequence[str]) -> int:
     from imgsearch import demo
 
@@ -85,7 +122,13 @@ def _train(argv: Sequence[str]) -> int:
     return train_joint_job.main(argv[1:])
 
 
-COMMANDS = {"index": _index, "search": _search, "train": _train, "demo": _demo}
+COMMANDS = {
+    "index": _index,
+    "search": _search,
+    "train": _train,
+    "serve": _serve,
+    "demo": _demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,66 @@
+"""Why a result matched: per-query-word contributions for text queries (pure NumPy).
+
+A text query is embedded whole for the search; to explain a hit, each distinct word of the query
+is embedded alone through the same text encoder and joint model, and scored against the hit's
+image vector in the space the search ran in. Words the text encoder does not know contribute
+nothing and are reported as ``unknown_terms``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from encoders.base import l2_normalize
+from encoders.joint import KIND_W2VV
+from serving.text_search import TextSearcher
+
+_WORD = re.compile(r"[\w']+", re.UNICODE)
+MAX_TERMS = 12
+
+
+def query_terms(query: str) -> list[str]:
+    """Distinct lower-cased words of ``query`` in order of appearance (at most ``MAX_TERMS``)."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(query.lower()):
+        seen.setdefault(word, None)
+    return list(seen)[:MAX_TERMS]
+
+
+def term_vectors(text: TextSearcher, terms: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
+    """``(known terms, their unit vectors in the search space, unknown terms)``."""
+    if not terms:
+        return [], np.zeros((0, text.joint.dim), np.float32), []
+    features = text.text_encoder.encode(terms)
+    known = [bool(np.any(row)) for row in features]
+    kept = [t for t, k in zip(terms, known, strict=True) if k]
+    unknown = [t for t, k in zip(terms, known, strict=True) if not k]
+    if not kept:
+        return [], np.zeros((0, text.joint.dim), np.float32), unknown
+    vectors = text.joint.embed_text_features(features[np.asarray(known)])
+    return kept, l2_normalize(np.asarray(vectors, np.float32)), unknown
+
+
+def image_vectors(text: TextSearcher, rows: list[int]) -> np.ndarray:
+    """Unit vectors of indexed rows in the space text queries are scored in."""
+    vectors = text.images.embeddings[np.asarray(rows, dtype=np.int64)]
+    if text.joint.kind != KIND_W2VV:
+        vectors = text.joint.embed_image_features(vectors)
+    return l2_normalize(np.asarray(vectors, np.float32))
+
+
+def term_contributions(
+    terms: list[str], term_vecs: np.ndarray, image_vecs: np.ndarray
+) -> list[list[dict]]:
+    """Per image, its known terms with their cosine to the image, strongest first."""
+    if not terms:
+        return [[] for _ in range(len(image_vecs))]
+    scores = image_vecs @ term_vecs.T
+    return [
+        [
+            {"term": terms[j], "score": round(float(row[j]), 4)}
+            for j in np.argsort(-row, kind="stable")
+        ]
+        for row in scores
+    ]
