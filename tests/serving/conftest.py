@@ -10,6 +10,7 @@ model's joint shard.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 from pathlib import Path
 
@@ -65,10 +66,12 @@ def serve_models(tmp_path_factory, flickr_caption_rows) -> Path:
 
 
 def _index(photos: list[Path], out: Path, models: Path, version: str) -> Path:
-    corpus = out.parent / f"{version}-corpus"
-    corpus.mkdir()
-    for photo in photos:
-        shutil.copy(photo, corpus / photo.name)
+    # A manifest of uris, so both versions name the same files (image ids derive from uris)
+    # and each row's extra fields become the image's source metadata.
+    corpus = out.parent / f"{version}-corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"uri": str(p), "title": f"photo {p.stem}"}) + "\n" for p in photos)
+    )
     index_job.run(
         ["--corpus", str(corpus), "--out", str(out), "--encoder", "fake", "--weights", "none",
          "--image_size", "64", "--run_version", version, "--models", str(models),

@@ -148,6 +148,7 @@ def test_details_come_from_the_table(client: TestClient, direct: TextSearcher) -
         assert (details["width"], details["height"]) == upright.size
     assert details["uri"] == hit.uri and details["num_bytes"] == Path(hit.uri).stat().st_size
     assert details["caption"] is None and details["tags"] == [] and details["version"] == "v1"
+    assert details["source_metadata"]["title"] == f"photo {Path(hit.uri).stem}"
     assert client.get("/api/images/unknown").status_code == 404
 
 
