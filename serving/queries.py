@@ -13,7 +13,7 @@ import urllib.parse
 import numpy as np
 
 from pipelines.imaging import DecodeLimits, decode_image
-from serving.explain import image_vectors, query_terms, term_contributions, term_vectors
+from serving.explain import embed_with_terms, image_vectors, term_contributions
 from serving.searcher import SearchHit
 from serving.state import IndexBundle
 
@@ -87,11 +87,11 @@ def text_query(bundle: IndexBundle, text: str, k: int, offset: int, text_off: st
     if not text:
         raise QueryError(400, "empty text query")
     try:
-        hits = bundle.text.search(text, offset + k)
+        query_vector, terms, vectors, unknown = embed_with_terms(bundle.text, text)
     except ValueError as exc:  # no known word: the encoder cannot place the query
         raise QueryError(400, str(exc)) from exc
+    hits = bundle.text.search_embedded(query_vector, offset + k)[0]
     page_hits = hits[offset : offset + k]
-    terms, vectors, unknown = term_vectors(bundle.text, query_terms(text))
     rows = [bundle.details.row_of(hit.image_id) for hit in page_hits]
     contributions = term_contributions(terms, vectors, image_vectors(bundle.text, rows))
     space = "joint-index" if bundle.text.uses_joint_index else "joint-model"

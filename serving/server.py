@@ -7,6 +7,7 @@ import time
 
 import uvicorn
 from fastapi import FastAPI
+from threadpoolctl import threadpool_limits
 
 from serving.app import create_app
 from serving.config import ServeConfig
@@ -14,6 +15,10 @@ from serving.config import ServeConfig
 
 def serve(config: ServeConfig) -> None:
     """Load everything, then serve until interrupted (one process: the index is in memory once)."""
+    # Each request does small matrix products (text tower, explanations). With OpenBLAS's own
+    # thread pool they fight the request threads for the cores: a 2-core server measured 37 ms
+    # per text query that way against 11 ms with one BLAS thread per request.
+    threadpool_limits(1, user_api="blas")
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)
 

@@ -17,6 +17,7 @@ from encoders.base import EncoderSpec, ImageEncoder, TextEncoder
 from encoders.joint import JointModel
 from pipelines.manifest import manifest_location, read_manifest
 from serving.details import ImageDetails
+from serving.explain import padded_batch
 from serving.searcher import ImageSearcher
 from serving.text_search import TextSearcher, default_joint_model
 
@@ -56,7 +57,10 @@ class QueryModels:
         joint = load_joint_model(models_dir, name, folder.name)
         spec = TextEncoderSpec.from_json(read_metadata(folder)["text_encoder"])
         logger.info("text queries through %s/%s with %s", name, folder.name, spec)
-        return cls(joint, create_text_encoder(spec), (name, folder.name))
+        text_encoder = create_text_encoder(spec)
+        # Trace the encoder's TensorFlow functions now, not in the first user's request.
+        text_encoder.encode(padded_batch(["warm up"]))
+        return cls(joint, text_encoder, (name, folder.name))
 
     def add_image_encoder(self, encoder: ImageEncoder) -> None:
         with self._lock:
