@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -58,6 +59,24 @@ class ImageDetails:
 
     def __len__(self) -> int:
         return len(self._image_ids)
+
+    def searcher_rows(self, hit_id_of_row) -> np.ndarray | None:
+        """Map this table's rows to a searcher's rows; None when the order is the same.
+
+        ``hit_id_of_row(r)`` is the image id of the searcher's row ``r``. Today both sort by
+        image id; the check keeps explanations right if a searcher ever orders rows otherwise
+        (shards concatenated, say).
+        """
+        n = len(self._image_ids)
+        if all(hit_id_of_row(r) == self._image_ids[r] for r in range(n)):
+            return None
+        mapping = np.empty(n, np.int64)
+        for r in range(n):
+            row = self.row_of(hit_id_of_row(r))
+            if row is None:
+                raise ValueError(f"the searcher holds {hit_id_of_row(r)!r}, the table does not")
+            mapping[row] = r
+        return mapping
 
     def row_of(self, image_id: str) -> int | None:
         """The row of ``image_id`` (binary search over the sorted ids), or None."""

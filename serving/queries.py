@@ -92,7 +92,7 @@ def text_query(bundle: IndexBundle, text: str, k: int, offset: int, text_off: st
         raise QueryError(400, str(exc)) from exc
     hits = bundle.text.search_embedded(query_vector, offset + k)[0]
     page_hits = hits[offset : offset + k]
-    rows = [bundle.details.row_of(hit.image_id) for hit in page_hits]
+    rows = [bundle.searcher_row(hit.image_id) for hit in page_hits]
     contributions = term_contributions(terms, vectors, image_vectors(bundle.text, rows))
     space = "joint-index" if bundle.text.uses_joint_index else "joint-model"
     whys = [{} for _ in range(offset)] + [

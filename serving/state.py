@@ -13,6 +13,8 @@ import logging
 import threading
 import time
 
+import numpy as np
+
 from encoders.base import EncoderSpec, ImageEncoder, TextEncoder
 from encoders.joint import JointModel
 from pipelines.manifest import manifest_location, read_manifest
@@ -88,6 +90,14 @@ class IndexBundle:
     text: TextSearcher | None
     details: ImageDetails
     loaded_at: float  # time.time()
+    # details row -> ImageSearcher row, or None when both order rows alike (see ImageDetails).
+    searcher_rows: np.ndarray | None = None
+
+    def searcher_row(self, image_id: str) -> int:
+        row = self.details.row_of(image_id)
+        if row is None:
+            raise KeyError(image_id)
+        return row if self.searcher_rows is None else int(self.searcher_rows[row])
 
     @property
     def text_enabled(self) -> bool:
@@ -130,6 +140,7 @@ def load_bundle(
             f"the table of {images.manifest.version} holds {len(details)} images, "
             f"its index {len(images)}"
         )
+    searcher_rows = details.searcher_rows(lambda row: images.hit_for_row(row, 0.0).image_id)
     logger.info(
         "index version %s ready in %.1f s (%d images, text search %s)",
         version or manifest.version,
@@ -144,4 +155,5 @@ def load_bundle(
         text=text,
         details=details,
         loaded_at=time.time(),
+        searcher_rows=searcher_rows,
     )

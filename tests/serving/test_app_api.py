@@ -7,6 +7,7 @@ import urllib.parse
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
@@ -43,7 +44,9 @@ def direct(api_root: Path, serve_models: Path) -> TextSearcher:
     return TextSearcher.load(images, serve_models, JOINT_MODEL)
 
 
-def test_text_search_equals_the_searcher(client: TestClient, direct: TextSearcher) -> None:
+def test_text_search_equals_the_searcher(
+    client: TestClient, direct: TextSearcher, api_root: Path
+) -> None:
     response = client.get("/api/search", params={"q": "a dog running on the grass", "k": 4})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -59,6 +62,14 @@ def test_text_search_equals_the_searcher(client: TestClient, direct: TextSearche
     assert {"dog", "running", "grass"} <= set(terms)
     scores = [t["score"] for t in first["why"]["terms"]]
     assert scores == sorted(scores, reverse=True)
+    # A word's score is its own text-tower vector against the hit's joint vector in the table.
+    table = pq.read_table(api_root / "versions" / "v1" / "table").to_pydict()
+    joint = dict(zip(table["image_id"], table["joint_embedding"], strict=True))
+    dog = direct.joint.embed_text_features(direct.text_encoder.encode(["dog"]))[0]
+    expected_dog = float(np.dot(dog, np.asarray(joint[first["image_id"]], np.float32)))
+    assert next(t["score"] for t in first["why"]["terms"] if t["term"] == "dog") == (
+        pytest.approx(expected_dog, abs=1e-3)
+    )
     assert first["caption"] is None and first["tags"] == []
     assert first["links"]["thumbnail"] == f"/thumbnails/{first['image_id']}"
 
