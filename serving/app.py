@@ -69,6 +69,13 @@ def _http_error(exc: queries.QueryError) -> HTTPException:
     return HTTPException(status_code=exc.status, detail=exc.message)
 
 
+def _check_upload_type(content_type: str) -> None:
+    if content_type not in UPLOAD_CONTENT_TYPES:
+        raise HTTPException(
+            415, f"unsupported content type {content_type!r}; send one of {UPLOAD_CONTENT_TYPES}"
+        )
+
+
 async def _read_upload(request: Request, config: ServeConfig) -> bytes:
     """The uploaded image: a raw body with an image content type, or a multipart ``file``.
 
@@ -89,6 +96,7 @@ async def _read_upload(request: Request, config: ServeConfig) -> bytes:
         content_type = (upload.content_type or "").lower()
         data = await upload.read(config.max_upload_bytes + 1)
     else:
+        _check_upload_type(content_type)  # before reading a body that would be refused anyway
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -96,10 +104,7 @@ async def _read_upload(request: Request, config: ServeConfig) -> bytes:
                 raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
             chunks.append(chunk)
         data = b"".join(chunks)
-    if content_type not in UPLOAD_CONTENT_TYPES:
-        raise HTTPException(
-            415, f"unsupported content type {content_type!r}; send one of {UPLOAD_CONTENT_TYPES}"
-        )
+    _check_upload_type(content_type)
     if len(data) > config.max_upload_bytes:
         raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
     if not data:

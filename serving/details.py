@@ -60,15 +60,18 @@ class ImageDetails:
     def __len__(self) -> int:
         return len(self._image_ids)
 
-    def searcher_rows(self, hit_id_of_row) -> np.ndarray | None:
+    def searcher_rows(self, hit_id_of_row, samples: int = 4096) -> np.ndarray | None:
         """Map this table's rows to a searcher's rows; None when the order is the same.
 
         ``hit_id_of_row(r)`` is the image id of the searcher's row ``r``. Today both sort by
-        image id; the check keeps explanations right if a searcher ever orders rows otherwise
-        (shards concatenated, say).
+        image id, which ``samples`` evenly spaced rows confirm cheaply (a full pass is a second
+        of GIL-holding Python per million rows, taken from requests during a hot reload); any
+        difference there builds the full mapping, so explanations stay right if a searcher
+        ever orders rows otherwise (shards concatenated, say).
         """
         n = len(self._image_ids)
-        if all(hit_id_of_row(r) == self._image_ids[r] for r in range(n)):
+        probe = np.unique(np.linspace(0, n - 1, min(n, samples), dtype=np.int64))
+        if all(hit_id_of_row(int(r)) == self._image_ids[r] for r in probe):
             return None
         mapping = np.empty(n, np.int64)
         for r in range(n):

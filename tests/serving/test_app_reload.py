@@ -134,3 +134,14 @@ def test_in_flight_requests_keep_their_version(publish_root: Path, built_version
     image_id = old.details.image_ids()[0]
     assert len(old.images.similar_to_image_id(image_id, 3)) == 3
     assert reloader.check_once() == "unchanged"
+
+
+def test_unreadable_pointer_keeps_serving(publish_root: Path) -> None:
+    from serving.state import QueryModels
+
+    app = create_app(ServeConfig(index=str(publish_root), poll_interval_s=0), QueryModels())
+    (publish_root / "latest.json").write_text("{not json")
+    assert app.state.reloader.check_once() == "pointer-error"
+    (publish_root / "latest.json").unlink()
+    assert app.state.reloader.check_once() == "pointer-error"
+    assert app.state.holder.current.version == "v1"
