@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -63,6 +64,15 @@ class _MetricsMiddleware:
             name = getattr(route, "path", None) or "unmatched"
             self.metrics.latency.labels(route=name).observe(time.perf_counter() - started)
             self.metrics.requests.labels(route=name, status=str(status["code"])).inc()
+
+
+def _json(payload: dict) -> Response:
+    """Serialize an answer with orjson, skipping FastAPI's per-field validation and encoding.
+
+    The query functions already build plain JSON types; on a 2-core machine the default
+    encoder was a noticeable share of a ~3 ms text query.
+    """
+    return Response(orjson.dumps(payload), media_type="application/json")
 
 
 def _http_error(exc: queries.QueryError) -> HTTPException:
@@ -166,10 +176,10 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         q: Annotated[str, Query(min_length=1, max_length=config.max_query_chars)],
         k: K = config.default_k,
         offset: Offset = 0,
-    ) -> dict:
+    ) -> Response:
         current = holder.current
         try:
-            return queries.text_query(current, q, k, offset, models.text_off_reason)
+            return _json(queries.text_query(current, q, k, offset, models.text_off_reason))
         except queries.QueryError as exc:
             raise _http_error(exc) from exc
 
@@ -188,23 +198,24 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         current = holder.current
         # Decoding and encoding are CPU work: off the event loop, like the sync handlers.
         try:
-            return await run_in_threadpool(
+            result = await run_in_threadpool(
                 queries.image_query, current, data, k, offset, config.decode_limits
             )
         except queries.QueryError as exc:
             raise _http_error(exc) from exc
+        return _json(result)
 
     @app.get("/api/similar/{image_id}", tags=["search"], summary="More like an indexed image")
-    def similar(image_id: str, k: K = config.default_k, offset: Offset = 0) -> dict:
+    def similar(image_id: str, k: K = config.default_k, offset: Offset = 0) -> Response:
         try:
-            return queries.similar_query(holder.current, image_id, k, offset)
+            return _json(queries.similar_query(holder.current, image_id, k, offset))
         except queries.QueryError as exc:
             raise _http_error(exc) from exc
 
     @app.get("/api/images/{image_id}", tags=["images"], summary="Details of an indexed image")
-    def details(image_id: str) -> dict:
+    def details(image_id: str) -> Response:
         try:
-            return queries.image_details(holder.current, image_id)
+            return _json(queries.image_details(holder.current, image_id))
         except queries.QueryError as exc:
             raise _http_error(exc) from exc
 
