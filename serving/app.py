@@ -21,10 +21,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from pipelines.publish import resolve_index
-from serving import queries
+from serving import queries, uploads
 from serving.config import UPLOAD_CONTENT_TYPES, ServeConfig
 from serving.metrics import ServerMetrics
 from serving.reloader import Reloader, VersionHolder
@@ -79,47 +78,17 @@ def _http_error(exc: queries.QueryError) -> HTTPException:
     return HTTPException(status_code=exc.status, detail=exc.message)
 
 
-def _check_upload_type(content_type: str) -> None:
-    if content_type not in UPLOAD_CONTENT_TYPES:
-        raise HTTPException(
-            415, f"unsupported content type {content_type!r}; send one of {UPLOAD_CONTENT_TYPES}"
-        )
-
-
 async def _read_upload(request: Request, config: ServeConfig) -> bytes:
-    """The uploaded image: a raw body with an image content type, or a multipart ``file``.
-
-    The size limit is enforced while reading (413 past ``max_upload_bytes``), whatever the
-    Content-Length header claims.
-    """
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > config.max_upload_bytes:
+    """The uploaded image (``serving.uploads``), refused early on a too-large Content-Length."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > config.max_upload_bytes + 64 * 1024:
         raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
-    if content_type == "multipart/form-data":
-        if declared is None:
-            raise HTTPException(411, "a multipart upload needs a Content-Length")
-        form = await request.form(max_files=1, max_fields=4)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise HTTPException(400, "the form has no 'file' part")
-        content_type = (upload.content_type or "").lower()
-        data = await upload.read(config.max_upload_bytes + 1)
-    else:
-        _check_upload_type(content_type)  # before reading a body that would be refused anyway
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > config.max_upload_bytes:
-                raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
-            chunks.append(chunk)
-        data = b"".join(chunks)
-    _check_upload_type(content_type)
-    if len(data) > config.max_upload_bytes:
-        raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
-    if not data:
-        raise HTTPException(400, "empty upload")
-    return data
+    try:
+        return await uploads.read_upload(
+            request.headers.get("content-type", ""), request.stream(), config.max_upload_bytes
+        )
+    except uploads.UploadError as exc:
+        raise HTTPException(exc.status, exc.message) from exc
 
 
 def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAPI:

@@ -231,3 +231,31 @@ def test_without_models_text_is_off_and_images_work(api_root: Path, serve_photos
 def test_index_must_exist(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="neither a publish root"):
         create_app(ServeConfig(index=str(tmp_path)), QueryModels())
+
+
+def test_multipart_uploads(client: TestClient, serve_photos) -> None:
+    # Over Starlette's 1 MB spool size: parsed in memory all the same.
+    noise = np.random.default_rng(3).integers(0, 256, (900, 900, 3), dtype=np.uint8)
+    big = io.BytesIO()
+    Image.fromarray(noise).save(big, format="PNG")
+    assert len(big.getvalue()) > 2**20
+    form = client.post(
+        "/api/search/image?k=2", files={"file": ("n.png", big.getvalue(), "image/png")}
+    )
+    assert form.status_code == 200, form.text
+    assert form.json()["query"]["image"] == {
+        "bytes": len(big.getvalue()),
+        "width": 900,
+        "height": 900,
+    }
+    data = serve_photos[0].read_bytes()
+    other_field = client.post("/api/search/image", files={"photo": ("q.jpg", data, "image/jpeg")})
+    assert other_field.status_code == 400 and "no 'file' part" in other_field.json()["detail"]
+    as_text = client.post("/api/search/image", files={"file": ("q.txt", b"hello", "text/plain")})
+    assert as_text.status_code == 415
+    broken = client.post(
+        "/api/search/image",
+        content=b"--x\r\nnot a form",
+        headers={"content-type": "multipart/form-data"},
+    )
+    assert broken.status_code == 400 and "boundary" in broken.json()["detail"]
