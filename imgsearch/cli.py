@@ -89,11 +89,12 @@ def _serve(argv: Sequence[str]) -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip manifest checksums")
     args = parser.parse_args(argv)
 
+    from pipelines.manifest import ManifestVerificationError
     from serving.config import ServeConfig
     from serving.server import serve
 
-    serve(
-        ServeConfig(
+    try:
+        config = ServeConfig(
             index=args.index,
             models_dir=args.models,
             joint_model=args.model,
@@ -103,7 +104,11 @@ def _serve(argv: Sequence[str]) -> int:
             max_upload_bytes=int(args.max_upload_mb * 2**20),
             verify=not args.no_verify,
         )
-    )
+        serve(config)
+    except ManifestVerificationError as exc:
+        # A damaged index must not start serving; say which file, without a traceback.
+        print(f"imgsearch serve: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

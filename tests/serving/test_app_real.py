@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,10 +80,20 @@ def test_cli_serve(built_versions, serve_models: Path, tmp_path: Path) -> None:
     assert "Finished server process" in rest
 
 
-def test_cli_serve_bad_index(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "imgsearch.cli", "serve", "--index", str(tmp_path / "nothing")],
+def _serve_cli(index: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "imgsearch.cli", "serve", "--index", str(index)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert result.returncode == 2
-    assert "neither a publish root" in result.stderr
+
+
+def test_cli_serve_bad_index(tmp_path: Path, built_versions) -> None:
+    missing = _serve_cli(tmp_path / "nothing")
+    assert missing.returncode == 2 and "neither a publish root" in missing.stderr
+    damaged = tmp_path / "damaged"
+    shutil.copytree(built_versions["v1"], damaged)
+    table_file = sorted((damaged / "table").glob("*.parquet"))[0]
+    table_file.write_bytes(table_file.read_bytes()[:-10])
+    refused = _serve_cli(damaged)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "imgsearch serve: error:" in refused.stderr and "fails verification" in refused.stderr
