@@ -80,6 +80,8 @@ def _eval(argv: Sequence[str]) -> int:
     from evaluation import eval_job
 
     return eval_job.main(argv)
+
+
 def _serve(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="imgsearch serve", description="HTTP search API and search page"
