@@ -259,3 +259,48 @@ def test_multipart_uploads(client: TestClient, serve_photos) -> None:
         headers={"content-type": "multipart/form-data"},
     )
     assert broken.status_code == 400 and "boundary" in broken.json()["detail"]
+
+
+def test_a_sharded_version_serves_the_same_answers_as_one_shard(
+    tmp_path: Path, serve_photos: list[Path], serve_models: Path, client: TestClient
+) -> None:
+    """The server loads every shard of a version and merges top-k: the same ids and scores as
+    the one-shard v1 over the same photos (fixed image ids, so the shard split is fixed too)."""
+    import hashlib
+    import json
+
+    from pipelines import index_job
+    from tests.serving.conftest import publish
+
+    ids = [f"photo-{i}" for i in range(6)]
+    # Rows go to shard sha256(image_id)[:8] mod N: check both shards get some of these ids.
+    assert len({int(hashlib.sha256(i.encode()).hexdigest()[:8], 16) % 2 for i in ids}) == 2
+    corpus = tmp_path / "corpus.jsonl"
+    photos = serve_photos[:6]  # v1's photos
+    corpus.write_text("".join(json.dumps({"uri": str(p), "id": i}) + "\n"
+                              for p, i in zip(photos, ids, strict=True)))  # fmt: skip
+    built = tmp_path / "sharded"
+    index_job.run(
+        ["--corpus", str(corpus), "--out", str(built), "--encoder", "fake", "--weights", "none",
+         "--image_size", "64", "--run_version", "s2", "--models", str(serve_models),
+         "--joint_model", JOINT_MODEL, "--index_shards", "2"]
+    )  # fmt: skip
+    root = tmp_path / "root"
+    publish(root, built, "s2")
+    config = ServeConfig(index=str(root), models_dir=str(serve_models), poll_interval_s=0)
+    with TestClient(create_app(config)) as sharded:
+        assert len(ImageSearcher.load(str(root / "versions" / "s2")).manifest.shards) == 2
+        uri_of = dict(zip(ids, map(str, photos), strict=True))
+        for query in ("a dog running on the grass", "people on a street"):
+            one = client.get("/api/search", params={"q": query, "k": 6}).json()["results"]
+            two = sharded.get("/api/search", params={"q": query, "k": 6}).json()["results"]
+            assert [r["uri"] for r in one] == [uri_of[r["image_id"]] for r in two]
+            np.testing.assert_allclose([r["score"] for r in one], [r["score"] for r in two],
+                                       atol=1e-5)  # fmt: skip
+        from pipelines.types import image_id_for_uri
+
+        similar = sharded.get("/api/similar/photo-0", params={"k": 3}).json()["results"]
+        expected = client.get(f"/api/similar/{image_id_for_uri(str(photos[0]))}",
+                              params={"k": 3}).json()["results"]  # fmt: skip
+        assert [uri_of[r["image_id"]] for r in similar] == [r["uri"] for r in expected]
+        assert "photo-0" not in {r["image_id"] for r in similar}
