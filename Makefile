@@ -24,7 +24,7 @@ browser:
 	test -x $(CHROMIUM) || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
 
 demo: venv
-	$(BIN)/imgsearch demo
+	$(BIN)/imgsearch demo --serve
 
 test: venv browser
 	$(BIN)/ruff check .

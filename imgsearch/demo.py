@@ -1,20 +1,29 @@
-"""``imgsearch demo`` (what ``make demo`` runs): index a real photo corpus, then search it.
+"""``imgsearch demo`` (what ``make demo`` runs): index a real photo corpus, search it, serve it.
 
 Defaults come from the assets folder (``$IMGSEARCH_ASSETS`` or ``../shared/assets``): the
 COCO val2017 mini photos are indexed with ImageNet MobileNetV2, then photos the index has
 never seen (COCO train2017 mini) are used as queries; human captions, when the assets carry
 them, are printed beside each result so a person can judge the matches.
+
+With Flickr8k in the assets, a small joint text-image model (TF-IDF + dual encoder, about a
+minute of training, reused on later runs) is trained first, so the index also answers text
+queries. The index is published into a publish root (``OUT/root``); ``--serve`` then runs the
+HTTP API and search page on it until interrupted (``make demo`` does).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from imgsearch import settings
+
+DEMO_MODEL = "dual-tfidf"
+TEXT_QUERIES = ("a dog running on the grass", "people riding bikes in the street")
 
 
 def _coco_captions(assets: Path | None) -> dict[str, str]:
@@ -43,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", default="auto", help="auto, imagenet, none or a path")
     parser.add_argument("-k", type=int, default=5)
     parser.add_argument("--num-queries", type=int, default=4)
+    parser.add_argument("--serve", action="store_true", help="then serve it (Ctrl-C stops)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--train-seconds", type=float, default=60.0, help="joint model budget")
     args, beam_args = parser.parse_known_args(argv)
 
     assets = settings.assets_dir()
@@ -61,24 +73,74 @@ def main(argv: Sequence[str] | None = None) -> int:
     queries_dir = Path(args.queries) if args.queries else (coco / "train2017" if coco else None)
 
     from pipelines import index_job
+    from pipelines.publish import version_dir, write_pointer
     from serving.searcher import ImageSearcher
 
+    out = Path(args.out)
+    models = _joint_models(assets, out / "models", args.weights, args.train_seconds)
+    root = out / "root"
+    version = f"demo-{_dt.datetime.now(_dt.UTC):%Y%m%dT%H%M%S}"
+    index_dir = version_dir(str(root), version)
+    joint_args = ["--models", str(models), "--joint_model", DEMO_MODEL] if models else []
     try:
         result = index_job.run(
-            ["--corpus", corpus, "--out", args.out, "--weights", args.weights, *beam_args]
-        )
+            ["--corpus", corpus, "--out", index_dir, "--weights", args.weights,
+             "--run_version", version, *joint_args, *beam_args]
+        )  # fmt: skip
     except FileNotFoundError as exc:  # weights not found: say what to provide
         print(f"imgsearch demo: {exc}", file=sys.stderr)
         return 2
     print(result.summary())
-
+    write_pointer(str(root), version)
     captions = _coco_captions(assets)
-    searcher = ImageSearcher.load(args.out)
+    searcher = ImageSearcher.load(index_dir)
     queries = sorted(queries_dir.glob("*.jpg"))[: args.num_queries] if queries_dir else []
     for query in queries:
         print(f"\nquery {query.name}: {captions.get(query.name, '')}")
         for rank, hit in enumerate(searcher.search_image_path(str(query), args.k), start=1):
             name = Path(hit.uri).name
             print(f"  {rank}. {hit.score:.3f}  {name}  {captions.get(name, '')}")
-    print(f"\nindex at {args.out}; try: imgsearch search --index {args.out} --image PHOTO.jpg")
+    if models:
+        from serving.text_search import TextSearcher
+
+        texts = TextSearcher.load(searcher, str(models), DEMO_MODEL)
+        for text in TEXT_QUERIES:
+            print(f"\ntext query: {text!r}")
+            for rank, hit in enumerate(texts.search(text, args.k), start=1):
+                name = Path(hit.uri).name
+                print(f"  {rank}. {hit.score:.3f}  {name}  {captions.get(name, '')}")
+    if not args.serve:
+        print(
+            f"\nserve it: imgsearch serve --index {root}"
+            + (f" --models {models}" if models else "")
+        )
+        return 0
+    from serving.config import ServeConfig
+    from serving.server import serve
+
+    print(f"\nserving {root} on http://127.0.0.1:{args.port}/ (Ctrl-C stops)")
+    serve(ServeConfig(index=str(root), models_dir=str(models) if models else None,
+                      joint_model=DEMO_MODEL if models else None, port=args.port))  # fmt: skip
     return 0
+
+
+def _joint_models(assets: Path | None, models: Path, weights: str, seconds: float) -> Path | None:
+    """A models dir holding ``DEMO_MODEL``: reused when present, else trained on Flickr8k train
+    (None, and image search only, when the assets carry no Flickr8k)."""
+    from training.artifacts import list_models
+
+    if any(model.name == DEMO_MODEL for model in list_models(models)):
+        return models
+    flickr = assets / "datasets" / "flickr8k" if assets else None
+    if flickr is None or not (flickr / "splits" / "train.txt").is_file():
+        print("imgsearch demo: no Flickr8k in the assets, so no text search (image search only)")
+        return None
+    from training import train_joint_job
+
+    print(f"training {DEMO_MODEL} on Flickr8k train (about {seconds:.0f} s, once)...")
+    code = train_joint_job.main(
+        ["--dataset", str(flickr), "--split", "train", "--out", str(models),
+         "--text-encoder", "tfidf", "--kind", "dual", "--weights", weights,
+         "--max-seconds", str(seconds)]
+    )  # fmt: skip
+    return models if code == 0 else None
