@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import posixpath
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -27,7 +28,9 @@ logger = logging.getLogger(__name__)
 
 DEAD_LETTERS = "dead_letters"
 _GLOB_CHARS = set("*?[")
-_URI_SCHEMES = ("gs://", "http://", "https://", "s3://", "file://")
+# Any "scheme://" uri is absolute, known scheme or not: an ftp:// row must reach fetch as itself
+# (and be refused there as an unsupported scheme), not be read as a relative path.
+_HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def files_pattern(corpus: str) -> str:
@@ -56,7 +59,7 @@ def is_hidden(path: str, root: str) -> bool:
 
 def resolve_manifest_uri(uri: str, manifest_path: str) -> str:
     """Manifest uris may be relative to the manifest file's own folder."""
-    if uri.startswith(_URI_SCHEMES) or uri.startswith("/"):
+    if _HAS_SCHEME.match(uri) or uri.startswith("/"):
         return uri
     return posixpath.join(posixpath.dirname(manifest_path), uri)
 

@@ -43,7 +43,7 @@ def test_hidden_is_judged_below_the_corpus_root_only():
 def test_manifest_uris_resolve_relative_to_the_manifest():
     assert resolve_manifest_uri("a/b.jpg", "/m/list.csv") == "/m/a/b.jpg"
     assert resolve_manifest_uri("a/b.jpg", "gs://bkt/m/list.csv") == "gs://bkt/m/a/b.jpg"
-    for absolute in ("/x.jpg", "gs://b/x.jpg", "https://h/x.jpg"):
+    for absolute in ("/x.jpg", "gs://b/x.jpg", "https://h/x.jpg", "ftp://h/x.jpg", "hdfs://n/x"):
         assert resolve_manifest_uri(absolute, "/m/list.csv") == absolute
 
 
