@@ -22,6 +22,13 @@ setup(
         "pyarrow",
         "requests",
         "gcsfs",
+        "fastapi",
+        "uvicorn",
+        "jinja2",
+        "python-multipart",
+        "prometheus-client",
     ],
+    # The search page's Jinja2 templates ship inside the serving package.
+    package_data={"serving": ["templates/*.html"]},
     entry_points={"console_scripts": ["imgsearch=imgsearch.cli:main"]},
 )

@@ -6,6 +6,7 @@
     imgsearch train joint --dataset DIR --split train --out MODELS_DIR [--text-encoder minilm]
     imgsearch eval   --dataset DIR --out OUT [--models MODELS_DIR] [--split dev] [Beam options]
     imgsearch eval score --submission FILE --dataset DIR [--split dev]
+    imgsearch serve  --index ROOT_OR_INDEX_DIR [--port 8080] [--models MODELS_DIR [--model NAME]]
     imgsearch demo   [--out DIR]
     imgsearch publish  --root ROOT --version VERSION [--no-verify]
     imgsearch rollback --root ROOT [--to VERSION]
@@ -79,6 +80,47 @@ def _eval(argv: Sequence[str]) -> int:
     from evaluation import eval_job
 
     return eval_job.main(argv)
+
+
+def _serve(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="imgsearch serve", description="HTTP search API and search page"
+    )
+    parser.add_argument(
+        "--index",
+        required=True,
+        help="a publish root (with latest.json; hot-reloaded) or an index output folder",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--models", help="models directory: enables text queries")
+    parser.add_argument("--model", help="joint model name (default: a dual encoder, else w2vv)")
+    parser.add_argument("--poll-seconds", type=float, default=5.0, help="0: no hot reload")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0)
+    parser.add_argument("--no-verify", action="store_true", help="skip manifest checksums")
+    args = parser.parse_args(argv)
+
+    from pipelines.manifest import ManifestVerificationError
+    from serving.config import ServeConfig
+    from serving.server import serve
+
+    try:
+        config = ServeConfig(
+            index=args.index,
+            models_dir=args.models,
+            joint_model=args.model,
+            host=args.host,
+            port=args.port,
+            poll_interval_s=args.poll_seconds,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            verify=not args.no_verify,
+        )
+        serve(config)
+    except ManifestVerificationError as exc:
+        # A damaged index must not start serving; say which file, without a traceback.
+        print(f"imgsearch serve: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _demo(argv: Sequence[str]) -> int:
@@ -158,6 +200,7 @@ COMMANDS = {
     "search": _search,
     "train": _train,
     "eval": _eval,
+    "serve": _serve,
     "demo": _demo,
     "publish": _publish,
     "rollback": _rollback,

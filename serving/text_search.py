@@ -124,7 +124,14 @@ class TextSearcher:
         return self.joint.embed_text_features(features)
 
     def search_many(self, queries: list[str], k: int) -> list[list[SearchHit]]:
-        vectors = self.embed_queries(queries)
+        return self.search_embedded(self.embed_queries(queries), k)
+
+    def search_embedded(self, vectors: np.ndarray, k: int) -> list[list[SearchHit]]:
+        """Search with query vectors already in the search space (``embed_queries`` rows).
+
+        For callers that embed more than the query in one encoder call (the server embeds
+        the query and its words together, to explain each hit).
+        """
         if self.uses_joint_index:
             return self.images.search_joint_vectors(vectors, k)
         if self._joint_images is None:

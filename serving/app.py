@@ -1,0 +1,305 @@
+"""The search server: JSON API, search page, health, metrics and hot reload in one FastAPI app.
+
+``create_app(config)`` loads the models and the current index version before it returns (a bad
+index or model is a start-up error, not a first-request error) and, for a publish root, starts a
+``Reloader`` with the app's lifespan. Handlers are plain ``def`` functions: FastAPI runs them in
+its thread pool, and ScaNN/NumPy release the GIL while they search.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real Annotated query types of
+# handlers defined inside create_app (their bounds come from the config).
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.templating import Jinja2Templates
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from pipelines.publish import resolve_index
+from serving import queries, uploads
+from serving.config import UPLOAD_CONTENT_TYPES, ServeConfig
+from serving.metrics import ServerMetrics
+from serving.reloader import Reloader, VersionHolder
+from serving.state import IndexBundle, QueryModels, load_bundle
+from serving.thumbnails import ThumbnailCache, ThumbnailError
+
+logger = logging.getLogger(__name__)
+
+# The image-query body in the OpenAPI schema (read by hand, so FastAPI cannot infer it).
+_BINARY_BODY = {t: {"schema": {"type": "string", "format": "binary"}} for t in UPLOAD_CONTENT_TYPES}
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+class _MetricsMiddleware:
+    """Counts and times every request by its route template (pure ASGI: no per-request task)."""
+
+    def __init__(self, app, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_and_record(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            # Unmatched paths share one label, so scanners cannot blow up the label set.
+            name = getattr(route, "path", None) or "unmatched"
+            self.metrics.latency.labels(route=name).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route=name, status=str(status["code"])).inc()
+
+
+def _json(payload: dict) -> Response:
+    """Serialize an answer with orjson, skipping FastAPI's per-field validation and encoding.
+
+    The query functions already build plain JSON types; on a 2-core machine the default
+    encoder was a noticeable share of a ~3 ms text query.
+    """
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
+def _http_error(exc: queries.QueryError) -> HTTPException:
+    return HTTPException(status_code=exc.status, detail=exc.message)
+
+
+async def _read_upload(request: Request, config: ServeConfig) -> bytes:
+    """The uploaded image (``serving.uploads``), refused early on a too-large Content-Length."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > config.max_upload_bytes + 64 * 1024:
+        raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
+    try:
+        return await uploads.read_upload(
+            request.headers.get("content-type", ""), request.stream(), config.max_upload_bytes
+        )
+    except uploads.UploadError as exc:
+        raise HTTPException(exc.status, exc.message) from exc
+
+
+def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAPI:
+    """Load the models and the index ``config.index`` names, and build the app around them."""
+    if models is None:
+        models = QueryModels.load(config.models_dir, config.joint_model)
+    index_dir, version = resolve_index(config.index)
+    bundle = load_bundle(index_dir, models, version, verify=config.verify)
+    holder = VersionHolder(bundle)
+    metrics = ServerMetrics()
+    metrics.serving(bundle.version, len(bundle.images))
+    thumbnails = ThumbnailCache(
+        config.thumbnail_max_side, config.thumbnail_cache_entries, config.decode_limits
+    )
+
+    def load(index_dir: str, version: str) -> IndexBundle:
+        return load_bundle(index_dir, models, version, verify=config.verify)
+
+    def on_reload(result: str) -> None:
+        metrics.reloads.labels(result=result).inc()
+        if result == "swapped":
+            metrics.serving(holder.current.version, len(holder.current.images))
+
+    # Only a publish root has a pointer to follow; a plain index folder is served as is.
+    reloader = (
+        Reloader(config.index, holder, load, config.poll_interval_s, on_reload)
+        if version is not None
+        else None
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if reloader is not None:
+            reloader.start()
+        yield
+        if reloader is not None:
+            reloader.stop()
+
+    app = FastAPI(
+        title="imgsearch",
+        summary="Semantic image search over a published index version",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.config, app.state.holder, app.state.reloader = config, holder, reloader
+    app.state.metrics, app.state.models, app.state.thumbnails = metrics, models, thumbnails
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+
+    K = Annotated[int, Query(ge=1, le=config.max_k, description="results per page")]
+    Offset = Annotated[int, Query(ge=0, le=config.max_offset, description="results to skip")]
+
+    @app.get("/api/search", tags=["search"], summary="Text query")
+    def search_text(
+        q: Annotated[str, Query(min_length=1, max_length=config.max_query_chars)],
+        k: K = config.default_k,
+        offset: Offset = 0,
+    ) -> Response:
+        current = holder.current
+        try:
+            return _json(queries.text_query(current, q, k, offset, models.text_off_reason))
+        except queries.QueryError as exc:
+            raise _http_error(exc) from exc
+
+    @app.post(
+        "/api/search/image",
+        tags=["search"],
+        summary="Image query",
+        description=(
+            "Send the image as the raw body (Content-Type image/jpeg, image/png, ...) or as the "
+            f"'file' part of a multipart form; at most {config.max_upload_bytes} bytes."
+        ),
+        openapi_extra={"requestBody": {"content": _BINARY_BODY}},
+    )
+    async def search_image(request: Request, k: K = config.default_k, offset: Offset = 0):
+        data = await _read_upload(request, config)
+        current = holder.current
+        # Decoding and encoding are CPU work: off the event loop, like the sync handlers.
+        try:
+            result = await run_in_threadpool(
+                queries.image_query, current, data, k, offset, config.decode_limits
+            )
+        except queries.QueryError as exc:
+            raise _http_error(exc) from exc
+        return _json(result)
+
+    @app.get("/api/similar/{image_id}", tags=["search"], summary="More like an indexed image")
+    def similar(image_id: str, k: K = config.default_k, offset: Offset = 0) -> Response:
+        try:
+            return _json(queries.similar_query(holder.current, image_id, k, offset))
+        except queries.QueryError as exc:
+            raise _http_error(exc) from exc
+
+    @app.get("/api/images/{image_id}", tags=["images"], summary="Details of an indexed image")
+    def details(image_id: str) -> Response:
+        try:
+            return _json(queries.image_details(holder.current, image_id))
+        except queries.QueryError as exc:
+            raise _http_error(exc) from exc
+
+    @app.get(
+        "/thumbnails/{image_id}",
+        tags=["images"],
+        summary="Thumbnail of an indexed image (JPEG); ids only, never paths",
+        response_class=Response,
+    )
+    def thumbnail(image_id: str) -> Response:
+        uri = holder.current.details.uri_of(image_id)
+        if uri is None:
+            raise HTTPException(404, f"image {image_id!r} is not in the serving index version")
+        hits_before = thumbnails.hits
+        try:
+            data = thumbnails.get(uri)
+        except ThumbnailError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        cached = thumbnails.hits > hits_before
+        metrics.thumbnail_cache.labels(result="hit" if cached else "miss").inc()
+        return Response(
+            data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"}
+        )
+
+    @app.get("/health", tags=["ops"], summary="Liveness and what is being served")
+    def health() -> dict:
+        return {
+            "status": "ok",
+            "serving": holder.current.summary(),
+            "text_search": {
+                "enabled": holder.current.text is not None,
+                "reason": models.text_off_reason,
+            },
+            "reload": reloader.status().to_json() if reloader is not None else None,
+        }
+
+    @app.get("/ready", tags=["ops"], summary="Readiness: an index version is loaded")
+    def ready() -> JSONResponse:
+        current = holder.current
+        ok = len(current.images) > 0
+        return JSONResponse(
+            {"ready": ok, "version": current.version}, status_code=200 if ok else 503
+        )
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    _add_page_routes(app, config, holder, models)
+    return app
+
+
+def _add_page_routes(
+    app: FastAPI, config: ServeConfig, holder: VersionHolder, models: QueryModels
+) -> None:
+    """The HTML search page: server-rendered results, so it works without JavaScript."""
+
+    def render(request: Request, bundle: IndexBundle, **context) -> HTMLResponse:
+        status = context.pop("status", 200)
+        return TEMPLATES.TemplateResponse(
+            request,
+            "search.html",
+            {
+                "version": bundle.version,
+                "images": len(bundle.images),
+                "text_enabled": bundle.text is not None,
+                "text_off_reason": models.text_off_reason,
+                "k": config.default_k,
+                "max_upload_bytes": config.max_upload_bytes,
+                "accept": ",".join(UPLOAD_CONTENT_TYPES),
+                "q": "",
+                "title": None,
+                "result": None,
+                "reference": None,
+                "error": None,
+                **context,
+            },
+            status_code=status,
+        )
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page(
+        request: Request,
+        q: Annotated[str, Query(max_length=config.max_query_chars)] = "",
+        similar: Annotated[str, Query(max_length=256)] = "",
+        offset: Annotated[int, Query(ge=0, le=config.max_offset)] = 0,
+    ) -> HTMLResponse:
+        bundle = holder.current
+        try:
+            if similar:
+                result = queries.similar_query(bundle, similar, config.default_k, offset)
+                reference = queries.image_details(bundle, similar)
+                return render(request, bundle, result=result, reference=reference,
+                              title="More like this")  # fmt: skip
+            if q.strip():
+                result = queries.text_query(
+                    bundle, q, config.default_k, offset, models.text_off_reason
+                )
+                return render(request, bundle, q=q, result=result, title=f"Results for “{q}”")
+        except queries.QueryError as exc:
+            return render(request, bundle, q=q, error=exc.message, status=exc.status)
+        return render(request, bundle)
+
+    @app.post("/upload", response_class=HTMLResponse, include_in_schema=False)
+    async def upload_page(request: Request) -> HTMLResponse:
+        bundle = holder.current
+        try:
+            data = await _read_upload(request, config)
+        except HTTPException as exc:
+            return render(request, bundle, error=str(exc.detail), status=exc.status_code)
+        # Decoding and encoding are CPU work: off the event loop, like the sync handlers.
+        try:
+            result = await run_in_threadpool(
+                queries.image_query, bundle, data, config.default_k, 0, config.decode_limits
+            )
+        except queries.QueryError as exc:
+            return render(request, bundle, error=exc.message, status=exc.status)
+        return render(request, bundle, result=result, title="Images like your upload")

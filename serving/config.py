@@ -1,0 +1,71 @@
+"""``ServeConfig``: everything the search server needs, built once and passed down.
+
+``imgsearch serve`` fills it from flags; tests and the benchmark build it directly. Nothing in
+``serving/`` reads the environment or module globals for these values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pipelines.imaging import DecodeLimits
+
+# Content types an upload may declare. The decoder checks the bytes themselves
+# (``pipelines.imaging.ACCEPTED_FORMATS``); this only refuses obvious non-images early.
+UPLOAD_CONTENT_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "image/bmp",
+    "image/tiff",
+)
+
+# Uploaded queries: the indexing limits, with a lower pixel cap (a query is one photo, not a scan).
+_QUERY_LIMITS = DecodeLimits(max_pixels=40_000_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """What to serve and the bounds every request is held to.
+
+    ``index`` is an index output folder (``manifest.json``) or a publish root (``latest.json``,
+    see ``pipelines.publish``); only a publish root is hot-reloaded. ``models_dir`` (with
+    ``joint_model``) enables text queries; without it image queries still work.
+    """
+
+    index: str
+    models_dir: str | None = None
+    joint_model: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Hot reload: how often the publish pointer is read; 0 turns polling off.
+    poll_interval_s: float = 5.0
+    # Check every file's SHA-256 against the manifest before a version may serve.
+    verify: bool = True
+    # Request bounds: k per page, how deep pagination may go, the largest upload.
+    default_k: int = 20
+    max_k: int = 100
+    max_offset: int = 1000
+    max_query_chars: int = 500
+    max_upload_bytes: int = 10 * 2**20
+    decode_limits: DecodeLimits = _QUERY_LIMITS
+    # Thumbnails: the longest side served and how many are kept in memory.
+    thumbnail_max_side: int = 256
+    thumbnail_cache_entries: int = 2048
+
+    def __post_init__(self) -> None:
+        if not self.index:
+            raise ValueError("--index is required (an index output folder or a publish root)")
+        if not 1 <= self.default_k <= self.max_k:
+            raise ValueError(f"default_k must be in [1, max_k={self.max_k}], got {self.default_k}")
+        if self.max_offset < 0 or self.max_upload_bytes < 1 or self.max_query_chars < 1:
+            raise ValueError("max_offset, max_upload_bytes and max_query_chars must be positive")
+        if self.poll_interval_s < 0:
+            raise ValueError(f"poll_interval_s must be >= 0, got {self.poll_interval_s}")
+        if not 16 <= self.thumbnail_max_side <= 1024:
+            raise ValueError(
+                f"thumbnail_max_side must be in [16, 1024], got {self.thumbnail_max_side}"
+            )
+        if self.thumbnail_cache_entries < 0:
+            raise ValueError("thumbnail_cache_entries must be >= 0")

@@ -1,0 +1,159 @@
+"""What one served index version is made of, and the models every version shares.
+
+``QueryModels`` is loaded once at start-up (the joint model, its text encoder, and the image
+encoder of the first version); ``load_bundle`` turns an index version into an immutable
+``IndexBundle`` using them. A request takes the current bundle once and uses only that, so a hot
+reload (``serving.reloader``) swaps one reference and never changes what a running request sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+import numpy as np
+
+from encoders.base import EncoderSpec, ImageEncoder, TextEncoder
+from encoders.joint import JointModel
+from pipelines.manifest import manifest_location, read_manifest
+from serving.details import ImageDetails
+from serving.explain import padded_batch
+from serving.searcher import ImageSearcher
+from serving.text_search import TextSearcher, default_joint_model
+
+logger = logging.getLogger(__name__)
+
+
+class QueryModels:
+    """Models shared by every index version the process serves (loaded once).
+
+    Text search is on when a joint model was loaded; ``text_off_reason`` says why it is not.
+    Image encoders are kept by ``encoder_id``: a new version made by the same encoder reuses the
+    loaded one, a version made by another encoder builds its own while it loads (in the
+    background, before it may serve).
+    """
+
+    def __init__(
+        self,
+        joint: JointModel | None = None,
+        text_encoder: TextEncoder | None = None,
+        model_version: tuple[str, str] | None = None,
+        text_off_reason: str = "text search needs a joint model: start with --models DIR",
+    ) -> None:
+        self.joint, self.text_encoder, self.model_version = joint, text_encoder, model_version
+        self.text_off_reason = None if joint is not None else text_off_reason
+        self._image_encoders: dict[str, ImageEncoder] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, models_dir: str | None, model: str | None = None) -> QueryModels:
+        if not models_dir:
+            return cls()
+        from encoders.text_registry import TextEncoderSpec, create_text_encoder
+        from training.artifacts import load_joint_model, read_metadata, resolve_version
+
+        name = model or default_joint_model(models_dir)
+        folder = resolve_version(models_dir, name)
+        joint = load_joint_model(models_dir, name, folder.name)
+        spec = TextEncoderSpec.from_json(read_metadata(folder)["text_encoder"])
+        logger.info("text queries through %s/%s with %s", name, folder.name, spec)
+        text_encoder = create_text_encoder(spec)
+        # Trace the encoder's TensorFlow functions now, not in the first user's request.
+        text_encoder.encode(padded_batch(["warm up"]))
+        return cls(joint, text_encoder, (name, folder.name))
+
+    def add_image_encoder(self, encoder: ImageEncoder) -> None:
+        with self._lock:
+            self._image_encoders[encoder.encoder_id] = encoder
+
+    def image_encoder(self, spec_json: dict, encoder_id: str) -> ImageEncoder:
+        """The loaded encoder with ``encoder_id``, building it from the manifest's spec once."""
+        with self._lock:
+            encoder = self._image_encoders.get(encoder_id)
+            if encoder is None:
+                from encoders.registry import create_image_encoder
+
+                encoder = create_image_encoder(EncoderSpec.from_json(spec_json))
+                self._image_encoders[encoder_id] = encoder
+            return encoder
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexBundle:
+    """One loaded index version: everything a query needs, never mutated after loading."""
+
+    version: str
+    index_dir: str
+    images: ImageSearcher
+    text: TextSearcher | None
+    details: ImageDetails
+    loaded_at: float  # time.time()
+    # details row -> ImageSearcher row, or None when both order rows alike (see ImageDetails).
+    searcher_rows: np.ndarray | None = None
+
+    def searcher_row(self, image_id: str) -> int:
+        row = self.details.row_of(image_id)
+        if row is None:
+            raise KeyError(image_id)
+        return row if self.searcher_rows is None else int(self.searcher_rows[row])
+
+    @property
+    def text_enabled(self) -> bool:
+        return self.text is not None
+
+    def summary(self) -> dict:
+        manifest = self.images.manifest
+        return {
+            "version": self.version,
+            "index_dir": self.index_dir,
+            "images": len(self.images),
+            "encoder": manifest.encoder_id,
+            "shards": len(manifest.shards),
+            "joint_index": (manifest.joint_index or {}).get("model"),
+            "text_search": self.text is not None,
+            "loaded_at": self.loaded_at,
+        }
+
+
+def load_bundle(
+    index_dir: str, models: QueryModels, version: str | None = None, verify: bool = True
+) -> IndexBundle:
+    """Load (and by default verify) one index version into a bundle.
+
+    Raises whatever ``ImageSearcher.load`` raises for a missing or damaged version, and
+    ``EncoderMismatchError`` when the loaded joint model cannot query it: a version that would
+    lose text search is refused rather than served half-working.
+    """
+    started = time.perf_counter()
+    out_dir, manifest_path = manifest_location(index_dir)
+    manifest = read_manifest(manifest_path)
+    encoder = models.image_encoder(manifest.encoder_spec, manifest.encoder_id)
+    images = ImageSearcher.load(manifest_path, encoder=encoder, verify=verify)
+    text = None
+    if models.joint is not None:
+        text = TextSearcher(images, models.joint, models.text_encoder, models.model_version)
+    details = ImageDetails.load(out_dir, images.manifest)
+    if len(details) != len(images):
+        raise ValueError(
+            f"the table of {images.manifest.version} holds {len(details)} images, "
+            f"its index {len(images)}"
+        )
+    searcher_rows = details.searcher_rows(lambda row: images.hit_for_row(row, 0.0).image_id)
+    logger.info(
+        "index version %s ready in %.1f s (%d images, text search %s)",
+        version or manifest.version,
+        time.perf_counter() - started,
+        len(images),
+        "on" if text is not None else "off",
+    )
+    return IndexBundle(
+        version=version or manifest.version,
+        index_dir=out_dir,
+        images=images,
+        text=text,
+        details=details,
+        loaded_at=time.time(),
+        searcher_rows=searcher_rows,
+    )

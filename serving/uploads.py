@@ -1,0 +1,117 @@
+"""Reading an uploaded query image into memory, within a size limit, without touching disk.
+
+An image query arrives either as the raw request body (``Content-Type: image/jpeg`` ...; what
+the page's JavaScript and API clients send) or as the ``file`` part of a ``multipart/form-data``
+form (the page's plain HTML form). Starlette's form parser spools parts over 1 MB to a
+temporary file; the body here is already bounded and in memory, so the form is parsed in memory
+too and a query does no file I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from serving.config import UPLOAD_CONTENT_TYPES
+
+# Room for a form's boundaries and part headers on top of the image itself.
+_MULTIPART_OVERHEAD = 64 * 1024
+
+
+class UploadError(Exception):
+    """An upload that cannot be taken; ``status`` is its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def check_image_type(content_type: str) -> None:
+    if content_type not in UPLOAD_CONTENT_TYPES:
+        raise UploadError(
+            415, f"unsupported content type {content_type!r}; send one of {UPLOAD_CONTENT_TYPES}"
+        )
+
+
+async def read_bounded(stream: AsyncIterator[bytes], limit: int) -> bytes:
+    """The whole body, or 413 as soon as it passes ``limit`` bytes (whatever headers claim)."""
+    chunks, size = [], 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > limit:
+            raise UploadError(413, f"upload larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def multipart_file(body: bytes, content_type_header: str, field: str = "file") -> tuple[str, bytes]:
+    """``(content type, bytes)`` of the ``field`` part of a multipart/form-data body."""
+    _, options = parse_options_header(content_type_header.encode("latin-1"))
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise UploadError(400, "a multipart body needs a boundary in its Content-Type")
+    parts: list[dict] = []
+    current: dict = {}
+
+    def on_part_begin() -> None:
+        current.clear()
+        current.update(headers={}, data=bytearray(), name=b"", value=b"")
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        current["name"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        current["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        current["headers"][current["name"].lower()] = current["value"]
+        current["name"], current["value"] = b"", b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        current["data"] += data[start:end]
+
+    def on_part_end() -> None:
+        parts.append({"headers": current["headers"], "data": bytes(current["data"])})
+
+    parser = MultipartParser(
+        boundary,
+        callbacks={
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except Exception as exc:  # python-multipart raises its own error types for bad bodies
+        raise UploadError(400, f"malformed multipart body: {exc}") from exc
+    for part in parts:
+        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if disposition.get(b"name") == field.encode():
+            content_type = part["headers"].get(b"content-type", b"").decode("latin-1")
+            return content_type.split(";")[0].strip().lower(), part["data"]
+    raise UploadError(400, f"the form has no {field!r} part")
+
+
+async def read_upload(
+    content_type_header: str, stream: AsyncIterator[bytes], max_bytes: int
+) -> bytes:
+    """The uploaded image's bytes: 415 for a non-image type, 413 over ``max_bytes``, 400 empty."""
+    content_type = content_type_header.split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        body = await read_bounded(stream, max_bytes + _MULTIPART_OVERHEAD)
+        content_type, data = multipart_file(body, content_type_header)
+    else:
+        check_image_type(content_type)  # before reading a body that would be refused anyway
+        data = await read_bounded(stream, max_bytes)
+    check_image_type(content_type)
+    if len(data) > max_bytes:
+        raise UploadError(413, f"upload larger than {max_bytes} bytes")
+    if not data:
+        raise UploadError(400, "empty upload")
+    return data

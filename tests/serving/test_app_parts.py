@@ -1,0 +1,92 @@
+"""The server's pure parts on their own: thumbnails cache, details row mapping, terms, config."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from serving.config import ServeConfig
+from serving.details import ImageDetails
+from serving.explain import MAX_TERMS, padded_batch, query_terms
+from serving.thumbnails import ThumbnailCache, ThumbnailError
+from serving.uploads import UploadError, multipart_file
+
+
+def _photo(path: Path, size: tuple[int, int], color: str) -> Path:
+    Image.new("RGB", size, color).save(path, format="JPEG")
+    return path
+
+
+def test_thumbnail_cache_is_bounded_and_reads_only_on_a_miss(tmp_path: Path) -> None:
+    paths = [
+        _photo(tmp_path / f"{i}.jpg", (800, 400), c) for i, c in enumerate(("red", "green", "blue"))
+    ]
+    cache = ThumbnailCache(max_side=128, entries=2)
+    first = cache.get(str(paths[0]))
+    with Image.open(io.BytesIO(first)) as thumb:
+        assert thumb.size == (128, 64)
+    paths[0].unlink()  # cached: no read needed
+    assert cache.get(str(paths[0])) == first and (cache.hits, cache.misses) == (1, 1)
+    cache.get(str(paths[1]))
+    cache.get(str(paths[2]))  # evicts paths[0], the least recently used
+    with pytest.raises(ThumbnailError, match="cannot be read"):
+        cache.get(str(paths[0]))
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    with pytest.raises(ThumbnailError, match="not a decodable image"):
+        cache.get(str(tmp_path / "junk.jpg"))
+
+
+def test_details_map_rows_when_a_searcher_orders_them_otherwise() -> None:
+    table = pa.table({"image_id": ["c", "a", "b"], "uri": ["/c", "/a", "/b"], "width": [3, 1, 2]})
+    details = ImageDetails(table)
+    assert details.image_ids() == ["a", "b", "c"] and details.uri_of("b") == "/b"
+    assert details.describe("c")["width"] == 3 and details.describe("zz") is None
+    assert details.searcher_rows(lambda r: "abc"[r]) is None  # same order
+    mapping = details.searcher_rows(lambda r: "cab"[r])
+    assert mapping.tolist() == [1, 2, 0]  # details row of "a" is searcher row 1, ...
+    with pytest.raises(ValueError, match="the table does not"):
+        details.searcher_rows(lambda r: "xyz"[r])
+
+
+def test_query_terms_and_fixed_batches() -> None:
+    assert query_terms("A dog, a DOG and the dog's ball!") == [
+        "a",
+        "dog",
+        "and",
+        "the",
+        "dog's",
+        "ball",
+    ]
+    many = " ".join(f"w{i}" for i in range(40))
+    assert len(query_terms(many)) == MAX_TERMS
+    assert len(padded_batch(["q", *query_terms(many)])) == 1 + MAX_TERMS
+    assert padded_batch(["q"]) == ["q"] + [""] * MAX_TERMS
+
+
+def test_multipart_file_in_memory() -> None:
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n\x89PNG-bytes\r\n--XyZ--\r\n"
+    )
+    assert multipart_file(body, "multipart/form-data; boundary=XyZ") == (
+        "image/png",
+        b"\x89PNG-bytes",
+    )
+    with pytest.raises(UploadError, match="no 'photo' part"):
+        multipart_file(body, "multipart/form-data; boundary=XyZ", field="photo")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"index": ""}, "--index is required"), ({"index": "x", "default_k": 500}, "default_k"),
+     ({"index": "x", "poll_interval_s": -1}, "poll_interval_s"),
+     ({"index": "x", "thumbnail_max_side": 5000}, "thumbnail_max_side")],
+)  # fmt: skip
+def test_config_is_checked(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ServeConfig(**kwargs)
