@@ -167,8 +167,8 @@ def test_memory_stays_bounded_with_bombs_in_the_corpus(hostile_run) -> None:
 
 
 def test_folder_corpus_lists_every_local_file_once(tmp_path, coco_photos) -> None:
-    """The same files as a plain folder corpus (no manifest, no URLs): listing sees the FIFO,
-    the folder named like a photo and the dangling link, and none of them stops the job."""
+    """The same files as a plain folder corpus (no manifest, no URLs): the FIFO, the folder
+    named like a photo and the dangling link are each accounted for and none stops the job."""
     corpus: HostileCorpus = write_hostile_corpus(tmp_path, None, coco_photos[:1])
     from pipelines import index_job
 
@@ -183,11 +183,16 @@ def test_folder_corpus_lists_every_local_file_once(tmp_path, coco_photos) -> Non
         for row in _rows(out / folder)
     )
     local = {item.uri: item for item in corpus.inputs if item.local}
-    # A folder listing yields files only: the directory named album.jpg is no input here, and
-    # Beam's local listing skips a dangling symlink (it cannot stat it) before the job sees it.
-    unlisted = {corpus.by_kind()[kind].uri for kind in ("directory_named_jpg", "dangling_symlink")}
-    listed = set(local) - unlisted
+    # A folder listing yields files only: the directory named album.jpg is no input here. The
+    # dangling link, which Beam's listing skips, is a read dead letter instead of vanishing.
+    listed = set(local) - {corpus.by_kind()["directory_named_jpg"].uri}
     assert set(seen) == listed and max(seen.values()) == 1
     table = {row["uri"] for row in _rows(out / "table")}
     assert table == {uri for uri, item in local.items() if item.expect == TABLE}
     assert result.counts["inputs"] == len(listed)
+    dead = {row["uri"]: row for row in _rows(out / "dead_letters")}
+    link = dead[corpus.by_kind()["dangling_symlink"].uri]
+    assert (link["stage"], link["reason"]) == (
+        "read",
+        "dangling symlink (its target does not exist)",
+    )
