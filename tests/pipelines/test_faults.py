@@ -202,6 +202,36 @@ def test_index_job_with_a_model_that_raises_on_one_image(
     )
 
 
+def test_unexpected_decoder_error_on_one_file_is_a_dead_letter(
+    monkeypatch, small_photo_dir, tmp_path
+) -> None:
+    """A decoder bug hit by one file must not fail the bundle on every retry."""
+    from pipelines import transforms
+
+    poison = small_photo_dir / "poison.png"
+    Image.new("RGB", (120, 90), MAGENTA).save(poison)
+    poison_bytes = poison.read_bytes()
+    real_decode = transforms.decode_image
+
+    def decode(data, *args, **kwargs):
+        if data == poison_bytes:
+            raise RuntimeError("decoder bug (injected)")
+        return real_decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(transforms, "decode_image", decode)
+    out = tmp_path / "out"
+
+    result = index_job.run(_args(small_photo_dir, out))
+
+    assert (result.counts["indexed"], result.counts["dead_letters"]) == (6, 1)
+    [letter] = _rows(out / "dead_letters").to_pylist()
+    assert (letter["uri"], letter["stage"], letter["reason"]) == (
+        str(poison),
+        "decode",
+        "unexpected decode error: RuntimeError: decoder bug (injected)",
+    )
+
+
 # --- publishing interrupted at each step ----------------------------------------------------
 
 
