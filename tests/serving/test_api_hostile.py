@@ -29,6 +29,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import status_code_conformance
 
 from serving.app import create_app
 from serving.config import ServeConfig
@@ -83,7 +84,7 @@ def test_fuzzed_requests_never_get_a_5xx_or_a_stack_trace(api_schema, mode) -> N
     def check(case) -> None:
         response = case.call()
         calls.append(f"{case.method} {case.path}")
-        case.validate_response(response, checks=[not_a_server_error])
+        case.validate_response(response, checks=[not_a_server_error, status_code_conformance])
         _assert_clean(response)
 
     check()
