@@ -8,12 +8,15 @@ The handler holds only the ``EncoderSpec`` (small, picklable); the encoder itsel
     # results: a table row (dict) per image, or a DeadLetter for an image whose pixels the
     #          encoder cannot take (wrong shape or dtype): that image fails alone, its batch
     #          is still encoded, and it is not lost even without with_exception_handling().
-    # failures.failed_inferences: (batch, error) when the model itself raised; the whole batch
-    #          failed, and encode_dead_letters turns it into one DeadLetter per image.
+    #          When the model raises on a batch, its images are retried one at a time: only
+    #          the image(s) the model raises on become DeadLetters ("encoder failed: ...").
+    # failures.failed_inferences: (batch, error) when the handler itself cannot run (a non-image
+    #          element: a wiring bug); encode_dead_letters turns it into one DeadLetter each.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +28,7 @@ from encoders.registry import create_image_encoder
 from pipelines.types import STAGE_ENCODE, DeadLetter, DecodedImage, embedding_row
 
 METRICS_NAMESPACE = "imgsearch_encode"
+logger = logging.getLogger(__name__)
 
 
 def pixels_problem(image: DecodedImage, image_size: int) -> str | None:
@@ -98,14 +102,26 @@ class ImageEncoderModelHandler(
             else:
                 ref = image.image.ref
                 refused[position] = DeadLetter(ref.uri, STAGE_ENCODE, problem, ref.image_id)
-        rows: Iterator[dict[str, Any]] = iter(())
+        rows: Iterator[dict[str, Any] | DeadLetter] = iter(())
         if usable:
-            vectors = model.encode(np.stack([image.pixels for image in usable]))
-            encoder_id = model.encoder_id
-            rows = (
-                embedding_row(image, vector, encoder_id)
-                for image, vector in zip(usable, vectors, strict=True)
-            )
+            try:
+                vectors = model.encode(np.stack([image.pixels for image in usable]))
+            except Exception as exc:  # a model error: narrowed down to the image(s) below
+                if len(usable) == 1:
+                    rows = iter([_encode_failed(usable[0], exc)])
+                else:
+                    # One image that makes the model raise must not take its whole batch (up to
+                    # max_batch_size good images) to the dead letters: retry them one at a time.
+                    logger.warning(
+                        "encoding a batch of %d failed (%s); retrying singly", len(usable), exc
+                    )
+                    rows = iter([_encode_alone(model, image) for image in usable])
+            else:
+                encoder_id = model.encoder_id
+                rows = (
+                    embedding_row(image, vector, encoder_id)
+                    for image, vector in zip(usable, vectors, strict=True)
+                )
         return [
             refused[position] if position in refused else next(rows)
             for position in range(len(batch))
@@ -133,6 +149,21 @@ class ImageEncoderModelHandler(
 
     def __repr__(self) -> str:
         return f"ImageEncoderModelHandler({self.spec}, batching={self._batching_kwargs})"
+
+
+def _encode_alone(model: ImageEncoder, image: DecodedImage) -> dict[str, Any] | DeadLetter:
+    """One image through the model: its row, or a DeadLetter naming what the model raised."""
+    try:
+        vector = model.encode(image.pixels[np.newaxis])[0]
+    except Exception as exc:  # any failure of this one image is its dead letter
+        return _encode_failed(image, exc)
+    return embedding_row(image, vector, model.encoder_id)
+
+
+def _encode_failed(image: DecodedImage, exc: Exception) -> DeadLetter:
+    ref = image.image.ref
+    reason = f"encoder failed: {type(exc).__name__}: {exc}"
+    return DeadLetter(ref.uri, STAGE_ENCODE, reason, ref.image_id)
 
 
 def encode_dead_letters(failure: tuple[Any, Any]) -> list[DeadLetter]:

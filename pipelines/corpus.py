@@ -11,7 +11,9 @@ import csv
 import io
 import json
 import logging
+import os
 import posixpath
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -27,7 +29,9 @@ logger = logging.getLogger(__name__)
 
 DEAD_LETTERS = "dead_letters"
 _GLOB_CHARS = set("*?[")
-_URI_SCHEMES = ("gs://", "http://", "https://", "s3://", "file://")
+# Any "scheme://" uri is absolute, known scheme or not: an ftp:// row must reach fetch as itself
+# (and be refused there as an unsupported scheme), not be read as a relative path.
+_HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def files_pattern(corpus: str) -> str:
@@ -56,7 +60,7 @@ def is_hidden(path: str, root: str) -> bool:
 
 def resolve_manifest_uri(uri: str, manifest_path: str) -> str:
     """Manifest uris may be relative to the manifest file's own folder."""
-    if uri.startswith(_URI_SCHEMES) or uri.startswith("/"):
+    if _HAS_SCHEME.match(uri) or uri.startswith("/"):
         return uri
     return posixpath.join(posixpath.dirname(manifest_path), uri)
 
@@ -158,6 +162,39 @@ class _FileToRefFn(beam.DoFn):
         yield ImageRef(uri=metadata.path, image_id=image_id_for_uri(metadata.path))
 
 
+def dangling_symlinks(corpus: str) -> list[DeadLetter]:
+    """Dead letters for broken symlinks under a local folder corpus.
+
+    Beam's local listing stats every file and silently skips what it cannot stat, so a link
+    whose target is gone would vanish from the job without a trace. Only plain local folders
+    are walked (object stores have no symlinks; a glob names what it means to match).
+    """
+    if _GLOB_CHARS & set(corpus) or FileSystems.get_scheme(corpus) is not None:
+        return []
+    root = corpus.rstrip("/") or "/"
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in sorted(names):  # os.walk lists a broken link among the files
+            path = os.path.join(folder, name)
+            if os.path.islink(path) and not os.path.exists(path) and not is_hidden(path, root):
+                reason = "dangling symlink (its target does not exist)"
+                found.append(DeadLetter(path, STAGE_READ, reason, image_id_for_uri(path)))
+    return found
+
+
+class _CountInputsFn(beam.DoFn):
+    """Counts listing dead letters as inputs, so the job's input total includes them."""
+
+    def __init__(self) -> None:
+        self.inputs = Metrics.counter("imgsearch", "inputs")
+
+    def process(self, letter: DeadLetter) -> Iterable[DeadLetter]:
+        self.inputs.inc()
+        yield letter
+
+
 class ReadCorpus(beam.PTransform):
     """PBegin -> (PCollection[ImageRef], PCollection[DeadLetter]), spread across workers.
 
@@ -186,7 +223,11 @@ class ReadCorpus(beam.PTransform):
                 | "MatchFiles" >> fileio.MatchFiles(files_pattern(self.corpus))
                 | "ToRefs" >> beam.ParDo(_FileToRefFn(corpus_root(self.corpus)))
             )
-            dead_letters = pbegin | "NoListingErrors" >> beam.Create([])
+            dead_letters = (
+                pbegin
+                | "DanglingLinks" >> beam.Create(dangling_symlinks(self.corpus))
+                | "CountListed" >> beam.ParDo(_CountInputsFn())
+            )
         return refs | "SpreadWork" >> beam.Reshuffle(), dead_letters
 
 

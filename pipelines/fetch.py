@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import http.cookiejar
 import logging
+import os
+import stat
 import threading
 import time
 import urllib.parse
@@ -130,6 +132,8 @@ def _read_filesystem(path: str, limits: FetchLimits) -> bytes:
         raise FetchError(f"cannot check {path}: {_describe(exc)}", transient=True) from exc
     if not exists:
         raise FetchError(f"no such file: {path}")
+    if scheme in (None, "file"):
+        _check_regular_file(path)
     try:
         size = filesystem.metadata(path).size_in_bytes
     except Exception as exc:
@@ -145,6 +149,22 @@ def _read_filesystem(path: str, limits: FetchLimits) -> bytes:
     except Exception as exc:
         raise FetchError(f"cannot read {path}: {_describe(exc)}", _transient_os(exc)) from exc
     return data
+
+
+def _check_regular_file(path: str) -> None:
+    """Refuse a local FIFO, socket or device: reading one blocks forever or never ends.
+
+    A named pipe called ``photo.jpg`` in a corpus folder would otherwise hold a worker until the
+    job is killed; its metadata says 0 bytes, so the size check cannot catch it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise FetchError(f"cannot stat {path}: {_describe(exc)}", _transient_os(exc)) from exc
+    if stat.S_ISDIR(mode):
+        raise FetchError(f"not a regular file (a directory): {path}")
+    if not stat.S_ISREG(mode):
+        raise FetchError(f"not a regular file (a pipe, socket or device): {path}")
 
 
 def _read_capped(handle: BinaryIO, max_bytes: int) -> bytes:

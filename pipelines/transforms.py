@@ -113,6 +113,7 @@ class DecodeImageFn(beam.DoFn):
         self.decode_limits = decode_limits
         self.fetch_limits = fetch_limits
         self.rejected = Metrics.counter("imgsearch", "decode_rejected")
+        self.unexpected = Metrics.counter("imgsearch", "decode_unexpected_errors")
 
     def process(self, image: UniqueImage) -> Iterable[Any]:
         ref = image.ref
@@ -135,6 +136,17 @@ class DecodeImageFn(beam.DoFn):
             self.rejected.inc()
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTERS, DeadLetter(ref.uri, STAGE_DECODE, exc.reason, ref.image_id)
+            )
+            return
+        except Exception as exc:
+            # A decoder bug or an error Pillow was never known to raise. Re-raising would fail
+            # the bundle on every retry (and on Dataflow, the job) over one file; instead the
+            # file is a dead letter naming the error, and the traceback goes to the worker log.
+            logger.exception("unexpected error decoding %s", ref.uri)
+            self.unexpected.inc()
+            reason = f"unexpected decode error: {type(exc).__name__}: {exc}"
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS, DeadLetter(ref.uri, STAGE_DECODE, reason, ref.image_id)
             )
             return
         yield DecodedImage(image=image, width=width, height=height, pixels=pixels)

@@ -35,6 +35,20 @@ logger = logging.getLogger(__name__)
 # The image-query body in the OpenAPI schema (read by hand, so FastAPI cannot infer it).
 _BINARY_BODY = {t: {"schema": {"type": "string", "format": "binary"}} for t in UPLOAD_CONTENT_TYPES}
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+# The error answers each route may give ({"detail": "..."}), so the OpenAPI schema tells clients
+# (and schema fuzzers) every status they can get, not only 200 and FastAPI's own 422.
+_ERRORS = {
+    400: "Bad request (empty query or upload, malformed form)",
+    404: "No such image in the serving index version",
+    413: "Upload too large",
+    415: "Upload is not an image type",
+    422: "Invalid parameter, or the image was rejected (bomb, too small, not an image)",
+    503: "Not available on this server (text search without a model, no index loaded)",
+}
+
+
+def _errors(*codes: int) -> dict:
+    return {code: {"description": _ERRORS[code]} for code in codes}
 
 
 class _MetricsMiddleware:
@@ -140,7 +154,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     K = Annotated[int, Query(ge=1, le=config.max_k, description="results per page")]
     Offset = Annotated[int, Query(ge=0, le=config.max_offset, description="results to skip")]
 
-    @app.get("/api/search", tags=["search"], summary="Text query")
+    @app.get("/api/search", tags=["search"], summary="Text query", responses=_errors(400, 422, 503))
     def search_text(
         q: Annotated[str, Query(min_length=1, max_length=config.max_query_chars)],
         k: K = config.default_k,
@@ -156,6 +170,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         "/api/search/image",
         tags=["search"],
         summary="Image query",
+        responses=_errors(400, 413, 415, 422),
         description=(
             "Send the image as the raw body (Content-Type image/jpeg, image/png, ...) or as the "
             f"'file' part of a multipart form; at most {config.max_upload_bytes} bytes."
@@ -174,14 +189,24 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             raise _http_error(exc) from exc
         return _json(result)
 
-    @app.get("/api/similar/{image_id}", tags=["search"], summary="More like an indexed image")
+    @app.get(
+        "/api/similar/{image_id}",
+        tags=["search"],
+        summary="More like an indexed image",
+        responses=_errors(404, 422),
+    )
     def similar(image_id: str, k: K = config.default_k, offset: Offset = 0) -> Response:
         try:
             return _json(queries.similar_query(holder.current, image_id, k, offset))
         except queries.QueryError as exc:
             raise _http_error(exc) from exc
 
-    @app.get("/api/images/{image_id}", tags=["images"], summary="Details of an indexed image")
+    @app.get(
+        "/api/images/{image_id}",
+        tags=["images"],
+        summary="Details of an indexed image",
+        responses=_errors(404),
+    )
     def details(image_id: str) -> Response:
         try:
             return _json(queries.image_details(holder.current, image_id))
@@ -192,6 +217,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         "/thumbnails/{image_id}",
         tags=["images"],
         summary="Thumbnail of an indexed image (JPEG); ids only, never paths",
+        responses=_errors(404),
         response_class=Response,
     )
     def thumbnail(image_id: str) -> Response:
@@ -221,7 +247,12 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             "reload": reloader.status().to_json() if reloader is not None else None,
         }
 
-    @app.get("/ready", tags=["ops"], summary="Readiness: an index version is loaded")
+    @app.get(
+        "/ready",
+        tags=["ops"],
+        summary="Readiness: an index version is loaded",
+        responses=_errors(503),
+    )
     def ready() -> JSONResponse:
         current = holder.current
         ok = len(current.images) > 0

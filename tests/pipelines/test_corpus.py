@@ -16,6 +16,7 @@ from pipelines.corpus import (
     ReadCorpus,
     check_corpus_exists,
     corpus_root,
+    dangling_symlinks,
     files_pattern,
     is_hidden,
     manifest_rows,
@@ -43,7 +44,7 @@ def test_hidden_is_judged_below_the_corpus_root_only():
 def test_manifest_uris_resolve_relative_to_the_manifest():
     assert resolve_manifest_uri("a/b.jpg", "/m/list.csv") == "/m/a/b.jpg"
     assert resolve_manifest_uri("a/b.jpg", "gs://bkt/m/list.csv") == "gs://bkt/m/a/b.jpg"
-    for absolute in ("/x.jpg", "gs://b/x.jpg", "https://h/x.jpg"):
+    for absolute in ("/x.jpg", "gs://b/x.jpg", "https://h/x.jpg", "ftp://h/x.jpg", "hdfs://n/x"):
         assert resolve_manifest_uri(absolute, "/m/list.csv") == absolute
 
 
@@ -125,3 +126,15 @@ def test_read_corpus_manifest_turns_bad_rows_into_dead_letters(tmp_path):
             equal_to([(f"{manifest}:2", STAGE_READ), (f"{manifest}:3", STAGE_READ)]),
             label="dead",
         )
+
+
+def test_dangling_symlinks_of_a_local_folder_are_dead_letters(tmp_path):
+    (tmp_path / "ok.jpg").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / ".hidden.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "alias.jpg").symlink_to(tmp_path / "ok.jpg")  # a working link is a file
+    letters = dangling_symlinks(str(tmp_path))
+    assert [(d.uri, d.stage) for d in letters] == [(str(tmp_path / "sub" / "gone.jpg"), "read")]
+    assert dangling_symlinks(str(tmp_path / "*.jpg")) == []  # globs: only what they match
+    assert dangling_symlinks("gs://bucket/photos") == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import gzip
 import http.server
+import os
 import pickle
 import socket
 import threading
@@ -163,9 +164,17 @@ def test_compressed_suffix_is_not_decompressed(tmp_path: Path) -> None:
 
 
 def test_directory_and_unknown_scheme_are_fetch_errors(tmp_path: Path) -> None:
-    assert _fetch_error(str(tmp_path)).reason.startswith("cannot read ")
+    assert _fetch_error(str(tmp_path)).reason.startswith("not a regular file (a directory)")
     assert _fetch_error("ftp://127.0.0.1/a.jpg").reason == "unsupported uri scheme 'ftp'"
     assert _fetch_error("").reason == "empty uri"
+
+
+def test_fifo_and_device_are_refused_without_blocking(tmp_path: Path) -> None:
+    """A named pipe called photo.jpg would block a worker's read forever; it is refused."""
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    assert _fetch_error(str(fifo)).reason.startswith("not a regular file (a pipe")
+    assert _fetch_error("/dev/zero").reason.startswith("not a regular file (a pipe")
 
 
 def test_errors_pickle_with_their_fields() -> None:
