@@ -22,6 +22,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from encoders.base import EncoderSpec, ImageEncoder
 from encoders.registry import create_image_encoder
+from encoders.tags import FeatureEncoder, TagHead
 from pipelines.types import STAGE_ENCODE, DeadLetter, DecodedImage, embedding_row
 
 METRICS_NAMESPACE = "imgsearch_encode"
@@ -58,6 +59,9 @@ class ImageEncoderModelHandler(
         min_batch_size: int = 8,
         max_batch_size: int = 64,
         max_batch_duration_secs: int | None = None,
+        tag_head: str | None = None,
+        tags_top_k: int = 5,
+        spatial: bool = False,
     ) -> None:
         if not 1 <= min_batch_size <= max_batch_size:
             raise ValueError(
@@ -70,10 +74,19 @@ class ImageEncoderModelHandler(
             max_batch_duration_secs=max_batch_duration_secs,
         )
         self.spec = spec
+        # Extras of the same backbone pass: classifier tags (a head file) and the spatial map
+        # (kept on the row for a captioning step).
+        self.tag_head = tag_head
+        self.tags_top_k = tags_top_k
+        self.spatial = spatial
 
-    def load_model(self) -> ImageEncoder:
+    def load_model(self) -> ImageEncoder | FeatureEncoder:
         """Build the encoder (TensorFlow and weights for Keras encoders): once per worker."""
-        return create_image_encoder(self.spec)
+        encoder = create_image_encoder(self.spec)
+        if self.tag_head is None and not self.spatial:
+            return encoder
+        head = TagHead.load(self.tag_head) if self.tag_head is not None else None
+        return FeatureEncoder(encoder, head, self.tags_top_k, self.spatial)
 
     def run_inference(
         self,
@@ -100,11 +113,15 @@ class ImageEncoderModelHandler(
                 refused[position] = DeadLetter(ref.uri, STAGE_ENCODE, problem, ref.image_id)
         rows: Iterator[dict[str, Any]] = iter(())
         if usable:
-            vectors = model.encode(np.stack([image.pixels for image in usable]))
+            pixels = np.stack([image.pixels for image in usable])
+            if isinstance(model, FeatureEncoder):
+                vectors, extras = model.analyze(pixels)
+            else:
+                vectors, extras = model.encode(pixels), [{}] * len(usable)
             encoder_id = model.encoder_id
             rows = (
-                embedding_row(image, vector, encoder_id)
-                for image, vector in zip(usable, vectors, strict=True)
+                {**embedding_row(image, vector, encoder_id), **extra}
+                for image, vector, extra in zip(usable, vectors, extras, strict=True)
             )
         return [
             refused[position] if position in refused else next(rows)

@@ -54,7 +54,10 @@ class IndexImages(beam.PTransform):
             size, self.config.decode_limits, self.config.fetch_limits
         )
         rows, unencodable = decoded | "Encode" >> EncodeImages(
-            self.config.encoder, self.config.batch_size
+            self.config.encoder,
+            self.config.batch_size,
+            tag_head=self.config.tag_head,
+            tags_top_k=self.config.tags_top_k,
         )
         if self.config.joint_model is not None:
             rows = rows | "JointEmbed" >> AddJointEmbeddings(self.config.joint_model)
@@ -70,7 +73,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IndexConfig) -> None:
     dim = image_encoder_dim(config.encoder)
     joint_dim = config.joint_model.dim if config.joint_model is not None else None
     _ = outputs["rows"] | "WriteTable" >> WriteEmbeddingTable(
-        config.table_dir, dim, config.table_shards, joint_dim
+        config.table_dir, dim, config.table_shards, joint_dim, tags=config.tag_head is not None
     )
     _ = outputs["duplicates"] | "WriteDuplicates" >> WriteDuplicates(config.duplicates_dir)
     _ = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letters_dir)

@@ -47,9 +47,15 @@ class WriteEmbeddingTable(_WriteParquet):
     """PCollection[table row dict] -> ``OUT/table/embeddings-*.parquet``."""
 
     def __init__(
-        self, table_dir: str, dim: int, num_shards: int = 0, joint_dim: int | None = None
+        self,
+        table_dir: str,
+        dim: int,
+        num_shards: int = 0,
+        joint_dim: int | None = None,
+        tags: bool = False,
+        captions: bool = False,
     ) -> None:
-        schema = embedding_table_schema(dim, joint_dim)
+        schema = embedding_table_schema(dim, joint_dim, tags=tags, captions=captions)
         super().__init__(table_dir, TABLE_PREFIX, schema, num_shards)
 
 

@@ -14,6 +14,7 @@ import re
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders.base import EncoderSpec
+from encoders.tags import check_tag_head, resolve_tag_head
 from pipelines.fetch import FetchLimits
 from pipelines.imaging import DecodeLimits
 from pipelines.joint import JointModelRef, resolve_joint_model
@@ -67,6 +68,13 @@ class IndexOptions(PipelineOptions):
             help="a dual joint model in --models: adds joint_embedding to the table and a joint "
             "ScaNN index (its LATEST version, pinned at launch)",
         )
+        parser.add_argument(
+            "--tag_head",
+            default="",
+            help="'auto' (the assets' ImageNet head) or an .npz classifier head over the "
+            "encoder's pooled features: adds a tags column (top --tags_top_k, with scores)",
+        )
+        parser.add_argument("--tags_top_k", type=int, default=5, help="tags kept per image")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +93,8 @@ class IndexConfig:
     target_recall: float | None = None
     version: str = ""
     joint_model: JointModelRef | None = None  # a pinned dual model, or None: no joint column
+    tag_head: str | None = None  # resolved classifier-head file, or None: no tags column
+    tags_top_k: int = 5
 
     @property
     def table_dir(self) -> str:
@@ -106,7 +116,10 @@ class IndexConfig:
             raise ValueError("--corpus is required (a folder, glob, gs:// prefix or manifest)")
         if not opts.out:
             raise ValueError("--out is required (the output directory)")
-        for flag in ("image_size", "batch_size", "max_pixels", "max_download_bytes", "neighbors"):
+        for flag in (
+            "image_size", "batch_size", "max_pixels", "max_download_bytes", "neighbors",
+            "tags_top_k",
+        ):  # fmt: skip
             if getattr(opts, flag) <= 0:
                 raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
         if opts.table_shards < 0:
@@ -124,7 +137,13 @@ class IndexConfig:
         joint_model = None
         if opts.joint_model:
             joint_model = resolve_joint_model(opts.models, opts.joint_model, encoder)
+        tag_head = None
+        if opts.tag_head:
+            tag_head = str(resolve_tag_head(opts.tag_head))
+            check_tag_head(tag_head, encoder)
         return cls(
+            tag_head=tag_head,
+            tags_top_k=opts.tags_top_k,
             corpus=opts.corpus,
             out=opts.out.rstrip("/"),
             corpus_format=resolve_corpus_format(opts.corpus, opts.corpus_format),

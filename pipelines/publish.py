@@ -125,7 +125,9 @@ def write_pointer(root: str, version: str) -> Pointer:
     temp_path = FileSystems.join(_root(root), f".{POINTER_NAME}.tmp-{uuid.uuid4().hex}")
     payload = json.dumps(pointer.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
     try:
-        with FileSystems.create(temp_path, mime_type="application/json", compression_type=_RAW) as f:
+        with FileSystems.create(
+            temp_path, mime_type="application/json", compression_type=_RAW
+        ) as f:
             f.write(payload)
         FileSystems.rename([temp_path], [final_path])
     except BaseException:

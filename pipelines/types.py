@@ -96,16 +96,28 @@ class DuplicateRecord:
 
 JOINT_EMBEDDING = "joint_embedding"
 JOINT_MODEL = "joint_model"
+TAGS = "tags"
+TAG_MODEL = "tag_model"
+CAPTION = "caption"
+CAPTION_SCORE = "caption_score"
+CAPTION_MODEL = "caption_model"
+TAG_TYPE = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
 
 
-def embedding_table_schema(dim: int, joint_dim: int | None = None) -> pa.Schema:
+def embedding_table_schema(
+    dim: int, joint_dim: int | None = None, *, tags: bool = False, captions: bool = False
+) -> pa.Schema:
     """The Parquet embedding table: one row per unique image content.
 
     ``embedding`` is a fixed-size float32 list so DuckDB/BigQuery/pandas see a proper array and
     readers can reshape a column to an ``(N, dim)`` matrix without copying row by row. With
     ``joint_dim``, each row also holds ``joint_embedding`` (the image in a dual joint model's
     space) and ``joint_model`` (that model's ``name/version``); without it the schema has
-    neither column.
+    neither column. ``tags`` adds ``tags`` (classifier tags, best first:
+    ``list<struct<label, score>>``) and ``tag_model`` (the head's version); ``captions`` adds
+    ``caption`` (a generated description), ``caption_score`` (its mean log-probability per
+    token) and ``caption_model`` (the captioner's ``name/version``). All are optional columns
+    after the others, so readers of older tables are unaffected.
     """
     if dim <= 0:
         raise ValueError(f"embedding dimension must be positive, got {dim}")
@@ -119,6 +131,17 @@ def embedding_table_schema(dim: int, joint_dim: int | None = None) -> pa.Schema:
             pa.field(JOINT_MODEL, pa.string(), nullable=False),
         ]
         metadata[b"imgsearch.joint_dim"] = str(joint_dim).encode()
+    if tags:
+        joint_fields += [
+            pa.field(TAGS, TAG_TYPE, nullable=False),
+            pa.field(TAG_MODEL, pa.string(), nullable=False),
+        ]
+    if captions:
+        joint_fields += [
+            pa.field(CAPTION, pa.string(), nullable=False),
+            pa.field(CAPTION_SCORE, pa.float32(), nullable=False),
+            pa.field(CAPTION_MODEL, pa.string(), nullable=False),
+        ]
     return pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),
