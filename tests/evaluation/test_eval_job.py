@@ -77,9 +77,15 @@ def test_metrics_json_schema_and_figures(evaluated):
     out, metrics = evaluated
     assert metrics["schema_version"] == eval_job.SCHEMA_VERSION
     assert metrics["images"] == NUM_IMAGES and metrics["queries"] == 5 * NUM_IMAGES
-    assert set(metrics["methods"]) == {"dual-tfidf", "w2vv-tfidf"}
+    # The joint models, tags from the ImageNet head (mobilenet_v2 index), and their fusion.
+    assert set(metrics["methods"]) == {"dual-tfidf", "w2vv-tfidf", "tags-glove", "fused-rrf"}
     assert metrics["primary_method"] == "dual-tfidf"
+    assert metrics["methods"]["fused-rrf"]["description"]["parts"] == ["dual-tfidf", "tags-glove"]
+    tags = metrics["methods"]["tags-glove"]["text_to_image"]
+    assert tags["R@10"] > 10 / NUM_IMAGES, tags  # tags alone: weak, but better than chance
     for name, figures in metrics["methods"].items():
+        if figures["family"] != "joint":
+            continue
         t2i, i2t = figures["text_to_image"], figures["image_to_text"]
         assert set(t2i) >= {"R@1", "R@5", "R@10", "MRR", "median_rank", "mean_rank", "queries"}
         assert t2i["queries"] == 5 * NUM_IMAGES and i2t["queries"] == NUM_IMAGES
