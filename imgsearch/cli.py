@@ -85,8 +85,19 @@ def _demo(argv: Sequence[str]) -> int:
 
 
 def _train(argv: Sequence[str]) -> int:
+    if argv and argv[0] == "captioner":
+        from training import train_captioner_job
+
+        return train_captioner_job.main(argv[1:])
+    if argv and argv[0] == "fusion":
+        from training import train_fusion_job
+
+        return train_fusion_job.main(argv[1:])
     if not argv or argv[0] != "joint":
-        print("usage: imgsearch train joint --dataset DIR --split train --out MODELS_DIR ...")
+        print(
+            "usage: imgsearch train {joint,captioner,fusion} --dataset DIR --split SPLIT "
+            "--out MODELS_DIR ..."
+        )
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     from training import train_joint_job
 
