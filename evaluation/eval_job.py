@@ -136,7 +136,24 @@ def extra_index_args(config: EvalConfig, spec: EncoderSpec) -> list[str]:
             args += ["--tag_head", str(head)]
         except (FileNotFoundError, ValueError) as error:
             logger.info("no tags in the evaluation index: %s", error)
+    captioners = captioner_names(config.models_dir)
+    if wanted & {"caption", "fused"} and captioners and "--captioner" not in config.beam_args:
+        args += ["--captioner", captioners[0]]
+        if "--models" not in args:
+            args += ["--models", str(config.models_dir)]
     return args
+
+
+def captioner_names(models_dir: str | None) -> list[str]:
+    """Captioners with a published version in ``models_dir`` (sorted)."""
+    from encoders.captioner import KIND_CAPTIONER
+    from training.artifacts import list_models
+
+    if models_dir is None:
+        return []
+    return sorted(
+        {m.name for m in list_models(models_dir) if m.kind == KIND_CAPTIONER and m.latest}
+    )
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:

@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders.base import EncoderSpec
 from encoders.tags import check_tag_head, resolve_tag_head
+from pipelines.captions import CaptionerRef, resolve_captioner
 from pipelines.fetch import FetchLimits
 from pipelines.imaging import DecodeLimits
 from pipelines.joint import JointModelRef, resolve_joint_model
@@ -75,6 +76,13 @@ class IndexOptions(PipelineOptions):
             "encoder's pooled features: adds a tags column (top --tags_top_k, with scores)",
         )
         parser.add_argument("--tags_top_k", type=int, default=5, help="tags kept per image")
+        parser.add_argument(
+            "--captioner",
+            default="",
+            help="a captioner in --models: adds caption, caption_score and caption_model "
+            "columns (beam search, --caption_beam wide)",
+        )
+        parser.add_argument("--caption_beam", type=int, default=3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +103,7 @@ class IndexConfig:
     joint_model: JointModelRef | None = None  # a pinned dual model, or None: no joint column
     tag_head: str | None = None  # resolved classifier-head file, or None: no tags column
     tags_top_k: int = 5
+    captioner: CaptionerRef | None = None  # a pinned captioner, or None: no caption column
 
     @property
     def table_dir(self) -> str:
@@ -126,8 +135,12 @@ class IndexConfig:
             raise ValueError(f"--table_shards must be >= 0, got {opts.table_shards}")
         if opts.download_retries < 0:
             raise ValueError(f"--download_retries must be >= 0, got {opts.download_retries}")
-        if bool(opts.models) != bool(opts.joint_model):
+        if opts.models and not (opts.joint_model or opts.captioner):
             raise ValueError("--models and --joint_model go together (a dual model in a folder)")
+        if opts.joint_model and not opts.models:
+            raise ValueError("--models and --joint_model go together (a dual model in a folder)")
+        if opts.captioner and not opts.models:
+            raise ValueError("--captioner needs --models (the folder that holds it)")
         if opts.target_recall is not None and not 0.0 < opts.target_recall <= 1.0:
             raise ValueError(f"--target_recall must be in (0, 1], got {opts.target_recall}")
         version = opts.run_version or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -141,7 +154,11 @@ class IndexConfig:
         if opts.tag_head:
             tag_head = str(resolve_tag_head(opts.tag_head))
             check_tag_head(tag_head, encoder)
+        captioner = None
+        if opts.captioner:
+            captioner = resolve_captioner(opts.models, opts.captioner, encoder, opts.caption_beam)
         return cls(
+            captioner=captioner,
             tag_head=tag_head,
             tags_top_k=opts.tags_top_k,
             corpus=opts.corpus,
