@@ -22,7 +22,8 @@ PHOTOS = ("1001773457_577c3a7d70.jpg", "1002674143_1b742ab4b8.jpg", "1007129816_
 @pytest.fixture()
 def models(tmp_path: Path, mobilenet_weights: Path) -> Path:
     """A tiny untrained captioner for MobileNetV2 maps: wiring, not quality, is tested here."""
-    encoder_id = f"mobilenet_v2/{GRAPH_VERSION}-{resolve_weights('mobilenet_v2', str(mobilenet_weights)).tag}-224"
+    weights_tag = resolve_weights("mobilenet_v2", str(mobilenet_weights)).tag
+    encoder_id = f"mobilenet_v2/{GRAPH_VERSION}-{weights_tag}-224"
     vocabulary = Vocabulary.fit(["a dog on a street", "a man with a hat"], min_count=1)
     config = CaptionerConfig(
         vocab_size=len(vocabulary), embed_dim=8, units=16, attention_dim=8, max_len=6,
