@@ -256,15 +256,36 @@ def _evaluate_method(method: Method, caption_image: np.ndarray, top_k: int) -> M
     return MethodResult(method, t2i, i2t, top)
 
 
+def index_for_methods(
+    config: EvalConfig, dataset, joint_names: list[str]
+) -> tuple[EncoderSpec, MethodContext]:
+    """Index ``dataset``'s images into ``OUT/index`` with what the methods need (a joint shard,
+    tags, captions) -> the image encoder spec and the methods' context."""
+    from serving.searcher import ImageSearcher
+    from training.features import dataset_features
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = _image_encoder(config, joint_names)
+    index_args: list[str] = []
+    dual = [name for name in joint_names if name.startswith("dual-")]
+    if dual:  # a joint ScaNN shard, so text queries of that model run on ScaNN as in serving
+        index_args = ["--models", str(config.models_dir), "--joint_model", dual[0]]
+    index_args += extra_index_args(config, spec)
+    features = dataset_features(
+        dataset, out, spec, [*index_args, *config.beam_args], out=out / "index", reuse=False
+    )
+    images = ImageSearcher.load(str(out / "index"))
+    models_dir = Path(config.models_dir) if config.models_dir else None
+    return spec, MethodContext(models_dir, features, images)
+
+
 def run(argv_or_config: Sequence[str] | EvalConfig) -> dict[str, Any]:
     """Run the evaluation; -> the content written to ``OUT/metrics.json``.
 
     Raises ``DatasetError`` (a ValueError listing the wrong lines) on a malformed dataset and
     ``NoMethodError`` when there is nothing to evaluate.
     """
-    from serving.searcher import ImageSearcher
-    from training.features import dataset_features
-
     config = argv_or_config
     if not isinstance(config, EvalConfig):
         config = parse_args(list(config))
@@ -281,20 +302,8 @@ def run(argv_or_config: Sequence[str] | EvalConfig) -> dict[str, Any]:
             "--out MODELS_DIR` and pass --models MODELS_DIR (or ask for --family tags)"
         )
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    spec = _image_encoder(config, joint_names)
-    index_args: list[str] = []
-    dual = [name for name in joint_names if name.startswith("dual-")]
-    if dual:  # a joint ScaNN shard, so text queries of that model run on ScaNN as in serving
-        index_args = ["--models", str(config.models_dir), "--joint_model", dual[0]]
-    index_args += extra_index_args(config, spec)
-    features = dataset_features(
-        dataset, out, spec, [*index_args, *config.beam_args], out=out / "index", reuse=False
-    )
-    images = ImageSearcher.load(str(out / "index"))
-    context = MethodContext(
-        Path(config.models_dir) if config.models_dir else None, features, images
-    )
+    spec, context = index_for_methods(config, dataset, joint_names)
+    features, images = context.features, context.images
     methods = prepare_methods(context, list(config.families) or None)
     if not methods:
         raise NoMethodError("the method families found nothing to evaluate")
