@@ -87,3 +87,37 @@ class VectorScorer:
     def score(self, queries: Sequence[str]) -> np.ndarray:
         vectors = l2_normalize(np.asarray(self.encoder.encode(list(queries)), np.float32))
         return vectors @ self.documents.T
+
+
+CAPTION_METHODS = (
+    "caption-jaccard",
+    "caption-bm25",
+    "caption-tfidf",
+    "caption-glove",
+    "caption-minilm",
+)
+
+
+def make_caption_scorer(name: str, documents: Sequence[str]):
+    """The named caption-matching method fitted on ``documents`` -> its ``score`` function.
+
+    ``caption-minilm`` raises FileNotFoundError/ImportError when MiniLM is not installed.
+    """
+    documents = list(documents)
+    if name == "caption-jaccard":
+        return JaccardScorer(documents).score
+    if name == "caption-bm25":
+        return BM25Scorer(documents).score
+    if name == "caption-tfidf":
+        from encoders.bow import TfidfEncoder
+
+        return VectorScorer(TfidfEncoder.fit(documents, min_count=1), documents).score
+    if name == "caption-glove":
+        from encoders.word_vectors import MeanWordVectorEncoder, load_glove
+
+        return VectorScorer(MeanWordVectorEncoder(load_glove()), documents).score
+    if name == "caption-minilm":
+        from encoders.minilm import MiniLMEncoder
+
+        return VectorScorer(MiniLMEncoder("auto"), documents).score
+    raise ValueError(f"unknown caption method {name!r}; known: {CAPTION_METHODS}")

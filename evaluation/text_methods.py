@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from encoders.text_match import BM25Scorer, JaccardScorer, VectorScorer
+from encoders.text_match import CAPTION_METHODS, make_caption_scorer
 from evaluation.methods import Method, MethodContext, family_methods, register_family
 from pipelines.table_columns import read_table_columns, table_has_columns
 from pipelines.types import CAPTION, CAPTION_MODEL, TAG_MODEL, TAGS
@@ -89,21 +89,12 @@ def tag_methods(context: MethodContext) -> list[Method]:
 
 
 def _caption_scorers(documents: list[str]) -> dict[str, Callable[[Sequence[str]], np.ndarray]]:
-    from encoders.bow import TfidfEncoder
-    from encoders.word_vectors import MeanWordVectorEncoder, load_glove
-
-    scorers = {
-        "caption-jaccard": JaccardScorer(documents).score,
-        "caption-bm25": BM25Scorer(documents).score,
-        "caption-tfidf": VectorScorer(TfidfEncoder.fit(documents, min_count=1), documents).score,
-        "caption-glove": VectorScorer(MeanWordVectorEncoder(load_glove()), documents).score,
-    }
-    try:
-        from encoders.minilm import MiniLMEncoder
-
-        scorers["caption-minilm"] = VectorScorer(MiniLMEncoder("auto"), documents).score
-    except (FileNotFoundError, ImportError) as error:
-        logger.warning("caption-minilm skipped: %s", error)
+    scorers = {}
+    for name in CAPTION_METHODS:
+        try:
+            scorers[name] = make_caption_scorer(name, documents)
+        except (FileNotFoundError, ImportError) as error:
+            logger.warning("%s skipped: %s", name, error)
     return scorers
 
 
