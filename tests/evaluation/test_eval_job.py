@@ -250,3 +250,28 @@ def test_coco_layout_through_run(assets_dir: Path, models: Path, tmp_path):
     for figures in metrics["methods"].values():
         assert figures["text_to_image"]["queries"] == 395
         assert 0 <= figures["text_to_image"]["R@10"] <= 1
+
+
+def test_train_fusion_then_eval_has_fused_weighted(dataset_dir: Path, models: Path, tmp_path):
+    """Weights fitted by `imgsearch train fusion` show up as `fused-weighted` in eval."""
+    import shutil
+
+    from training import train_fusion_job
+
+    own_models = tmp_path / "models"
+    shutil.copytree(models, own_models)  # the module's models stay without fusion weights
+    code = cli.main(["train", "fusion", "--dataset", str(dataset_dir), "--split", "",
+                     "--out", str(own_models), "--work", str(tmp_path / "fit")])  # fmt: skip
+    assert code == 0
+    fusion = json.loads(next((own_models / "fusion").glob("2*/metadata.json")).read_text())
+    assert fusion["cross_fitted"]["folds"] == 2 and 0 <= fusion["cross_fitted"]["R@1"] <= 1
+    assert set(fusion["single_methods"]) == {"dual-tfidf", "w2vv-tfidf", "tags-glove"}
+    metrics = eval_job.run(["--dataset", str(dataset_dir), "--out", str(tmp_path / "eval"),
+                            "--models", str(own_models), "--latency-queries", "5"])  # fmt: skip
+    weighted = metrics["methods"]["fused-weighted"]
+    assert weighted["description"]["weights"]["dual-tfidf"] == 1.0
+    # Fitted on these very queries: never worse than its anchor alone on the objective.
+    anchor = metrics["methods"]["dual-tfidf"]["text_to_image"]
+    mean = lambda t: (t["R@1"] + t["R@5"] + t["R@10"]) / 3  # noqa: E731
+    assert mean(weighted["text_to_image"]) >= mean(anchor) - 1e-9
+    assert train_fusion_job.BASE_FAMILIES == ("joint", "caption", "tags")

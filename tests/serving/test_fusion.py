@@ -52,3 +52,17 @@ def test_fit_weights_finds_the_complementary_method():
     assert weights["a"] == 1.0 and weights["b"] > 0
     assert own_ranks(weighted_fusion({"a": a, "b": b}, weights), own).tolist() == [1, 1, 1, 1]
     assert objective == 1.0
+
+
+def test_cross_fitted_ranks_keep_an_image_s_queries_in_one_fold():
+    from training.train_fusion_job import cross_fitted_ranks
+
+    rng = np.random.default_rng(0)
+    own = np.repeat(np.arange(20), 2)  # 20 images, 2 queries each
+    good = rng.normal(size=(40, 20))
+    good[np.arange(40), own] += 3.0  # a strong method
+    noise = rng.normal(size=(40, 20))  # a useless one
+    ranks, fold_weights = cross_fitted_ranks({"good": good, "noise": noise}, own, folds=2)
+    assert ranks.shape == (40,) and ranks.min() >= 1
+    assert len(fold_weights) == 2 and all(w["good"] == 1.0 for w in fold_weights)
+    assert np.mean(ranks <= 5) >= np.mean(own_ranks(noise, own) <= 5)
