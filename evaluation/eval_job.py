@@ -139,8 +139,6 @@ def extra_index_args(config: EvalConfig, spec: EncoderSpec) -> list[str]:
     captioners = captioner_names(config.models_dir)
     if wanted & {"caption", "fused"} and captioners and "--captioner" not in config.beam_args:
         args += ["--captioner", captioners[0]]
-        if "--models" not in args:
-            args += ["--models", str(config.models_dir)]
     return args
 
 
@@ -272,6 +270,8 @@ def index_for_methods(
     if dual:  # a joint ScaNN shard, so text queries of that model run on ScaNN as in serving
         index_args = ["--models", str(config.models_dir), "--joint_model", dual[0]]
     index_args += extra_index_args(config, spec)
+    if "--captioner" in index_args and "--models" not in index_args:
+        index_args += ["--models", str(config.models_dir)]
     features = dataset_features(
         dataset, out, spec, [*index_args, *config.beam_args], out=out / "index", reuse=False
     )
