@@ -123,13 +123,7 @@ class TagMatcher:
 
         A query with no content word scores 0 everywhere (nothing to match), never NaN.
         """
-        vocabulary = sorted({label for tags in image_tags for label, _ in tags})
-        column = {label: i for i, label in enumerate(vocabulary)}
-        # Confidence of each (image, label) pair: images share the label's word relevance.
-        confidence = np.zeros((len(image_tags), len(vocabulary)), dtype=np.float32)
-        for n, tags in enumerate(image_tags):
-            for label, value in tags:
-                confidence[n, column[label]] = max(confidence[n, column[label]], value)
+        vocabulary, confidence = self._prepare(image_tags)
         query_words = [self.query_words(query) for query in queries]
         distinct = sorted({word for words in query_words for word in words})
         word_row = {word: i for i, word in enumerate(distinct)}
@@ -143,6 +137,22 @@ class TagMatcher:
             if words:
                 scores[q] = best[[word_row[w] for w in words]].mean(axis=0)
         return scores
+
+    def _prepare(self, image_tags: Sequence[Sequence[tuple[str, float]]]):
+        """The tag vocabulary and the ``(N, labels)`` confidence matrix, kept for the last
+        ``image_tags`` object: serving scores every query against the same index."""
+        cached = getattr(self, "_prepared", None)
+        if cached is not None and cached[0] is image_tags:
+            return cached[1], cached[2]
+        vocabulary = sorted({label for tags in image_tags for label, _ in tags})
+        column = {label: i for i, label in enumerate(vocabulary)}
+        # Confidence of each (image, label) pair: images share the label's word relevance.
+        confidence = np.zeros((len(image_tags), len(vocabulary)), dtype=np.float32)
+        for n, tags in enumerate(image_tags):
+            for label, value in tags:
+                confidence[n, column[label]] = max(confidence[n, column[label]], value)
+        self._prepared = (image_tags, vocabulary, confidence)
+        return vocabulary, confidence
 
     def explain(self, query: str, tags: Sequence[tuple[str, float]]) -> list[dict[str, object]]:
         """Which tag matched each query word (and how much), for "why did this match"."""
