@@ -32,7 +32,8 @@ def _index(argv: Sequence[str]) -> int:
         print(
             "usage: imgsearch index --corpus SRC --out DIR [--encoder mobilenet_v2] "
             "[--weights auto|imagenet|none|PATH] [--batch_size 32] [--table_shards 0] "
-            "[--models MODELS_DIR --joint_model DUAL_NAME] "
+            "[--models MODELS_DIR --joint_model DUAL_NAME] [--tag_head auto|PATH --tags_top_k 5] "
+            "[--models MODELS_DIR --captioner NAME --caption_beam 3] "
             "[Beam options, e.g. --runner DataflowRunner --direct_num_workers 2]"
         )
         return 0
