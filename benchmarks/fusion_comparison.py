@@ -80,6 +80,12 @@ def main() -> None:
         f"{cross['R@5']:.4f} | {cross['R@10']:.4f} | {cross['MRR']:.4f} | "
         f"{cross['median_rank']:.1f} |"
     )
+    for label, ablation in fusion_meta.get("ablations_cross_fitted", {}).items():
+        lines.append(
+            f"| ablation: fused-weighted over {label}, cross-fitted | fused | "
+            f"{ablation['R@1']:.4f} | {ablation['R@5']:.4f} | {ablation['R@10']:.4f} | "
+            f"{ablation['MRR']:.4f} | {ablation['median_rank']:.1f} |"
+        )
     lines += ["", f"Fitted weights (z-scored parts): `{json.dumps(weights)}`; per fold: "
               f"`{json.dumps(fusion_meta['fold_weights'])}`.", ""]  # fmt: skip
     for label, figures in [
