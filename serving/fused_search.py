@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,7 @@ class FusedSearcher:
 
     def __init__(
         self,
-        text: TextSearcher,
-        joint_name: str,
+        joints: Mapping[str, TextSearcher],
         captions: Sequence[str] | None = None,
         tags: Sequence[Sequence[dict[str, Any]]] | None = None,
         weights: dict[str, float] | None = None,
@@ -57,26 +56,30 @@ class FusedSearcher:
     ) -> None:
         from encoders.text_match import make_caption_scorer
 
-        self.text, self.images = text, text.images
+        if not joints:
+            raise ValueError("fused search needs at least one joint model")
+        self.images = next(iter(joints.values())).images
         self.captions = list(captions) if captions is not None else None
         self.tags = [list(t) for t in tags] if tags is not None else None
         self.weights = weights
         self._scorers: dict[str, Callable[[Sequence[str]], np.ndarray]] = {
-            joint_name: text.score_all
+            name: text.score_all for name, text in joints.items()
         }
-        wanted = set(weights) if weights else {caption_method, TAG_METHOD}
+        # Only the parts that count: a zero weight needs no scorer (MiniLM takes seconds to load).
+        wanted = {n for n, w in weights.items() if w} if weights else {caption_method, TAG_METHOD}
         if self.captions is not None:
             for name in sorted(w for w in wanted if w.startswith("caption-")):
                 self._scorers[name] = make_caption_scorer(name, self.captions)
         self._matcher = None
-        if self.tags is not None and TAG_METHOD in wanted:
+        if self.tags is not None:  # matched for the explanations even when not scored
             from encoders.tag_match import TagMatcher
             from encoders.tags import tag_lists
             from encoders.word_vectors import load_glove
 
             self._matcher = TagMatcher(load_glove(), tag_synonyms)
             image_tags = tag_lists(self.tags)
-            self._scorers[TAG_METHOD] = lambda q: self._matcher.score(q, image_tags)
+            if TAG_METHOD in wanted:
+                self._scorers[TAG_METHOD] = lambda q: self._matcher.score(q, image_tags)
         if weights:
             missing = [n for n, w in weights.items() if w and n not in self._scorers]
             if missing:
@@ -91,24 +94,29 @@ class FusedSearcher:
     def load(
         cls, images: ImageSearcher, index_dir: str, models_dir: str | Path, model: str | None = None
     ) -> FusedSearcher:
-        """The joint model (``model`` or the default), the index's tag/caption columns, and the
-        latest fitted fusion weights in ``models_dir`` if they fit this joint model."""
+        """The index's tag/caption columns, the latest fitted fusion weights in ``models_dir``
+        and every joint model they weigh; without weights (or when ``model`` names a joint
+        model they do not weigh), ``model`` (or the default) with reciprocal rank fusion."""
+        from encoders.joint import JOINT_KINDS
         from encoders.tags import TagHead, resolve_tag_head
         from evaluation.text_methods import fusion_weights
         from serving.text_search import default_joint_model
+        from training.artifacts import list_models
 
-        name = model or default_joint_model(models_dir)
-        text = TextSearcher.load(images, models_dir, name)
         ids = [images.hit_for_row(i, 0.0).image_id for i in range(len(images))]
         columns = [c for c in (CAPTION, TAGS) if table_has_columns(index_dir, [c])]
         values = read_table_columns(index_dir, columns, ids) if columns else {}
+        joint_names = {m.name for m in list_models(models_dir) if m.kind in JOINT_KINDS}
         fitted = fusion_weights(models_dir)
-        weights = None
-        if fitted is not None:
-            weights = fitted[0]
-            if not weights.get(name):
-                logger.info("fusion weights were fitted for another joint model: using RRF")
-                weights = None
+        weights = fitted[0] if fitted is not None else None
+        if weights is not None and model is not None and not weights.get(model):
+            logger.info("fusion weights do not weigh %s: reciprocal rank fusion instead", model)
+            weights = None
+        if weights is not None:
+            names = [n for n, w in weights.items() if w and n in joint_names]
+        else:
+            names = [model or default_joint_model(models_dir)]
+        joints = {name: TextSearcher.load(images, models_dir, name) for name in names}
         caption_method = DEFAULT_CAPTION_METHOD
         if weights:
             caption_method = next((n for n in weights if n.startswith("caption-")), caption_method)
@@ -117,7 +125,7 @@ class FusedSearcher:
             synonyms = TagHead.load(resolve_tag_head("auto")).synonyms
         except FileNotFoundError:
             pass
-        return cls(text, name, values.get(CAPTION), values.get(TAGS), weights, caption_method,
+        return cls(joints, values.get(CAPTION), values.get(TAGS), weights, caption_method,
                    synonyms)  # fmt: skip
 
     @property

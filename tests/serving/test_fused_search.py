@@ -47,7 +47,7 @@ def synonyms(assets_dir):
 
 
 def test_rrf_fusion_lets_captions_and_tags_outvote_the_joint_model(synonyms):
-    searcher = FusedSearcher(_Joint(), "dual-x", CAPTIONS, TAGS, tag_synonyms=synonyms)
+    searcher = FusedSearcher({"dual-x": _Joint()}, CAPTIONS, TAGS, tag_synonyms=synonyms)
     assert searcher.methods == ["caption-bm25", "dual-x", "tags-glove"]
     hits = searcher.search("a dog on the grass", k=3)
     assert hits[0].image_id == "dog"  # caption and tags agree, the joint model does not
@@ -61,8 +61,20 @@ def test_rrf_fusion_lets_captions_and_tags_outvote_the_joint_model(synonyms):
 
 
 def test_fitted_weights_decide_and_must_be_available(synonyms):
-    joint_only = FusedSearcher(_Joint(), "dual-x", CAPTIONS, TAGS,
+    joint_only = FusedSearcher({"dual-x": _Joint()}, CAPTIONS, TAGS,
                                weights={"dual-x": 1.0, "caption-jaccard": 0.0})  # fmt: skip
     assert joint_only.search("a dog", k=1)[0].image_id == "bike"
     with pytest.raises(ValueError, match="cannot give"):
-        FusedSearcher(_Joint(), "dual-x", None, None, weights={"dual-x": 1, "tags-glove": 1})
+        FusedSearcher({"dual-x": _Joint()}, None, None, weights={"dual-x": 1, "tags-glove": 1})
+
+
+def test_two_joint_models_fused_with_fitted_weights():
+    class _Other(_Joint):
+        def score_all(self, queries):
+            return np.tile(np.array([0.9, 0.1, 0.5], np.float32), (len(queries), 1))
+
+    searcher = FusedSearcher({"dual-x": _Joint(), "w2vv-y": _Other()}, CAPTIONS, None,
+                             weights={"dual-x": 1.0, "w2vv-y": 2.0})  # fmt: skip
+    hit = searcher.search("anything", k=1)[0]
+    assert hit.image_id == "dog" and hit.parts == {"dual-x": 0.1, "w2vv-y": 0.9}
+    assert hit.caption == CAPTIONS[0] and hit.tags is None
