@@ -275,3 +275,18 @@ def test_train_fusion_then_eval_has_fused_weighted(dataset_dir: Path, models: Pa
     mean = lambda t: (t["R@1"] + t["R@5"] + t["R@10"]) / 3  # noqa: E731
     assert mean(weighted["text_to_image"]) >= mean(anchor) - 1e-9
     assert train_fusion_job.BASE_FAMILIES == ("joint", "caption", "tags")
+
+
+def test_fused_search_over_the_real_eval_index(evaluated, models: Path):
+    """Serving's fused search on the real index (tags column) with the real joint model."""
+    from serving.fused_search import FusedSearcher
+    from serving.searcher import ImageSearcher
+
+    out, _ = evaluated
+    index = str(out / "index")
+    fused = FusedSearcher.load(ImageSearcher.load(index), index, models)
+    assert fused.methods == ["dual-tfidf", "tags-glove"]  # no captions, no fitted weights: RRF
+    hits = fused.search("a dog runs on the grass", k=5)
+    assert len(hits) == 5 and hits[0].score >= hits[-1].score
+    assert all(set(hit.parts) == {"dual-tfidf", "tags-glove"} and hit.tags for hit in hits)
+    assert hits[0].caption is None
