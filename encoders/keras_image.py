@@ -270,14 +270,17 @@ def _dtype_policy(precision: str) -> Iterator[None]:
 
 def build_embedding_models(
     name: str, keras_weights: str | None, image_size: int, precision: str = "float32"
-) -> tuple[keras.Model, keras.Model]:
-    """The encoder's graphs: uint8 pixels -> unit embeddings, and -> the pooled features.
+) -> tuple[keras.Model, keras.Model, keras.Model]:
+    """The encoder's graphs: uint8 pixels -> unit embeddings, -> the pooled features, and ->
+    all three of (embeddings, pooled features, spatial feature map) from one backbone pass.
 
-    Both share every layer and weight; the features model stops before the L2 normalisation
-    (what a classifier head trained on pooled features consumes). ``keras_weights`` is a
-    ``.weights.h5`` path, ``"imagenet"`` or None for a seeded random initialisation.
-    ``precision`` is the backbone's Keras dtype policy (``encoders.inference_policy``); the
-    preprocessing, the pooled features and the normalisation are float32 whatever it is.
+    All share every layer and weight; the features model stops before the L2 normalisation
+    (what a classifier head trained on pooled features consumes); the spatial map is the
+    backbone's last ``(h, w, C)`` activation before pooling (what a captioner attends over).
+    ``keras_weights`` is a ``.weights.h5`` path, ``"imagenet"`` or None for a seeded random
+    initialisation. ``precision`` is the backbone's Keras dtype policy
+    (``encoders.inference_policy``); the preprocessing, the spatial map handed on, the pooled
+    features and the normalisation are float32 whatever it is.
     """
     import keras
 
@@ -286,7 +289,9 @@ def build_embedding_models(
         "include_top": False,
         "weights": keras_weights,
         "input_shape": (image_size, image_size, 3),
-        "pooling": "avg",
+        # Pooled here rather than by pooling="avg" so the spatial map is an output too; the
+        # global average is the same operation either way.
+        "pooling": None,
     }
     if architecture.application == "MobileNetV2":
         kwargs["alpha"] = 1.0
@@ -301,9 +306,10 @@ def build_embedding_models(
         preprocessing = build_preprocessing(name, image_size)
         with _dtype_policy(precision):
             backbone = getattr(keras.applications, architecture.application)(**kwargs)
-        features = backbone(preprocessing.output)
+        spatial = backbone(preprocessing.output)
         if precision != "float32":
-            features = keras.ops.cast(features, "float32")
+            spatial = keras.ops.cast(spatial, "float32")
+        features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(spatial)
         embedding = keras.layers.UnitNormalization(axis=-1, name="embedding")(features)
     if features.shape[-1] != architecture.dim:
         raise RuntimeError(
@@ -313,6 +319,7 @@ def build_embedding_models(
     return (
         keras.Model(pixels, embedding, name=f"{name}_embedding"),
         keras.Model(pixels, features, name=f"{name}_features"),
+        keras.Model(pixels, [embedding, features, spatial], name=f"{name}_all_features"),
     )
 
 
@@ -355,7 +362,7 @@ class KerasImageEncoder(ImageEncoder):
 
         self.policy = policy if policy is not None else choose_policy(detect_accelerators())
         with tf.device(self.policy.device):
-            self._model, self._feature_model = build_embedding_models(
+            self._model, self._feature_model, self._all_model = build_embedding_models(
                 spec.name, resolved.keras_weights, spec.image_size, self.policy.precision
             )
 
@@ -377,6 +384,11 @@ class KerasImageEncoder(ImageEncoder):
         logger.info(
             "built image encoder %s (%d-d) on %s", self.encoder_id, self.dim, self.policy.describe()
         )
+        self._all = tf.function(
+            lambda batch: self._all_model(batch, training=False),
+            input_signature=signature,
+            jit_compile=jit,
+        )
 
     @property
     def model(self) -> keras.Model:
@@ -390,6 +402,30 @@ class KerasImageEncoder(ImageEncoder):
     def pooled_features(self, pixels: np.ndarray) -> np.ndarray:
         """Like ``encode`` but before L2 normalisation: input for a classifier head."""
         return self._run(self._features, pixels)
+
+    def encode_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One backbone pass -> (unit embeddings ``(N, dim)``, pooled features ``(N, dim)``,
+        spatial map ``(N, h, w, dim)``), all float32.
+
+        The batch pipeline uses it when a classifier head (tags) or a captioner also needs the
+        image: the embeddings are the same numbers ``encode`` gives, with no second CNN pass.
+        """
+        pixels = check_pixel_batch(pixels, self.input_size)
+        if len(pixels) == 0:
+            side = self._all_model.outputs[2].shape[1:]
+            empty = np.zeros((0, self.dim), dtype=np.float32)
+            return empty, empty.copy(), np.zeros((0, *side), dtype=np.float32)
+        import tensorflow as tf
+
+        parts: list[list[np.ndarray]] = [[], [], []]
+        chunk = self.policy.chunk_size
+        with tf.device(self.policy.device):
+            for start in range(0, len(pixels), chunk):
+                outputs = self._all(pixels[start : start + chunk])
+                for part, output in zip(parts, outputs, strict=True):
+                    part.append(output.numpy().astype(np.float32, copy=False))
+        embeddings, pooled, spatial = (np.concatenate(part) for part in parts)
+        return embeddings, pooled, spatial
 
     def _run(self, function: Any, pixels: np.ndarray) -> np.ndarray:
         pixels = check_pixel_batch(pixels, self.input_size)

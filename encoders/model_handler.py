@@ -25,6 +25,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from encoders.base import EncoderSpec, ImageEncoder
 from encoders.registry import create_image_encoder
+from encoders.tags import FeatureEncoder, TagHead
 from pipelines.types import STAGE_ENCODE, DeadLetter, DecodedImage, embedding_row
 
 METRICS_NAMESPACE = "imgsearch_encode"
@@ -62,6 +63,9 @@ class ImageEncoderModelHandler(
         min_batch_size: int = 8,
         max_batch_size: int = 64,
         max_batch_duration_secs: int | None = None,
+        tag_head: str | None = None,
+        tags_top_k: int = 5,
+        spatial: bool = False,
     ) -> None:
         if not 1 <= min_batch_size <= max_batch_size:
             raise ValueError(
@@ -74,10 +78,19 @@ class ImageEncoderModelHandler(
             max_batch_duration_secs=max_batch_duration_secs,
         )
         self.spec = spec
+        # Extras of the same backbone pass: classifier tags (a head file) and the spatial map
+        # (kept on the row for a captioning step).
+        self.tag_head = tag_head
+        self.tags_top_k = tags_top_k
+        self.spatial = spatial
 
-    def load_model(self) -> ImageEncoder:
+    def load_model(self) -> ImageEncoder | FeatureEncoder:
         """Build the encoder (TensorFlow and weights for Keras encoders): once per worker."""
-        return create_image_encoder(self.spec)
+        encoder = create_image_encoder(self.spec)
+        if self.tag_head is None and not self.spatial:
+            return encoder
+        head = TagHead.load(self.tag_head) if self.tag_head is not None else None
+        return FeatureEncoder(encoder, head, self.tags_top_k, self.spatial)
 
     def run_inference(
         self,
@@ -105,7 +118,7 @@ class ImageEncoderModelHandler(
         rows: Iterator[dict[str, Any] | DeadLetter] = iter(())
         if usable:
             try:
-                vectors = model.encode(np.stack([image.pixels for image in usable]))
+                vectors, extras = _embed(model, np.stack([image.pixels for image in usable]))
             except Exception as exc:  # a model error: narrowed down to the image(s) below
                 if len(usable) == 1:
                     rows = iter([_encode_failed(usable[0], exc)])
@@ -119,8 +132,8 @@ class ImageEncoderModelHandler(
             else:
                 encoder_id = model.encoder_id
                 rows = (
-                    embedding_row(image, vector, encoder_id)
-                    for image, vector in zip(usable, vectors, strict=True)
+                    {**embedding_row(image, vector, encoder_id), **extra}
+                    for image, vector, extra in zip(usable, vectors, extras, strict=True)
                 )
         return [
             refused[position] if position in refused else next(rows)
@@ -151,13 +164,24 @@ class ImageEncoderModelHandler(
         return f"ImageEncoderModelHandler({self.spec}, batching={self._batching_kwargs})"
 
 
-def _encode_alone(model: ImageEncoder, image: DecodedImage) -> dict[str, Any] | DeadLetter:
+def _embed(
+    model: ImageEncoder | FeatureEncoder, pixels: np.ndarray
+) -> tuple[np.ndarray, Sequence[dict[str, Any]]]:
+    """A pixel batch -> (unit embeddings, per-image extra columns such as tags or captions)."""
+    if isinstance(model, FeatureEncoder):
+        return model.analyze(pixels)
+    return model.encode(pixels), [{}] * len(pixels)
+
+
+def _encode_alone(
+    model: ImageEncoder | FeatureEncoder, image: DecodedImage
+) -> dict[str, Any] | DeadLetter:
     """One image through the model: its row, or a DeadLetter naming what the model raised."""
     try:
-        vector = model.encode(image.pixels[np.newaxis])[0]
+        vectors, extras = _embed(model, image.pixels[np.newaxis])
     except Exception as exc:  # any failure of this one image is its dead letter
         return _encode_failed(image, exc)
-    return embedding_row(image, vector, model.encoder_id)
+    return {**embedding_row(image, vectors[0], model.encoder_id), **extras[0]}
 
 
 def _encode_failed(image: DecodedImage, exc: Exception) -> DeadLetter:

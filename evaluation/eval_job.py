@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+import evaluation.text_methods  # noqa: F401  (registers the tags, caption and fused families)
 from encoders.base import EncoderSpec, l2_normalize
 from evaluation.methods import (
     Method,
@@ -42,6 +43,7 @@ from evaluation.methods import (
 from evaluation.metrics import (
     DEFAULT_KS,
     image_to_text_ranks,
+    ranks_from_scores,
     retrieval_metrics,
     text_to_image_ranks,
 )
@@ -120,6 +122,38 @@ def _image_encoder(config: EvalConfig, joint_names: list[str]) -> EncoderSpec:
     )
 
 
+def extra_index_args(config: EvalConfig, spec: EncoderSpec) -> list[str]:
+    """Index flags for the tag and caption families: tags from the assets' ImageNet head when
+    the encoder can take it, captions from the models directory's captioner if it has one."""
+    from encoders.tags import check_tag_head, resolve_tag_head
+
+    wanted = set(config.families or family_names())
+    args: list[str] = []
+    if wanted & {"tags", "fused"} and "--tag_head" not in config.beam_args:
+        try:
+            head = resolve_tag_head("auto")
+            check_tag_head(head, spec)
+            args += ["--tag_head", str(head)]
+        except (FileNotFoundError, ValueError) as error:
+            logger.info("no tags in the evaluation index: %s", error)
+    captioners = captioner_names(config.models_dir)
+    if wanted & {"caption", "fused"} and captioners and "--captioner" not in config.beam_args:
+        args += ["--captioner", captioners[0]]
+    return args
+
+
+def captioner_names(models_dir: str | None) -> list[str]:
+    """Captioners with a published version in ``models_dir`` (sorted)."""
+    from encoders.captioner import KIND_CAPTIONER
+    from training.artifacts import list_models
+
+    if models_dir is None:
+        return []
+    return sorted(
+        {m.name for m in list_models(models_dir) if m.kind == KIND_CAPTIONER and m.latest}
+    )
+
+
 def _percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1000.0
     return {
@@ -174,6 +208,10 @@ def latency_figures(method: Method, queries: list[str], k: int = ANN_K) -> dict[
     """Single-query serving time (text encoding + search), warm, in milliseconds."""
 
     def one(text: str) -> None:
+        if method.scored_by_hook:
+            scores = method.query_scores([text])[0]
+            np.argpartition(-scores, min(k, len(scores) - 1))[:k]
+            return
         vector = method.embed_query(text)[np.newaxis]
         if method.ann_search is not None:
             method.ann_search(vector, k)
@@ -201,10 +239,45 @@ class MethodResult:
 
 
 def _evaluate_method(method: Method, caption_image: np.ndarray, top_k: int) -> MethodResult:
+    if method.scored_by_hook:
+        scores = method.scores()
+        t2i = ranks_from_scores(scores, [[image] for image in caption_image])
+        captions_of = [[] for _ in range(scores.shape[1])]
+        for caption, image in enumerate(caption_image):
+            captions_of[image].append(caption)
+        i2t = ranks_from_scores(scores.T, captions_of)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        return MethodResult(method, t2i, i2t, top)
     t2i = text_to_image_ranks(method.caption_vectors, method.image_vectors, caption_image)
     i2t = image_to_text_ranks(method.image_vectors, method.caption_vectors, caption_image)
     top, _ = exact_top_k(l2_normalize(method.image_vectors), method.caption_vectors, top_k)
     return MethodResult(method, t2i, i2t, top)
+
+
+def index_for_methods(
+    config: EvalConfig, dataset, joint_names: list[str]
+) -> tuple[EncoderSpec, MethodContext]:
+    """Index ``dataset``'s images into ``OUT/index`` with what the methods need (a joint shard,
+    tags, captions) -> the image encoder spec and the methods' context."""
+    from serving.searcher import ImageSearcher
+    from training.features import dataset_features
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = _image_encoder(config, joint_names)
+    index_args: list[str] = []
+    dual = [name for name in joint_names if name.startswith("dual-")]
+    if dual:  # a joint ScaNN shard, so text queries of that model run on ScaNN as in serving
+        index_args = ["--models", str(config.models_dir), "--joint_model", dual[0]]
+    index_args += extra_index_args(config, spec)
+    if "--captioner" in index_args and "--models" not in index_args:
+        index_args += ["--models", str(config.models_dir)]
+    features = dataset_features(
+        dataset, out, spec, [*index_args, *config.beam_args], out=out / "index", reuse=False
+    )
+    images = ImageSearcher.load(str(out / "index"))
+    models_dir = Path(config.models_dir) if config.models_dir else None
+    return spec, MethodContext(models_dir, features, images)
 
 
 def run(argv_or_config: Sequence[str] | EvalConfig) -> dict[str, Any]:
@@ -213,37 +286,24 @@ def run(argv_or_config: Sequence[str] | EvalConfig) -> dict[str, Any]:
     Raises ``DatasetError`` (a ValueError listing the wrong lines) on a malformed dataset and
     ``NoMethodError`` when there is nothing to evaluate.
     """
-    from serving.searcher import ImageSearcher
-    from training.features import dataset_features
-
     config = argv_or_config
     if not isinstance(config, EvalConfig):
         config = parse_args(list(config))
     started = time.perf_counter()
     dataset = load_captioned_dataset(config.dataset, config.split)  # fails before any work
     joint_names = joint_model_names(config.models_dir)
-    # Only the joint family needs models; checked before the (costly) indexing.
-    if not joint_names and set(config.families or family_names()) <= {"joint"}:
+    # Checked before the (costly) indexing. The default run compares everything against a
+    # joint model (the primary method); tags alone need no model but must be asked for.
+    if not joint_names and set(config.families or ["joint"]) <= {"joint"}:
         raise NoMethodError(
             "no text->image method to evaluate: "
             + (f"{config.models_dir} holds no joint model" if config.models_dir else "no --models")
             + "; train one with `imgsearch train joint --dataset DIR --split train "
-            "--out MODELS_DIR` and pass --models MODELS_DIR"
+            "--out MODELS_DIR` and pass --models MODELS_DIR (or ask for --family tags)"
         )
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    spec = _image_encoder(config, joint_names)
-    index_args: list[str] = []
-    dual = [name for name in joint_names if name.startswith("dual-")]
-    if dual:  # a joint ScaNN shard, so text queries of that model run on ScaNN as in serving
-        index_args = ["--models", str(config.models_dir), "--joint_model", dual[0]]
-    features = dataset_features(
-        dataset, out, spec, [*index_args, *config.beam_args], out=out / "index", reuse=False
-    )
-    images = ImageSearcher.load(str(out / "index"))
-    context = MethodContext(
-        Path(config.models_dir) if config.models_dir else None, features, images
-    )
+    spec, context = index_for_methods(config, dataset, joint_names)
+    features, images = context.features, context.images
     methods = prepare_methods(context, list(config.families) or None)
     if not methods:
         raise NoMethodError("the method families found nothing to evaluate")

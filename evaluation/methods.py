@@ -6,16 +6,18 @@ per representation it can offer, e.g. one per joint model. Later families (capti
 image tags, fused ranking) plug in with ``@register_family("tags")`` and show up in the same
 tables, evaluated on the same queries and images.
 
-A ``Method`` is scored by dot product: ``caption_vectors @ image_vectors.T``. Linear score
-fusion fits this too (concatenate the weighted parts); a method whose scores are not a dot
-product would add a scores hook here, not a special case in the job.
+A ``Method`` is scored by dot product (``caption_vectors @ image_vectors.T``), or, for
+methods whose scores are not one (BM25, Jaccard, tag matching, fused rankings), by its scores
+hook: ``caption_scores`` (every dataset caption x every image, computed once) and
+``score_queries(texts) -> (Q, images)`` for single serving-style queries. ``scores()`` gives
+the ``(captions, images)`` matrix either way, which is what fusion combines.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +36,16 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class MethodContext:
-    """What a family may use: the models directory and the indexed evaluation images."""
+    """What a family may use: the models directory and the indexed evaluation images.
+
+    ``prepared`` caches each family's methods, so a family that builds on others (fusion)
+    reuses them instead of preparing them twice.
+    """
 
     models_dir: Path | None
     features: DatasetFeatures  # dataset + table + dataset-image -> table-row map
     images: ImageSearcher  # the ScaNN index over the same table (OUT/index)
+    prepared: dict[str, list[Method]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(eq=False)
@@ -55,12 +62,40 @@ class Method:
     name: str
     family: str
     description: dict[str, Any]
-    caption_vectors: np.ndarray
-    image_vectors: np.ndarray
-    embed_query: Callable[[str], np.ndarray]
+    caption_vectors: np.ndarray | None
+    image_vectors: np.ndarray | None
+    embed_query: Callable[[str], np.ndarray] | None
     ann_name: str | None = None
     index_vectors: np.ndarray | None = None
     ann_search: Callable[[np.ndarray, int], np.ndarray] | None = None
+    # The scores hook (instead of vectors): (captions, images) and texts -> (Q, images).
+    caption_scores: np.ndarray | None = None
+    score_queries: Callable[[Sequence[str]], np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        vectors = self.caption_vectors is not None and self.image_vectors is not None
+        hook = self.caption_scores is not None and self.score_queries is not None
+        if vectors == hook:
+            raise ValueError(
+                f"method {self.name}: give caption_vectors + image_vectors + embed_query, or "
+                f"caption_scores + score_queries (exactly one of the two)"
+            )
+
+    @property
+    def scored_by_hook(self) -> bool:
+        return self.caption_scores is not None
+
+    def scores(self) -> np.ndarray:
+        """``(captions, images)`` scores, higher is better."""
+        if self.caption_scores is not None:
+            return self.caption_scores
+        return self.caption_vectors @ self.image_vectors.T
+
+    def query_scores(self, texts: Sequence[str]) -> np.ndarray:
+        """``(Q, images)`` scores of new query texts."""
+        if self.score_queries is not None:
+            return self.score_queries(texts)
+        return np.stack([self.embed_query(t) for t in texts]) @ self.image_vectors.T
 
 
 Family = Callable[[MethodContext], list[Method]]
@@ -80,7 +115,20 @@ def register_family(name: str) -> Callable[[Family], Family]:
 
 
 def family_names() -> list[str]:
-    return sorted(_FAMILIES)
+    """Registered families; "joint" first (the primary method), "fused" last (it builds on the
+    others), the rest by name."""
+    order = {"joint": 0, "fused": 2}
+    return sorted(_FAMILIES, key=lambda name: (order.get(name, 1), name))
+
+
+def family_methods(context: MethodContext, family: str) -> list[Method]:
+    """The methods of one family, prepared once per context (a context without the cache,
+    e.g. a test's stand-in, prepares them every time)."""
+    if getattr(context, "prepared", None) is None:
+        return _FAMILIES[family](context)
+    if family not in context.prepared:
+        context.prepared[family] = _FAMILIES[family](context)
+    return context.prepared[family]
 
 
 def prepare_methods(context: MethodContext, families: list[str] | None = None) -> list[Method]:
@@ -91,7 +139,7 @@ def prepare_methods(context: MethodContext, families: list[str] | None = None) -
         raise ValueError(f"unknown method families {unknown}; known: {family_names()}")
     methods: list[Method] = []
     for family in chosen:
-        methods.extend(_FAMILIES[family](context))
+        methods.extend(family_methods(context, family))
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"two methods share a name: {names}")

@@ -3,7 +3,10 @@
     imgsearch index  --corpus SRC --out DIR [options] [Beam options]
     imgsearch search --index DIR (--image PATH | --image-id ID | --text "...") [-k 10] [--json]
                      [--models MODELS_DIR [--model NAME]]
+    imgsearch search --index DIR --text "..." --models MODELS_DIR --fused   (joint+captions+tags)
     imgsearch train joint --dataset DIR --split train --out MODELS_DIR [--text-encoder minilm]
+    imgsearch train captioner --dataset DIR --split train --out MODELS_DIR [--max-seconds 600]
+    imgsearch train fusion --dataset DIR --split dev --out MODELS_DIR
     imgsearch eval   --dataset DIR --out OUT [--models MODELS_DIR] [--split dev] [Beam options]
     imgsearch eval score --submission FILE --dataset DIR [--split dev]
     imgsearch serve  --index ROOT_OR_INDEX_DIR [--port 8080] [--models MODELS_DIR [--model NAME]]
@@ -33,7 +36,8 @@ def _index(argv: Sequence[str]) -> int:
         print(
             "usage: imgsearch index --corpus SRC --out DIR [--encoder mobilenet_v2] "
             "[--weights auto|imagenet|none|PATH] [--batch_size 32] [--table_shards 0] "
-            "[--models MODELS_DIR --joint_model DUAL_NAME] "
+            "[--models MODELS_DIR --joint_model DUAL_NAME] [--tag_head auto|PATH --tags_top_k 5] "
+            "[--models MODELS_DIR --captioner NAME --caption_beam 3] "
             "[Beam options, e.g. --runner DataflowRunner --direct_num_workers 2]"
         )
         return 0
@@ -51,6 +55,12 @@ def _search(argv: Sequence[str]) -> int:
     query.add_argument("--text", help="a text query (needs --models)")
     parser.add_argument("--models", help="models directory (for --text)")
     parser.add_argument("--model", help="joint model name (default: a dual encoder, else w2vv)")
+    parser.add_argument(
+        "--fused",
+        action="store_true",
+        help="--text: fuse the joint model with the index's caption and tag columns (fitted "
+        "weights from `imgsearch train fusion`, else reciprocal rank fusion); hits say why",
+    )
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
@@ -59,7 +69,34 @@ def _search(argv: Sequence[str]) -> int:
 
     if args.text is not None and not args.models:
         parser.error("--text needs --models MODELS_DIR (see `imgsearch train joint`)")
+    if args.fused and args.text is None:
+        parser.error("--fused goes with --text")
     searcher = ImageSearcher.load(args.index)
+    if args.fused:
+        import dataclasses
+
+        from serving.fused_search import FusedSearcher
+
+        fused = FusedSearcher.load(searcher, args.index, args.models, args.model)
+        found = fused.search(args.text, args.k)
+        if args.json:
+            print(json.dumps([dataclasses.asdict(hit) for hit in found], indent=2))
+            return 0
+        for rank, hit in enumerate(found, start=1):
+            print(f"{rank:3d}  {hit.score:.4f}  {hit.image_id}  {hit.uri}")
+            why = ", ".join(f"{name} {value:.3f}" for name, value in sorted(hit.parts.items()))
+            print(f"       parts: {why}")
+            if hit.caption is not None:
+                print(f"       caption: {hit.caption}")
+            if hit.tags:
+                print(
+                    "       tags: " + ", ".join(f"{t['label']}: {t['score']:.2f}" for t in hit.tags)
+                )
+            for match in hit.matched_tags:
+                print(
+                    f"       {match['word']!r} matched tag {match['tag']!r} ({match['score']:.3f})"
+                )
+        return 0
     if args.text is not None:
         from serving.text_search import TextSearcher
 
@@ -130,8 +167,19 @@ def _demo(argv: Sequence[str]) -> int:
 
 
 def _train(argv: Sequence[str]) -> int:
+    if argv and argv[0] == "captioner":
+        from training import train_captioner_job
+
+        return train_captioner_job.main(argv[1:])
+    if argv and argv[0] == "fusion":
+        from training import train_fusion_job
+
+        return train_fusion_job.main(argv[1:])
     if not argv or argv[0] != "joint":
-        print("usage: imgsearch train joint --dataset DIR --split train --out MODELS_DIR ...")
+        print(
+            "usage: imgsearch train {joint,captioner,fusion} --dataset DIR --split SPLIT "
+            "--out MODELS_DIR ..."
+        )
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     from training import train_joint_job
 

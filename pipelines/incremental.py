@@ -49,6 +49,9 @@ class ReusePlan:
     previous_version: str  # its name, for logs and the job summary
     encoder_id: str  # the encoder version of this run: rows made by another are re-encoded
     joint_model_id: str | None = None  # ``name/version`` when this run adds joint embeddings
+    # (column, value) pairs a stored row must carry, e.g. the tag head and captioner versions
+    # when this run adds tags or captions: rows made without them, or by others, are redone.
+    required: tuple[tuple[str, str], ...] = ()
 
 
 def resolve_previous(previous: str) -> tuple[str, str]:
@@ -93,6 +96,7 @@ def plan_content(
     stored_rows: Iterable[dict[str, Any]],
     encoder_id: str,
     joint_model_id: str | None,
+    required: tuple[tuple[str, str], ...] = (),
 ) -> tuple[str, Any] | None:
     """The decision for one content hash: ``(action, payload)`` or None when it was deleted.
 
@@ -108,7 +112,12 @@ def plan_content(
         raise ValueError(f"{len(currents)} current images share sha256 {currents[0].sha256}")
     current = currents[0]
     usable = sorted(
-        (row for row in stored_rows if row.get("encoder") == encoder_id),
+        (
+            row
+            for row in stored_rows
+            if row.get("encoder") == encoder_id
+            and all(row.get(column) == value for column, value in required)
+        ),
         key=lambda row: row["image_id"],
     )
     if not usable:
@@ -124,9 +133,10 @@ def plan_content(
 class _PlanContentFn(beam.DoFn):
     """(sha256, {"current": [...], "previous": [...]}) -> UniqueImage | tagged reusable rows."""
 
-    def __init__(self, encoder_id: str, joint_model_id: str | None) -> None:
+    def __init__(self, encoder_id: str, joint_model_id: str | None, required: tuple = ()) -> None:
         self.encoder_id = encoder_id
         self.joint_model_id = joint_model_id
+        self.required = required
         self.reused = Metrics.counter("imgsearch", "reused")
         self.joint_recomputed = Metrics.counter("imgsearch", "joint_recomputed")
         self.to_encode = Metrics.counter("imgsearch", "to_encode")
@@ -135,7 +145,9 @@ class _PlanContentFn(beam.DoFn):
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterable[Any]:
         _, grouped = element
         previous = list(grouped["previous"])
-        decision = plan_content(grouped["current"], previous, self.encoder_id, self.joint_model_id)
+        decision = plan_content(
+            grouped["current"], previous, self.encoder_id, self.joint_model_id, self.required
+        )
         if decision is None:
             # Content of the previous version that is no longer in the corpus: not carried over.
             self.dropped.inc(len(previous))
@@ -186,7 +198,7 @@ class SplitReusable(beam.PTransform):
             | "JoinOnContent" >> beam.CoGroupByKey()
             | "Plan"
             >> beam.ParDo(
-                _PlanContentFn(self.plan.encoder_id, self.plan.joint_model_id)
+                _PlanContentFn(self.plan.encoder_id, self.plan.joint_model_id, self.plan.required)
             ).with_outputs(REUSED, NEEDS_JOINT, main="encode")
         )
         return split.encode, split[REUSED], split[NEEDS_JOINT]

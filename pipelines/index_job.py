@@ -17,6 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders.registry import check_image_encoder, image_encoder_dim
 from pipelines.build_index import build_index
+from pipelines.captions import AddCaptions
 from pipelines.corpus import ReadCorpus, check_corpus_exists
 from pipelines.incremental import SplitReusable
 from pipelines.io import (
@@ -59,8 +60,14 @@ class IndexImages(beam.PTransform):
             size, self.config.decode_limits, self.config.fetch_limits
         )
         rows, unencodable = decoded | "Encode" >> EncodeImages(
-            self.config.encoder, self.config.batch_size
+            self.config.encoder,
+            self.config.batch_size,
+            tag_head=self.config.tag_head,
+            tags_top_k=self.config.tags_top_k,
+            spatial=self.config.captioner is not None,
         )
+        if self.config.captioner is not None:
+            rows = rows | "Captions" >> AddCaptions(self.config.captioner)
         if self.config.joint_model is not None:
             if needs_joint is not None:
                 rows = (rows, needs_joint) | "NeedJoint" >> beam.Flatten()
@@ -79,7 +86,13 @@ def build_pipeline(pipeline: beam.Pipeline, config: IndexConfig) -> None:
     dim = image_encoder_dim(config.encoder)
     joint_dim = config.joint_model.dim if config.joint_model is not None else None
     _ = outputs["rows"] | "WriteTable" >> WriteEmbeddingTable(
-        config.table_dir, dim, config.table_shards, joint_dim, config.embedding_storage
+        config.table_dir,
+        dim,
+        config.table_shards,
+        joint_dim,
+        config.embedding_storage,
+        tags=config.tag_head is not None,
+        captions=config.captioner is not None,
     )
     _ = outputs["duplicates"] | "WriteDuplicates" >> WriteDuplicates(config.duplicates_dir)
     _ = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letters_dir)

@@ -62,8 +62,10 @@ class WriteEmbeddingTable(_WriteParquet):
         num_shards: int = 0,
         joint_dim: int | None = None,
         storage: str = "float32",
+        tags: bool = False,
+        captions: bool = False,
     ) -> None:
-        schema = embedding_table_schema(dim, joint_dim, storage)
+        schema = embedding_table_schema(dim, joint_dim, storage, tags=tags, captions=captions)
         super().__init__(table_dir, TABLE_PREFIX, schema, num_shards)
         self.storage = storage
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders.base import EncoderSpec
+from encoders.tags import check_tag_head, resolve_tag_head
+from pipelines.captions import CaptionerRef, resolve_captioner
 from pipelines.fetch import FetchLimits
 from pipelines.imaging import DecodeLimits
 from pipelines.joint import JointModelRef, resolve_joint_model
@@ -99,6 +101,20 @@ class IndexOptions(PipelineOptions):
             help="incremental run: a publish root (its current version) or an index output "
             "whose rows are reused for unchanged content made by the same encoder version",
         )
+        parser.add_argument(
+            "--tag_head",
+            default="",
+            help="'auto' (the assets' ImageNet head) or an .npz classifier head over the "
+            "encoder's pooled features: adds a tags column (top --tags_top_k, with scores)",
+        )
+        parser.add_argument("--tags_top_k", type=int, default=5, help="tags kept per image")
+        parser.add_argument(
+            "--captioner",
+            default="",
+            help="a captioner in --models: adds caption, caption_score and caption_model "
+            "columns (beam search, --caption_beam wide)",
+        )
+        parser.add_argument("--caption_beam", type=int, default=3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +137,9 @@ class IndexConfig:
     version: str = ""
     joint_model: JointModelRef | None = None  # a pinned dual model, or None: no joint column
     reuse: ReusePlan | None = None  # --previous: which stored rows may be reused
+    tag_head: str | None = None  # resolved classifier-head file, or None: no tags column
+    tags_top_k: int = 5
+    captioner: CaptionerRef | None = None  # a pinned captioner, or None: no caption column
 
     @property
     def table_dir(self) -> str:
@@ -142,7 +161,10 @@ class IndexConfig:
             raise ValueError("--corpus is required (a folder, glob, gs:// prefix or manifest)")
         if not opts.out:
             raise ValueError("--out is required (the output directory)")
-        for flag in ("image_size", "batch_size", "max_pixels", "max_download_bytes", "neighbors"):
+        for flag in (
+            "image_size", "batch_size", "max_pixels", "max_download_bytes", "neighbors",
+            "tags_top_k",
+        ):  # fmt: skip
             if getattr(opts, flag) <= 0:
                 raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
         if opts.table_shards < 0:
@@ -155,8 +177,12 @@ class IndexConfig:
             raise ValueError("--target_recall autotunes float32 rescoring; drop --index_quantize")
         if opts.download_retries < 0:
             raise ValueError(f"--download_retries must be >= 0, got {opts.download_retries}")
-        if bool(opts.models) != bool(opts.joint_model):
+        if opts.models and not (opts.joint_model or opts.captioner):
             raise ValueError("--models and --joint_model go together (a dual model in a folder)")
+        if opts.joint_model and not opts.models:
+            raise ValueError("--models and --joint_model go together (a dual model in a folder)")
+        if opts.captioner and not opts.models:
+            raise ValueError("--captioner needs --models (the folder that holds it)")
         if opts.target_recall is not None and not 0.0 < opts.target_recall <= 1.0:
             raise ValueError(f"--target_recall must be in (0, 1], got {opts.target_recall}")
         version = opts.run_version or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -166,10 +192,20 @@ class IndexConfig:
         joint_model = None
         if opts.joint_model:
             joint_model = resolve_joint_model(opts.models, opts.joint_model, encoder)
+        tag_head = None
+        if opts.tag_head:
+            tag_head = str(resolve_tag_head(opts.tag_head))
+            check_tag_head(tag_head, encoder)
+        captioner = None
+        if opts.captioner:
+            captioner = resolve_captioner(opts.models, opts.captioner, encoder, opts.caption_beam)
         reuse = None
         if opts.previous:
-            reuse = _reuse_plan(opts.previous, opts.out, encoder, joint_model)
+            reuse = _reuse_plan(opts.previous, opts.out, encoder, joint_model, tag_head, captioner)
         return cls(
+            captioner=captioner,
+            tag_head=tag_head,
+            tags_top_k=opts.tags_top_k,
             corpus=opts.corpus,
             out=opts.out.rstrip("/"),
             corpus_format=resolve_corpus_format(opts.corpus, opts.corpus_format),
@@ -194,11 +230,22 @@ class IndexConfig:
 
 
 def _reuse_plan(
-    previous: str, out: str, encoder: EncoderSpec, joint_model: JointModelRef | None
+    previous: str,
+    out: str,
+    encoder: EncoderSpec,
+    joint_model: JointModelRef | None,
+    tag_head: str | None = None,
+    captioner: CaptionerRef | None = None,
 ) -> ReusePlan:
-    """Resolve ``--previous`` to a complete version and pin what its rows must match."""
+    """Resolve ``--previous`` to a complete version and pin what its rows must match.
+
+    Besides the encoder (and joint model) version, a stored row is reused only if it carries
+    the tags and caption this run adds, made by the same head and captioner versions.
+    """
     from encoders.registry import image_encoder_id
+    from encoders.tags import tag_head_version
     from pipelines.incremental import ReusePlan, resolve_previous, same_location
+    from pipelines.types import CAPTION_MODEL, TAG_MODEL
 
     index_dir, version = resolve_previous(previous)
     if same_location(index_dir, out):
@@ -209,6 +256,14 @@ def _reuse_plan(
         previous_version=version,
         encoder_id=image_encoder_id(encoder),
         joint_model_id=joint_model.model_id if joint_model is not None else None,
+        required=tuple(
+            (column, value)
+            for column, value in (
+                (TAG_MODEL, tag_head_version(tag_head) if tag_head else None),
+                (CAPTION_MODEL, captioner.model_id if captioner is not None else None),
+            )
+            if value is not None
+        ),
     )
 
 

@@ -208,10 +208,22 @@ class EncodeImages(beam.PTransform):
     batch that fails goes to dead letters instead of failing the bundle forever.
     """
 
-    def __init__(self, spec: EncoderSpec, max_batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        max_batch_size: int = 32,
+        tag_head: str | None = None,
+        tags_top_k: int = 5,
+        spatial: bool = False,
+    ) -> None:
         super().__init__()
         self.handler = ImageEncoderModelHandler(
-            spec, min_batch_size=min(8, max_batch_size), max_batch_size=max_batch_size
+            spec,
+            min_batch_size=min(8, max_batch_size),
+            max_batch_size=max_batch_size,
+            tag_head=tag_head,
+            tags_top_k=tags_top_k,
+            spatial=spatial,
         )
 
     def expand(self, images):

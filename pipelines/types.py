@@ -159,8 +159,21 @@ def expanded_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+TAGS = "tags"
+TAG_MODEL = "tag_model"
+CAPTION = "caption"
+CAPTION_SCORE = "caption_score"
+CAPTION_MODEL = "caption_model"
+TAG_TYPE = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
+
+
 def embedding_table_schema(
-    dim: int, joint_dim: int | None = None, storage: str = "float32"
+    dim: int,
+    joint_dim: int | None = None,
+    storage: str = "float32",
+    *,
+    tags: bool = False,
+    captions: bool = False,
 ) -> pa.Schema:
     """The Parquet embedding table: one row per unique image content.
 
@@ -170,7 +183,11 @@ def embedding_table_schema(
     (``pipelines.build_index.read_embedding_table`` decodes every storage to float32). With
     ``joint_dim``, each row also holds ``joint_embedding`` (the image in a dual joint model's
     space) and ``joint_model`` (that model's ``name/version``); without it the schema has
-    neither column.
+    neither column. ``tags`` adds ``tags`` (classifier tags, best first:
+    ``list<struct<label, score>>``) and ``tag_model`` (the head's version); ``captions`` adds
+    ``caption`` (a generated description), ``caption_score`` (its mean log-probability per
+    token) and ``caption_model`` (the captioner's ``name/version``). All are optional columns
+    after the others, so readers of older tables are unaffected.
     """
     if dim <= 0:
         raise ValueError(f"embedding dimension must be positive, got {dim}")
@@ -191,6 +208,17 @@ def embedding_table_schema(
             pa.field(JOINT_MODEL, pa.string(), nullable=False),
         ]
         metadata[b"imgsearch.joint_dim"] = str(joint_dim).encode()
+    if tags:
+        joint_fields += [
+            pa.field(TAGS, TAG_TYPE, nullable=False),
+            pa.field(TAG_MODEL, pa.string(), nullable=False),
+        ]
+    if captions:
+        joint_fields += [
+            pa.field(CAPTION, pa.string(), nullable=False),
+            pa.field(CAPTION_SCORE, pa.float32(), nullable=False),
+            pa.field(CAPTION_MODEL, pa.string(), nullable=False),
+        ]
     return pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),

@@ -143,6 +143,23 @@ class TextSearcher:
             for rr, ss in zip(rows, scores, strict=True)
         ]
 
+    def score_all(self, queries: list[str]) -> np.ndarray:
+        """``(Q, N)`` exact scores of every indexed image (fusion needs them all, not a top-k).
+
+        The dual tower's projection of the index is computed on the first call and kept.
+        """
+        vectors = l2_normalize(self.embed_queries(queries))
+        if self.joint.kind == KIND_W2VV:
+            return vectors @ self.images.embeddings.T
+        projected = self._joint_images
+        if projected is None:  # the index has this model's joint shard: project once, here
+            projected = getattr(self, "_scored_images", None)
+            if projected is None:
+                projected = self._scored_images = self.joint.embed_image_features(
+                    self.images.embeddings
+                )
+        return vectors @ projected.T
+
     def search(self, query: str, k: int = 10) -> list[SearchHit]:
         if not query.strip():
             raise ValueError("empty text query")

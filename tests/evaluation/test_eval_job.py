@@ -77,9 +77,15 @@ def test_metrics_json_schema_and_figures(evaluated):
     out, metrics = evaluated
     assert metrics["schema_version"] == eval_job.SCHEMA_VERSION
     assert metrics["images"] == NUM_IMAGES and metrics["queries"] == 5 * NUM_IMAGES
-    assert set(metrics["methods"]) == {"dual-tfidf", "w2vv-tfidf"}
+    # The joint models, tags from the ImageNet head (mobilenet_v2 index), and their fusion.
+    assert set(metrics["methods"]) == {"dual-tfidf", "w2vv-tfidf", "tags-glove", "fused-rrf"}
     assert metrics["primary_method"] == "dual-tfidf"
+    assert metrics["methods"]["fused-rrf"]["description"]["parts"] == ["dual-tfidf", "tags-glove"]
+    tags = metrics["methods"]["tags-glove"]["text_to_image"]
+    assert tags["R@10"] > 10 / NUM_IMAGES, tags  # tags alone: weak, but better than chance
     for name, figures in metrics["methods"].items():
+        if figures["family"] != "joint":
+            continue
         t2i, i2t = figures["text_to_image"], figures["image_to_text"]
         assert set(t2i) >= {"R@1", "R@5", "R@10", "MRR", "median_rank", "mean_rank", "queries"}
         assert t2i["queries"] == 5 * NUM_IMAGES and i2t["queries"] == NUM_IMAGES
@@ -283,3 +289,43 @@ def test_nightly_gate_runs_the_real_eval_job_on_a_version(
     # Against its own figures it passes.
     (root / "versions" / "v1" / "eval" / "metrics.json").write_text(json.dumps(candidate))
     assert nightly.run_gate(str(root), "v2", evaluated=True).passed
+
+
+def test_train_fusion_then_eval_has_fused_weighted(dataset_dir: Path, models: Path, tmp_path):
+    """Weights fitted by `imgsearch train fusion` show up as `fused-weighted` in eval."""
+    import shutil
+
+    from training import train_fusion_job
+
+    own_models = tmp_path / "models"
+    shutil.copytree(models, own_models)  # the module's models stay without fusion weights
+    code = cli.main(["train", "fusion", "--dataset", str(dataset_dir), "--split", "",
+                     "--out", str(own_models), "--work", str(tmp_path / "fit")])  # fmt: skip
+    assert code == 0
+    fusion = json.loads(next((own_models / "fusion").glob("2*/metadata.json")).read_text())
+    assert fusion["cross_fitted"]["folds"] == 2 and 0 <= fusion["cross_fitted"]["R@1"] <= 1
+    assert set(fusion["single_methods"]) == {"dual-tfidf", "w2vv-tfidf", "tags-glove"}
+    metrics = eval_job.run(["--dataset", str(dataset_dir), "--out", str(tmp_path / "eval"),
+                            "--models", str(own_models), "--latency-queries", "5"])  # fmt: skip
+    weighted = metrics["methods"]["fused-weighted"]
+    assert weighted["description"]["weights"]["dual-tfidf"] == 1.0
+    # Fitted on these very queries: never worse than its anchor alone on the objective.
+    anchor = metrics["methods"]["dual-tfidf"]["text_to_image"]
+    mean = lambda t: (t["R@1"] + t["R@5"] + t["R@10"]) / 3  # noqa: E731
+    assert mean(weighted["text_to_image"]) >= mean(anchor) - 1e-9
+    assert train_fusion_job.BASE_FAMILIES == ("joint", "caption", "tags")
+
+
+def test_fused_search_over_the_real_eval_index(evaluated, models: Path):
+    """Serving's fused search on the real index (tags column) with the real joint model."""
+    from serving.fused_search import FusedSearcher
+    from serving.searcher import ImageSearcher
+
+    out, _ = evaluated
+    index = str(out / "index")
+    fused = FusedSearcher.load(ImageSearcher.load(index), index, models)
+    assert fused.methods == ["dual-tfidf", "tags-glove"]  # no captions, no fitted weights: RRF
+    hits = fused.search("a dog runs on the grass", k=5)
+    assert len(hits) == 5 and hits[0].score >= hits[-1].score
+    assert all(set(hit.parts) == {"dual-tfidf", "tags-glove"} and hit.tags for hit in hits)
+    assert hits[0].caption is None

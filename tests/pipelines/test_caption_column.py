@@ -1,0 +1,72 @@
+"""Generated captions as table columns in a real index job (DirectRunner, MobileNetV2, Parquet)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from encoders.captioner import Captioner, CaptionerConfig, Vocabulary
+from encoders.keras_image import GRAPH_VERSION, resolve_weights
+from pipelines import index_job
+from pipelines.io import parquet_files
+from pipelines.table_columns import read_table_columns, table_has_columns
+from training.artifacts import save_model_version
+
+PHOTOS = ("1001773457_577c3a7d70.jpg", "1002674143_1b742ab4b8.jpg", "1007129816_e794419615.jpg")
+
+
+@pytest.fixture()
+def models(tmp_path: Path, mobilenet_weights: Path) -> Path:
+    """A tiny untrained captioner for MobileNetV2 maps: wiring, not quality, is tested here."""
+    weights_tag = resolve_weights("mobilenet_v2", str(mobilenet_weights)).tag
+    encoder_id = f"mobilenet_v2/{GRAPH_VERSION}-{weights_tag}-224"
+    vocabulary = Vocabulary.fit(["a dog on a street", "a man with a hat"], min_count=1)
+    config = CaptionerConfig(
+        vocab_size=len(vocabulary), embed_dim=8, units=16, attention_dim=8, max_len=6,
+        image_encoder_id=encoder_id,
+    )  # fmt: skip
+    captioner = Captioner(config, vocabulary, seed=3)
+    models = tmp_path / "models"
+    save_model_version(models, "captioner", config.to_json(), {}, captioner.save_files)
+    return models
+
+
+def test_index_job_adds_caption_and_tag_columns(assets_dir, tmp_path, models, mobilenet_weights):
+    corpus = tmp_path / "photos"
+    corpus.mkdir()
+    for name in PHOTOS:
+        shutil.copy(assets_dir / "datasets" / "flickr8k" / "images" / name, corpus / name)
+    out = tmp_path / "out"
+    result = index_job.run(
+        ["--corpus", str(corpus), "--out", str(out), "--weights", str(mobilenet_weights),
+         "--models", str(models), "--captioner", "captioner", "--tag_head", "auto",
+         "--run_version", "t1"]
+    )  # fmt: skip
+    assert result.counts["indexed"] == 3
+    table = pq.ParquetDataset(parquet_files(str(out / "table"))).read()
+    assert "_spatial" not in table.column_names
+    for row in table.to_pylist():
+        words = row["caption"].split()
+        assert 1 <= len(words) <= 6 and all(w.isalpha() for w in words), row["caption"]
+        assert np.isfinite(row["caption_score"]) and row["caption_score"] <= 0
+        assert row["caption_model"].startswith("captioner/")
+        assert len(row["tags"]) == 5
+    assert table_has_columns(str(out), ["caption", "tags"])
+    ids = sorted(table.column("image_id").to_pylist())
+    columns = read_table_columns(str(out), ["caption"], ids)
+    assert len(columns["caption"]) == 3
+
+
+def test_captioner_flags_are_checked_before_launch(tmp_path, models):
+    base = ["--corpus", str(tmp_path), "--out", str(tmp_path / "o")]
+    with pytest.raises(ValueError, match="needs --models"):
+        index_job.run([*base, "--captioner", "captioner"])
+    with pytest.raises(ValueError, match="trained on"):
+        index_job.run([*base, "--models", str(models), "--captioner", "captioner",
+                       "--encoder", "fake", "--weights", "none"])  # fmt: skip
+    with pytest.raises(FileNotFoundError):
+        index_job.run([*base, "--models", str(models), "--captioner", "nothing"])
