@@ -68,6 +68,20 @@ def test_plan_hands_int8_rows_back_as_float32_for_the_writer():
     assert again[EMBEDDING_SCALE] == pytest.approx(float(scales[0]), rel=1e-2)
 
 
+def test_plan_reuses_only_rows_with_this_runs_tags_and_captions():
+    required = (("tag_model", "head-2"), ("caption_model", "cap/1"))
+    current = [_unique("/new.jpg")]
+    # Made without tags (an older run) or by another head: encoded again, with tags this time.
+    assert plan_content(current, [_stored()], ENC, None, required)[0] == "encode"
+    stale = _stored(tag_model="head-1", caption_model="cap/1")
+    assert plan_content(current, [stale], ENC, None, required)[0] == "encode"
+    fresh = _stored(tag_model="head-2", caption_model="cap/1", tags=[], caption="a dog")
+    action, row = plan_content(current, [fresh], ENC, None, required)
+    assert action == REUSED and row["caption"] == "a dog"
+    # A run that adds no tags reuses rows whatever tags they carry (the writer drops them).
+    assert plan_content(current, [stale], ENC, None)[0] == REUSED
+
+
 def test_plan_encodes_new_content_and_rows_of_another_encoder_version():
     current = _unique("/a.jpg")
     assert plan_content([current], [], ENC, None) == ("encode", current)
