@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = index_job.run(
             ["--corpus", corpus, "--out", index_dir, "--weights", args.weights,
-             "--run_version", version, *joint_args, *beam_args]
+             "--run_version", version, "--tag_head", "auto", *joint_args, *beam_args]
         )  # fmt: skip
     except FileNotFoundError as exc:  # weights not found: say what to provide
         print(f"imgsearch demo: {exc}", file=sys.stderr)

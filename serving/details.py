@@ -5,8 +5,9 @@ Only the small columns are read (never the embeddings). Rows are sorted by ``ima
 order ``pipelines.build_index.read_embedding_table`` gives the index, so a row number here is
 the row of ``ImageSearcher.embeddings`` too.
 
-Captions and tags are produced by a later stage; the fields exist in every answer (``None`` and
-``[]``) so clients can rely on the shape now.
+Generated captions and classifier tags come from the index job's ``--captioner`` and
+``--tag_head`` columns; the fields exist in every answer (``None`` and ``[]`` when the table
+has no such columns) so clients can rely on the shape.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pipelines.manifest import IndexManifest, join_path
 
 # Columns shown as image details when the table has them (older tables may lack some).
 DETAIL_COLUMNS = ("width", "height", "num_bytes", "sha256", "duplicate_uris", "metadata")
+# What the tagging and captioning stages add (pipelines.types TAGS, CAPTION, CAPTION_SCORE).
+DESCRIPTION_COLUMNS = ("tags", "caption", "caption_score")
 _RAW = CompressionTypes.UNCOMPRESSED
 
 
@@ -41,6 +44,7 @@ class ImageDetails:
         self._image_ids: list[str] = table["image_id"].to_pylist()
         self._uris: list[str] = table["uri"].to_pylist()
         self._columns = [c for c in DETAIL_COLUMNS if c in table.column_names]
+        self._descriptions = [c for c in DESCRIPTION_COLUMNS if c in table.column_names]
 
     @classmethod
     def load(cls, out_dir: str, manifest: IndexManifest) -> ImageDetails:
@@ -52,7 +56,7 @@ class ImageDetails:
         for path in paths:
             with FileSystems.open(path, compression_type=_RAW) as handle:
                 parquet = pq.ParquetFile(handle)
-                wanted = ["image_id", "uri", *DETAIL_COLUMNS]
+                wanted = ["image_id", "uri", *DETAIL_COLUMNS, *DESCRIPTION_COLUMNS]
                 columns = [c for c in wanted if c in parquet.schema_arrow.names]
                 parts.append(parquet.read(columns=columns).replace_schema_metadata(None))
         return cls(pa.concat_tables(parts))
@@ -98,6 +102,7 @@ class ImageDetails:
         if row is None:
             return None
         values = {c: self._table[c][row].as_py() for c in self._columns}
+        described = {c: self._table[c][row].as_py() for c in self._descriptions}
         metadata = values.pop("metadata", None)
         try:
             source_metadata = json.loads(metadata) if metadata else {}
@@ -108,9 +113,9 @@ class ImageDetails:
             "uri": self._uris[row],
             **values,
             "source_metadata": source_metadata,
-            # Filled by the captioning/tagging stage (a later issue); here so the shape is stable.
-            "caption": None,
-            "tags": [],
+            "caption": described.get("caption"),
+            "caption_score": described.get("caption_score"),
+            "tags": described.get("tags") or [],
         }
 
     def image_ids(self) -> Sequence[str]:

@@ -32,7 +32,11 @@ def test_real_mobilenet_upload_finds_the_same_photo(
     corpus.mkdir()
     for photo in serve_photos[:5]:
         (corpus / photo.name).write_bytes(photo.read_bytes())
-    index_job.run(["--corpus", str(corpus), "--out", str(out), "--weights", str(mobilenet_weights)])
+    head = mobilenet_weights.parent / "mobilenet_v2_1.0_224_imagenet1001_head.npz"
+    index_job.run(
+        ["--corpus", str(corpus), "--out", str(out), "--weights", str(mobilenet_weights),
+         "--tag_head", str(head)]
+    )  # fmt: skip
     with TestClient(create_app(ServeConfig(index=str(out)), QueryModels())) as client:
         for photo in sorted(corpus.iterdir())[:2]:
             response = client.post(
@@ -46,6 +50,12 @@ def test_real_mobilenet_upload_finds_the_same_photo(
             assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
             assert hits[0]["why"]["encoder"].startswith("mobilenet_v2/")
             assert hits[1]["score"] < 0.95
+            # The table's classifier tags reach every result and the details, best first.
+            tags = hits[0]["tags"]
+            assert len(tags) == 5 and all(set(t) == {"label", "score"} for t in tags)
+            assert [t["score"] for t in tags] == sorted((t["score"] for t in tags), reverse=True)
+            details = client.get(f"/api/images/{hits[0]['image_id']}").json()
+            assert details["tags"] == tags
 
 
 @pytest.mark.slow
