@@ -9,7 +9,8 @@
     imgsearch train fusion --dataset DIR --split dev --out MODELS_DIR
     imgsearch eval   --dataset DIR --out OUT [--models MODELS_DIR] [--split dev] [Beam options]
     imgsearch eval score --submission FILE --dataset DIR [--split dev]
-    imgsearch serve  --index ROOT_OR_INDEX_DIR [--port 8080] [--models MODELS_DIR [--model NAME]]
+    imgsearch serve  --index ROOT_OR_INDEX_DIR [--port 8080]
+                     [--models MODELS_DIR [--model NAME] [--fused]]
     imgsearch demo   [--out DIR]
     imgsearch publish  --root ROOT --version VERSION [--no-verify]
     imgsearch rollback --root ROOT [--to VERSION]
@@ -132,6 +133,9 @@ def _serve(argv: Sequence[str]) -> int:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--models", help="models directory: enables text queries")
     parser.add_argument("--model", help="joint model name (default: a dual encoder, else w2vv)")
+    parser.add_argument(
+        "--fused", action="store_true", help="rank text queries by joint + caption + tag scores"
+    )
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="0: no hot reload")
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
     parser.add_argument("--no-verify", action="store_true", help="skip manifest checksums")
@@ -146,6 +150,7 @@ def _serve(argv: Sequence[str]) -> int:
             index=args.index,
             models_dir=args.models,
             joint_model=args.model,
+            fused=args.fused,
             host=args.host,
             port=args.port,
             poll_interval_s=args.poll_seconds,

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -110,7 +110,8 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     if models is None:
         models = QueryModels.load(config.models_dir, config.joint_model)
     index_dir, version = resolve_index(config.index)
-    bundle = load_bundle(index_dir, models, version, verify=config.verify)
+    fused_models = config.models_dir if config.fused else None
+    bundle = load_bundle(index_dir, models, version, config.verify, fused_models)
     holder = VersionHolder(bundle)
     metrics = ServerMetrics()
     metrics.serving(bundle.version, len(bundle.images))
@@ -119,7 +120,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     )
 
     def load(index_dir: str, version: str) -> IndexBundle:
-        return load_bundle(index_dir, models, version, verify=config.verify)
+        return load_bundle(index_dir, models, version, config.verify, fused_models)
 
     def on_reload(result: str) -> None:
         metrics.reloads.labels(result=result).inc()
@@ -159,10 +160,14 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         q: Annotated[str, Query(min_length=1, max_length=config.max_query_chars)],
         k: K = config.default_k,
         offset: Offset = 0,
+        mode: Annotated[
+            Literal["joint", "fused"] | None,
+            Query(description="ranking: the joint model, or fused (default with --fused)"),
+        ] = None,
     ) -> Response:
         current = holder.current
         try:
-            return _json(queries.text_query(current, q, k, offset, models.text_off_reason))
+            return _json(queries.text_query(current, q, k, offset, models.text_off_reason, mode))
         except queries.QueryError as exc:
             raise _http_error(exc) from exc
 

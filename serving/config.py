@@ -37,6 +37,9 @@ class ServeConfig:
     index: str
     models_dir: str | None = None
     joint_model: str | None = None
+    # Text queries rank by the fused score of joint model(s), generated captions and tags
+    # (``imgsearch train fusion`` weights in models_dir, else reciprocal rank fusion).
+    fused: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
     # Hot reload: how often the publish pointer is read; 0 turns polling off.
@@ -57,6 +60,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not self.index:
             raise ValueError("--index is required (an index output folder or a publish root)")
+        if self.fused and not self.models_dir:
+            raise ValueError("--fused needs --models (the joint models and fusion weights)")
         if not 1 <= self.default_k <= self.max_k:
             raise ValueError(f"default_k must be in [1, max_k={self.max_k}], got {self.default_k}")
         if self.max_offset < 0 or self.max_upload_bytes < 1 or self.max_query_chars < 1:

@@ -78,14 +78,31 @@ def _page(
     }
 
 
-def text_query(bundle: IndexBundle, text: str, k: int, offset: int, text_off: str | None) -> dict:
-    """Text -> images through the joint model; ``why`` gives each known word's cosine."""
+def text_query(
+    bundle: IndexBundle,
+    text: str,
+    k: int,
+    offset: int,
+    text_off: str | None,
+    mode: str | None = None,
+) -> dict:
+    """Text -> images through the joint model; ``why`` gives each known word's cosine.
+
+    ``mode`` "fused" (the default when the server runs with ``--fused``) ranks by the fused
+    score instead, and ``why`` gives every part's score, the caption and the matched tags.
+    """
     started = time.perf_counter()
     if bundle.text is None:
         raise QueryError(503, text_off or "text search is not enabled on this server")
     text = text.strip()
     if not text:
         raise QueryError(400, "empty text query")
+    if mode is None:
+        mode = "fused" if bundle.fused is not None else "joint"
+    if mode == "fused":
+        return _fused_text_query(bundle, text, k, offset, started)
+    if mode != "joint":
+        raise QueryError(400, f"mode must be 'joint' or 'fused', got {mode!r}")
     try:
         query_vector, terms, vectors, unknown = embed_with_terms(bundle.text, text)
     except ValueError as exc:  # no known word: the encoder cannot place the query
@@ -100,6 +117,22 @@ def text_query(bundle: IndexBundle, text: str, k: int, offset: int, text_off: st
         for terms_ in contributions
     ]
     return _page(bundle, {"text": text}, hits, k, offset, whys, started)
+
+
+def _fused_text_query(bundle: IndexBundle, text: str, k: int, offset: int, started: float) -> dict:
+    if bundle.fused is None:
+        raise QueryError(400, "fused search is not enabled on this server (start with --fused)")
+    try:
+        fused = bundle.fused.search(text, offset + k)
+    except ValueError as exc:
+        raise QueryError(400, str(exc)) from exc
+    hits = [SearchHit(hit.image_id, hit.uri, hit.score) for hit in fused]
+    whys = [
+        {"match": "fused", "parts": hit.parts, "caption": hit.caption,
+         "matched_tags": hit.matched_tags}
+        for hit in fused
+    ]  # fmt: skip
+    return _page(bundle, {"text": text, "mode": "fused"}, hits, k, offset, whys, started)
 
 
 def image_query(

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from serving.details import ImageDetails
 from serving.explain import padded_batch
 from serving.searcher import ImageSearcher
 from serving.text_search import TextSearcher, default_joint_model
+
+if TYPE_CHECKING:
+    from serving.fused_search import FusedSearcher
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +96,7 @@ class IndexBundle:
     loaded_at: float  # time.time()
     # details row -> ImageSearcher row, or None when both order rows alike (see ImageDetails).
     searcher_rows: np.ndarray | None = None
+    fused: FusedSearcher | None = None  # --fused: joint + caption + tag scores in one ranking
 
     def searcher_row(self, image_id: str) -> int:
         row = self.details.row_of(image_id)
@@ -113,12 +118,17 @@ class IndexBundle:
             "shards": len(manifest.shards),
             "joint_index": (manifest.joint_index or {}).get("model"),
             "text_search": self.text is not None,
+            "fused_search": self.fused.methods if self.fused is not None else None,
             "loaded_at": self.loaded_at,
         }
 
 
 def load_bundle(
-    index_dir: str, models: QueryModels, version: str | None = None, verify: bool = True
+    index_dir: str,
+    models: QueryModels,
+    version: str | None = None,
+    verify: bool = True,
+    fused_models_dir: str | None = None,
 ) -> IndexBundle:
     """Load (and by default verify) one index version into a bundle.
 
@@ -141,6 +151,14 @@ def load_bundle(
             f"its index {len(images)}"
         )
     searcher_rows = details.searcher_rows(lambda row: images.hit_for_row(row, 0.0).image_id)
+    fused = None
+    if fused_models_dir:
+        from serving.fused_search import FusedSearcher
+
+        # Reads this version's caption and tag columns once; its joint parts are the models
+        # the fusion weights name (built with the version, in the background on a reload).
+        fused = FusedSearcher.load(images, out_dir, fused_models_dir, models.model_version[0]
+                                   if models.model_version else None)  # fmt: skip
     logger.info(
         "index version %s ready in %.1f s (%d images, text search %s)",
         version or manifest.version,
@@ -156,4 +174,5 @@ def load_bundle(
         details=details,
         loaded_at=time.time(),
         searcher_rows=searcher_rows,
+        fused=fused,
     )

@@ -304,3 +304,30 @@ def test_a_sharded_version_serves_the_same_answers_as_one_shard(
                               params={"k": 3}).json()["results"]  # fmt: skip
         assert [uri_of[r["image_id"]] for r in similar] == [r["uri"] for r in expected]
         assert "photo-0" not in {r["image_id"] for r in similar}
+
+
+def test_fused_ranking_through_the_api(api_root: Path, serve_models: Path, client: TestClient):
+    """`--fused`: text queries rank by the fused score and say which parts scored what. This
+    index has no caption or tag columns and the models dir no fitted weights, so the fusion is
+    reciprocal rank fusion over the one joint model: the joint ranking, explained as parts."""
+    config = ServeConfig(index=str(api_root), models_dir=str(serve_models), poll_interval_s=0,
+                         fused=True)  # fmt: skip
+    query = {"q": "a dog running on the grass", "k": 5}
+    joint = client.get("/api/search", params=query).json()["results"]
+    with TestClient(create_app(config)) as fused_client:
+        body = fused_client.get("/api/search", params=query).json()
+        assert body["query"]["mode"] == "fused"
+        results = body["results"]
+        assert [r["image_id"] for r in results] == [r["image_id"] for r in joint]
+        assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+        for result in results:
+            assert result["why"]["match"] == "fused"
+            assert set(result["why"]["parts"]) == {JOINT_MODEL}
+        plain = fused_client.get("/api/search", params={**query, "mode": "joint"}).json()
+        assert [r["image_id"] for r in plain["results"]] == [r["image_id"] for r in joint]
+        assert plain["results"][0]["why"]["match"] == "text"
+        assert fused_client.get("/health").json()["serving"]["fused_search"] == [JOINT_MODEL]
+    refused = client.get("/api/search", params={**query, "mode": "fused"})
+    assert refused.status_code == 400 and "--fused" in refused.json()["detail"]
+    with pytest.raises(ValueError, match="--fused needs --models"):
+        ServeConfig(index=str(api_root), fused=True)
