@@ -70,6 +70,14 @@ class KerasArchitecture:
     dim: int  # width of the globally pooled features
     preprocessing: str  # "tf" (scale to [-1, 1]), "raw" (0-255 floats) or "caffe" (BGR - mean)
     auto_weights_file: str | None  # file name looked up under <assets>/weights for "auto"
+    # How the last feature map becomes one vector: "avg" (global average, what the classifier
+    # head was trained on) or "gem" (generalised mean, p=3: leans towards the strongest
+    # responses, so a small salient object weighs more than in a plain average).
+    pooling: str = "avg"
+    # Also encode the horizontally mirrored image and average the two pooled vectors. A photo
+    # and its mirror mean the same to a caption ("a dog runs left" aside), so the average is a
+    # steadier description of the image; it costs one more backbone pass per image.
+    flip_average: bool = False
 
 
 KERAS_ARCHITECTURES: dict[str, KerasArchitecture] = {
@@ -86,7 +94,20 @@ KERAS_ARCHITECTURES: dict[str, KerasArchitecture] = {
     "resnet50": KerasArchitecture(
         application="ResNet50", dim=2048, preprocessing="caffe", auto_weights_file=None
     ),
+    # The same MobileNetV2 weights with test-time mirroring (see KerasArchitecture): its own
+    # name, hence its own encoder_id, so its rows never mix with plain mobilenet_v2 rows.
+    "mobilenet_v2_flip": KerasArchitecture(
+        application="MobileNetV2",
+        dim=1280,
+        preprocessing="tf",
+        auto_weights_file="mobilenet_v2_1.0_224_no_top.weights.h5",
+        flip_average=True,
+    ),
 }
+
+POOLINGS = ("avg", "gem")
+# GeM exponent (Radenovic et al., 2018): 3 is their default for fine-tuning-free retrieval.
+GEM_POWER = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,11 +303,14 @@ def build_embedding_models(
     import keras
 
     architecture = architecture_for(name)
+    if architecture.pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {architecture.pooling!r} for {name!r}")
     kwargs: dict[str, Any] = {
         "include_top": False,
         "weights": keras_weights,
         "input_shape": (image_size, image_size, 3),
-        "pooling": "avg",
+        # Keras' own average pooling where it is all we need (the long-standing graph).
+        "pooling": "avg" if _plain_average(architecture) else None,
     }
     if architecture.application == "MobileNetV2":
         kwargs["alpha"] = 1.0
@@ -301,7 +325,7 @@ def build_embedding_models(
         preprocessing = build_preprocessing(name, image_size)
         with _dtype_policy(precision):
             backbone = getattr(keras.applications, architecture.application)(**kwargs)
-        features = backbone(preprocessing.output)
+        features = _pooled(architecture, backbone, preprocessing.output)
         if precision != "float32":
             features = keras.ops.cast(features, "float32")
         embedding = keras.layers.UnitNormalization(axis=-1, name="embedding")(features)
@@ -314,6 +338,35 @@ def build_embedding_models(
         keras.Model(pixels, embedding, name=f"{name}_embedding"),
         keras.Model(pixels, features, name=f"{name}_features"),
     )
+
+
+def _plain_average(architecture: KerasArchitecture) -> bool:
+    return architecture.pooling == "avg" and not architecture.flip_average
+
+
+def _pool(architecture: KerasArchitecture, feature_map: Any) -> Any:
+    """``(N, h, w, C)`` -> ``(N, C)`` by the architecture's pooling (computed in float32)."""
+    import keras
+
+    x = keras.ops.cast(feature_map, "float32")
+    if architecture.pooling == "avg":
+        return keras.ops.mean(x, axis=(1, 2))
+    # GeM: (mean x^p)^(1/p); the clamp keeps the root's input positive (ReLU6 maps are >= 0).
+    x = keras.ops.power(keras.ops.maximum(x, 1e-6), GEM_POWER)
+    return keras.ops.power(keras.ops.mean(x, axis=(1, 2)), 1.0 / GEM_POWER)
+
+
+def _pooled(architecture: KerasArchitecture, backbone: keras.Model, inputs: Any) -> Any:
+    """The backbone's pooled features of ``inputs`` (and of their mirror, averaged, if asked)."""
+    import keras
+
+    if _plain_average(architecture):
+        return backbone(inputs)
+    pooled = _pool(architecture, backbone(inputs))
+    if architecture.flip_average:
+        mirrored = keras.ops.flip(inputs, axis=2)  # (N, H, W, 3): axis 2 is the width
+        pooled = (pooled + _pool(architecture, backbone(mirrored))) / 2.0
+    return pooled
 
 
 @functools.cache
