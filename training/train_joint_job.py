@@ -29,7 +29,13 @@ from encoders.text_registry import (
 from training.artifacts import save_joint_model
 from training.captions import caption_pairs, load_captioned_dataset
 from training.features import dataset_features
-from training.joint import DualEncoderConfig, W2VVConfig, train_dual_encoder, train_w2vv
+from training.joint import (
+    DualEncoderConfig,
+    W2VVConfig,
+    export_ensemble,
+    train_dual_encoder,
+    train_w2vv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,13 @@ class TrainJointConfig:
     batch_size: int | None = None  # None: each trainer's default
     dual_loss: str = "infonce"
     seed: int = 0
+    # Members per saved model: seeds seed, seed+1, ... merged into one model (see
+    # training.joint.export_ensemble); 1 saves a single model.
+    ensemble: int = 1
+
+    def __post_init__(self) -> None:
+        if self.ensemble < 1:
+            raise ValueError(f"ensemble must be at least 1, got {self.ensemble}")
 
 
 def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
@@ -70,6 +83,12 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
         "--dual-loss", default="infonce", choices=["infonce", "vse++", "infonce+vse++"]
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="train this many seeds of each kind and save them merged as one model",
+    )
     args, beam_args = parser.parse_known_args(argv)
     config = TrainJointConfig(
         dataset=args.dataset,
@@ -84,6 +103,7 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
         batch_size=args.batch_size,
         dual_loss=args.dual_loss,
         seed=args.seed,
+        ensemble=args.ensemble,
     )
     return config, beam_args
 
@@ -125,16 +145,27 @@ def run(config: TrainJointConfig, beam_args: Sequence[str] = ()) -> list[Path]:
     pairs = caption_pairs(dataset, np.arange(len(dataset.images)))
     saved = []
     for kind in config.kinds:
-        common = {"epochs": config.epochs, "seed": config.seed, "max_seconds": config.max_seconds}
-        if config.batch_size is not None:
-            common["batch_size"] = config.batch_size
-        if kind == "w2vv":
-            training = W2VVConfig(**common)
-            trained, history = train_w2vv(text_feats, image_feats, pairs, training)
-        else:
-            training = DualEncoderConfig(loss=config.dual_loss, **common)
-            trained, history = train_dual_encoder(text_feats, image_feats, pairs, training)
-        model = trained.to_joint_model(text_encoder.encoder_id, features.table.encoder_id)
+        members, histories = [], []
+        for member in range(config.ensemble):
+            common = {
+                "epochs": config.epochs,
+                "seed": config.seed + member,
+                "max_seconds": config.max_seconds,
+            }
+            if config.batch_size is not None:
+                common["batch_size"] = config.batch_size
+            if kind == "w2vv":
+                training = W2VVConfig(**common)
+                trained, history = train_w2vv(text_feats, image_feats, pairs, training)
+            else:
+                training = DualEncoderConfig(loss=config.dual_loss, **common)
+                trained, history = train_dual_encoder(text_feats, image_feats, pairs, training)
+            members.append(trained)
+            histories.append(history)
+        model = export_ensemble(
+            members, text_feats, image_feats, text_encoder.encoder_id, features.table.encoder_id
+        )
+        history = histories[0]
         metadata = {
             "text_encoder": {**text_spec.to_json(), "encoder_id": text_encoder.encoder_id},
             "image_encoder": {
@@ -146,6 +177,11 @@ def run(config: TrainJointConfig, beam_args: Sequence[str] = ()) -> list[Path]:
             "training_config": training.to_json(),
             "history": history.to_json(),
             "heldout_metrics": history.best_heldout,
+            "ensemble": {
+                "members": config.ensemble,
+                "seeds": [config.seed + member for member in range(config.ensemble)],
+                "member_heldout_metrics": [h.best_heldout for h in histories],
+            },
         }
         name = f"{kind}-{config.text_encoder}"
         folder = save_joint_model(config.models_dir, name, model, metadata)

@@ -30,7 +30,8 @@ def trained(coco: Path, tmp_path_factory, mobilenet_weights) -> Path:
     models = tmp_path_factory.mktemp("models")
     config, beam_args = train_joint_job.parse_args(
         ["--dataset", str(coco), "--split", "val", "--out", str(models),
-         "--text-encoder", "tfidf", "--epochs", "40", "--batch-size", "64", "--seed", "1"]
+         "--text-encoder", "tfidf", "--epochs", "40", "--batch-size", "64", "--seed", "1",
+         "--ensemble", "2"]
     )  # fmt: skip
     train_joint_job.run(config, beam_args)
     return models
@@ -43,6 +44,10 @@ def test_both_kinds_saved_with_the_encoders_they_need(trained: Path):
     assert metadata["image_encoder"]["encoder_id"].startswith("mobilenet_v2/")
     assert metadata["text_encoder"]["name"] == "tfidf"
     assert metadata["dataset"]["captions"] >= 395
+    # --ensemble 2: two seeds merged into the one saved model (whose space doubles for dual).
+    assert metadata["ensemble"]["seeds"] == [1, 2]
+    assert len(metadata["ensemble"]["member_heldout_metrics"]) == 2
+    assert json.loads((versions["dual-tfidf"].path / "config.json").read_text())["dim"] == 512
     # Features were computed once, by the real index job, and are reused by a second run.
     features = list((trained / "features").iterdir())
     assert len(features) == 1 and (features[0] / "manifest.json").is_file()
