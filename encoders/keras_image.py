@@ -70,10 +70,6 @@ class KerasArchitecture:
     dim: int  # width of the globally pooled features
     preprocessing: str  # "tf" (scale to [-1, 1]), "raw" (0-255 floats) or "caffe" (BGR - mean)
     auto_weights_file: str | None  # file name looked up under <assets>/weights for "auto"
-    # How the last feature map becomes one vector: "avg" (global average, what the classifier
-    # head was trained on) or "gem" (generalised mean, p=3: leans towards the strongest
-    # responses, so a small salient object weighs more than in a plain average).
-    pooling: str = "avg"
     # Also encode the horizontally mirrored image and average the two pooled vectors. A photo
     # and its mirror mean the same to a caption ("a dog runs left" aside), so the average is a
     # steadier description of the image; it costs one more backbone pass per image.
@@ -104,10 +100,6 @@ KERAS_ARCHITECTURES: dict[str, KerasArchitecture] = {
         flip_average=True,
     ),
 }
-
-POOLINGS = ("avg", "gem")
-# GeM exponent (Radenovic et al., 2018): 3 is their default for fine-tuning-free retrieval.
-GEM_POWER = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,14 +295,12 @@ def build_embedding_models(
     import keras
 
     architecture = architecture_for(name)
-    if architecture.pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {architecture.pooling!r} for {name!r}")
     kwargs: dict[str, Any] = {
         "include_top": False,
         "weights": keras_weights,
         "input_shape": (image_size, image_size, 3),
-        # Keras' own average pooling where it is all we need (the long-standing graph).
-        "pooling": "avg" if _plain_average(architecture) else None,
+        # Keras' own average pooling unless the mirrored view is averaged in (_pooled).
+        "pooling": None if architecture.flip_average else "avg",
     }
     if architecture.application == "MobileNetV2":
         kwargs["alpha"] = 1.0
@@ -340,33 +330,20 @@ def build_embedding_models(
     )
 
 
-def _plain_average(architecture: KerasArchitecture) -> bool:
-    return architecture.pooling == "avg" and not architecture.flip_average
-
-
-def _pool(architecture: KerasArchitecture, feature_map: Any) -> Any:
-    """``(N, h, w, C)`` -> ``(N, C)`` by the architecture's pooling (computed in float32)."""
-    import keras
-
-    x = keras.ops.cast(feature_map, "float32")
-    if architecture.pooling == "avg":
-        return keras.ops.mean(x, axis=(1, 2))
-    # GeM: (mean x^p)^(1/p); the clamp keeps the root's input positive (ReLU6 maps are >= 0).
-    x = keras.ops.power(keras.ops.maximum(x, 1e-6), GEM_POWER)
-    return keras.ops.power(keras.ops.mean(x, axis=(1, 2)), 1.0 / GEM_POWER)
-
-
 def _pooled(architecture: KerasArchitecture, backbone: keras.Model, inputs: Any) -> Any:
-    """The backbone's pooled features of ``inputs`` (and of their mirror, averaged, if asked)."""
+    """The backbone's globally averaged features of ``inputs``, and with ``flip_average`` the
+    mean of those and of the mirrored images' (GeM pooling was tried instead of the average on
+    Flickr8k text->image and did worse: benchmarks/results/text_to_image.md)."""
     import keras
 
-    if _plain_average(architecture):
+    if not architecture.flip_average:
         return backbone(inputs)
-    pooled = _pool(architecture, backbone(inputs))
-    if architecture.flip_average:
-        mirrored = keras.ops.flip(inputs, axis=2)  # (N, H, W, 3): axis 2 is the width
-        pooled = (pooled + _pool(architecture, backbone(mirrored))) / 2.0
-    return pooled
+    mirrored = keras.ops.flip(inputs, axis=2)  # (N, H, W, 3): axis 2 is the width
+
+    def pool(feature_map: Any) -> Any:
+        return keras.ops.mean(keras.ops.cast(feature_map, "float32"), axis=(1, 2))
+
+    return (pool(backbone(inputs)) + pool(backbone(mirrored))) / 2.0
 
 
 @functools.cache
