@@ -171,7 +171,9 @@ def test_bad_weights_paths_are_rejected_before_building(tmp_path: Path) -> None:
     wrong_suffix.write_bytes(b"not keras")
     with pytest.raises(ValueError, match=r"\.weights\.h5"):
         resolve_weights("mobilenet_v2", str(wrong_suffix))
-    with pytest.raises(ValueError, match="known: efficientnet_b0, mobilenet_v2, mobilenet_v2_flip, resnet50"):
+    with pytest.raises(
+        ValueError, match="known: efficientnet_b0, mobilenet_v2, mobilenet_v2_flip, resnet50"
+    ):
         resolve_weights("vgg16", "none")
 
 
