@@ -114,8 +114,9 @@ def text_encoder_for(config: TrainJointConfig, captions: list[str]) -> TextEncod
         return TextEncoderSpec(config.text_encoder, config.text_path)
     digest = hashlib.sha256("\n".join(captions).encode()).hexdigest()[:12]
     out = Path(config.models_dir) / "text" / f"{config.text_encoder}-{digest}"
-    glove = config.text_path
-    return fit_text_encoder(config.text_encoder, captions, out, glove=glove)
+    # --text-path names what the fitted encoder builds on: GloVe vectors, or MiniLM for
+    # minilm_tfidf (fit_text_encoder takes either through ``glove``).
+    return fit_text_encoder(config.text_encoder, captions, out, glove=config.text_path)
 
 
 def encode_texts(encoder, texts: list[str]) -> np.ndarray:
