@@ -336,3 +336,72 @@ def ensemble_joint_models(
         image_layers=image_layers,
         logit_scale=float(np.mean([m.logit_scale for m in members])),
     )
+
+
+def _deepen(layers: Sequence[DenseLayer], depth: int) -> tuple[DenseLayer, ...]:
+    """The same function as ``layers`` as a chain of ``depth`` layers, hidden ones ReLU.
+
+    The linear last layer ``z = x K + b`` becomes ``relu([z, -z])`` followed by the linear
+    ``[I; -I]``: since ``relu(z) - relu(-z) = z`` the output is unchanged, exactly. Lets a
+    linear dual tower sit beside a W2VV MLP in one merged chain.
+    """
+    layers = list(layers)
+    while len(layers) < depth:
+        last = layers.pop()
+        width = last.units
+        eye = np.eye(width, dtype=np.float32)
+        layers.append(
+            DenseLayer(
+                np.concatenate([last.kernel, -last.kernel], axis=1),
+                np.concatenate([last.bias, -last.bias]),
+                "relu",
+            )
+        )
+        layers.append(DenseLayer(np.concatenate([eye, -eye]), np.zeros(width, np.float32)))
+    return tuple(layers)
+
+
+def mixed_joint_model(w2vv: JointModel, w2vv_weight: float, dual: JointModel) -> JointModel:
+    """A W2VV model and a dual encoder side by side as one ``dual`` model.
+
+    The two learn different things from the same features (W2VV regresses into the image
+    space, the dual encoder learns a small shared space), so their similarities disagree
+    usefully: on Flickr8k dev the sum ranks better than either. The text side outputs
+    ``[w2vv_weight * w2vv_text | dual_text]``, the image side ``[image | dual_image]`` (the
+    W2VV image side is the image embedding itself, an identity layer here), so a dot product
+    is ``w2vv_weight * w2vv_cosine + dual_similarity``. ``w2vv_weight`` is typically the number
+    of W2VV seeds merged in ``w2vv`` (``dual`` from ``ensemble_joint_models`` already sums its
+    members' similarities), so every member counts alike. Hidden layers must be ReLU where
+    the towers' depths differ (see ``_deepen``).
+    """
+    if w2vv.kind != KIND_W2VV or dual.kind != KIND_DUAL:
+        raise ValueError("mixed_joint_model takes a w2vv model and a dual model")
+    if (w2vv.text_encoder_id, w2vv.image_encoder_id, w2vv.text_dim, w2vv.image_dim) != (
+        dual.text_encoder_id,
+        dual.image_encoder_id,
+        dual.text_dim,
+        dual.image_dim,
+    ):
+        raise ValueError("the two models must share encoders and input widths")
+    identity = (
+        DenseLayer(np.eye(w2vv.image_dim, dtype=np.float32), np.zeros(w2vv.image_dim, np.float32)),
+    )
+    merged = []
+    for first, second, scales in (
+        (w2vv.text_layers, dual.text_layers, [w2vv_weight, 1.0]),
+        (identity, dual.image_layers, [1.0, 1.0]),
+    ):
+        depth = max(len(first), len(second))
+        # A deepened tower has ReLU hidden layers: _merge_towers rejects a tanh partner.
+        towers = [_deepen(first, depth), _deepen(second, depth)]
+        merged.append(_merge_towers(towers, scales, average=False))
+    return JointModel(
+        kind=KIND_DUAL,
+        text_encoder_id=dual.text_encoder_id,
+        image_encoder_id=dual.image_encoder_id,
+        text_dim=dual.text_dim,
+        image_dim=dual.image_dim,
+        text_layers=merged[0],
+        image_layers=merged[1],
+        logit_scale=dual.logit_scale,
+    )

@@ -3,7 +3,9 @@
 Steps, each reusing what an earlier run made: the dataset's image features through the real
 index job (``training.features``), the text encoder (fitted on the split's captions for the
 kinds that need fitting), text features for every caption, then Word2VisualVec and/or the dual
-encoder, each saved as a new version in the models directory with the encoder ids it needs.
+encoder, each saved as a new version in the models directory with the encoder ids it needs
+(``--ensemble N``: N seeds of each merged into one model), and when both kinds are trained, the
+two side by side as a third model, ``mixed-<text encoder>`` (``encoders.joint``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from encoders.base import EncoderSpec
+from encoders.joint import mixed_joint_model
 from encoders.text_registry import (
     FITTED_TEXT_ENCODER_NAMES,
     TEXT_ENCODER_NAMES,
@@ -40,6 +43,8 @@ from training.joint import (
 logger = logging.getLogger(__name__)
 
 JOINT_KINDS = ("w2vv", "dual")
+# Saved besides the two when both are trained: encoders.joint.mixed_joint_model of them.
+MIXED_KIND = "mixed"
 _TEXT_CHUNK = 512
 
 
@@ -145,6 +150,7 @@ def run(config: TrainJointConfig, beam_args: Sequence[str] = ()) -> list[Path]:
     image_feats = features.image_embeddings
     pairs = caption_pairs(dataset, np.arange(len(dataset.images)))
     saved = []
+    exported: dict[str, tuple] = {}
     for kind in config.kinds:
         members, histories = [], []
         for member in range(config.ensemble):
@@ -187,6 +193,27 @@ def run(config: TrainJointConfig, beam_args: Sequence[str] = ()) -> list[Path]:
         name = f"{kind}-{config.text_encoder}"
         folder = save_joint_model(config.models_dir, name, model, metadata)
         logger.info("saved %s (held-out %s) to %s", name, history.best_heldout, folder)
+        saved.append(folder)
+        exported[kind] = (model, metadata, folder)
+    if set(exported) == set(JOINT_KINDS):
+        # Both kinds trained on the same features: also save them side by side as one model
+        # (no extra training; each W2VV seed weighs as much as each dual seed).
+        (w2vv, w2vv_meta, w2vv_folder), (dual, dual_meta, dual_folder) = (
+            exported["w2vv"],
+            exported["dual"],
+        )
+        model = mixed_joint_model(w2vv, float(config.ensemble), dual)
+        metadata = {
+            **{k: v for k, v in dual_meta.items() if k not in ("training_config", "history")},
+            "mixed_of": {"w2vv": str(w2vv_folder), "dual": str(dual_folder)},
+            "heldout_metrics": {
+                "w2vv": w2vv_meta["heldout_metrics"],
+                "dual": dual_meta["heldout_metrics"],
+            },
+        }
+        name = f"{MIXED_KIND}-{config.text_encoder}"
+        folder = save_joint_model(config.models_dir, name, model, metadata)
+        logger.info("saved %s (w2vv and dual side by side) to %s", name, folder)
         saved.append(folder)
     return saved
 

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from encoders.base import l2_normalize
-from encoders.joint import KIND_DUAL, KIND_W2VV, DenseLayer, JointModel, ensemble_joint_models
+from encoders.joint import (
+    KIND_DUAL,
+    KIND_W2VV,
+    DenseLayer,
+    JointModel,
+    _deepen,
+    ensemble_joint_models,
+    mixed_joint_model,
+)
 
 TEXT_DIM, IMAGE_DIM = 12, 20
 
@@ -107,3 +115,34 @@ def test_members_that_cannot_merge_are_rejected() -> None:
         ensemble_joint_models([_w2vv(0, []), _dual(1)])
     with pytest.raises(ValueError, match="one text and one image scale"):
         ensemble_joint_models([_w2vv(0, []), _w2vv(1, [])], text_scales=[1.0])
+
+
+@pytest.mark.parametrize("w2vv_hidden", [[], [32], [32, 24]])
+def test_mixed_model_adds_weighted_w2vv_cosine_to_dual_similarity(w2vv_hidden: list[int]) -> None:
+    w2vv = _w2vv(0, w2vv_hidden)
+    rng = np.random.default_rng(1)
+    dual = JointModel(  # linear towers, as the trainer's default
+        KIND_DUAL, "text/v1", "image/v1", TEXT_DIM, IMAGE_DIM,
+        _tower(rng, [TEXT_DIM, 8], "relu"), _tower(rng, [IMAGE_DIM, 8], "relu"),
+    )  # fmt: skip
+    text = rng.standard_normal((5, TEXT_DIM)).astype(np.float32)
+    images = l2_normalize(rng.standard_normal((6, IMAGE_DIM)))
+
+    mixed = mixed_joint_model(w2vv, 3.0, dual)
+
+    assert mixed.kind == KIND_DUAL and mixed.dim == IMAGE_DIM + 8
+    t_raw = np.concatenate([3.0 * _raw(w2vv.text_layers, text), _raw(dual.text_layers, text)], 1)
+    i_raw = np.concatenate([images, _raw(dual.image_layers, images)], axis=1)
+    np.testing.assert_allclose(mixed.embed_text_features(text), l2_normalize(t_raw), atol=1e-5)
+    np.testing.assert_allclose(mixed.embed_image_features(images), l2_normalize(i_raw), atol=1e-5)
+    with pytest.raises(ValueError, match="a w2vv model and a dual model"):
+        mixed_joint_model(dual, 1.0, dual)
+
+
+def test_deepening_keeps_a_linear_tower_exact() -> None:
+    rng = np.random.default_rng(3)
+    tower = _tower(rng, [TEXT_DIM, 8], "relu")
+    x = rng.standard_normal((4, TEXT_DIM)).astype(np.float32)
+    deeper = _deepen(tower, 3)
+    assert [layer.activation for layer in deeper] == ["relu", "relu", "linear"]
+    np.testing.assert_allclose(_raw(deeper, x), _raw(tower, x), atol=1e-5)
