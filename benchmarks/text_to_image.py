@@ -89,7 +89,7 @@ def main() -> int:
             config = train_joint_job.TrainJointConfig(
                 dataset=str(flickr), split="train", models_dir=str(models_dir),
                 text_encoder=name, image_encoder=spec, epochs=args.epochs,
-                ensemble=args.ensemble,
+                ensemble=args.ensemble, mixed=True,
             )  # fmt: skip
             start = time.perf_counter()
             train_joint_job.run(config)

@@ -4,8 +4,8 @@ Steps, each reusing what an earlier run made: the dataset's image features throu
 index job (``training.features``), the text encoder (fitted on the split's captions for the
 kinds that need fitting), text features for every caption, then Word2VisualVec and/or the dual
 encoder, each saved as a new version in the models directory with the encoder ids it needs
-(``--ensemble N``: N seeds of each merged into one model), and when both kinds are trained, the
-two side by side as a third model, ``mixed-<text encoder>`` (``encoders.joint``).
+(``--ensemble N``: N seeds of each merged into one model), and with ``--mixed`` and both kinds,
+the two side by side as a third model, ``mixed-<text encoder>`` (``encoders.joint``).
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class TrainJointConfig:
     # Members per saved model: seeds seed, seed+1, ... merged into one model (see
     # training.joint.export_ensemble); 1 saves a single model.
     ensemble: int = 1
+    # With both kinds: also save them side by side as ``mixed-<text encoder>``.
+    mixed: bool = False
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
@@ -94,6 +96,11 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
         default=1,
         help="train this many seeds of each kind and save them merged as one model",
     )
+    parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="with --kind both, also save the two side by side as one model, mixed-<text>",
+    )
     args, beam_args = parser.parse_known_args(argv)
     config = TrainJointConfig(
         dataset=args.dataset,
@@ -109,6 +116,7 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
         dual_loss=args.dual_loss,
         seed=args.seed,
         ensemble=args.ensemble,
+        mixed=args.mixed,
     )
     return config, beam_args
 
@@ -195,7 +203,7 @@ def run(config: TrainJointConfig, beam_args: Sequence[str] = ()) -> list[Path]:
         logger.info("saved %s (held-out %s) to %s", name, history.best_heldout, folder)
         saved.append(folder)
         exported[kind] = (model, metadata, folder)
-    if set(exported) == set(JOINT_KINDS):
+    if config.mixed and set(exported) == set(JOINT_KINDS):
         # Both kinds trained on the same features: also save them side by side as one model
         # (no extra training; each W2VV seed weighs as much as each dual seed).
         (w2vv, w2vv_meta, w2vv_folder), (dual, dual_meta, dual_folder) = (

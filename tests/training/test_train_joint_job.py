@@ -31,7 +31,7 @@ def trained(coco: Path, tmp_path_factory, mobilenet_weights) -> Path:
     config, beam_args = train_joint_job.parse_args(
         ["--dataset", str(coco), "--split", "val", "--out", str(models),
          "--text-encoder", "tfidf", "--epochs", "40", "--batch-size", "64", "--seed", "1",
-         "--ensemble", "2"]
+         "--ensemble", "2", "--mixed"]
     )  # fmt: skip
     train_joint_job.run(config, beam_args)
     return models
