@@ -220,3 +220,188 @@ class JointModel:
             f"JointModel({self.kind!r}, text={self.text_encoder_id!r} ({self.text_dim}-d), "
             f"image={self.image_encoder_id!r} ({self.image_dim}-d), dim={self.dim})"
         )
+
+
+def _merge_towers(
+    towers: Sequence[Sequence[DenseLayer]], scales: Sequence[float], average: bool
+) -> tuple[DenseLayer, ...]:
+    """Run ``towers`` side by side as one chain of wider dense layers.
+
+    The first layers share the input, so their kernels sit side by side; deeper layers are
+    block-diagonal (each member only sees its own hidden units, so activations stay per member).
+    The last layer scales member ``m``'s output by ``scales[m]`` and either concatenates the
+    outputs (``average=False``) or sums them (``average=True``: its kernels stack vertically).
+    """
+    depth = len(towers[0])
+    if any(len(tower) != depth for tower in towers):
+        raise ValueError("ensemble members need towers of the same depth")
+    activations = {tuple(layer.activation for layer in tower) for tower in towers}
+    if len(activations) != 1:
+        raise ValueError("ensemble members need towers with the same activations")
+    merged = []
+    for position in range(depth):
+        layers = [tower[position] for tower in towers]
+        last = position == depth - 1
+        kernels = [layer.kernel for layer in layers]
+        biases = [layer.bias for layer in layers]
+        if last:
+            kernels = [k * s for k, s in zip(kernels, scales, strict=True)]
+            biases = [b * s for b, s in zip(biases, scales, strict=True)]
+        if last and average:
+            if len({k.shape[1] for k in kernels}) != 1:
+                raise ValueError("averaged members need outputs of the same width")
+            # Sum of the members' outputs: (h1 | h2) @ (K1 over K2) = h1 K1 + h2 K2.
+            kernel = np.concatenate(kernels, axis=0) if position else sum(kernels)
+            bias = sum(biases)
+        elif position == 0:
+            kernel, bias = np.concatenate(kernels, axis=1), np.concatenate(biases)
+        else:
+            kernel = _block_diagonal(kernels)
+            bias = np.concatenate(biases)
+        merged.append(DenseLayer(kernel, bias, layers[0].activation))
+    return tuple(merged)
+
+
+def _block_diagonal(kernels: Sequence[np.ndarray]) -> np.ndarray:
+    rows = sum(k.shape[0] for k in kernels)
+    cols = sum(k.shape[1] for k in kernels)
+    out = np.zeros((rows, cols), dtype=np.float32)
+    r = c = 0
+    for kernel in kernels:
+        out[r : r + kernel.shape[0], c : c + kernel.shape[1]] = kernel
+        r, c = r + kernel.shape[0], c + kernel.shape[1]
+    return out
+
+
+def ensemble_joint_models(
+    members: Sequence[JointModel],
+    text_scales: Sequence[float] | None = None,
+    image_scales: Sequence[float] | None = None,
+) -> JointModel:
+    """Several trained models (e.g. seeds) as one ``JointModel`` of the same kind and format.
+
+    Ensembling must not change how the model is served: the index and the text query path run
+    one chain of dense layers whatever was trained, so the members are merged into wider layers.
+
+    - ``w2vv`` members share the image space: the text side outputs the *mean* of the members'
+      predictions (each first multiplied by ``text_scales[m]``, meant to be one over that
+      member's typical output norm, so every member weighs alike before the final
+      normalisation). The image side stays the identity.
+    - ``dual`` members each have their own space: both sides output the members' vectors
+      concatenated (scaled likewise), so a dot product is the sum of the members' similarities
+      (exactly their mean cosine when every member's vectors have the scaled norm 1).
+
+    ``logit_scale`` is the members' mean.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    first = members[0]
+    for member in members[1:]:
+        same = (
+            member.kind,
+            member.text_encoder_id,
+            member.image_encoder_id,
+            member.text_dim,
+            member.image_dim,
+        )
+        if same != (
+            first.kind,
+            first.text_encoder_id,
+            first.image_encoder_id,
+            first.text_dim,
+            first.image_dim,
+        ):
+            raise ValueError("ensemble members must share kind, encoders and input widths")
+    count = len(members)
+    text_scales = list(text_scales) if text_scales is not None else [1.0] * count
+    image_scales = list(image_scales) if image_scales is not None else [1.0] * count
+    if len(text_scales) != count or len(image_scales) != count:
+        raise ValueError("need one text and one image scale per member")
+    average = first.kind == KIND_W2VV
+    text_layers = _merge_towers(
+        [m.text_layers for m in members],
+        [s / count if average else s for s in text_scales],
+        average,
+    )
+    image_layers: tuple[DenseLayer, ...] = ()
+    if first.kind == KIND_DUAL:
+        image_layers = _merge_towers([m.image_layers for m in members], image_scales, False)
+    return JointModel(
+        kind=first.kind,
+        text_encoder_id=first.text_encoder_id,
+        image_encoder_id=first.image_encoder_id,
+        text_dim=first.text_dim,
+        image_dim=first.image_dim,
+        text_layers=text_layers,
+        image_layers=image_layers,
+        logit_scale=float(np.mean([m.logit_scale for m in members])),
+    )
+
+
+def _deepen(layers: Sequence[DenseLayer], depth: int) -> tuple[DenseLayer, ...]:
+    """The same function as ``layers`` as a chain of ``depth`` layers, hidden ones ReLU.
+
+    The linear last layer ``z = x K + b`` becomes ``relu([z, -z])`` followed by the linear
+    ``[I; -I]``: since ``relu(z) - relu(-z) = z`` the output is unchanged, exactly. Lets a
+    linear dual tower sit beside a W2VV MLP in one merged chain.
+    """
+    layers = list(layers)
+    while len(layers) < depth:
+        last = layers.pop()
+        width = last.units
+        eye = np.eye(width, dtype=np.float32)
+        layers.append(
+            DenseLayer(
+                np.concatenate([last.kernel, -last.kernel], axis=1),
+                np.concatenate([last.bias, -last.bias]),
+                "relu",
+            )
+        )
+        layers.append(DenseLayer(np.concatenate([eye, -eye]), np.zeros(width, np.float32)))
+    return tuple(layers)
+
+
+def mixed_joint_model(w2vv: JointModel, w2vv_weight: float, dual: JointModel) -> JointModel:
+    """A W2VV model and a dual encoder side by side as one ``dual`` model.
+
+    The two learn different things from the same features (W2VV regresses into the image
+    space, the dual encoder learns a small shared space), so their similarities disagree
+    usefully: on Flickr8k dev the sum ranks better than either. The text side outputs
+    ``[w2vv_weight * w2vv_text | dual_text]``, the image side ``[image | dual_image]`` (the
+    W2VV image side is the image embedding itself, an identity layer here), so a dot product
+    is ``w2vv_weight * w2vv_cosine + dual_similarity``. ``w2vv_weight`` is typically the number
+    of W2VV seeds merged in ``w2vv`` (``dual`` from ``ensemble_joint_models`` already sums its
+    members' similarities), so every member counts alike. Hidden layers must be ReLU where
+    the towers' depths differ (see ``_deepen``).
+    """
+    if w2vv.kind != KIND_W2VV or dual.kind != KIND_DUAL:
+        raise ValueError("mixed_joint_model takes a w2vv model and a dual model")
+    if (w2vv.text_encoder_id, w2vv.image_encoder_id, w2vv.text_dim, w2vv.image_dim) != (
+        dual.text_encoder_id,
+        dual.image_encoder_id,
+        dual.text_dim,
+        dual.image_dim,
+    ):
+        raise ValueError("the two models must share encoders and input widths")
+    identity = (
+        DenseLayer(np.eye(w2vv.image_dim, dtype=np.float32), np.zeros(w2vv.image_dim, np.float32)),
+    )
+    merged = []
+    for first, second, scales in (
+        (w2vv.text_layers, dual.text_layers, [w2vv_weight, 1.0]),
+        (identity, dual.image_layers, [1.0, 1.0]),
+    ):
+        depth = max(len(first), len(second))
+        # A deepened tower has ReLU hidden layers: _merge_towers rejects a tanh partner.
+        towers = [_deepen(first, depth), _deepen(second, depth)]
+        merged.append(_merge_towers(towers, scales, average=False))
+    return JointModel(
+        kind=KIND_DUAL,
+        text_encoder_id=dual.text_encoder_id,
+        image_encoder_id=dual.image_encoder_id,
+        text_dim=dual.text_dim,
+        image_dim=dual.image_dim,
+        text_layers=merged[0],
+        image_layers=merged[1],
+        logit_scale=dual.logit_scale,
+    )

@@ -11,6 +11,7 @@ encoder. What the path means depends on the name:
 ``glove_idf``  a fitted artifact directory (which records the GloVe source it was fitted with)
 ``glove_sif``  a fitted artifact directory (idem)
 ``minilm``     an all-MiniLM-L6-v2 model directory or ``"auto"``
+``minilm_tfidf`` a fitted artifact directory (a TF-IDF artifact + the MiniLM path it uses)
 =============  ===========================================================================
 
 Importing this module does not import TensorFlow; creating an encoder (or tokenizing) does.
@@ -27,6 +28,7 @@ from typing import Any
 from encoders.base import TextEncoder
 from encoders.bow import BagOfWordsEncoder, TfidfEncoder, read_artifact_config
 from encoders.minilm import MINILM_NAME, BertConfig, MiniLMEncoder, locate_minilm
+from encoders.minilm_tfidf import MINILM_TFIDF_NAME, MiniLMTfidfEncoder
 from encoders.word_vectors import (
     MeanWordVectorEncoder,
     WeightedWordVectorEncoder,
@@ -42,13 +44,18 @@ _VOCABULARY_ENCODERS: dict[str, type[BagOfWordsEncoder] | type[TfidfEncoder]] = 
 _WEIGHTED_GLOVE = {name: weighting for weighting, name in WeightedWordVectorEncoder.NAMES.items()}
 
 # The kinds whose path is an artifact written by ``fit_text_encoder``.
-FITTED_TEXT_ENCODER_NAMES: tuple[str, ...] = (*_VOCABULARY_ENCODERS, *_WEIGHTED_GLOVE)
+FITTED_TEXT_ENCODER_NAMES: tuple[str, ...] = (
+    *_VOCABULARY_ENCODERS,
+    *_WEIGHTED_GLOVE,
+    MINILM_TFIDF_NAME,
+)
 TEXT_ENCODER_NAMES: tuple[str, ...] = (
     BagOfWordsEncoder.name,
     TfidfEncoder.name,
     MeanWordVectorEncoder.name,
     *_WEIGHTED_GLOVE,
     MINILM_NAME,
+    MINILM_TFIDF_NAME,
 )
 
 
@@ -89,6 +96,8 @@ def check_text_encoder(spec: TextEncoderSpec) -> int:
     Cheap (no TensorFlow, no model or vectors loaded): a job calls it before starting work,
     so a wrong path is one clear error rather than a crash inside every worker.
     """
+    if spec.name == MINILM_TFIDF_NAME:
+        return MiniLMTfidfEncoder.artifact_dim(_artifact_dir(spec))
     if spec.name in FITTED_TEXT_ENCODER_NAMES:
         config = read_artifact_config(_artifact_dir(spec), [spec.name])
         if spec.name in _WEIGHTED_GLOVE:
@@ -115,6 +124,8 @@ def create_text_encoder(spec: TextEncoderSpec) -> TextEncoder:
         return MeanWordVectorEncoder(load_glove(spec.path))
     if spec.name == MINILM_NAME:
         return MiniLMEncoder(spec.path)
+    if spec.name == MINILM_TFIDF_NAME:
+        return MiniLMTfidfEncoder.load(_artifact_dir(spec))
     raise _unknown(spec.name)
 
 
@@ -131,12 +142,22 @@ def fit_text_encoder(
     ``out_dir`` and return the spec that loads it (its path absolute).
 
     ``glove`` (weighted GloVe kinds) is resolved by ``locate_glove`` and recorded in the
-    artifact. ``min_count`` defaults to 2 for bow/tfidf (the vocabulary) and 1 for the GloVe
+    artifact; for ``minilm_tfidf`` it is the MiniLM model path instead (``locate_minilm``).
+    ``min_count`` defaults to 2 for bow/tfidf/minilm_tfidf (the vocabulary) and 1 for the GloVe
     weights (every caption word gets its own weight); ``max_vocab`` and ``sublinear_tf`` apply
-    to bow/tfidf only.
+    to the TF-IDF vocabulary kinds only.
     """
     out_dir = Path(out_dir).expanduser().resolve()
-    if name in _VOCABULARY_ENCODERS:
+    if name == MINILM_TFIDF_NAME:
+        MiniLMTfidfEncoder.fit(
+            texts,
+            out_dir,
+            minilm=glove,
+            min_count=2 if min_count is None else min_count,
+            max_vocab=max_vocab,
+            sublinear_tf=sublinear_tf,
+        )
+    elif name in _VOCABULARY_ENCODERS:
         encoder = _VOCABULARY_ENCODERS[name].fit(
             texts,
             min_count=2 if min_count is None else min_count,

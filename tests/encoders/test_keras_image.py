@@ -171,7 +171,9 @@ def test_bad_weights_paths_are_rejected_before_building(tmp_path: Path) -> None:
     wrong_suffix.write_bytes(b"not keras")
     with pytest.raises(ValueError, match=r"\.weights\.h5"):
         resolve_weights("mobilenet_v2", str(wrong_suffix))
-    with pytest.raises(ValueError, match="known: efficientnet_b0, mobilenet_v2, resnet50"):
+    with pytest.raises(
+        ValueError, match="known: efficientnet_b0, mobilenet_v2, mobilenet_v2_flip, resnet50"
+    ):
         resolve_weights("vgg16", "none")
 
 
@@ -234,3 +236,21 @@ def test_random_init_backbones_are_reproducible(name: str, dim: int) -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(second.encode(pixels), vectors, atol=1e-6)
     assert float(vectors[0] @ vectors[1]) < 1.0 - 1e-6  # the images are told apart
+
+
+def test_flip_variant_averages_the_photo_and_its_mirror(
+    mobilenet: KerasImageEncoder, photos: np.ndarray, mobilenet_weights: Path
+) -> None:
+    flip = create_image_encoder(
+        EncoderSpec(name="mobilenet_v2_flip", weights=str(mobilenet_weights))
+    )
+    mirrored = np.ascontiguousarray(photos[:, :, ::-1])
+
+    pooled = flip.pooled_features(photos)
+    expected = (mobilenet.pooled_features(photos) + mobilenet.pooled_features(mirrored)) / 2
+    np.testing.assert_allclose(pooled, expected, rtol=1e-4, atol=1e-4)
+    # Mirror-invariant by construction, unlike the plain encoder.
+    np.testing.assert_allclose(flip.encode(mirrored), flip.encode(photos), atol=1e-5)
+    assert np.abs(mobilenet.encode(mirrored) - mobilenet.encode(photos)).max() > 1e-3
+    assert flip.encoder_id.startswith("mobilenet_v2_flip/")
+    assert flip.encoder_id != mobilenet.encoder_id

@@ -236,13 +236,26 @@ def test_handler_settings_and_pickling() -> None:
 
 
 def test_registry_knows_every_encoder_and_rejects_others() -> None:
-    assert IMAGE_ENCODER_NAMES == ("fake", "mobilenet_v2", "efficientnet_b0", "resnet50")
+    assert IMAGE_ENCODER_NAMES == (
+        "fake",
+        "mobilenet_v2",
+        "efficientnet_b0",
+        "resnet50",
+        "mobilenet_v2_flip",
+    )
     assert isinstance(create_image_encoder(SPEC), FakeImageEncoder)
     dims = {name: image_encoder_dim(EncoderSpec(name=name)) for name in IMAGE_ENCODER_NAMES}
-    assert dims == {"fake": 64, "mobilenet_v2": 1280, "efficientnet_b0": 1280, "resnet50": 2048}
+    assert dims == {
+        "fake": 64,
+        "mobilenet_v2": 1280,
+        "efficientnet_b0": 1280,
+        "resnet50": 2048,
+        "mobilenet_v2_flip": 1280,
+    }
     for bad_call in (create_image_encoder, image_encoder_dim):
         with pytest.raises(
-            ValueError, match="known: fake, mobilenet_v2, efficientnet_b0, resnet50"
+            ValueError,
+            match="known: fake, mobilenet_v2, efficientnet_b0, resnet50, mobilenet_v2_flip",
         ):
             bad_call(EncoderSpec(name="clip"))
 

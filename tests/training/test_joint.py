@@ -23,6 +23,7 @@ from training.joint import (
     W2VVConfig,
     contrastive_losses,
     epoch_order,
+    export_ensemble,
     split_heldout,
     train_dual_encoder,
     train_w2vv,
@@ -284,3 +285,45 @@ def test_trainers_reject_bad_inputs(data: Synthetic) -> None:
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         train_dual_encoder(bad, data.image_feats, data.train_pairs, DUAL_CONFIG)
+
+
+@pytest.mark.parametrize("fixture", ["w2vv", "dual"])
+def test_ensemble_of_seeds_is_one_model_that_averages_its_members(
+    fixture: str, request: pytest.FixtureRequest, data: Synthetic
+) -> None:
+    first, _ = request.getfixturevalue(fixture)
+    config = dataclasses.replace(first.config, seed=7)
+    trainer = train_w2vv if fixture == "w2vv" else train_dual_encoder
+    second, _ = trainer(data.text_feats, data.image_feats, data.train_pairs, config)
+
+    merged = export_ensemble([first, second], data.text_feats, data.image_feats, "t", "i")
+
+    assert merged.kind == first.kind and (merged.text_encoder_id, merged.image_encoder_id) == (
+        "t",
+        "i",
+    )
+    # The text side of a w2vv ensemble lives in the image space, like its members; a dual
+    # ensemble's space is the members' spaces side by side.
+    assert merged.dim == (IMAGE_DIM if fixture == "w2vv" else 2 * DUAL_CONFIG.dim)
+    # Scored against the members: the merged cosine is (close to) their mean cosine. Exact
+    # when each member's raw vectors have the length its scale assumes; here within 0.05.
+    text, images = data.text_feats[:50], data.image_feats[:60]
+    merged_scores = merged.embed_text_features(text) @ merged.embed_image_features(images).T
+    member_scores = np.mean(
+        [m.embed_text_features(text) @ m.embed_image_features(images).T for m in (first, second)],
+        axis=0,
+    )
+    assert np.corrcoef(merged_scores.ravel(), member_scores.ravel())[0, 1] > 0.99
+    recall = retrieval_metrics(
+        text_to_image_ranks(
+            merged.embed_text_features(data.text_feats[data.test_pairs[:, 0]]),
+            merged.embed_image_features(data.image_feats[np.unique(data.test_pairs[:, 1])]),
+            np.unique(data.test_pairs[:, 1], return_inverse=True)[1],
+        )
+    )
+    assert recall["R@5"] >= test_recall(first, data)["R@5"] - 0.05
+    # A single member exports unchanged.
+    alone = export_ensemble([first], data.text_feats, data.image_feats, "t", "i")
+    np.testing.assert_array_equal(
+        alone.text_layers[0].kernel, first.to_joint_model("t", "i").text_layers[0].kernel
+    )

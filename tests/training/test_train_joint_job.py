@@ -30,7 +30,8 @@ def trained(coco: Path, tmp_path_factory, mobilenet_weights) -> Path:
     models = tmp_path_factory.mktemp("models")
     config, beam_args = train_joint_job.parse_args(
         ["--dataset", str(coco), "--split", "val", "--out", str(models),
-         "--text-encoder", "tfidf", "--epochs", "40", "--batch-size", "64", "--seed", "1"]
+         "--text-encoder", "tfidf", "--epochs", "40", "--batch-size", "64", "--seed", "1",
+         "--ensemble", "2", "--mixed"]
     )  # fmt: skip
     train_joint_job.run(config, beam_args)
     return models
@@ -38,11 +39,21 @@ def trained(coco: Path, tmp_path_factory, mobilenet_weights) -> Path:
 
 def test_both_kinds_saved_with_the_encoders_they_need(trained: Path):
     versions = {m.name: m for m in list_models(trained)}
-    assert set(versions) == {"w2vv-tfidf", "dual-tfidf"}
+    assert set(versions) == {"w2vv-tfidf", "dual-tfidf", "mixed-tfidf"}
     metadata = read_metadata(versions["dual-tfidf"].path)
     assert metadata["image_encoder"]["encoder_id"].startswith("mobilenet_v2/")
     assert metadata["text_encoder"]["name"] == "tfidf"
     assert metadata["dataset"]["captions"] >= 395
+    # --ensemble 2: two seeds merged into the one saved model (whose space doubles for dual).
+    assert metadata["ensemble"]["seeds"] == [1, 2]
+    assert len(metadata["ensemble"]["member_heldout_metrics"]) == 2
+    assert json.loads((versions["dual-tfidf"].path / "config.json").read_text())["dim"] == 512
+    # The mixed model holds both: the W2VV (image) space beside the dual ensemble's.
+    mixed = json.loads((versions["mixed-tfidf"].path / "config.json").read_text())
+    assert (mixed["kind"], mixed["dim"]) == ("dual", 1280 + 512)
+    assert read_metadata(versions["mixed-tfidf"].path)["mixed_of"]["w2vv"].endswith(
+        str(versions["w2vv-tfidf"].path.name)
+    )
     # Features were computed once, by the real index job, and are reused by a second run.
     features = list((trained / "features").iterdir())
     assert len(features) == 1 and (features[0] / "manifest.json").is_file()
@@ -54,7 +65,7 @@ def test_trained_models_find_captioned_images_by_text(trained: Path, coco: Path)
     images = ImageSearcher.load(str(features_dir))
     truth = dict(dataset.captions[::5])  # one caption per image as a query
     names, queries = list(truth), list(truth.values())
-    for model in ("w2vv-tfidf", "dual-tfidf"):
+    for model in ("w2vv-tfidf", "dual-tfidf", "mixed-tfidf"):
         searcher = TextSearcher.load(images, trained, model)
         hits = searcher.search_many(queries, k=5)
         found = np.mean(
