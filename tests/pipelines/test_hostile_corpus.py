@@ -34,13 +34,16 @@ REPO = Path(__file__).resolve().parents[2]
 # Peak RSS of the whole job process (Python, Beam, pyarrow, ScaNN). A decoder that trusted the
 # bombs' headers would need 1.6e9..4.2e9 pixels (gigabytes) for one of them.
 MAX_RSS_MB = 1200
-# Runs the job in-process and prints its own peak RSS (Linux ru_maxrss is in KiB).
+# Runs the job in-process and prints its own peak RSS: VmHWM of /proc/self/status (KiB). Not
+# getrusage's ru_maxrss, which survives exec: a child forked from a pytest process that has
+# loaded TensorFlow would report the parent's size (1.5-3.5 GB seen), not the job's.
 _RUN_AND_MEASURE = (
-    "import json, resource, sys\n"
+    "import json, re, sys\n"
     "from pipelines import index_job\n"
     "result = index_job.run(sys.argv[1:])\n"
-    "print('RESULT ' + json.dumps({'counts': result.counts,"
-    " 'max_rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+    "status = open('/proc/self/status').read()\n"
+    "peak = int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1))\n"
+    "print('RESULT ' + json.dumps({'counts': result.counts, 'max_rss_kb': peak}))\n"
 )
 
 
