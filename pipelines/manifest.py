@@ -168,20 +168,29 @@ def write_manifest(out_dir: str, manifest: IndexManifest) -> str:
     the new one, never half of one.
     """
     final_path = FileSystems.join(out_dir, MANIFEST_NAME)
-    temp_path = FileSystems.join(out_dir, f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex}")
     payload = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
+    replace_by_rename(out_dir, MANIFEST_NAME, payload)
+    logger.info("published manifest %s (version %s)", final_path, manifest.version)
+    return final_path
+
+
+def replace_by_rename(folder: str, name: str, payload: bytes) -> None:
+    """Write ``folder/name`` whole: a hidden temp file first, then one rename over the name.
+
+    A reader sees the old file or the new one, never a partial write; a failure (or Ctrl-C)
+    removes the temp file and leaves the old file untouched.
+    """
+    temp_path = FileSystems.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
         with FileSystems.create(
             temp_path, mime_type="application/json", compression_type=_RAW
         ) as f:
             f.write(payload)
-        FileSystems.rename([temp_path], [final_path])
+        FileSystems.rename([temp_path], [FileSystems.join(folder, name)])
     except BaseException:
         if FileSystems.exists(temp_path):
             FileSystems.delete([temp_path])
         raise
-    logger.info("published manifest %s (version %s)", final_path, manifest.version)
-    return final_path
 
 
 def read_manifest(out_dir_or_manifest_path: str) -> IndexManifest:

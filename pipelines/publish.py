@@ -20,13 +20,12 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import uuid
 from typing import Any
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.manifest import MANIFEST_NAME
+from pipelines.manifest import MANIFEST_NAME, replace_by_rename
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ def write_pointer(root: str, version: str) -> Pointer:
         pointer = _swap_gcs_pointer(final_path, version)
     else:
         pointer = _next_pointer(version, read_pointer(root))
-        _replace_by_rename(root, final_path, _pointer_bytes(pointer))
+        replace_by_rename(_root(root), POINTER_NAME, _pointer_bytes(pointer))
     logger.info("published %s -> %s (previous %s)", final_path, version, pointer.previous)
     return pointer
 
@@ -143,20 +142,6 @@ def _next_pointer(version: str, current: Pointer | None) -> Pointer:
 
 def _pointer_bytes(pointer: Pointer) -> bytes:
     return json.dumps(pointer.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
-
-
-def _replace_by_rename(root: str, final_path: str, payload: bytes) -> None:
-    temp_path = FileSystems.join(_root(root), f".{POINTER_NAME}.tmp-{uuid.uuid4().hex}")
-    try:
-        with FileSystems.create(
-            temp_path, mime_type="application/json", compression_type=_RAW
-        ) as f:
-            f.write(payload)
-        FileSystems.rename([temp_path], [final_path])
-    except BaseException:
-        if FileSystems.exists(temp_path):
-            FileSystems.delete([temp_path])
-        raise
 
 
 def _swap_gcs_pointer(final_path: str, version: str) -> Pointer:
