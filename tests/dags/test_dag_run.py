@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -75,7 +76,8 @@ def test_nightly_dag_full_then_incremental_run_publishes_each_version(tmp_path: 
     assert migrated.returncode == 0, migrated.stdout[-3000:]
     root = tmp_path / "published"
     conf = {"corpus": str(corpus), "output_root": str(root), "encoder": "fake",
-            "weights": "none", "beam_options": {"table_shards": 2}}  # fmt: skip
+            "weights": "none", "beam_options": {"table_shards": 2},
+            "embedding_storage": "float16"}  # fmt: skip
 
     out = _dags_test(env, "2026-11-22", conf)
     assert "no eval set configured" in out
@@ -84,7 +86,10 @@ def test_nightly_dag_full_then_incremental_run_publishes_each_version(tmp_path: 
     assert manifest["version"] == "20261122"
     assert manifest["counts"]["inputs"] == manifest["counts"]["indexed"] == 4
     assert "reused" not in manifest["counts"]  # nothing published before: a full run
-    assert len(list((v1 / "table").glob("*.parquet"))) == 2  # beam_options reached the job
+    tables = sorted((v1 / "table").glob("*.parquet"))
+    assert len(tables) == 2  # beam_options reached the job
+    embedding = pq.read_schema(tables[0]).field("embedding").type
+    assert embedding.value_type == pa.float16()  # and so did the embedding_storage param
     assert json.loads((root / "latest.json").read_text())["version"] == "20261122"
     assert json.loads((v1 / "eval" / "gate.json").read_text())["passed"] is True
     before = _table(v1)
