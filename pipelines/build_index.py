@@ -48,7 +48,13 @@ from pipelines.manifest import (
     relative_path,
     write_manifest,
 )
-from pipelines.scann_index import QUANTIZE, build_searcher, choose_scann_params, save_searcher
+from pipelines.scann_index import (
+    QUANTIZE,
+    ScannParams,
+    build_searcher,
+    choose_scann_params,
+    save_searcher,
+)
 from pipelines.types import EMBEDDING_SCALE, JOINT_EMBEDDING, JOINT_MODEL, dequantize_int8
 
 logger = logging.getLogger(__name__)
@@ -465,6 +471,41 @@ def _shard_result_path(out_dir: str, shard: int) -> str:
     return FileSystems.join(out_dir, INDEX_DIR, _RESULTS_DIR, f"shard-{shard:05d}.json")
 
 
+def _build_and_publish(
+    out_dir: str, shard: int, table: EmbeddingTable, params: ScannParams, k: int
+) -> tuple[dict[str, Any], dict[str, Any] | None, list[dict[str, Any]]]:
+    """Build and upload shard ``shard``'s image index (``params``) over ``table`` and, when the
+    table holds joint embeddings, its joint index (size rules for ``k``).
+
+    -> (the shard's manifest entry, ``{"model", "dim", "shard"}`` of its joint index or None,
+    the file entries of both). The one-shard build and each worker of a sharded build use it.
+    """
+    shard_rel = shard_dir_name(shard)
+    searcher = build_searcher(table.embeddings, params)
+    files = publish_shard(out_dir, shard_rel, searcher, table.image_ids, table.uris)
+    entry = shard_entry(shard_rel, len(table), params.to_json(), files)
+    if table.joint_embeddings is None:
+        return entry, None, files
+    joint_dim = int(table.joint_embeddings.shape[1])
+    joint_params = choose_scann_params(len(table), joint_dim, k)
+    logger.info(
+        "indexing %d x %d joint vectors of %s with %s",
+        len(table),
+        joint_dim,
+        table.joint_model,
+        joint_params,
+    )
+    joint_rel = joint_shard_dir_name(shard)
+    joint_searcher = build_searcher(table.joint_embeddings, joint_params)
+    joint_files = publish_shard(out_dir, joint_rel, joint_searcher, table.image_ids, table.uris)
+    joint = {
+        "model": table.joint_model,
+        "dim": joint_dim,
+        "shard": shard_entry(joint_rel, len(table), joint_params.to_json(), joint_files),
+    }
+    return entry, joint, files + joint_files
+
+
 def build_shard(spec: ShardSpec) -> dict[str, Any]:
     """Build and upload shard ``spec.shard`` (and its joint shard) from its slice of the table.
 
@@ -480,38 +521,14 @@ def build_shard(spec: ShardSpec) -> dict[str, Any]:
     logger.info(
         "shard %d/%d: %d x %d with %s", spec.shard, spec.num_shards, len(table), table.dim, params
     )
-    shard_rel = shard_dir_name(spec.shard)
-    files = publish_shard(
-        spec.out_dir,
-        shard_rel,
-        build_searcher(table.embeddings, params),
-        table.image_ids,
-        table.uris,
-    )
+    entry, joint, files = _build_and_publish(spec.out_dir, spec.shard, table, params, spec.k)
     result: dict[str, Any] = {
-        "shard": shard_entry(shard_rel, len(table), params.to_json(), files),
+        "shard": entry,
         "encoder_id": table.encoder_id,
         "dim": table.dim,
-        "joint": None,
+        "joint": joint,
+        "files": files,
     }
-    if table.joint_embeddings is not None:
-        joint_dim = int(table.joint_embeddings.shape[1])
-        joint_params = choose_scann_params(len(table), joint_dim, spec.k)
-        joint_rel = joint_shard_dir_name(spec.shard)
-        joint_files = publish_shard(
-            spec.out_dir,
-            joint_rel,
-            build_searcher(table.joint_embeddings, joint_params),
-            table.image_ids,
-            table.uris,
-        )
-        files += joint_files
-        result["joint"] = {
-            "model": table.joint_model,
-            "dim": joint_dim,
-            "shard": shard_entry(joint_rel, len(table), joint_params.to_json(), joint_files),
-        }
-    result["files"] = files
     payload = json.dumps(result, sort_keys=True).encode("utf-8")
     with FileSystems.create(
         _shard_result_path(spec.out_dir, spec.shard), compression_type=_RAW
@@ -682,33 +699,16 @@ def build_index(
     logger.info(
         "indexing %d x %d vectors of %s with %s", num_rows, table.dim, table.encoder_id, params
     )
-    searcher = build_searcher(table.embeddings, params)
-
-    shard_rel = shard_dir_name(0)
-    index_entries = publish_shard(out_dir, shard_rel, searcher, table.image_ids, table.uris)
+    entry, joint, index_entries = _build_and_publish(out_dir, 0, table, params, k)
     joint_index = None
-    if table.joint_embeddings is not None:
-        joint_dim = int(table.joint_embeddings.shape[1])
-        joint_params = choose_scann_params(num_rows, joint_dim, k)
-        logger.info(
-            "indexing %d x %d joint vectors of %s with %s",
-            num_rows,
-            joint_dim,
-            table.joint_model,
-            joint_params,
-        )
-        joint_rel = joint_shard_dir_name(0)
-        joint_searcher = build_searcher(table.joint_embeddings, joint_params)
-        index_entries += publish_shard(
-            out_dir, joint_rel, joint_searcher, table.image_ids, table.uris
-        )
-        model, model_version = split_model_id(table.joint_model)
+    if joint is not None:
+        model, model_version = split_model_id(joint["model"])
         joint_index = {
             "model": model,
             "model_version": model_version,
-            "dim": joint_dim,
-            "scann_params": joint_params.to_json(),
-            "shard": shard_entry(joint_rel, num_rows, joint_params.to_json(), index_entries),
+            "dim": joint["dim"],
+            "scann_params": joint["shard"]["scann_params"],
+            "shard": joint["shard"],
         }
     table_entries = [file_entry(path, out_dir) for path in table.paths]
 
@@ -721,8 +721,8 @@ def build_index(
         dim=table.dim,
         counts=counts,
         scann_params=params.to_json(),
-        shards=[shard_entry(shard_rel, num_rows, params.to_json(), index_entries)],
-        files=sorted(table_entries + index_entries, key=lambda entry: entry["path"]),
+        shards=[entry],
+        files=sorted(table_entries + index_entries, key=lambda e: e["path"]),
         joint_index=joint_index,
         tuning=tuning,
         lineage=full_build_lineage(version, num_rows),
@@ -787,7 +787,7 @@ def _build_index_sharded(
         # Each shard records its own parameters; this is shard 0's, for readers of one value.
         scann_params=shards[0]["scann_params"],
         shards=shards,
-        files=sorted(table_entries + index_entries, key=lambda entry: entry["path"]),
+        files=sorted(table_entries + index_entries, key=lambda e: e["path"]),
         joint_index=joint_index,
         sharding={"assignment": SHARD_ASSIGNMENT, "num_shards": num_shards},
         lineage=full_build_lineage(version, num_rows),
