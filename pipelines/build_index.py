@@ -443,13 +443,18 @@ def download_shard(
         name = entry["path"][len(prefix) :]
         target = os.path.join(local, *name.split("/"))
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with (
-            FileSystems.open(join_path(out_dir, entry["path"]), compression_type=_RAW) as src,
-            open(target, "wb") as dst,
-        ):
-            while chunk := src.read(_COPY_CHUNK_BYTES):
-                dst.write(chunk)
+        copy_file(join_path(out_dir, entry["path"]), target)
     return local
+
+
+def copy_file(source: str, destination: str) -> None:
+    """Copy one file byte for byte through Beam FileSystems (local or gs:// on either side)."""
+    with (
+        FileSystems.open(source, compression_type=_RAW) as src,
+        FileSystems.create(destination, compression_type=_RAW) as dst,
+    ):
+        while chunk := src.read(_COPY_CHUNK_BYTES):
+            dst.write(chunk)
 
 
 # --- sharded builds ---------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from pipelines.build_index import (
     TABLE_DIR,
     EmbeddingTable,
     build_index,
+    copy_file,
     download_shard,
     full_build_lineage,
     publish_shard,
@@ -71,7 +72,6 @@ from pipelines.scann_index import ScannParams, choose_scann_params, load_searche
 logger = logging.getLogger(__name__)
 
 _RAW = CompressionTypes.UNCOMPRESSED
-_COPY_CHUNK_BYTES = 4 * 2**20
 # See the module docstring: the share of rows changed since the last full build beyond which
 # partitions and codebooks trained on the old rows are retrained rather than patched.
 DEFAULT_MAX_CHANGED_FRACTION = 0.10
@@ -156,15 +156,6 @@ class UpdateResult:
         )
 
 
-def _copy(source: str, destination: str) -> None:
-    with (
-        FileSystems.open(source, compression_type=_RAW) as src,
-        FileSystems.create(destination, compression_type=_RAW) as dst,
-    ):
-        while chunk := src.read(_COPY_CHUNK_BYTES):
-            dst.write(chunk)
-
-
 def _file_name(path: str) -> str:
     return FileSystems.split(path)[1]
 
@@ -185,7 +176,7 @@ def _write_table(
         with FileSystems.open(source, compression_type=_RAW) as handle:
             ids = pq.read_table(handle, columns=["image_id"])["image_id"]
         if not pc.any(pc.is_in(ids, value_set=removed_array)).as_py():
-            _copy(source, destination)  # byte for byte: on gs:// no decode, no re-encode
+            copy_file(source, destination)  # byte for byte: on gs:// no decode, no re-encode
             continue
         with FileSystems.open(source, compression_type=_RAW) as handle:
             table = pq.read_table(handle)
@@ -195,7 +186,7 @@ def _write_table(
                 pq.write_table(kept, handle)
     for number, path in enumerate(sorted(new_paths)):
         name = f"embeddings-update-{version}-{number:05d}.parquet"
-        _copy(path, FileSystems.join(out_dir, TABLE_DIR, name))
+        copy_file(path, FileSystems.join(out_dir, TABLE_DIR, name))
 
 
 def _check_new_rows(manifest: IndexManifest, new: EmbeddingTable | None) -> None:
@@ -235,7 +226,7 @@ def _mutate_shard(
     if not deletes and not upsert_ids:
         files = manifest.files_under(shard["index_dir"])
         for file in files:
-            _copy(join_path(base_dir, file["path"]), join_path(out_dir, file["path"]))
+            copy_file(join_path(base_dir, file["path"]), join_path(out_dir, file["path"]))
         return {"entry": dict(shard), "files": [dict(file) for file in files]}
     from scann.scann_ops.py.scann_ops_pybind import ScannSearcher  # lazy: imports TF
 
