@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -88,8 +89,9 @@ def _json(payload: dict) -> Response:
     return Response(orjson.dumps(payload), media_type="application/json")
 
 
-def _http_error(exc: queries.QueryError) -> HTTPException:
-    return HTTPException(status_code=exc.status, detail=exc.message)
+async def _query_error(request: Request, exc: queries.QueryError) -> Response:
+    """A refused query (``serving.queries.QueryError``) answers like any HTTPException."""
+    return await http_exception_handler(request, HTTPException(exc.status, exc.message))
 
 
 async def _read_upload(request: Request, config: ServeConfig) -> bytes:
@@ -151,6 +153,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     app.state.config, app.state.holder, app.state.reloader = config, holder, reloader
     app.state.metrics, app.state.models, app.state.thumbnails = metrics, models, thumbnails
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_exception_handler(queries.QueryError, _query_error)
 
     K = Annotated[int, Query(ge=1, le=config.max_k, description="results per page")]
     Offset = Annotated[int, Query(ge=0, le=config.max_offset, description="results to skip")]
@@ -166,10 +169,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         ] = None,
     ) -> Response:
         current = holder.current
-        try:
-            return _json(queries.text_query(current, q, k, offset, models.text_off_reason, mode))
-        except queries.QueryError as exc:
-            raise _http_error(exc) from exc
+        return _json(queries.text_query(current, q, k, offset, models.text_off_reason, mode))
 
     @app.post(
         "/api/search/image",
@@ -186,12 +186,9 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         data = await _read_upload(request, config)
         current = holder.current
         # Decoding and encoding are CPU work: off the event loop, like the sync handlers.
-        try:
-            result = await run_in_threadpool(
-                queries.image_query, current, data, k, offset, config.decode_limits
-            )
-        except queries.QueryError as exc:
-            raise _http_error(exc) from exc
+        result = await run_in_threadpool(
+            queries.image_query, current, data, k, offset, config.decode_limits
+        )
         return _json(result)
 
     @app.get(
@@ -201,10 +198,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         responses=_errors(404, 422),
     )
     def similar(image_id: str, k: K = config.default_k, offset: Offset = 0) -> Response:
-        try:
-            return _json(queries.similar_query(holder.current, image_id, k, offset))
-        except queries.QueryError as exc:
-            raise _http_error(exc) from exc
+        return _json(queries.similar_query(holder.current, image_id, k, offset))
 
     @app.get(
         "/api/images/{image_id}",
@@ -213,10 +207,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         responses=_errors(404),
     )
     def details(image_id: str) -> Response:
-        try:
-            return _json(queries.image_details(holder.current, image_id))
-        except queries.QueryError as exc:
-            raise _http_error(exc) from exc
+        return _json(queries.image_details(holder.current, image_id))
 
     @app.get(
         "/thumbnails/{image_id}",
