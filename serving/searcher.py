@@ -60,11 +60,6 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
-def _copy_shard_to_local(out_dir: str, manifest: IndexManifest, index_dir: str, local: str) -> str:
-    """Copy one shard's files (``index_dir``, relative to OUT) into the local dir ``local``."""
-    return download_shard(out_dir, manifest.files, index_dir, local)
-
-
 def _load_shard(
     out_dir: str, manifest: IndexManifest, shard: dict
 ) -> tuple[ScannSearcher, list[str], list[str]]:
@@ -75,7 +70,7 @@ def _load_shard(
     else:
         # ScaNN reads everything into memory while loading, so the copy can go right after.
         with tempfile.TemporaryDirectory(prefix="imgsearch-shard-") as local:
-            _copy_shard_to_local(out_dir, manifest, shard["index_dir"], local)
+            download_shard(out_dir, manifest.files, shard["index_dir"], local)
             searcher = load_searcher(local)
     image_ids, uris = read_ids(join_path(out_dir, shard["ids_file"]))
     if not searcher.size() == len(image_ids) == shard["count"]:

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from encoders.base import EncoderSpec, l2_normalize
 from encoders.fake import FakeImageEncoder
-from pipelines.build_index import build_index
+from pipelines.build_index import build_index, download_shard
 from pipelines.imaging import ImageRejected, decode_image
 from pipelines.manifest import ManifestVerificationError, read_manifest
 from pipelines.scann_index import (
@@ -26,7 +26,6 @@ from serving.searcher import (
     EncoderMismatchError,
     ImageSearcher,
     SearchHit,
-    _copy_shard_to_local,
     merge_top_k,
 )
 from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
@@ -141,7 +140,7 @@ def test_shard_copy_for_remote_storage_loads(index_dir, tmp_path: Path) -> None:
     """The gs:// path copies the manifest's shard files locally; the copy must load and agree."""
     out, rows, embeddings = index_dir
     manifest = read_manifest(str(out))
-    local = _copy_shard_to_local(str(out), manifest, "index/shard-00000", str(tmp_path))
+    local = download_shard(str(out), manifest.files, "index/shard-00000", str(tmp_path))
     assert sorted(p.name for p in Path(local).iterdir()) == sorted(
         entry["path"].rsplit("/", 1)[1] for entry in manifest.files_under("index/shard-00000")
     )
