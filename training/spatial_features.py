@@ -48,12 +48,14 @@ def spatial_features(
     misalign captions and features).
     """
     from encoders.keras_image import KerasImageEncoder
+    from encoders.registry import image_encoder_id
 
     path = cache_path(cache_dir, spec, images)
-    encoder = KerasImageEncoder(spec)
     if path.is_file():
+        # A cache hit needs only the encoder's id, not the model (TensorFlow graph + weights).
         logger.info("reusing spatial features %s", path)
-        return np.load(path, mmap_mode="r"), encoder.encoder_id
+        return np.load(path, mmap_mode="r"), image_encoder_id(spec)
+    encoder = KerasImageEncoder(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = (spec.image_size, spec.image_size)
     started = time.perf_counter()
