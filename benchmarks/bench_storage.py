@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from imgsearch import settings  # noqa: E402
-from pipelines.ann_tuning import memory_per_million  # noqa: E402
+from pipelines.ann_tuning import memory_per_million, recall_per_query  # noqa: E402
 from pipelines.build_index import read_embedding_table  # noqa: E402
 from pipelines.scann_index import (  # noqa: E402
     ScannParams,
@@ -94,7 +94,7 @@ def table_rows(vectors: np.ndarray, encoder_id: str) -> list[dict]:
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
+    return float(recall_per_query(found, truth).mean())
 
 
 def storage_rows(vectors: np.ndarray, encoder_id: str, workdir: Path, num_queries: int) -> list:
