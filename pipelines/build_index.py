@@ -43,6 +43,7 @@ from pipelines.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     IndexManifest,
+    delete_tree,
     file_entry,
     join_path,
     relative_path,
@@ -359,16 +360,6 @@ def read_ids(path: str) -> tuple[list[str], list[str]]:
     return table["image_id"].to_pylist(), table["uri"].to_pylist()
 
 
-def _delete_tree(path: str) -> None:
-    """Delete a folder (local disk) or every object under a prefix (gs://), if any."""
-    if FileSystems.exists(path):  # a real directory on local disk
-        FileSystems.delete([path])
-        return
-    stale = FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list
-    if stale:
-        FileSystems.delete([m.path for m in stale])
-
-
 def remove_previous_index(out_dir: str) -> None:
     """Delete ``OUT/manifest.json`` then ``OUT/index``, leaving the table alone.
 
@@ -380,7 +371,7 @@ def remove_previous_index(out_dir: str) -> None:
         FileSystems.delete([manifest_path])
     index_path = FileSystems.join(out_dir, INDEX_DIR)
     logger.info("removing any previous index under %s", index_path)
-    _delete_tree(index_path)
+    delete_tree(index_path)
 
 
 def _upload(local_path: str, destination: str) -> tuple[int, str]:
@@ -579,7 +570,7 @@ def _run_shard_builds(
             raise RuntimeError(f"shard {spec.shard} finished without its result file {path}")
         with FileSystems.open(path, compression_type=_RAW) as f:
             results.append(json.loads(f.read().decode("utf-8")))
-    _delete_tree(FileSystems.join(out_dir, INDEX_DIR, _RESULTS_DIR))
+    delete_tree(FileSystems.join(out_dir, INDEX_DIR, _RESULTS_DIR))
     return results
 
 

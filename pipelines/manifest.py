@@ -274,3 +274,13 @@ def verify_files(out_dir: str, manifest: IndexManifest) -> None:
             f"({len(problems)} of {len(manifest.files)} files): " + "; ".join(problems)
         )
     logger.info("verified %d files of index version %s", len(manifest.files), manifest.version)
+
+
+def delete_tree(path: str) -> None:
+    """Delete a folder (local disk) or every object under a prefix (gs://), if any."""
+    if FileSystems.exists(path):  # a real directory on local disk
+        FileSystems.delete([path])
+        return
+    stale = FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list
+    if stale:
+        FileSystems.delete([m.path for m in stale])

@@ -25,7 +25,7 @@ from typing import Any
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.manifest import MANIFEST_NAME, replace_by_rename
+from pipelines.manifest import MANIFEST_NAME, delete_tree, replace_by_rename
 
 logger = logging.getLogger(__name__)
 
@@ -268,10 +268,6 @@ def prune_versions(root: str, keep: int) -> list[str]:
     for info in doomed:
         # The manifest goes first: a half-deleted folder is then "incomplete", never "complete".
         FileSystems.delete([FileSystems.join(info.path, MANIFEST_NAME)])
-        leftovers = FileSystems.match([FileSystems.join(info.path, "**")])[0].metadata_list
-        if FileSystems.exists(info.path):
-            FileSystems.delete([info.path])
-        elif leftovers:
-            FileSystems.delete([m.path for m in leftovers])
+        delete_tree(info.path)
         logger.info("retention: deleted version %s of %s", info.version, root)
     return [info.version for info in doomed]
