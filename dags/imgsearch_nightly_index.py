@@ -8,8 +8,12 @@ Wiring only: the Beam job is ``pipelines.index_job`` and every other step is a f
 
 * ``discover`` names the version after the logical date (``{{ ds_nodash }}``) and finds the
   published version to build on. The index job then finds what is new, changed or deleted in
-  the corpus itself (content hashes joined with the previous table in Beam, so discovery
-  scales with the job) and encodes only that; unchanged rows are reused.
+  the corpus itself (content hashes joined with the previous table's key columns in Beam, so
+  discovery scales with the job) and encodes only that. When the published version was made
+  the way this run makes rows (same models, storage, shards), the job writes only the changed
+  rows and deleted ids, copies the untouched table files and updates the ScaNN index in place
+  (upsert/delete), rebuilding it once changes since its last full build pass
+  ``max_changed_fraction`` (``pipelines.delta``).
 * Each run writes ``{output_root}/versions/{ds_nodash}/`` (table, index, manifest, eval report).
   A rerun of the same logical date finds the version complete and skips the job, or, if a
   previous attempt died half-way, rebuilds it in place from the same inputs.
@@ -125,6 +129,13 @@ with DAG(
         "captioner": Param("", type="string", description="captioner in models: captions"),
         "index_shards": Param(1, type="integer", minimum=1),
         "embedding_storage": Param("float32", enum=["float32", "float16", "int8"]),
+        "max_changed_fraction": Param(
+            0.1,
+            type="number",
+            minimum=0,
+            description="update the published index in place while changes since its last "
+            "full build stay under this share; rebuild beyond",
+        ),
         "beam_options": Param({}, type="object", description="extra Beam/job options"),
         "dataflow_project": Param("", type="string"),
         "dataflow_region": Param("us-central1", type="string"),
@@ -176,6 +187,7 @@ with DAG(
             "captioner": "{{ params.captioner }}",
             "index_shards": "{{ params.index_shards }}",
             "embedding_storage": "{{ params.embedding_storage }}",
+            "max_changed_fraction": "{{ params.max_changed_fraction }}",
             "run_version": "{{ ds_nodash }}",
         },
         default_pipeline_options="{{ runner_options(params) }}",

@@ -39,6 +39,7 @@ def _index(argv: Sequence[str]) -> int:
             "[--weights auto|imagenet|none|PATH] [--batch_size 32] [--table_shards 0] "
             "[--models MODELS_DIR --joint_model DUAL_NAME] [--tag_head auto|PATH --tags_top_k 5] "
             "[--models MODELS_DIR --captioner NAME --caption_beam 3] "
+            "[--previous ROOT_OR_DIR [--max_changed_fraction 0.1]] "
             "[Beam options, e.g. --runner DataflowRunner --direct_num_workers 2]"
         )
         return 0

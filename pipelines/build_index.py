@@ -439,7 +439,17 @@ def download_shard(
 
 
 def copy_file(source: str, destination: str) -> None:
-    """Copy one file byte for byte through Beam FileSystems (local or gs:// on either side)."""
+    """Copy one file byte for byte through Beam FileSystems (local or gs:// on either side).
+
+    Within one filesystem the filesystem copies (a server-side rewrite on GCS: an update's
+    untouched table and index files never travel through this process); across them the bytes
+    are streamed.
+    """
+    if FileSystems.get_scheme(source) == FileSystems.get_scheme(destination):
+        if FileSystems.get_scheme(destination) is None:
+            os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+        FileSystems.copy([source], [destination])
+        return
     with (
         FileSystems.open(source, compression_type=_RAW) as src,
         FileSystems.create(destination, compression_type=_RAW) as dst,

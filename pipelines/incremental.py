@@ -15,6 +15,10 @@ the cluster. Per content hash:
 
 Deleted images need no listing of their own: the new version holds exactly the current corpus.
 ``plan_content`` is the pure decision; the transforms only wire it.
+
+This is the rewriting way: every reused row is read, shuffled and written again, and the index
+is rebuilt. The nightly steady state (a previous version made exactly as this run makes rows)
+takes ``pipelines.delta`` instead, which joins on key columns only and updates in place.
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ class ReusePlan:
     # (column, value) pairs a stored row must carry, e.g. the tag head and captioner versions
     # when this run adds tags or captions: rows made without them, or by others, are redone.
     required: tuple[tuple[str, str], ...] = ()
+    index_dir: str = ""  # the previous version's folder (its manifest, table and index)
+    # Set by ``pipelines.delta.plan_in_place`` when the previous version can be updated in
+    # place (only changed rows written, ScaNN upsert/delete); then its table files are listed.
+    update_in_place: bool = False
+    table_files: tuple[str, ...] = ()
 
 
 def resolve_previous(previous: str) -> tuple[str, str]:
@@ -91,6 +100,23 @@ def reused_row(current: UniqueImage, stored: dict[str, Any], keep_joint: bool) -
     }
 
 
+def choose_stored(
+    stored_rows: Iterable[dict[str, Any]],
+    encoder_id: str,
+    required: tuple[tuple[str, str], ...] = (),
+) -> dict[str, Any] | None:
+    """The stored row to reuse for one content hash: made by ``encoder_id`` and carrying every
+    ``required`` (column, value); the smallest ``image_id`` when several are; None when none is.
+    """
+    usable = [
+        row
+        for row in stored_rows
+        if row.get("encoder") == encoder_id
+        and all(row.get(column) == value for column, value in required)
+    ]
+    return min(usable, key=lambda row: row["image_id"]) if usable else None
+
+
 def plan_content(
     currents: Iterable[UniqueImage],
     stored_rows: Iterable[dict[str, Any]],
@@ -111,18 +137,9 @@ def plan_content(
     if len(currents) > 1:
         raise ValueError(f"{len(currents)} current images share sha256 {currents[0].sha256}")
     current = currents[0]
-    usable = sorted(
-        (
-            row
-            for row in stored_rows
-            if row.get("encoder") == encoder_id
-            and all(row.get(column) == value for column, value in required)
-        ),
-        key=lambda row: row["image_id"],
-    )
-    if not usable:
+    stored = choose_stored(stored_rows, encoder_id, required)
+    if stored is None:
         return "encode", current
-    stored = usable[0]
     if joint_model_id is None:
         return REUSED, reused_row(current, stored, keep_joint=False)
     if stored.get(JOINT_MODEL) == joint_model_id and stored.get(JOINT_EMBEDDING) is not None:

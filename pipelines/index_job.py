@@ -1,8 +1,10 @@
 """The index job: corpus -> Parquet embedding table -> ScaNN index + manifest.
 
 ``run(argv)`` parses and validates flags into an ``IndexConfig``; ``build_pipeline`` only wires
-transforms; the ScaNN build runs in the launching process after the Beam job, over the table
-the job wrote (issue-sized corpora; sharded builds come with the scale-out work).
+transforms; the ScaNN build runs after the Beam job, over the table the job wrote (in the
+launching process, or one Beam worker per shard with ``--index_shards``). With ``--previous``
+made the way this run makes rows, the job writes only a delta and ``pipelines.delta`` updates
+the previous version's table and index in place instead.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -19,7 +22,8 @@ from encoders.registry import check_image_encoder, image_encoder_dim
 from pipelines.build_index import build_index
 from pipelines.captions import AddCaptions
 from pipelines.corpus import ReadCorpus, check_corpus_exists
-from pipelines.incremental import SplitReusable
+from pipelines.delta import PlanDelta, WriteDeletedIds, apply_delta, delta_dir, plan_in_place
+from pipelines.incremental import TABLE_DIR, SplitReusable
 from pipelines.io import (
     WriteDeadLetters,
     WriteDuplicates,
@@ -29,7 +33,7 @@ from pipelines.io import (
     dead_letter_reasons,
 )
 from pipelines.manifest import IndexManifest
-from pipelines.options import IndexConfig
+from pipelines.options import IndexConfig, join_uri
 from pipelines.transforms import (
     AddJointEmbeddings,
     DecodeImages,
@@ -51,11 +55,18 @@ class IndexImages(beam.PTransform):
     def expand(self, refs):
         size = (self.config.encoder.image_size, self.config.encoder.image_size)
         hashed, unreadable = refs | "Hash" >> HashImages(self.config.fetch_limits)
-        unique, duplicates = hashed | "Dedupe" >> DedupeImages()
-        reused = needs_joint = None
-        if self.config.reuse is not None:
-            # Only content the previous version lacks (or made with another encoder) goes on.
-            unique, reused, needs_joint = unique | "Reuse" >> SplitReusable(self.config.reuse)
+        reuse, deleted = self.config.reuse, None
+        if reuse is not None and reuse.update_in_place:
+            # Only what changed is written; unchanged rows stay in the previous version's files.
+            delta = hashed | "PlanDelta" >> PlanDelta(reuse)
+            unique, duplicates, deleted = delta["encode"], delta["duplicates"], delta["deleted"]
+            reused, needs_joint = delta["refreshed"], delta["needs_joint"]
+        else:
+            unique, duplicates = hashed | "Dedupe" >> DedupeImages()
+            reused = needs_joint = None
+            if reuse is not None:
+                # Only content the previous version lacks (or made otherwise) goes on.
+                unique, reused, needs_joint = unique | "Reuse" >> SplitReusable(reuse)
         decoded, undecodable = unique | "Decode" >> DecodeImages(
             size, self.config.decode_limits, self.config.fetch_limits
         )
@@ -75,7 +86,12 @@ class IndexImages(beam.PTransform):
         if reused is not None:
             rows = (rows, reused) | "WithReused" >> beam.Flatten()
         dead_letters = (unreadable, undecodable, unencodable) | "AllDeadLetters" >> beam.Flatten()
-        return {"rows": rows, "duplicates": duplicates, "dead_letters": dead_letters}
+        return {
+            "rows": rows,
+            "duplicates": duplicates,
+            "dead_letters": dead_letters,
+            "deleted": deleted,  # image ids an in-place update removes, else None
+        }
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: IndexConfig) -> None:
@@ -85,8 +101,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: IndexConfig) -> None:
     dead_letters = (unlisted, outputs["dead_letters"]) | "DeadLetters" >> beam.Flatten()
     dim = image_encoder_dim(config.encoder)
     joint_dim = config.joint_model.dim if config.joint_model is not None else None
+    in_place = outputs["deleted"] is not None
+    if in_place:
+        _ = outputs["deleted"] | "WriteDeleted" >> WriteDeletedIds(delta_dir(config))
     _ = outputs["rows"] | "WriteTable" >> WriteEmbeddingTable(
-        config.table_dir,
+        join_uri(delta_dir(config), TABLE_DIR) if in_place else config.table_dir,
         dim,
         config.table_shards,
         joint_dim,
@@ -104,6 +123,7 @@ class IndexResult:
     counts: dict[str, int]
     top_dead_letter_reasons: list[tuple[str, int]]
     manifest: IndexManifest
+    update: Any = None  # pipelines.index_update.UpdateResult of an in-place update, else None
 
     def summary(self) -> str:
         c = self.counts
@@ -119,6 +139,13 @@ class IndexResult:
                 f"  incremental over {self.config.reuse.previous_version}: "
                 f"{c['reused']} rows reused, {c['encoded']} encoded, "
                 f"{c['previous_dropped']} previous rows dropped (deleted or changed)"
+            )
+        if self.update is not None:
+            how = "rebuilt" if self.update.decision.rebuild else "ScaNN upsert/delete in place"
+            lines.append(
+                f"  index updated from {self.config.reuse.previous_version}: {how}, "
+                f"{self.update.upserted} upserted, {self.update.deleted} deleted "
+                f"({self.update.decision.reason})"
             )
         if c.get("hidden_files_skipped"):
             lines.append(f"  hidden files skipped (not inputs)  {c['hidden_files_skipped']}")
@@ -139,12 +166,19 @@ def collect_counts(config: IndexConfig, result) -> dict[str, int]:
     between stages is a bug, never something to publish over.
     """
     counts = {
-        "indexed": count_rows(config.table_dir),
         "duplicates": count_rows(config.duplicates_dir),
         "dead_letters": count_rows(config.dead_letters_dir),
     }
-    accounted = sum(counts.values())
     inputs = _counter(result, "inputs")
+    if config.reuse is not None and config.reuse.update_in_place:
+        # The table is written after the job (apply_delta). What it must hold follows from the
+        # inputs; update_index checks that against the updated index before writing anything.
+        if inputs is None:
+            raise RuntimeError("the runner reported no 'inputs' counter: cannot account for rows")
+        counts["indexed"] = inputs - counts["duplicates"] - counts["dead_letters"]
+    else:
+        counts["indexed"] = count_rows(config.table_dir)
+    accounted = sum(counts.values())
     counts["inputs"] = accounted if inputs is None else inputs
     counts["hidden_files_skipped"] = _counter(result, "hidden_files_skipped") or 0
     if config.reuse is not None:
@@ -168,6 +202,7 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
     config = IndexConfig.from_options(options)
     check_corpus_exists(config.corpus, config.corpus_format)
     check_image_encoder(config.encoder)  # unknown names, missing weights: fail before any work
+    config = plan_in_place(config)
     clear_previous_output(config.out)
     logger.info("indexing %s -> %s with %s", config.corpus, config.out, config.encoder)
     if config.reuse is not None:
@@ -179,6 +214,11 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
     result.wait_until_finish()
 
     counts = collect_counts(config, result)
+    if config.reuse is not None and config.reuse.update_in_place:
+        update = apply_delta(config, counts)
+        counts = {**counts, "indexed": update.manifest.counts["indexed"]}
+        reasons = dead_letter_reasons(config.dead_letters_dir)
+        return IndexResult(config, counts, reasons, update.manifest, update)
     manifest = build_index(
         config.out,
         config.encoder.to_json(),

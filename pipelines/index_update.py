@@ -167,9 +167,14 @@ def _write_table(
     new_paths: Sequence[str],
     removed: set[str],
     version: str,
-) -> None:
-    """``out/table``: base files minus ``removed`` ids (copied when untouched) + the new files."""
+) -> list[dict[str, Any]]:
+    """``out/table``: base files minus ``removed`` ids (copied when untouched) + the new files.
+
+    Returns the table's manifest entries: a copied file keeps its base entry (same bytes, and
+    ``verify_files`` has just checked them), only rewritten and new files are hashed.
+    """
     removed_array = pa.array(sorted(removed), pa.string())
+    entries = []
     for entry in manifest.files_under(TABLE_DIR):
         source = join_path(base_dir, entry["path"])
         destination = join_path(out_dir, entry["path"])
@@ -177,6 +182,7 @@ def _write_table(
             ids = pq.read_table(handle, columns=["image_id"])["image_id"]
         if not pc.any(pc.is_in(ids, value_set=removed_array)).as_py():
             copy_file(source, destination)  # byte for byte: on gs:// no decode, no re-encode
+            entries.append(dict(entry))
             continue
         with FileSystems.open(source, compression_type=_RAW) as handle:
             table = pq.read_table(handle)
@@ -184,9 +190,13 @@ def _write_table(
         if kept.num_rows:
             with FileSystems.create(destination, compression_type=_RAW) as handle:
                 pq.write_table(kept, handle)
+            entries.append(file_entry(destination, out_dir))
     for number, path in enumerate(sorted(new_paths)):
         name = f"embeddings-update-{version}-{number:05d}.parquet"
-        copy_file(path, FileSystems.join(out_dir, TABLE_DIR, name))
+        destination = FileSystems.join(out_dir, TABLE_DIR, name)
+        copy_file(path, destination)
+        entries.append(file_entry(destination, out_dir))
+    return entries
 
 
 def _check_new_rows(manifest: IndexManifest, new: EmbeddingTable | None) -> None:
@@ -264,13 +274,16 @@ def update_index(
     version: str = "",
     rule: RebuildRule | None = None,
     k: int = 10,
+    counts: dict[str, int] | None = None,
 ) -> UpdateResult:
     """Write version ``version`` at ``out_dir``: ``base_dir`` + ``new_rows`` - ``delete_ids``.
 
     ``new_rows`` are Parquet files in the embedding-table schema (e.g. an incremental index
     job's table); a row whose image_id is already indexed replaces it. ``delete_ids`` must all
-    be indexed and may not also be upserted. Raises ValueError for any of that, for rows of
-    another encoder, and when ``out_dir`` already holds a published version.
+    be indexed and may not also be upserted. ``counts`` are the caller's tallies for the
+    manifest (an index job's inputs, duplicates, ...); an ``indexed`` among them must equal the
+    rows the update leaves, checked before anything is written. Raises ValueError for any of
+    that, for rows of another encoder, and when ``out_dir`` already holds a published version.
     """
     rule = rule or RebuildRule()
     if not version:
@@ -308,17 +321,28 @@ def update_index(
         )
     hashed = shard_of_ids(upsert_ids, num_shards)
     target = [shard_of.get(i, int(h)) for i, h in zip(upsert_ids, hashed, strict=True)]
-    counts = [len(ids) for ids in shard_ids]
+    shard_counts = [len(ids) for ids in shard_ids]
     for image_id, shard in zip(upsert_ids, target, strict=True):
-        counts[shard] += image_id not in shard_of
+        shard_counts[shard] += image_id not in shard_of
     for image_id in deletes:
-        counts[shard_of[image_id]] -= 1
-    decision = rule.decide(manifest, len(upsert_ids), len(deletes), counts, k)
+        shard_counts[shard_of[image_id]] -= 1
+    if counts and "indexed" in counts and counts["indexed"] != sum(shard_counts):
+        # The caller accounts for every input: a difference is a lost or doubled row.
+        raise ValueError(
+            f"counts['indexed'] is {counts['indexed']} but the update leaves "
+            f"{sum(shard_counts)} rows indexed"
+        )
+    decision = rule.decide(manifest, len(upsert_ids), len(deletes), shard_counts, k)
     logger.info("updating %s -> %s: %s", base_dir, out_dir, decision.reason)
 
     removed = set(deletes) | {i for i in upsert_ids if i in shard_of}
-    _write_table(base_dir, manifest, out_dir, list(new_rows), removed, version)
-    new_counts = {"indexed": sum(counts), "upserted": len(upsert_ids), "deleted": len(deletes)}
+    table_entries = _write_table(base_dir, manifest, out_dir, list(new_rows), removed, version)
+    new_counts = {
+        **(counts or {}),
+        "indexed": sum(shard_counts),
+        "upserted": len(upsert_ids),
+        "deleted": len(deletes),
+    }
     if decision.rebuild:
         rebuilt = build_index(
             out_dir,
@@ -362,12 +386,6 @@ def update_index(
             entries[space].append(result["entry"])
             index_files.extend(result["files"])
 
-    table_paths = sorted(
-        m.path
-        for m in FileSystems.match([FileSystems.join(out_dir, TABLE_DIR, "*.parquet")])[
-            0
-        ].metadata_list
-    )
     lineage = manifest.lineage or full_build_lineage(manifest.version, manifest.counts["indexed"])
     update = {
         "version": version,
@@ -393,7 +411,7 @@ def update_index(
         counts=new_counts,
         shards=entries["main"],
         files=sorted(
-            [file_entry(path, out_dir) for path in table_paths] + index_files,
+            table_entries + index_files,
             key=lambda entry: entry["path"],
         ),
         joint_index=joint_index,

@@ -25,7 +25,7 @@ from pipelines.types import (
 logger = logging.getLogger(__name__)
 
 TABLE_PREFIX = "embeddings"
-OUTPUT_FOLDERS = ("table", "duplicates", "dead_letters", "index")
+OUTPUT_FOLDERS = ("table", "duplicates", "dead_letters", "index", "delta")
 
 
 class _WriteParquet(beam.PTransform):

@@ -87,6 +87,13 @@ class IndexOptions(PipelineOptions):
             default=None,
             help="autotune the ScaNN index to this recall@k (e.g. 0.95); default: size rules",
         )
+        parser.add_argument(
+            "--max_changed_fraction",
+            type=float,
+            default=0.10,
+            help="with --previous: update its index in place (ScaNN upsert/delete) while the rows "
+            "changed since its last full build stay within this share of them; beyond, rebuild",
+        )
         parser.add_argument("--run_version", default="", help="version name; default: UTC time")
         parser.add_argument("--models", default="", help="models directory (for --joint_model)")
         parser.add_argument(
@@ -134,6 +141,7 @@ class IndexConfig:
     index_quantize: str = "float32"
     neighbors: int = 10
     target_recall: float | None = None
+    max_changed_fraction: float = 0.10  # in-place updates beyond this share rebuild the index
     version: str = ""
     joint_model: JointModelRef | None = None  # a pinned dual model, or None: no joint column
     reuse: ReusePlan | None = None  # --previous: which stored rows may be reused
@@ -175,6 +183,10 @@ class IndexConfig:
             raise ValueError("--target_recall autotunes one index; it needs --index_shards 1")
         if opts.index_quantize != "float32" and opts.target_recall is not None:
             raise ValueError("--target_recall autotunes float32 rescoring; drop --index_quantize")
+        if opts.max_changed_fraction < 0:
+            raise ValueError(
+                f"--max_changed_fraction must be >= 0, got {opts.max_changed_fraction}"
+            )
         if opts.download_retries < 0:
             raise ValueError(f"--download_retries must be >= 0, got {opts.download_retries}")
         if opts.models and not (opts.joint_model or opts.captioner):
@@ -223,6 +235,7 @@ class IndexConfig:
             index_quantize=opts.index_quantize,
             neighbors=opts.neighbors,
             target_recall=opts.target_recall,
+            max_changed_fraction=opts.max_changed_fraction,
             version=version,
             joint_model=joint_model,
             reuse=reuse,
@@ -254,6 +267,7 @@ def _reuse_plan(
     return ReusePlan(
         table_dir=join_uri(index_dir, "table"),
         previous_version=version,
+        index_dir=index_dir,
         encoder_id=image_encoder_id(encoder),
         joint_model_id=joint_model.model_id if joint_model is not None else None,
         required=tuple(

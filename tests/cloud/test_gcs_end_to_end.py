@@ -96,3 +96,41 @@ def test_real_mobilenet_on_gs(gcs_bucket: str, small_photo_dir: Path, mobilenet_
     hits = searcher.search_image_path(uris[0], k=2)
     assert hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert hits[1].score < 0.95
+
+
+def test_incremental_run_updates_a_gs_version_in_place(
+    gcs_bucket: str, small_photo_dir: Path, coco_photos: list[Path]
+):
+    """The nightly steady state on gs://: key join, delta, server-side copies, ScaNN upsert."""
+    uris = upload_folder(small_photo_dir, gcs_bucket, "corpus")
+    root = f"gs://{gcs_bucket}/out"
+    fake = ("--encoder", "fake", "--weights", "none", "--image_size", "64")
+    corpus = f"gs://{gcs_bucket}/corpus"
+    index_job.run(
+        ["--corpus", corpus, "--out", f"{root}/versions/v1", "--run_version", "v1", *fake]
+    )
+    write_pointer(root, "v1")
+
+    bucket = storage.Client.create_anonymous_client().bucket(gcs_bucket)
+    bucket.blob("corpus/added.jpg").upload_from_filename(str(coco_photos[7]))
+    bucket.blob(uris[0].split(f"gs://{gcs_bucket}/", 1)[1]).delete()
+    v2 = f"{root}/versions/v2"
+    argv = ["--corpus", corpus, "--out", v2, "--run_version", "v2", "--previous", root, *fake]
+    result = index_job.run([*argv, "--max_changed_fraction", "1"])
+    assert result.update is not None and not result.update.decision.rebuild
+    assert (result.update.upserted, result.update.deleted) == (1, 1)
+    assert (result.counts["indexed"], result.counts["reused"], result.counts["encoded"]) == (
+        6,
+        5,
+        1,
+    )
+    written = _objects(v2)
+    assert not [p for p in written if "/delta/" in p]  # the delta is gone once applied
+    manifest = read_manifest(f"{v2}/manifest.json")
+    verify_files(v2, manifest)
+    write_pointer(root, "v2")
+    searcher = ImageSearcher.load(resolve_index(root)[0])
+    assert len(searcher) == 6
+    assert uris[0] not in {hit.uri for hit in searcher.search_image_path(uris[1], k=6)}
+    hits = searcher.search_image_path(f"gs://{gcs_bucket}/corpus/added.jpg", k=1)
+    assert hits[0].uri == f"gs://{gcs_bucket}/corpus/added.jpg"

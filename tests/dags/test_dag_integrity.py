@@ -63,7 +63,7 @@ def test_nightly_index_schedule_params_and_task(dagbag):
         "beam_options", "dataflow_project", "dataflow_region", "dataflow_temp_location",
         "dataflow_machine_type", "dataflow_max_workers", "eval_dataset", "gate_metrics",
         "gate_tolerance", "reload_url", "keep_versions", "tag_head", "captioner",
-        "index_shards", "embedding_storage",
+        "index_shards", "embedding_storage", "max_changed_fraction",
     }  # fmt: skip
     assert dag.params["runner"] == "DirectRunner"
     assert dag.params["eval_dataset"] == ""  # no eval set by default: the gate passes

@@ -77,7 +77,9 @@ def test_nightly_dag_full_then_incremental_run_publishes_each_version(tmp_path: 
     root = tmp_path / "published"
     conf = {"corpus": str(corpus), "output_root": str(root), "encoder": "fake",
             "weights": "none", "beam_options": {"table_shards": 2},
-            "embedding_storage": "float16"}  # fmt: skip
+            "embedding_storage": "float16",
+            # Four photos, three changes: let the second run update the index in place anyway.
+            "max_changed_fraction": 2.0}  # fmt: skip
 
     out = _dags_test(env, "2026-11-22", conf)
     assert "no eval set configured" in out
@@ -100,8 +102,13 @@ def test_nightly_dag_full_then_incremental_run_publishes_each_version(tmp_path: 
     photos[1].unlink()  # deleted
     out = _dags_test(env, "2026-11-23", conf)
     v2 = root / "versions" / "20261123"
-    counts = json.loads((v2 / "manifest.json").read_text())["counts"]
+    manifest = json.loads((v2 / "manifest.json").read_text())
+    counts = manifest["counts"]
     assert (counts["indexed"], counts["reused"], counts["encoded"]) == (4, 2, 2)
+    # Only the changed rows were written: v1's index updated in place (upsert 2, delete 1).
+    assert manifest["lineage"]["updates"] == [
+        {"version": "20261123", "base": "20261122", "upserted": 2, "deleted": 1}
+    ]
     after = _table(v2)
     assert set(after) == {str(photos[0]), str(photos[2]), str(photos[3]), str(added)}
     for unchanged in photos[2:]:
