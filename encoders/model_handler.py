@@ -16,6 +16,7 @@ The handler holds only the ``EncoderSpec`` (small, picklable); the encoder itsel
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -87,10 +88,14 @@ class ImageEncoderModelHandler(
     def load_model(self) -> ImageEncoder | FeatureEncoder:
         """Build the encoder (TensorFlow and weights for Keras encoders): once per worker."""
         encoder = create_image_encoder(self.spec)
-        if self.tag_head is None and not self.spatial:
-            return encoder
-        head = TagHead.load(self.tag_head) if self.tag_head is not None else None
-        return FeatureEncoder(encoder, head, self.tags_top_k, self.spatial)
+        if self.tag_head is not None or self.spatial:
+            head = TagHead.load(self.tag_head) if self.tag_head is not None else None
+            encoder = FeatureEncoder(encoder, head, self.tags_top_k, self.spatial)
+        # TensorFlow, Keras and the model are hundreds of thousands of objects that live as
+        # long as the worker: out of the collector's sight, full collections triggered by the
+        # per-image work no longer walk them again and again.
+        gc.freeze()
+        return encoder
 
     def run_inference(
         self,

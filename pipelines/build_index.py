@@ -406,6 +406,13 @@ def publish_shard(
     """
     shard_dir = FileSystems.join(out_dir, *shard_rel.split("/"))
     entries = []
+    if FileSystems.get_scheme(shard_dir) is None:
+        # A local version: serialize in place (no staging copy of a shard that may be GBs).
+        delete_tree(shard_dir)  # what an interrupted attempt left there is not this shard
+        save_searcher(searcher, shard_dir)
+        write_ids(os.path.join(shard_dir, IDS_FILE), image_ids, uris)
+        names = sorted(os.listdir(shard_dir))
+        return [file_entry(os.path.join(shard_dir, name), out_dir) for name in names]
     # ScaNN serializes to local disk only; stage there, then copy through FileSystems (gs://).
     with tempfile.TemporaryDirectory(prefix="imgsearch-index-") as staging:
         save_searcher(searcher, staging)

@@ -175,13 +175,18 @@ def dangling_symlinks(corpus: str) -> list[DeadLetter]:
     if not os.path.isdir(root):
         return []
     found = []
-    for folder, _, names in os.walk(root):
-        for name in sorted(names):  # os.walk lists a broken link among the files
-            path = os.path.join(folder, name)
-            if os.path.islink(path) and not os.path.exists(path) and not is_hidden(path, root):
-                reason = "dangling symlink (its target does not exist)"
-                found.append(DeadLetter(path, STAGE_READ, reason, image_id_for_uri(path)))
-    return found
+    folders = [root]
+    while folders:  # os.walk, but a directory entry's type says "link" without a stat call
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    path = entry.path
+                    if not os.path.exists(path) and not is_hidden(path, root):
+                        reason = "dangling symlink (its target does not exist)"
+                        found.append(DeadLetter(path, STAGE_READ, reason, image_id_for_uri(path)))
+                elif entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+    return sorted(found, key=lambda letter: letter.uri)
 
 
 class _CountInputsFn(beam.DoFn):

@@ -241,9 +241,12 @@ def _mutate_shard(
     from scann.scann_ops.py.scann_ops_pybind import ScannSearcher  # lazy: imports TF
 
     image_ids, _ = read_ids(join_path(base_dir, shard["ids_file"]))
-    with tempfile.TemporaryDirectory(prefix="imgsearch-update-") as local:
-        download_shard(base_dir, manifest.files, shard["index_dir"], local)
-        loaded = load_searcher(local)
+    if FileSystems.get_scheme(base_dir) is None:
+        loaded = load_searcher(join_path(base_dir, shard["index_dir"]))  # verified, read-only
+    else:
+        with tempfile.TemporaryDirectory(prefix="imgsearch-update-") as local:
+            download_shard(base_dir, manifest.files, shard["index_dir"], local)
+            loaded = load_searcher(local)
     # ScaNN mutates by docid; its wrapper keeps the docid list in the same order as the rows
     # (a delete moves the last row into the hole), which becomes the new ids file.
     searcher = ScannSearcher(loaded.searcher, docids=list(image_ids))
