@@ -448,13 +448,24 @@ def download_shard(
 def copy_file(source: str, destination: str) -> None:
     """Copy one file byte for byte through Beam FileSystems (local or gs:// on either side).
 
-    Within one filesystem the filesystem copies (a server-side rewrite on GCS: an update's
-    untouched table and index files never travel through this process); across them the bytes
-    are streamed.
+    On GCS the copy is a server-side rewrite: an update's untouched table and index files never
+    travel through this process. On local disk the destination is a hard link when the
+    filesystem allows: version files are immutable (every writer creates a new file, after
+    removing what an interrupted attempt left), so versions can share an inode, which costs
+    neither time nor space, and retention's delete only drops one name of it. Across
+    filesystems the bytes are streamed.
     """
-    if FileSystems.get_scheme(source) == FileSystems.get_scheme(destination):
-        if FileSystems.get_scheme(destination) is None:
+    scheme = FileSystems.get_scheme(destination)
+    if FileSystems.get_scheme(source) == scheme:
+        if scheme is None:
             os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+            if os.path.lexists(destination):
+                os.remove(destination)  # never write through a name another version shares
+            try:
+                os.link(source, destination)
+                return
+            except OSError:  # another device, or no hard links on this filesystem
+                pass
         FileSystems.copy([source], [destination])
         return
     with (

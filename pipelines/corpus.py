@@ -162,49 +162,72 @@ class _FileToRefFn(beam.DoFn):
         yield ImageRef(uri=metadata.path, image_id=image_id_for_uri(metadata.path))
 
 
-def dangling_symlinks(corpus: str) -> list[DeadLetter]:
-    """Dead letters for broken symlinks under a local folder corpus.
+DANGLING = "dangling symlink (its target does not exist)"
 
-    Beam's local listing stats every file and silently skips what it cannot stat, so a link
-    whose target is gone would vanish from the job without a trace. Only plain local folders
-    are walked (object stores have no symlinks; a glob names what it means to match).
-    """
+
+def local_folder(corpus: str) -> str | None:
+    """The folder a plain local folder corpus names (no glob, no scheme), else None."""
     if _GLOB_CHARS & set(corpus) or FileSystems.get_scheme(corpus) is not None:
-        return []
+        return None
     root = corpus.rstrip("/") or "/"
-    if not os.path.isdir(root):
-        return []
-    found = []
+    return root if os.path.isdir(root) else None
+
+
+def local_folder_entries(root: str) -> Iterator[tuple[str, bool]]:
+    """``(path, dangling)`` for every non-folder entry below ``root``, as Beam's listing names it.
+
+    Paths are ``root`` joined with the relative path, exactly as Beam's ``root/**`` match writes
+    them, so image ids do not change between listings. Symlinked folders are not followed (as
+    with Beam's). A symlink whose target is gone comes out with ``dangling`` True: Beam's
+    listing would skip it without a trace. Entry types come from the directory itself, so a
+    regular file costs no stat call; pipes and devices are listed too (fetch refuses them).
+    """
     folders = [root]
-    while folders:  # os.walk, but a directory entry's type says "link" without a stat call
+    while folders:
         with os.scandir(folders.pop()) as entries:
             for entry in entries:
                 if entry.is_symlink():
-                    path = entry.path
-                    if not os.path.exists(path) and not is_hidden(path, root):
-                        reason = "dangling symlink (its target does not exist)"
-                        found.append(DeadLetter(path, STAGE_READ, reason, image_id_for_uri(path)))
+                    if not entry.is_dir():  # a linked folder is neither walked nor a file
+                        yield entry.path, not os.path.exists(entry.path)
                 elif entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
-    return sorted(found, key=lambda letter: letter.uri)
+                else:
+                    yield entry.path, False
 
 
-class _CountInputsFn(beam.DoFn):
-    """Counts listing dead letters as inputs, so the job's input total includes them."""
+class _ListLocalFolderFn(beam.DoFn):
+    """A local folder -> an ImageRef per file below it; a dangling symlink -> a dead letter.
+
+    One walk of the folder replaces Beam's match (which stats every file twice) and a separate
+    search for broken links; on object stores the corpus goes through MatchFiles as before.
+    """
 
     def __init__(self) -> None:
         self.inputs = Metrics.counter("imgsearch", "inputs")
+        self.hidden = Metrics.counter("imgsearch", "hidden_files_skipped")
 
-    def process(self, letter: DeadLetter) -> Iterable[DeadLetter]:
-        self.inputs.inc()
-        yield letter
+    def process(self, root: str) -> Iterable[Any]:
+        for path, dangling in local_folder_entries(root):
+            if is_hidden(path, root):
+                self.hidden.inc()
+                continue
+            self.inputs.inc()
+            image_id = image_id_for_uri(path)
+            if dangling:
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTERS, DeadLetter(path, STAGE_READ, DANGLING, image_id)
+                )
+            else:
+                yield ImageRef(uri=path, image_id=image_id)
 
 
 class ReadCorpus(beam.PTransform):
     """PBegin -> (PCollection[ImageRef], PCollection[DeadLetter]), spread across workers.
 
-    The reshuffle breaks fusion with the listing so that fetching and decoding fan out over
-    every worker even when the listing itself ran as one bundle.
+    A manifest is parsed row by row; a plain local folder is walked once (``_ListLocalFolderFn``);
+    globs and object-store prefixes are listed by Beam's MatchFiles. The reshuffle breaks fusion
+    with the listing so that fetching and decoding fan out over every worker even when the
+    listing itself ran as one bundle.
     """
 
     def __init__(self, corpus: str, corpus_format: str) -> None:
@@ -222,17 +245,21 @@ class ReadCorpus(beam.PTransform):
                 >> beam.ParDo(_ParseManifestFn()).with_outputs(DEAD_LETTERS, main="refs")
             )
             refs, dead_letters = parsed.refs, parsed[DEAD_LETTERS]
+        elif (root := local_folder(self.corpus)) is not None:
+            listed = (
+                pbegin
+                | "Folder" >> beam.Create([root])
+                | "ListFolder"
+                >> beam.ParDo(_ListLocalFolderFn()).with_outputs(DEAD_LETTERS, main="refs")
+            )
+            refs, dead_letters = listed.refs, listed[DEAD_LETTERS]
         else:
             refs = (
                 pbegin
                 | "MatchFiles" >> fileio.MatchFiles(files_pattern(self.corpus))
                 | "ToRefs" >> beam.ParDo(_FileToRefFn(corpus_root(self.corpus)))
             )
-            dead_letters = (
-                pbegin
-                | "DanglingLinks" >> beam.Create(dangling_symlinks(self.corpus))
-                | "CountListed" >> beam.ParDo(_CountInputsFn())
-            )
+            dead_letters = pbegin | "NoListingDeadLetters" >> beam.Create([])
         return refs | "SpreadWork" >> beam.Reshuffle(), dead_letters
 
 

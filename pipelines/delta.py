@@ -67,6 +67,10 @@ DELETED_PREFIX = "deleted"
 ENCODE, KEEP, REFRESH = "encode", "keep", "refresh"
 DUPLICATES, DELETED, NEEDS_JOINT = "duplicates", "deleted", "needs_joint"
 SOURCE_FILE = "_source_file"  # which previous table file holds a key record's row
+# The join runs per bucket of content hashes (``bucket_of``), each held in memory by one
+# worker while it is planned: ~20k key records of a few hundred bytes, a few MB.
+ROWS_PER_BUCKET = 20_000
+_BATCH = 2048  # current images per list on their way to the join
 IDENTITY = ("image_id", "uri", "duplicate_uris", "metadata")
 KEY_COLUMNS = ("sha256", *IDENTITY, "encoder")
 
@@ -156,7 +160,10 @@ def plan_in_place(config: IndexConfig) -> IndexConfig:
         return config
     files = tuple(join_path(plan.index_dir, e["path"]) for e in manifest.files_under(TABLE_DIR))
     logger.info("updating %s in place: only new, changed and deleted rows", plan.previous_version)
-    in_place = dataclasses.replace(plan, update_in_place=True, table_files=files)
+    buckets = max(1, -(-int(manifest.counts.get("indexed", 0)) // ROWS_PER_BUCKET))
+    in_place = dataclasses.replace(
+        plan, update_in_place=True, table_files=files, join_buckets=buckets
+    )
     return dataclasses.replace(config, reuse=in_place)
 
 
@@ -247,23 +254,47 @@ def refreshed_row(stored: dict[str, Any], refresh: Refresh) -> dict[str, Any]:
 # --- the Beam side ----------------------------------------------------------------------------
 
 
+def bucket_of(sha256: str, buckets: int) -> int:
+    """The join bucket of a content hash: every copy and stored row of a content meet in one."""
+    return int(sha256[:8], 16) % buckets
+
+
+def by_bucket(records: Iterable[Any], sha256: Any, buckets: int) -> list[tuple[int, list[Any]]]:
+    """``records`` split into ``(bucket, [records])`` by ``bucket_of(sha256(record))``."""
+    split: dict[int, list[Any]] = {}
+    for record in records:
+        split.setdefault(bucket_of(sha256(record), buckets), []).append(record)
+    return sorted(split.items(), key=lambda item: item[0])
+
+
+def _hashed_sha256(image: HashedImage) -> str:
+    return image.sha256
+
+
+def _stored_sha256(row: dict[str, Any]) -> str:
+    return row["sha256"]
+
+
 class _ReadKeysFn(beam.DoFn):
-    """A previous table file -> (sha256, key record) per row, read column by column."""
+    """A previous table file -> ``(bucket, [key records])``, a row group at a time."""
 
-    def __init__(self, columns: Sequence[str]) -> None:
+    def __init__(self, columns: Sequence[str], buckets: int) -> None:
         self.columns = list(columns)
+        self.buckets = buckets
 
-    def process(self, path: str) -> Iterable[tuple[str, dict[str, Any]]]:
+    def process(self, path: str) -> Iterable[tuple[int, list[dict[str, Any]]]]:
         with _open(path) as handle:
             parquet = pq.ParquetFile(handle)
             for group in range(parquet.num_row_groups):
-                for row in parquet.read_row_group(group, columns=self.columns).to_pylist():
+                rows = parquet.read_row_group(group, columns=self.columns).to_pylist()
+                for row in rows:
                     row[SOURCE_FILE] = path
-                    yield row["sha256"], row
+                yield from by_bucket(rows, _stored_sha256, self.buckets)
 
 
-class _PlanDeltaFn(beam.DoFn):
-    """(sha256, {"current": [...], "previous": [...]}) -> UniqueImage to encode | tagged outputs."""
+class _PlanBucketFn(beam.DoFn):
+    """(bucket, {"current": [[HashedImage]], "previous": [[key record]]}) -> per content hash,
+    ``plan_delta``'s outcome: a UniqueImage to encode on the main output, the rest tagged."""
 
     def __init__(self, plan: ReusePlan) -> None:
         self.plan = plan
@@ -272,9 +303,23 @@ class _PlanDeltaFn(beam.DoFn):
         self.to_encode = Metrics.counter("imgsearch", "to_encode")
         self.dropped = Metrics.counter("imgsearch", "previous_dropped")
 
-    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterable[Any]:
-        sha256, grouped = element
-        decision = plan_delta(sha256, grouped["current"], grouped["previous"], self.plan)
+    def process(self, element: tuple[int, dict[str, Iterable[list[Any]]]]) -> Iterable[Any]:
+        _, grouped = element
+        currents: dict[str, list[HashedImage]] = {}
+        stored: dict[str, list[dict[str, Any]]] = {}
+        for chunk in grouped["current"]:
+            for image in chunk:
+                currents.setdefault(image.sha256, []).append(image)
+        for chunk in grouped["previous"]:
+            for row in chunk:
+                stored.setdefault(row["sha256"], []).append(row)
+        for sha256 in sorted(currents.keys() | stored.keys()):
+            decision = plan_delta(
+                sha256, currents.get(sha256, ()), stored.get(sha256, ()), self.plan
+            )
+            yield from self._outputs(decision)
+
+    def _outputs(self, decision: DeltaDecision) -> Iterable[Any]:
         self.dropped.inc(decision.dropped)
         for duplicate in decision.duplicates:
             yield beam.pvalue.TaggedOutput(DUPLICATES, duplicate)
@@ -320,18 +365,25 @@ class PlanDelta(beam.PTransform):
         self.plan = plan
 
     def expand(self, hashed):
+        buckets = self.plan.join_buckets
         previous = (
             hashed.pipeline
             | "PreviousFiles" >> beam.Create(list(self.plan.table_files))
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadKeys" >> beam.ParDo(_ReadKeysFn(key_columns(self.plan)))
+            | "ReadKeys" >> beam.ParDo(_ReadKeysFn(key_columns(self.plan), buckets))
         )
-        current = hashed | "KeyByContent" >> beam.Map(lambda image: (image.sha256, image))
+        # Records cross the shuffle in lists, one per (batch, bucket), not one by one: per
+        # element, Beam's overhead would cost more than everything else an unchanged image costs.
+        current = (
+            hashed
+            | "Batch" >> beam.BatchElements(min_batch_size=_BATCH, max_batch_size=_BATCH)
+            | "ByBucket" >> beam.FlatMap(by_bucket, _hashed_sha256, buckets)
+        )
         planned = (
             {"current": current, "previous": previous}
             | "JoinOnContent" >> beam.CoGroupByKey()
             | "Plan"
-            >> beam.ParDo(_PlanDeltaFn(self.plan)).with_outputs(
+            >> beam.ParDo(_PlanBucketFn(self.plan)).with_outputs(
                 DUPLICATES, DELETED, REFRESH, main=ENCODE
             )
         )

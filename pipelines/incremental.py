@@ -61,6 +61,7 @@ class ReusePlan:
     # place (only changed rows written, ScaNN upsert/delete); then its table files are listed.
     update_in_place: bool = False
     table_files: tuple[str, ...] = ()
+    join_buckets: int = 1  # content-hash buckets of the in-place join (pipelines.delta)
 
 
 def resolve_previous(previous: str) -> tuple[str, str]:

@@ -10,6 +10,7 @@ the previous version's table and index in place instead.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -210,6 +211,9 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
 
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)
+    # What is loaded by now (Beam, pyarrow, the job's modules) lives as long as the process:
+    # keep it out of the full collections that per-image work triggers (cf. load_model).
+    gc.freeze()
     result = pipeline.run()
     result.wait_until_finish()
 

@@ -45,6 +45,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.build_index import (
+    INDEX_DIR,
     SHARD_ASSIGNMENT,
     TABLE_DIR,
     EmbeddingTable,
@@ -61,6 +62,7 @@ from pipelines.build_index import (
 from pipelines.manifest import (
     MANIFEST_NAME,
     IndexManifest,
+    delete_tree,
     file_entry,
     join_path,
     read_manifest,
@@ -339,6 +341,8 @@ def update_index(
     logger.info("updating %s -> %s: %s", base_dir, out_dir, decision.reason)
 
     removed = set(deletes) | {i for i in upsert_ids if i in shard_of}
+    for folder in (TABLE_DIR, INDEX_DIR):  # what an interrupted attempt left is not this version
+        delete_tree(FileSystems.join(out_dir, folder))
     table_entries = _write_table(base_dir, manifest, out_dir, list(new_rows), removed, version)
     new_counts = {
         **(counts or {}),

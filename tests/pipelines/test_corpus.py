@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.corpus import (
+    DANGLING,
     ReadCorpus,
     check_corpus_exists,
     corpus_root,
-    dangling_symlinks,
     files_pattern,
     is_hidden,
+    local_folder,
+    local_folder_entries,
     manifest_rows,
     ref_from_manifest_row,
     resolve_manifest_uri,
@@ -128,13 +132,34 @@ def test_read_corpus_manifest_turns_bad_rows_into_dead_letters(tmp_path):
         )
 
 
-def test_dangling_symlinks_of_a_local_folder_are_dead_letters(tmp_path):
+def test_a_local_folder_is_listed_as_beam_lists_it_with_dangling_links_as_dead_letters(tmp_path):
     (tmp_path / "ok.jpg").write_bytes(b"x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (tmp_path / ".hidden.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (tmp_path / "alias.jpg").symlink_to(tmp_path / "ok.jpg")  # a working link is a file
-    letters = dangling_symlinks(str(tmp_path))
-    assert [(d.uri, d.stage) for d in letters] == [(str(tmp_path / "sub" / "gone.jpg"), "read")]
-    assert dangling_symlinks(str(tmp_path / "*.jpg")) == []  # globs: only what they match
-    assert dangling_symlinks("gs://bucket/photos") == []
+    (tmp_path / "linked-dir").symlink_to(tmp_path / "sub")  # not followed, as Beam does not
+    os.mkfifo(tmp_path / "pipe.jpg")  # listed: fetch refuses it with a reason
+    entries = dict(local_folder_entries(str(tmp_path)))
+    beam_listing = FileSystems.match([f"{tmp_path}/**"])[0].metadata_list
+    # Every path Beam lists is listed the same way; the dangling links Beam drops are kept.
+    assert {m.path for m in beam_listing} == {p for p, dangling in entries.items() if not dangling}
+    assert {p for p, dangling in entries.items() if dangling} == {
+        str(tmp_path / "sub" / "gone.jpg"),
+        str(tmp_path / ".hidden.jpg"),
+    }
+    assert local_folder(f"{tmp_path}/") == str(tmp_path)
+    assert local_folder(str(tmp_path / "*.jpg")) is None  # globs go to Beam's MatchFiles
+    assert local_folder("gs://bucket/photos") is None
+    with TestPipeline() as p:
+        refs, dead = p | ReadCorpus(str(tmp_path), "files")
+        assert_that(
+            refs | beam.Map(lambda r: os.path.basename(r.uri)),
+            equal_to(["ok.jpg", "alias.jpg", "pipe.jpg"]),
+            label="refs",
+        )
+        assert_that(
+            dead | beam.Map(lambda d: (d.uri, d.stage, d.reason)),
+            equal_to([(str(tmp_path / "sub" / "gone.jpg"), "read", DANGLING)]),
+            label="dead",
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import index_job
+from pipelines import delta, index_job
 from pipelines.build_index import read_embedding_table, read_ids
 from pipelines.delta import (
     ENCODE,
@@ -152,8 +153,10 @@ def _check_index_matches_table(out: Path) -> None:
 
 
 def test_nightly_changes_update_the_previous_version_in_place(
-    small_photo_dir, coco_photos, tmp_path
+    small_photo_dir, coco_photos, tmp_path, monkeypatch
 ):
+    # Buckets of two stored rows: the join runs over several buckets, as at scale.
+    monkeypatch.setattr(delta, "ROWS_PER_BUCKET", 2)
     corpus = small_photo_dir
     photos = sorted(corpus.glob("*.jpg"))
     index_job.run(_args(corpus, tmp_path / "v1", "v1"))
@@ -178,7 +181,7 @@ def test_nightly_changes_update_the_previous_version_in_place(
     # A six-photo corpus changes by far more than 10% here: allow it, to update in place.
     previous = ("--previous", str(tmp_path / "v2"), "--max_changed_fraction", "2")
     third = index_job.run(_args(corpus, tmp_path / "v3", "v3", *previous))
-    assert not third.update.decision.rebuild
+    assert not third.update.decision.rebuild and third.config.reuse.join_buckets == 3
     c = third.counts
     assert (c["inputs"], c["indexed"], c["duplicates"], c["reused"], c["encoded"]) == (
         7,
@@ -258,3 +261,30 @@ def test_update_index_refuses_counts_that_do_not_add_up(small_photo_dir, tmp_pat
             str(tmp_path / "v1"), str(tmp_path / "v2"), version="v2", counts={"indexed": 7}
         )
     assert not (tmp_path / "v2" / "manifest.json").exists()
+
+
+def test_local_versions_share_unchanged_files_and_never_write_through_them(
+    small_photo_dir, tmp_path
+):
+    from pipelines.index_update import update_index
+    from pipelines.manifest import delete_tree, verify_files
+
+    index_job.run(_args(small_photo_dir, tmp_path / "v1", "v1"))
+    index_job.run(_args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1")))
+    name = Path(parquet_files(str(tmp_path / "v1" / "table"))[0]).name
+    shared = tmp_path / "v2" / "table" / name
+    assert shared.stat().st_ino == (tmp_path / "v1" / "table" / name).stat().st_ino
+    # An interrupted update left a name in its folder that shares the base's file; the next
+    # attempt removes it instead of writing through it.
+    (tmp_path / "v3" / "table").mkdir(parents=True)
+    os.link(shared, tmp_path / "v3" / "table" / name)
+    # One row replaced: the update rewrites that very file under that very name.
+    one_row = tmp_path / "one-row.parquet"
+    pq.write_table(pq.read_table(shared).slice(0, 1), one_row)
+    update_index(str(tmp_path / "v2"), str(tmp_path / "v3"), [str(one_row)], version="v3")
+    assert (tmp_path / "v3" / "table" / name).stat().st_ino != shared.stat().st_ino
+    verify_files(str(tmp_path / "v2"), read_manifest(str(tmp_path / "v2")))
+    # Retention deletes a version: the versions that share its files keep them.
+    delete_tree(str(tmp_path / "v1"))
+    verify_files(str(tmp_path / "v2"), read_manifest(str(tmp_path / "v2")))
+    verify_files(str(tmp_path / "v3"), read_manifest(str(tmp_path / "v3")))
