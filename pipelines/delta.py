@@ -5,14 +5,16 @@ model, tag head and captioner versions, same table schema, index shard count and
 the index job neither rewrites the table nor rebuilds the index. The job plans on small key
 records and writes a *delta*:
 
-    hashed images ──┐
-                    ├─ CoGroupByKey(sha256) ─ PlanDelta ─┬─ unchanged: nothing at all
-    previous keys ──┘   (dedupe and plan    │            ├─ new or changed content: encode
-    (key columns only,   in one shuffle)    │            ├─ same content, new identity (renamed,
-     no embeddings)                         │            │  duplicates or metadata changed):
-                                            │            │  the stored row, re-read, re-labelled
-                                            │            └─ content gone: its image_id deleted
-                                            └─ duplicates
+    hashed images, in lists by bucket ──┐
+                                        ├─ CoGroupByKey(bucket of sha256) ─ plan each content
+    previous key columns, in lists ─────┘   (dedupe and plan in one shuffle; no embeddings)
+
+    per content hash (``plan_delta``):  unchanged                -> nothing at all
+                                        new or changed bytes     -> decode, encode
+                                        same bytes, new identity -> the stored row re-read and
+                                          (moved, duplicates or      re-labelled (no decode)
+                                          metadata changed)
+                                        gone from the corpus     -> its image_id deleted
 
 ``OUT/delta/table`` holds the rows to upsert and ``OUT/delta/deleted*.txt`` the ids to delete;
 after the job ``apply_delta`` hands both to ``pipelines.index_update.update_index``, which
