@@ -30,6 +30,7 @@ from pipelines.manifest import read_manifest
 from pipelines.options import IndexConfig
 from pipelines.scann_index import ScannParams, load_searcher, search_batched
 from pipelines.types import EMBEDDING_SCALE, HashedImage, ImageRef, image_id_for_uri
+from tests.pipelines.test_incremental import _args, _table
 
 ENC = "fake/v1"
 PLAN = ReusePlan(table_dir="", previous_version="v1", encoder_id=ENC)
@@ -126,18 +127,6 @@ def test_refreshed_int8_rows_reach_the_writer_as_float32():
 # --- real runs ---------------------------------------------------------------------------------
 
 
-def _args(corpus: Path, out: Path, version: str, *extra: str) -> list[str]:
-    return [
-        "--corpus", str(corpus), "--out", str(out), "--encoder", "fake", "--weights", "none",
-        "--image_size", "64", "--run_version", version, *extra,
-    ]  # fmt: skip
-
-
-def _rows(out: Path) -> dict[str, dict]:
-    table = pq.ParquetDataset(parquet_files(str(out / "table"))).read()
-    return {row["uri"]: row for row in table.to_pylist()}
-
-
 def _check_index_matches_table(out: Path) -> None:
     """Every table row is in the index under its id, and its own vector finds it first."""
     manifest = read_manifest(str(out))
@@ -200,13 +189,13 @@ def test_nightly_changes_update_the_previous_version_in_place(
         "upserted": 4,
         "deleted": 2,
     }
-    rows = _rows(tmp_path / "v3")
+    rows = _table(tmp_path / "v3")
     assert rows[str(photos[3])]["duplicate_uris"] == [str(corpus / "zz-copy.jpg")]
     _check_index_matches_table(tmp_path / "v3")
 
     # The updated table equals a full run over the same corpus, row for row.
     index_job.run(_args(corpus, tmp_path / "full", "full"))
-    assert _rows(tmp_path / "full") == rows
+    assert _table(tmp_path / "full") == rows
 
 
 def test_too_many_changes_rebuild_the_index_from_the_updated_table(
