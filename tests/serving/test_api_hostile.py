@@ -16,12 +16,10 @@ which ``test_no_operation_takes_a_url`` pins down.
 from __future__ import annotations
 
 import re
-import threading
 import time
 import urllib.parse
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 import schemathesis
@@ -37,6 +35,7 @@ from serving.server import BackgroundServer
 from tests import corpus_factory as cf
 from tests import hostile_corpus as hc
 from tests.serving.conftest import publish
+from tests.serving.query_load import SEARCH, SIMILAR, UPLOAD, QueryLoad
 
 # What a Python stack trace or an internal path looks like inside a response body.
 FUZZ_EXAMPLES = 150  # per generation mode, over all operations (a few seconds)
@@ -247,57 +246,6 @@ def test_a_known_id_with_an_indexed_uri_is_the_only_way_to_a_file(client) -> Non
 # --- soak: sustained queries with a hot reload in the middle --------------------------------
 
 
-class _Load:
-    """Threads sending text, similar and image queries until stopped; non-200s are kept."""
-
-    def __init__(self, url: str, image_ids: list[str], upload: bytes, threads: int = 3) -> None:
-        self.url, self.image_ids, self.upload = url, image_ids, upload
-        self.ok = 0
-        self.failures: list[str] = []
-        self.versions: set[str] = set()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def _one(self, client: httpx.Client, i: int) -> httpx.Response:
-        if i % 3 == 0:
-            return client.get("/api/search", params={"q": "a dog on grass", "k": 5})
-        if i % 3 == 1:
-            image_id = self.image_ids[i % len(self.image_ids)]
-            return client.get(f"/api/similar/{image_id}", params={"k": 3})
-        return client.post(
-            "/api/search/image?k=3", content=self.upload, headers={"content-type": "image/jpeg"}
-        )
-
-    def _run(self, seed: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            i = seed
-            while not self._stop.is_set():
-                i += 1
-                try:
-                    response = self._one(client, i)
-                    ok = response.status_code == 200
-                    detail = f"{response.status_code} {response.text[:200]}"
-                except httpx.HTTPError as exc:
-                    ok, detail = False, repr(exc)
-                with self._lock:
-                    if ok:
-                        self.ok += 1
-                        self.versions.add(response.json()["version"])
-                    else:
-                        self.failures.append(detail)
-
-    def __enter__(self) -> _Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-
-
 SOAK_S = 12.0
 MAX_RSS_GROWTH_MB = 80
 
@@ -312,7 +260,11 @@ def test_soak_with_a_hot_reload_in_the_middle(tmp_path, built_versions, serve_mo
     upload = cf.jpeg_bytes((320, 240), seed=5)
     process = psutil.Process()
     samples: list[int] = []
-    with BackgroundServer(app) as server, _Load(server.url, image_ids, upload) as load:
+    kinds = (SEARCH, SIMILAR, UPLOAD)
+    with (
+        BackgroundServer(app) as server,
+        QueryLoad(server.url, image_ids, kinds, upload, threads=3) as load,
+    ):
         started = time.monotonic()
         published = False
         while (elapsed := time.monotonic() - started) < SOAK_S:

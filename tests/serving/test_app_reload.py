@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -15,51 +14,7 @@ from serving.app import create_app
 from serving.config import ServeConfig
 from serving.server import BackgroundServer
 from tests.serving.conftest import publish
-
-
-class Hammer:
-    """Threads sending a mix of queries until stopped; every non-200 answer is kept."""
-
-    def __init__(self, url: str, image_ids: list[str], threads: int = 4) -> None:
-        self.url, self.image_ids = url, image_ids
-        self.ok = 0
-        self.failures: list[str] = []
-        self.versions: set[str] = set()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def _run(self, seed: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            i = seed
-            while not self._stop.is_set():
-                i += 1
-                try:
-                    if i % 3:
-                        response = client.get("/api/search", params={"q": "a dog on grass", "k": 5})
-                    else:
-                        image_id = self.image_ids[i % len(self.image_ids)]
-                        response = client.get(f"/api/similar/{image_id}", params={"k": 3})
-                    ok = response.status_code == 200
-                    detail = f"{response.status_code} {response.text[:200]}"
-                except httpx.HTTPError as exc:
-                    ok, detail = False, repr(exc)
-                with self._lock:
-                    if ok:
-                        self.ok += 1
-                        self.versions.add(response.json()["version"])
-                    else:
-                        self.failures.append(detail)
-
-    def __enter__(self) -> Hammer:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
+from tests.serving.query_load import SEARCH, SIMILAR, QueryLoad
 
 
 def _wait_for(predicate, timeout_s: float = 60.0) -> None:
@@ -86,7 +41,8 @@ def test_swap_under_load_then_refuse_a_broken_version(
     image_ids = list(app.state.holder.current.details.image_ids())
     with BackgroundServer(app) as server, httpx.Client(base_url=server.url) as client:
         health = lambda: client.get("/health").json()  # noqa: E731
-        with Hammer(server.url, image_ids) as hammer:
+        # Two text searches to one similar-image query, four threads.
+        with QueryLoad(server.url, image_ids, (SIMILAR, SEARCH, SEARCH)) as hammer:
             _wait_for(lambda: hammer.ok >= 20)
             publish(publish_root, built_versions["v2"], "v2")
             _wait_for(lambda: health()["serving"]["version"] == "v2")
