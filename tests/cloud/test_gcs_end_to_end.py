@@ -18,10 +18,7 @@ from pipelines.manifest import read_manifest, verify_files
 from pipelines.publish import read_pointer, resolve_index, write_pointer
 from serving.searcher import ImageSearcher
 from tests.cloud.conftest import upload_folder
-
-
-def _index_args(corpus: str, out: str, *extra: str) -> list[str]:
-    return ["--corpus", corpus, "--out", out, "--run_version", "v1", *extra]
+from tests.index_args import fake_index_args
 
 
 def _objects(prefix: str) -> list[str]:
@@ -33,18 +30,7 @@ def test_fake_encoder_index_publish_and_search_all_on_gs(gcs_bucket: str, small_
     root = f"gs://{gcs_bucket}/out"
     version_dir = f"{root}/versions/v1"
 
-    result = index_job.run(
-        _index_args(
-            f"gs://{gcs_bucket}/corpus",
-            version_dir,
-            "--encoder",
-            "fake",
-            "--weights",
-            "none",
-            "--image_size",
-            "64",
-        )
-    )
+    result = index_job.run(fake_index_args(f"gs://{gcs_bucket}/corpus", version_dir, "v1"))
     # Six distinct real photos: all indexed, none lost, none a duplicate.
     assert result.counts["inputs"] == len(uris) == 6
     assert (result.counts["indexed"], result.counts["duplicates"]) == (6, 0)
@@ -86,8 +72,9 @@ def test_real_mobilenet_on_gs(gcs_bucket: str, small_photo_dir: Path, mobilenet_
         str(mobilenet_weights)
     )
     version_dir = f"gs://{gcs_bucket}/out/versions/v1"
+    corpus = f"gs://{gcs_bucket}/corpus"
     result = index_job.run(
-        _index_args(f"gs://{gcs_bucket}/corpus", version_dir, "--weights", weights)
+        ["--corpus", corpus, "--out", version_dir, "--run_version", "v1", "--weights", weights]
     )
     assert result.counts["indexed"] + result.counts["duplicates"] == len(uris)
     write_pointer(f"gs://{gcs_bucket}/out", "v1")
@@ -104,18 +91,15 @@ def test_incremental_run_updates_a_gs_version_in_place(
     """The nightly steady state on gs://: key join, delta, server-side copies, ScaNN upsert."""
     uris = upload_folder(small_photo_dir, gcs_bucket, "corpus")
     root = f"gs://{gcs_bucket}/out"
-    fake = ("--encoder", "fake", "--weights", "none", "--image_size", "64")
     corpus = f"gs://{gcs_bucket}/corpus"
-    index_job.run(
-        ["--corpus", corpus, "--out", f"{root}/versions/v1", "--run_version", "v1", *fake]
-    )
+    index_job.run(fake_index_args(corpus, f"{root}/versions/v1", "v1"))
     write_pointer(root, "v1")
 
     bucket = storage.Client.create_anonymous_client().bucket(gcs_bucket)
     bucket.blob("corpus/added.jpg").upload_from_filename(str(coco_photos[7]))
     bucket.blob(uris[0].split(f"gs://{gcs_bucket}/", 1)[1]).delete()
     v2 = f"{root}/versions/v2"
-    argv = ["--corpus", corpus, "--out", v2, "--run_version", "v2", "--previous", root, *fake]
+    argv = fake_index_args(corpus, v2, "v2", "--previous", root)
     result = index_job.run([*argv, "--max_changed_fraction", "1"])
     assert result.update is not None and not result.update.decision.rebuild
     assert (result.update.upserted, result.update.deleted) == (1, 1)

@@ -30,7 +30,8 @@ from pipelines.manifest import read_manifest
 from pipelines.options import IndexConfig
 from pipelines.scann_index import ScannParams, load_searcher, search_batched
 from pipelines.types import EMBEDDING_SCALE, HashedImage, ImageRef, image_id_for_uri
-from tests.pipelines.test_incremental import _args, _table
+from tests.index_args import fake_index_args
+from tests.pipelines.test_incremental import _table
 
 ENC = "fake/v1"
 PLAN = ReusePlan(table_dir="", previous_version="v1", encoder_id=ENC)
@@ -148,10 +149,12 @@ def test_nightly_changes_update_the_previous_version_in_place(
     monkeypatch.setattr(delta, "ROWS_PER_BUCKET", 2)
     corpus = small_photo_dir
     photos = sorted(corpus.glob("*.jpg"))
-    index_job.run(_args(corpus, tmp_path / "v1", "v1"))
+    index_job.run(fake_index_args(corpus, tmp_path / "v1", "v1"))
 
     # No change at all: nothing encoded, every table file copied byte for byte.
-    same = index_job.run(_args(corpus, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1")))
+    same = index_job.run(
+        fake_index_args(corpus, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
+    )
     assert same.update is not None and not same.update.decision.rebuild
     assert (same.update.upserted, same.update.deleted, same.counts["encoded"]) == (0, 0, 0)
     v1_files = [Path(p).name for p in parquet_files(str(tmp_path / "v1" / "table"))]
@@ -169,7 +172,7 @@ def test_nightly_changes_update_the_previous_version_in_place(
     shutil.copy(photos[3], corpus / "zz-copy.jpg")  # sorts after its original: a duplicate
     # A six-photo corpus changes by far more than 10% here: allow it, to update in place.
     previous = ("--previous", str(tmp_path / "v2"), "--max_changed_fraction", "2")
-    third = index_job.run(_args(corpus, tmp_path / "v3", "v3", *previous))
+    third = index_job.run(fake_index_args(corpus, tmp_path / "v3", "v3", *previous))
     assert not third.update.decision.rebuild and third.config.reuse.join_buckets == 3
     c = third.counts
     assert (c["inputs"], c["indexed"], c["duplicates"], c["reused"], c["encoded"]) == (
@@ -194,18 +197,18 @@ def test_nightly_changes_update_the_previous_version_in_place(
     _check_index_matches_table(tmp_path / "v3")
 
     # The updated table equals a full run over the same corpus, row for row.
-    index_job.run(_args(corpus, tmp_path / "full", "full"))
+    index_job.run(fake_index_args(corpus, tmp_path / "full", "full"))
     assert _table(tmp_path / "full") == rows
 
 
 def test_too_many_changes_rebuild_the_index_from_the_updated_table(
     small_photo_dir, coco_photos, tmp_path
 ):
-    index_job.run(_args(small_photo_dir, tmp_path / "v1", "v1"))
+    index_job.run(fake_index_args(small_photo_dir, tmp_path / "v1", "v1"))
     for photo in coco_photos[6:8]:
         shutil.copy(photo, small_photo_dir / photo.name)
     second = index_job.run(
-        _args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
+        fake_index_args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
     )
     assert second.update.decision.rebuild and "exceeds" in second.update.decision.reason
     assert second.manifest.lineage == {"built_from": "v2", "built_count": 8, "updates": []}
@@ -214,11 +217,13 @@ def test_too_many_changes_rebuild_the_index_from_the_updated_table(
 
 
 def test_a_run_that_would_write_other_rows_rebuilds_instead(small_photo_dir, tmp_path):
-    index_job.run(_args(small_photo_dir, tmp_path / "v1", "v1"))
+    index_job.run(fake_index_args(small_photo_dir, tmp_path / "v1", "v1"))
     manifest = read_manifest(str(tmp_path / "v1"))
 
     def blocker(*extra: str) -> str | None:
-        argv = _args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
+        argv = fake_index_args(
+            small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1")
+        )
         from apache_beam.options.pipeline_options import PipelineOptions
 
         return update_blocker(IndexConfig.from_options(PipelineOptions([*argv, *extra])), manifest)
@@ -236,7 +241,7 @@ def test_a_run_that_would_write_other_rows_rebuilds_instead(small_photo_dir, tmp
         pq.write_table(table.set_column(column, table.schema.field(column), [older]), path)
     assert "fake/v0" not in (reason := blocker()) and "encoder" in reason
     second = index_job.run(
-        _args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
+        fake_index_args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
     )
     assert second.update is None and second.counts["encoded"] == 6
 
@@ -244,7 +249,7 @@ def test_a_run_that_would_write_other_rows_rebuilds_instead(small_photo_dir, tmp
 def test_update_index_refuses_counts_that_do_not_add_up(small_photo_dir, tmp_path):
     from pipelines.index_update import update_index
 
-    index_job.run(_args(small_photo_dir, tmp_path / "v1", "v1"))
+    index_job.run(fake_index_args(small_photo_dir, tmp_path / "v1", "v1"))
     with pytest.raises(ValueError, match="leaves 6 rows indexed"):
         update_index(
             str(tmp_path / "v1"), str(tmp_path / "v2"), version="v2", counts={"indexed": 7}
@@ -258,8 +263,10 @@ def test_local_versions_share_unchanged_files_and_never_write_through_them(
     from pipelines.index_update import update_index
     from pipelines.manifest import delete_tree, verify_files
 
-    index_job.run(_args(small_photo_dir, tmp_path / "v1", "v1"))
-    index_job.run(_args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1")))
+    index_job.run(fake_index_args(small_photo_dir, tmp_path / "v1", "v1"))
+    index_job.run(
+        fake_index_args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
+    )
     name = Path(parquet_files(str(tmp_path / "v1" / "table"))[0]).name
     shared = tmp_path / "v2" / "table" / name
     assert shared.stat().st_ino == (tmp_path / "v1" / "table" / name).stat().st_ino

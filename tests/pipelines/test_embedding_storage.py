@@ -20,6 +20,7 @@ from pipelines.types import (
     quantize_int8,
 )
 from serving.searcher import ImageSearcher
+from tests.index_args import fake_index_args
 from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows
 
 NUM_PHOTOS = 160
@@ -137,9 +138,7 @@ def test_index_job_embedding_storage_flag(small_photo_dir: Path, tmp_path: Path)
     from pipelines import index_job
 
     out = tmp_path / "out"
-    index_job.run(["--corpus", str(small_photo_dir), "--out", str(out), "--encoder", "fake",
-                   "--weights", "none", "--image_size", "64", "--run_version", "i8",
-                   "--embedding_storage", "int8"])  # fmt: skip
+    index_job.run(fake_index_args(small_photo_dir, out, "i8", "--embedding_storage", "int8"))
     schema = pq.read_schema(table_files(str(out))[0])
     assert str(schema.field("embedding").type.value_type) == "int8"
     searcher = ImageSearcher.load(str(out))

@@ -27,15 +27,11 @@ from pipelines.manifest import ManifestVerificationError
 from pipelines.publish import POINTER_NAME, publish_version, read_pointer, resolve_index
 from pipelines.types import STAGE_ENCODE, DeadLetter, DecodedImage, ImageRef, UniqueImage
 from serving.searcher import ImageSearcher
+from tests.index_args import fake_index_args
 
 REPO = Path(__file__).resolve().parents[2]
 KILL_CORPUS_SIZE = 300  # Flickr8k photos: enough that the job spends seconds writing
 MAGENTA = (255, 0, 255)
-
-
-def _args(corpus: Path, out: Path, version: str = "fault-1") -> list[str]:
-    return ["--corpus", str(corpus), "--out", str(out), "--encoder", "fake", "--weights", "none",
-            "--image_size", "64", "--run_version", version]  # fmt: skip
 
 
 def _rows(folder: Path):
@@ -63,7 +59,7 @@ def kill_corpus(tmp_path_factory, assets_dir) -> Path:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, kill_corpus) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted") / "out"
-    index_job.run(_args(kill_corpus, out))
+    index_job.run(fake_index_args(kill_corpus, out, "fault-1"))
     return out
 
 
@@ -81,12 +77,17 @@ def test_job_killed_mid_run_then_rerun_matches_an_uninterrupted_run(
     if previous:
         # A complete older output in --out: the killed run must not leave its manifest
         # describing a half-replaced table.
-        index_job.run(_args(small_photo_dir, out, "older"))
+        index_job.run(fake_index_args(small_photo_dir, out, "older"))
         assert (out / "manifest.json").exists()
     older = {p.name for p in (out / "table").iterdir()} if previous else set()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     job = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.index_job", *_args(kill_corpus, out)],
+        [
+            sys.executable,
+            "-m",
+            "pipelines.index_job",
+            *fake_index_args(kill_corpus, out, "fault-1"),
+        ],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -112,7 +113,7 @@ def test_job_killed_mid_run_then_rerun_matches_an_uninterrupted_run(
     with pytest.raises(FileNotFoundError, match="manifest"):
         ImageSearcher.load(str(out))
 
-    rerun = index_job.run(_args(kill_corpus, out))
+    rerun = index_job.run(fake_index_args(kill_corpus, out, "fault-1"))
 
     assert rerun.counts["inputs"] == KILL_CORPUS_SIZE + 3
     expected = _rows(uninterrupted / "table").sort_by("image_id")
@@ -191,7 +192,9 @@ def test_index_job_with_a_model_that_raises_on_one_image(
     Image.new("RGB", (120, 90), MAGENTA).save(poison)
     out = tmp_path / "out"
 
-    result = index_job.run(_args(small_photo_dir, out))  # the job itself succeeds
+    result = index_job.run(
+        fake_index_args(small_photo_dir, out, "fault-1")
+    )  # the job itself succeeds
 
     assert (result.counts["indexed"], result.counts["dead_letters"]) == (6, 1)
     [letter] = _rows(out / "dead_letters").to_pylist()
@@ -221,7 +224,7 @@ def test_unexpected_decoder_error_on_one_file_is_a_dead_letter(
     monkeypatch.setattr(transforms, "decode_image", decode)
     out = tmp_path / "out"
 
-    result = index_job.run(_args(small_photo_dir, out))
+    result = index_job.run(fake_index_args(small_photo_dir, out, "fault-1"))
 
     assert (result.counts["indexed"], result.counts["dead_letters"]) == (6, 1)
     [letter] = _rows(out / "dead_letters").to_pylist()
@@ -241,7 +244,7 @@ def built_version(tmp_path_factory, coco_photos) -> Path:
     for photo in coco_photos[:3]:
         shutil.copy(photo, corpus / photo.name)
     out = tmp_path_factory.mktemp("pub_built") / "out"
-    index_job.run(_args(corpus, out, "built"))
+    index_job.run(fake_index_args(corpus, out, "built"))
     return out
 
 

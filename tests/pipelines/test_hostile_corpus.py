@@ -29,6 +29,7 @@ from tests.hostile_corpus import (
     HostileServer,
     write_hostile_corpus,
 )
+from tests.index_args import fake_index_args
 
 REPO = Path(__file__).resolve().parents[2]
 # Peak RSS of the whole job process (Python, Beam, pyarrow, ScaNN). A decoder that trusted the
@@ -48,18 +49,9 @@ _RUN_AND_MEASURE = (
 
 
 def run_index_job_measured(corpus: Path, out: Path, *extra: str) -> dict:
-    args = [
-        "--corpus",
-        str(corpus),
-        "--out",
-        str(out),
-        "--encoder",
-        "fake",
-        "--weights",
-        "none",
-        "--image_size",
-        "64",
-        "--run_version",
+    args = fake_index_args(
+        corpus,
+        out,
         "hostile-1",
         # Small enough that the endless body stops early, large enough for every real photo.
         "--max_download_bytes",
@@ -69,7 +61,7 @@ def run_index_job_measured(corpus: Path, out: Path, *extra: str) -> dict:
         "--download_retries",
         "1",
         *extra,
-    ]
+    )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-c", _RUN_AND_MEASURE, *args],
@@ -176,10 +168,7 @@ def test_folder_corpus_lists_every_local_file_once(tmp_path, coco_photos) -> Non
     from pipelines import index_job
 
     out = tmp_path / "out"
-    result = index_job.run(
-        ["--corpus", str(corpus.photos_dir), "--out", str(out), "--encoder", "fake",
-         "--weights", "none", "--image_size", "64", "--run_version", "hostile-folder"]
-    )  # fmt: skip
+    result = index_job.run(fake_index_args(corpus.photos_dir, out, "hostile-folder"))
     seen = collections.Counter(
         row["uri"]
         for folder in ("table", "duplicates", "dead_letters")

@@ -23,6 +23,7 @@ from pipelines.types import (
     image_id_for_uri,
     quantize_int8,
 )
+from tests.index_args import fake_index_args
 
 ENC = "fake/v1"
 
@@ -128,13 +129,6 @@ def test_encoder_id_without_building_matches_the_built_encoder(mobilenet_weights
     assert image_encoder_id(spec) == f"mobilenet_v2/{GRAPH_VERSION}-{tag}-224"
 
 
-def _args(corpus: Path, out: Path, version: str, *extra: str) -> list[str]:
-    return [
-        "--corpus", str(corpus), "--out", str(out), "--encoder", "fake", "--weights", "none",
-        "--image_size", "64", "--run_version", version, *extra,
-    ]  # fmt: skip
-
-
 def _table(out: Path) -> dict[str, dict]:
     table = pq.ParquetDataset(parquet_files(str(out / "table"))).read()
     return {row["uri"]: row for row in table.to_pylist()}
@@ -153,7 +147,7 @@ def test_second_run_reuses_unchanged_rows_and_reflects_every_change(
 ):
     corpus = small_photo_dir
     photos = sorted(corpus.glob("*.jpg"))
-    first = index_job.run(_args(corpus, tmp_path / "v1", "v1"))
+    first = index_job.run(fake_index_args(corpus, tmp_path / "v1", "v1"))
     assert first.counts["indexed"] == 6 and "reused" not in first.counts
     before = _embedding_bytes(tmp_path / "v1")
 
@@ -166,7 +160,9 @@ def test_second_run_reuses_unchanged_rows_and_reflects_every_change(
     moved_to.parent.mkdir()
     moved.rename(moved_to)  # same bytes, new uri: reused under its new identity
 
-    second = index_job.run(_args(corpus, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1")))
+    second = index_job.run(
+        fake_index_args(corpus, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
+    )
     rows = _table(tmp_path / "v2")
     expected = {str(p) for p in photos[3:]} | {str(added), str(changed), str(moved_to)}
     assert set(rows) == expected
@@ -183,14 +179,14 @@ def test_second_run_reuses_unchanged_rows_and_reflects_every_change(
     assert after[str(changed)] != before[str(changed)]
 
     # The incremental table equals a full run over the same corpus, row for row.
-    index_job.run(_args(corpus, tmp_path / "full", "full"))
+    index_job.run(fake_index_args(corpus, tmp_path / "full", "full"))
     assert _table(tmp_path / "full") == rows
 
 
 def test_another_encoder_version_in_the_previous_table_means_a_full_reencode(
     small_photo_dir, tmp_path
 ):
-    index_job.run(_args(small_photo_dir, tmp_path / "v1", "v1"))
+    index_job.run(fake_index_args(small_photo_dir, tmp_path / "v1", "v1"))
     # Stamp the stored rows as made by an older version of the encoder.
     for path in parquet_files(str(tmp_path / "v1" / "table")):
         table = pq.read_table(path)
@@ -198,7 +194,7 @@ def test_another_encoder_version_in_the_previous_table_means_a_full_reencode(
         older = pa.array(["fake/v0"] * table.num_rows, pa.string())
         pq.write_table(table.set_column(column, table.schema.field(column), older), path)
     second = index_job.run(
-        _args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
+        fake_index_args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
     )
     assert (second.counts["reused"], second.counts["encoded"]) == (0, 6)
     assert {r["encoder"] for r in _table(tmp_path / "v2").values()} == {ENC}
@@ -207,9 +203,11 @@ def test_another_encoder_version_in_the_previous_table_means_a_full_reencode(
 def test_a_change_of_table_storage_between_runs_converts_reused_rows(small_photo_dir, tmp_path):
     from pipelines.build_index import read_embedding_table
 
-    index_job.run(_args(small_photo_dir, tmp_path / "v1", "v1", "--embedding_storage", "int8"))
+    index_job.run(
+        fake_index_args(small_photo_dir, tmp_path / "v1", "v1", "--embedding_storage", "int8")
+    )
     second = index_job.run(
-        _args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
+        fake_index_args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"))
     )
     assert (second.counts["reused"], second.counts["encoded"]) == (6, 0)
     old = read_embedding_table(parquet_files(str(tmp_path / "v1" / "table")))
@@ -228,11 +226,15 @@ def test_a_change_of_table_storage_between_runs_converts_reused_rows(small_photo
 
 def test_previous_must_be_a_complete_other_version(small_photo_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a publish root"):
-        index_job.run(_args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path)))
-    index_job.run(_args(small_photo_dir, tmp_path / "v1", "v1"))
+        index_job.run(
+            fake_index_args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path))
+        )
+    index_job.run(fake_index_args(small_photo_dir, tmp_path / "v1", "v1"))
     with pytest.raises(ValueError, match="resolves to --out"):
         index_job.run(
-            _args(small_photo_dir, tmp_path / "v1", "v1", "--previous", str(tmp_path / "v1"))
+            fake_index_args(
+                small_photo_dir, tmp_path / "v1", "v1", "--previous", str(tmp_path / "v1")
+            )
         )
 
 
@@ -244,9 +246,11 @@ def test_joint_model_rows_reuse_the_image_embedding_and_the_matching_joint_one(
     models = tmp_path / "models"
     model, folder = _save(models, "dual-test", KIND_DUAL)
     joint = ("--models", str(models), "--joint_model", "dual-test")
-    index_job.run(_args(small_photo_dir, tmp_path / "v1", "v1"))  # no joint column yet
+    index_job.run(fake_index_args(small_photo_dir, tmp_path / "v1", "v1"))  # no joint column yet
     second = index_job.run(
-        _args(small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"), *joint)
+        fake_index_args(
+            small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1"), *joint
+        )
     )
     c = second.counts
     assert (c["reused"], c["encoded"], c["joint_recomputed"]) == (6, 0, 6)
@@ -260,7 +264,9 @@ def test_joint_model_rows_reuse_the_image_embedding_and_the_matching_joint_one(
     assert {r["joint_model"] for r in rows.values()} == {f"dual-test/{folder.name}"}
     # Same encoder and joint model version: the whole row is reused, joint column included.
     third = index_job.run(
-        _args(small_photo_dir, tmp_path / "v3", "v3", "--previous", str(tmp_path / "v2"), *joint)
+        fake_index_args(
+            small_photo_dir, tmp_path / "v3", "v3", "--previous", str(tmp_path / "v2"), *joint
+        )
     )
     assert (third.counts["reused"], third.counts["joint_recomputed"]) == (6, 0)
     assert _table(tmp_path / "v3") == rows

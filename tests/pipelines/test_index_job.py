@@ -19,6 +19,7 @@ from pipelines.io import parquet_files
 from pipelines.manifest import read_manifest
 from pipelines.types import embedding_table_schema, image_id_for_uri
 from serving.searcher import ImageSearcher
+from tests.index_args import fake_index_args
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,27 +37,9 @@ def corpus(small_photo_dir: Path) -> Path:
     return small_photo_dir
 
 
-def _fake_args(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--corpus",
-        str(corpus),
-        "--out",
-        str(out),
-        "--encoder",
-        "fake",
-        "--weights",
-        "none",
-        "--image_size",
-        "64",
-        "--run_version",
-        "test-1",
-        *extra,
-    ]
-
-
 def test_index_run_writes_table_index_and_manifest(corpus, tmp_path):
     out = tmp_path / "out"
-    result = index_job.run(_fake_args(corpus, out))
+    result = index_job.run(fake_index_args(corpus, out, "test-1"))
 
     assert result.counts == {
         "inputs": 8,
@@ -90,10 +73,10 @@ def test_index_run_writes_table_index_and_manifest(corpus, tmp_path):
 
 def test_rerun_is_idempotent(corpus, tmp_path):
     out = tmp_path / "out"
-    index_job.run(_fake_args(corpus, out, "--table_shards", "3"))
+    index_job.run(fake_index_args(corpus, out, "test-1", "--table_shards", "3"))
     first = _read_table(out)
     assert len(parquet_files(str(out / "table"))) == 3
-    index_job.run(_fake_args(corpus, out, "--table_shards", "2"))
+    index_job.run(fake_index_args(corpus, out, "test-1", "--table_shards", "2"))
     second = _read_table(out)
     assert len(parquet_files(str(out / "table"))) == 2  # no stale shard of the first run
     assert first.equals(second)
@@ -108,7 +91,7 @@ def test_manifest_corpus_with_ids_metadata_and_missing_files(corpus, tmp_path):
     manifest.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
 
-    result = index_job.run(_fake_args(manifest, out))
+    result = index_job.run(fake_index_args(manifest, out, "test-1"))
 
     assert result.counts["inputs"] == 5
     assert (result.counts["indexed"], result.counts["dead_letters"]) == (3, 2)

@@ -21,6 +21,7 @@ from pipelines.transforms import JointEmbeddingFn
 from pipelines.types import embedding_table_schema
 from serving.searcher import ImageSearcher
 from serving.text_search import TextSearcher
+from tests.index_args import fake_index_args
 from training.artifacts import save_joint_model
 
 FAKE_ID = "fake/v1"
@@ -67,16 +68,13 @@ def _save(models: Path, name: str, kind: str, image_id: str = FAKE_ID, image_dim
     return model, save_joint_model(models, name, model, metadata, now=NOW)
 
 
-def _args(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return ["--corpus", str(corpus), "--out", str(out), "--encoder", "fake", "--weights", "none",
-            "--image_size", "64", "--run_version", "test-1", *extra]  # fmt: skip
-
-
 def test_joint_model_adds_column_index_and_text_search(small_photo_dir: Path, tmp_path: Path):
     models, out = tmp_path / "models", tmp_path / "out"
     model, folder = _save(models, "dual-test", KIND_DUAL)
     index_job.run(
-        _args(small_photo_dir, out, "--models", str(models), "--joint_model", "dual-test")
+        fake_index_args(
+            small_photo_dir, out, "test-1", "--models", str(models), "--joint_model", "dual-test"
+        )
     )
 
     table = pq.ParquetDataset(parquet_files(str(out / "table"))).read().sort_by("image_id")
@@ -112,7 +110,7 @@ def test_joint_model_adds_column_index_and_text_search(small_photo_dir: Path, tm
 
 def test_index_without_joint_model_keeps_the_schema_and_manifest(small_photo_dir, tmp_path):
     out = tmp_path / "out"
-    index_job.run(_args(small_photo_dir, out))
+    index_job.run(fake_index_args(small_photo_dir, out, "test-1"))
     table = pq.ParquetDataset(parquet_files(str(out / "table"))).read()
     assert table.schema.remove_metadata() == embedding_table_schema(64).remove_metadata()
     assert "joint_index" not in (out / "manifest.json").read_text()
@@ -129,7 +127,7 @@ def test_invalid_joint_models_are_clear_errors_before_launch(tmp_path: Path):
     out = tmp_path / "out"
 
     def run(*extra: str) -> None:
-        index_job.run(_args(corpus, out, *extra))
+        index_job.run(fake_index_args(corpus, out, "test-1", *extra))
 
     with pytest.raises(ValueError, match=r"w2vv model.*no joint column"):
         run("--models", str(models), "--joint_model", "w2vv-test")

@@ -21,6 +21,7 @@ from pipelines.manifest import read_manifest, verify_files
 from pipelines.scann_index import ScannParams, exact_top_k
 from pipelines.types import embedding_table_schema
 from serving.searcher import ImageSearcher
+from tests.index_args import fake_index_args
 from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
 
 DIM = 24
@@ -183,8 +184,7 @@ def test_index_job_with_index_shards(small_photo_dir: Path, tmp_path: Path) -> N
         "uri,id\n" + "".join(f"{p},{i}\n" for p, i in zip(photos, ids, strict=True))
     )
     out = tmp_path / "out"
-    args = ["--corpus", str(manifest), "--out", str(out), "--encoder", "fake",
-            "--weights", "none", "--image_size", "64", "--run_version", "sharded"]  # fmt: skip
+    args = fake_index_args(manifest, out, "sharded")
     result = index_job.run([*args, "--index_shards", "2"])
     assert len(result.manifest.shards) == 2
     assert sum(s["count"] for s in result.manifest.shards) == result.counts["indexed"] == 6

@@ -21,6 +21,7 @@ from encoders.joint import KIND_DUAL, DenseLayer, JointModel
 from encoders.text_registry import create_text_encoder, fit_text_encoder
 from pipelines import index_job
 from pipelines.publish import version_dir, write_pointer
+from tests.index_args import fake_index_args
 from training.artifacts import save_joint_model
 
 JOINT_MODEL = "dual-serve-test"
@@ -73,10 +74,8 @@ def _index(photos: list[Path], out: Path, models: Path, version: str) -> Path:
         "".join(json.dumps({"uri": str(p), "title": f"photo {p.stem}"}) + "\n" for p in photos)
     )
     index_job.run(
-        ["--corpus", str(corpus), "--out", str(out), "--encoder", "fake", "--weights", "none",
-         "--image_size", "64", "--run_version", version, "--models", str(models),
-         "--joint_model", JOINT_MODEL]
-    )  # fmt: skip
+        fake_index_args(corpus, out, version, "--models", str(models), "--joint_model", JOINT_MODEL)
+    )
     return out
 
 

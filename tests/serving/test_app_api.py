@@ -18,6 +18,7 @@ from serving.config import ServeConfig
 from serving.searcher import ImageSearcher
 from serving.state import QueryModels
 from serving.text_search import TextSearcher
+from tests.index_args import fake_index_args
 from tests.serving.conftest import JOINT_MODEL
 
 
@@ -281,9 +282,8 @@ def test_a_sharded_version_serves_the_same_answers_as_one_shard(
                               for p, i in zip(photos, ids, strict=True)))  # fmt: skip
     built = tmp_path / "sharded"
     index_job.run(
-        ["--corpus", str(corpus), "--out", str(built), "--encoder", "fake", "--weights", "none",
-         "--image_size", "64", "--run_version", "s2", "--models", str(serve_models),
-         "--joint_model", JOINT_MODEL, "--index_shards", "2"]
+        fake_index_args(corpus, built, "s2", "--models", str(serve_models),
+                        "--joint_model", JOINT_MODEL, "--index_shards", "2")
     )  # fmt: skip
     root = tmp_path / "root"
     publish(root, built, "s2")
