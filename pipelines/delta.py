@@ -47,6 +47,8 @@ from apache_beam.metrics import Metrics
 
 from pipelines.build_index import SHARD_ASSIGNMENT, TABLE_DIR
 from pipelines.incremental import ReusePlan, choose_stored
+from pipelines.index_update import RebuildRule, UpdateResult, update_index
+from pipelines.io import parquet_files, parquet_rows
 from pipelines.manifest import IndexManifest, delete_tree, join_path, read_manifest
 from pipelines.options import IndexConfig, join_uri
 from pipelines.scann_index import ScannParams
@@ -99,6 +101,11 @@ def _same_columns(found: pa.Schema, wanted: pa.Schema) -> bool:
     return [(f.name, f.type) for f in found] == [(f.name, f.type) for f in wanted]
 
 
+def previous_table_files(index_dir: str, manifest: IndexManifest) -> list[str]:
+    """The table files a version's manifest lists, as paths under ``index_dir``."""
+    return [join_path(index_dir, entry["path"]) for entry in manifest.files_under(TABLE_DIR)]
+
+
 def update_blocker(config: IndexConfig, manifest: IndexManifest) -> str | None:
     """Why the previous version can't be updated in place by this run, or None when it can.
 
@@ -131,7 +138,7 @@ def update_blocker(config: IndexConfig, manifest: IndexManifest) -> str | None:
     expected = {"encoder": plan.encoder_id, **dict(plan.required)}
     if plan.joint_model_id is not None:
         expected[JOINT_MODEL] = plan.joint_model_id
-    files = [join_path(plan.index_dir, e["path"]) for e in manifest.files_under(TABLE_DIR)]
+    files = previous_table_files(plan.index_dir, manifest)
     if not files:
         return "the previous version lists no table files"
     for path in files:
@@ -160,7 +167,7 @@ def plan_in_place(config: IndexConfig) -> IndexConfig:
             blocker,
         )
         return config
-    files = tuple(join_path(plan.index_dir, e["path"]) for e in manifest.files_under(TABLE_DIR))
+    files = tuple(previous_table_files(plan.index_dir, manifest))
     logger.info("updating %s in place: only new, changed and deleted rows", plan.previous_version)
     buckets = max(1, -(-int(manifest.counts.get("indexed", 0)) // ROWS_PER_BUCKET))
     in_place = dataclasses.replace(
@@ -419,11 +426,6 @@ class WriteDeletedIds(beam.PTransform):
 # --- after the job ----------------------------------------------------------------------------
 
 
-def _rows_in(path: str) -> int:
-    with _open(path) as handle:
-        return pq.ParquetFile(handle).metadata.num_rows
-
-
 def read_deleted_ids(folder: str) -> list[str]:
     matched = FileSystems.match([join_uri(folder, f"{DELETED_PREFIX}*.txt")])[0].metadata_list
     ids: list[str] = []
@@ -433,17 +435,14 @@ def read_deleted_ids(folder: str) -> list[str]:
     return ids
 
 
-def apply_delta(config: IndexConfig, counts: dict[str, int]):
+def apply_delta(config: IndexConfig, counts: dict[str, int]) -> UpdateResult:
     """Write the new version from the previous one and the job's delta; -> ``UpdateResult``.
 
     ``counts`` are the job's tallies; ``indexed`` must match what the update leaves indexed
     (``update_index`` checks it before writing anything). The delta folder is removed after.
     """
-    from pipelines.index_update import RebuildRule, update_index
-    from pipelines.io import parquet_files
-
     folder = delta_dir(config)
-    new_files = [p for p in parquet_files(join_uri(folder, TABLE_DIR)) if _rows_in(p)]
+    new_files = [p for p in parquet_files(join_uri(folder, TABLE_DIR)) if parquet_rows(p)]
     upserted: set[str] = set()
     for path in new_files:
         with _open(path) as handle:

@@ -13,7 +13,6 @@ import dataclasses
 import gc
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -25,6 +24,7 @@ from pipelines.captions import AddCaptions
 from pipelines.corpus import ReadCorpus, check_corpus_exists
 from pipelines.delta import PlanDelta, WriteDeletedIds, apply_delta, delta_dir, plan_in_place
 from pipelines.incremental import TABLE_DIR, SplitReusable
+from pipelines.index_update import UpdateResult
 from pipelines.io import (
     WriteDeadLetters,
     WriteDuplicates,
@@ -57,7 +57,7 @@ class IndexImages(beam.PTransform):
         size = (self.config.encoder.image_size, self.config.encoder.image_size)
         hashed, unreadable = refs | "Hash" >> HashImages(self.config.fetch_limits)
         reuse, deleted = self.config.reuse, None
-        if reuse is not None and reuse.update_in_place:
+        if self.config.updates_in_place:
             # Only what changed is written; unchanged rows stay in the previous version's files.
             delta = hashed | "PlanDelta" >> PlanDelta(reuse)
             unique, duplicates, deleted = delta["encode"], delta["duplicates"], delta["deleted"]
@@ -124,7 +124,7 @@ class IndexResult:
     counts: dict[str, int]
     top_dead_letter_reasons: list[tuple[str, int]]
     manifest: IndexManifest
-    update: Any = None  # pipelines.index_update.UpdateResult of an in-place update, else None
+    update: UpdateResult | None = None  # of an in-place update (pipelines.delta)
 
     def summary(self) -> str:
         c = self.counts
@@ -171,7 +171,7 @@ def collect_counts(config: IndexConfig, result) -> dict[str, int]:
         "dead_letters": count_rows(config.dead_letters_dir),
     }
     inputs = _counter(result, "inputs")
-    if config.reuse is not None and config.reuse.update_in_place:
+    if config.updates_in_place:
         # The table is written after the job (apply_delta). What it must hold follows from the
         # inputs; update_index checks that against the updated index before writing anything.
         if inputs is None:
@@ -218,7 +218,7 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
     result.wait_until_finish()
 
     counts = collect_counts(config, result)
-    if config.reuse is not None and config.reuse.update_in_place:
+    if config.updates_in_place:
         update = apply_delta(config, counts)
         counts = {**counts, "indexed": update.manifest.counts["indexed"]}
         reasons = dead_letter_reasons(config.dead_letters_dir)

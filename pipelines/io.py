@@ -112,13 +112,15 @@ def parquet_files(folder: str) -> list[str]:
     return sorted(m.path for m in matched)
 
 
+def parquet_rows(path: str) -> int:
+    """Rows in one Parquet file, read from its footer only."""
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
 def count_rows(folder: str) -> int:
     """Rows in a folder of Parquet files, read from the footers only."""
-    total = 0
-    for path in parquet_files(folder):
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
+    return sum(parquet_rows(path) for path in parquet_files(folder))
 
 
 def dead_letter_reasons(folder: str, top: int = 10) -> list[tuple[str, int]]:

@@ -150,6 +150,11 @@ class IndexConfig:
     captioner: CaptionerRef | None = None  # a pinned captioner, or None: no caption column
 
     @property
+    def updates_in_place(self) -> bool:
+        """Whether this run updates ``--previous`` in place (``pipelines.delta``)."""
+        return self.reuse is not None and self.reuse.update_in_place
+
+    @property
     def table_dir(self) -> str:
         return join_uri(self.out, "table")
 
