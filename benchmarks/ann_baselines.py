@@ -3,7 +3,7 @@
 Every method indexes unit vectors, exposes its query-time knobs as an ordered grid, and searches
 a batch (``search``) or one query (``search_one``). ``tune_knobs`` picks, for a recall target,
 the cheapest knobs on the tuning queries with the rule ScaNN's autotuner uses (the recall's lower
-confidence bound must reach the target; see ``pipelines.ann_tuning``), so every library is tuned
+confidence bound must reach the target; see ``index.ann_tuning``), so every library is tuned
 to the same recall on the same queries.
 
 faiss indexes use L2 on unit vectors: the same ranking as the dot product (|q - x|^2 = 2 - 2 q.x)
@@ -24,11 +24,11 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from pipelines.ann_tuning import RECALL_CONFIDENCE_Z, recall_per_query, single_query_latencies
+from index.ann_tuning import RECALL_CONFIDENCE_Z, recall_per_query, single_query_latencies
 
 logger = logging.getLogger(__name__)
 
-# Powers of two and their midpoints, as in pipelines.ann_tuning's leaves grid.
+# Powers of two and their midpoints, as in index.ann_tuning's leaves grid.
 _GEOMETRIC = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 # Points per k-means centre to train on: faiss warns below 39; more only costs time.
 _TRAIN_POINTS_PER_LIST = 40

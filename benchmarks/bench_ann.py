@@ -14,7 +14,7 @@ One run, one machine, the same queries for every method, on two real-vector data
 
 Protocol: every method is tuned to recall@10 >= 0.90 and >= 0.95 on the same 1000 tuning
 queries (the recall's lower confidence bound must reach the target, the rule of
-``pipelines.ann_tuning``), then measured on separate evaluation queries: recall@10,
+``index.ann_tuning``), then measured on separate evaluation queries: recall@10,
 single-thread queries/s (one query per call, every library pinned to one thread), batched
 queries/s (all evaluation queries in one call, all cores), build time (all cores) and index
 size (serialized). Figures are printed and written to ``--report``; nothing is asserted.
@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ann_baselines import (  # noqa: E402
+from ann_baselines import (
     BuildBudgetExceeded,
     ExactSearch,
     FaissHnsw,
@@ -53,7 +53,7 @@ from ann_baselines import (  # noqa: E402
     tune_knobs,
 )
 
-from pipelines.ann_tuning import (  # noqa: E402
+from index.ann_tuning import (
     TuningTarget,
     autotune_scann_targets,
     batched_qps,
@@ -61,12 +61,7 @@ from pipelines.ann_tuning import (  # noqa: E402
     recall_per_query,
     single_query_latencies,
 )
-from pipelines.scann_index import (  # noqa: E402
-    build_searcher,
-    exact_top_k,
-    save_searcher,
-    search_batched,
-)
+from index.scann_index import build_searcher, exact_top_k, save_searcher, search_batched
 
 logger = logging.getLogger("bench_ann")
 
@@ -150,7 +145,7 @@ def _source_embeddings(table_dir: str | None, seed: int) -> tuple[np.ndarray, st
     """The real embeddings to grow from, or synthetic stand-ins (said so in the description)."""
     paths = sorted(glob.glob(os.path.join(table_dir, "*.parquet"))) if table_dir else []
     if paths:
-        from pipelines.build_index import read_embedding_table
+        from index.table import read_embedding_table
 
         table = read_embedding_table(paths)
         return _unit(table.embeddings), (
@@ -381,7 +376,7 @@ def run_dataset(ds: Dataset, args: argparse.Namespace) -> tuple[list[Row], list[
         begin = time.perf_counter()
         exact, _ = exact_top_k(ds.database, ds.eval_queries, K)
         exact_batched_s = time.perf_counter() - begin
-    # Exact: batched = pipelines.scann_index.exact_top_k (matmul + argpartition per block, the
+    # Exact: batched = index.scann_index.exact_top_k (matmul + argpartition per block, the
     # project's oracle, timed above); one query at a time = sgemv + argpartition.
     brute = ExactSearch()
     brute.build(ds.database)
@@ -599,7 +594,7 @@ def main() -> int:
         print("\n".join(table_lines(rows)))
         print("\n".join(ratios))
     out += [
-        "## Memory per million vectors (pipelines.ann_tuning.memory_per_million)",
+        "## Memory per million vectors (index.ann_tuning.memory_per_million)",
         "",
         *memory_lines(),
         "",

@@ -6,7 +6,7 @@ For each device this process can use (the CPU always; the first GPU when TensorF
 it builds MobileNetV2 with that device's inference policy (``encoders.inference_policy``) and
 measures, on real photos from the assets folder:
 
-* decode only: ``pipelines.imaging.decode_image`` on ``--threads`` threads, no model. The
+* decode only: ``encoders.imaging.decode_image`` on ``--threads`` threads, no model. The
   ceiling of any encoder fed by this host's CPUs.
 * model only: ``encoder.encode`` on already decoded pixels, in the policy's chunk size.
 * overlapped: ``encoders.overlap.encode_overlapped``, decode threads feeding the model.
@@ -34,16 +34,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from encoders.base import EncoderSpec  # noqa: E402
-from encoders.inference_policy import (  # noqa: E402
+from encoders.base import EncoderSpec
+from encoders.imaging import decode_image
+from encoders.inference_policy import (
     CPU_POLICY,
     InferencePolicy,
     choose_policy,
     detect_accelerators,
 )
-from encoders.overlap import encode_overlapped  # noqa: E402
-from imgsearch import settings  # noqa: E402
-from pipelines.imaging import decode_image  # noqa: E402
+from encoders.overlap import encode_overlapped
+from imgsearch import settings
 
 RESULTS = REPO / "benchmarks" / "results"
 SIZE = (224, 224)

@@ -39,8 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.variant_corpus import make_variants  # noqa: E402
-from imgsearch import settings  # noqa: E402
+from benchmarks.variant_corpus import make_variants
+from imgsearch import settings
 
 RESULTS = REPO / "benchmarks" / "results" / "incremental.md"
 STARTUP = (

@@ -25,7 +25,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from imgsearch import settings  # noqa: E402
+from imgsearch import settings
 
 
 def _tree_rss(proc: psutil.Process) -> int:
@@ -85,8 +85,8 @@ def run_index(corpus: str, out: str, weights: str, workers: int) -> tuple[float,
 def raw_encoder_rate(paths: list[Path], weights: str, batch: int = 32) -> tuple[float, float]:
     """(decode-only images/s, encode-only images/s) on the same images, in this process."""
     from encoders.base import EncoderSpec
+    from encoders.imaging import decode_image
     from encoders.registry import create_image_encoder
-    from pipelines.imaging import decode_image
 
     encoder = create_image_encoder(EncoderSpec(name="mobilenet_v2", weights=weights))
     start = time.perf_counter()

@@ -5,7 +5,7 @@ Run: ``.venv/bin/python benchmarks/bench_serving.py [--n 1000000] [--work DIR] [
 1. Builds (once; reused from ``--work``) a publish root with one index version of ``--n``
    synthetic clustered unit vectors: 64-d image embeddings (the ``fake`` encoder's dimension)
    and 256-d joint embeddings (the dual model's default dimension), written as a real Parquet
-   embedding table and indexed by the project's ``pipelines.build_index`` (ScaNN tree + AH).
+   embedding table and indexed by the project's ``index.build`` (ScaNN tree + AH).
    The text side is real: a bag-of-words encoder fitted on Flickr8k's captions, feeding a dual
    joint model whose weights are random (latency does not depend on what the weights learned).
 2. Starts ``imgsearch serve`` (one process, one uvicorn worker) on loopback.
@@ -44,7 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from imgsearch import settings  # noqa: E402
+from imgsearch import settings
 
 IMAGE_DIM = 64
 JOINT_DIM = 256
@@ -75,7 +75,7 @@ def build_models(models: Path, assets: Path, image_encoder_id: str) -> tuple[str
     """A dual joint model (bag-of-words text side, fitted on Flickr8k train captions)."""
     from encoders.joint import KIND_DUAL, DenseLayer, JointModel
     from encoders.text_registry import create_text_encoder, fit_text_encoder
-    from training.artifacts import save_joint_model
+    from models.artifacts import save_joint_model
 
     spec = fit_text_encoder("bow", _captions(assets, "train"), models / "bow-text")
     text = create_text_encoder(spec)
@@ -115,7 +115,7 @@ def write_table(out: Path, n: int, encoder_id: str, joint_model: str, files: int
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.types import embedding_table_schema
+    from index.schema import embedding_table_schema
 
     schema = embedding_table_schema(IMAGE_DIM, JOINT_DIM)
     rng = np.random.default_rng(1)
@@ -148,8 +148,8 @@ def build(work: Path, n: int, assets: Path) -> tuple[Path, Path]:
     """-> (publish root, models dir), building them unless ``work`` already holds them."""
     from encoders.base import EncoderSpec
     from encoders.registry import create_image_encoder
-    from pipelines.build_index import build_index
-    from pipelines.publish import version_dir, write_pointer
+    from index.build import build_index
+    from index.publish import version_dir, write_pointer
 
     root, models = work / f"root-{n}", work / f"models-{n}"
     if (root / "latest.json").is_file() and models.is_dir():
@@ -173,7 +173,7 @@ def build(work: Path, n: int, assets: Path) -> tuple[Path, Path]:
 
 def link_version(root: Path, source: str, target: str) -> None:
     """Publish ``target`` as a hard-linked copy of ``source`` (immutable files, instant copy)."""
-    from pipelines.publish import write_pointer
+    from index.publish import write_pointer
 
     shutil.copytree(root / "versions" / source, root / "versions" / target, copy_function=os.link)
     write_pointer(str(root), target)
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     for stale in (root / "versions").iterdir():  # a previous run's reload target
         if stale.name != "v1":
             shutil.rmtree(stale)
-    from pipelines.publish import write_pointer
+    from index.publish import write_pointer
 
     write_pointer(str(root), "v1")
 
@@ -336,7 +336,7 @@ def in_process_breakdown(root: Path, models: Path, captions: list[str]) -> dict[
     """The same text queries without HTTP, after the server has exited: where the time goes."""
     from threadpoolctl import threadpool_limits
 
-    from pipelines.publish import resolve_index
+    from index.publish import resolve_index
     from serving import queries
     from serving.explain import embed_with_terms
     from serving.state import QueryModels, load_bundle
@@ -381,7 +381,7 @@ def render(args, results, startup_s, rss_mib, rss_after, swapped_s, final, break
         "",
         f"Index: {args.n:,} images, synthetic clustered unit vectors ({CLUSTERS} clusters): "
         f"{IMAGE_DIM}-d image embeddings and {JOINT_DIM}-d joint embeddings, Parquet table -> "
-        "`pipelines.build_index` (ScaNN tree + AH + exact rescoring, default parameters).",
+        "`index.build` (ScaNN tree + AH + exact rescoring, default parameters).",
         "Queries: `GET /api/search?q=<Flickr8k dev caption>&k=10` (2,000 distinct captions, "
         "random order): bag-of-words text encoder (fitted on Flickr8k train captions) -> dual "
         f"joint model tower -> ScaNN search of the {JOINT_DIM}-d joint shard -> per-word "

@@ -29,12 +29,13 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.build_index import build_index  # noqa: E402
-from pipelines.scann_index import exact_top_k  # noqa: E402
-from pipelines.types import embedding_table_schema, image_id_for_uri  # noqa: E402
-from serving.searcher import ImageSearcher  # noqa: E402
+from index.build import build_index
+from index.scann_index import exact_top_k
+from index.schema import embedding_table_schema
+from pipelines.types import image_id_for_uri
+from serving.searcher import ImageSearcher
 
 K = 10
 # How shards > 1 are built: the DirectRunner in this process (one after another), or worker
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     queries, database = vectors[: args.queries], vectors[args.queries :]
     truth, _ = exact_top_k(database, queries, K)
     # Import ScaNN (and TensorFlow, ~5 s) before any timing, as a serving process has.
-    from pipelines.scann_index import _scann_ops
+    from index.scann_index import _scann_ops
 
     _scann_ops()
     results = []

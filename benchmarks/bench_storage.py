@@ -4,13 +4,13 @@ Run: ``.venv/bin/python benchmarks/bench_storage.py [--photos 1000] [--report PA
 
 On real MobileNetV2 embeddings of Flickr8k dev photos (the assets folder), one run measures:
 
-- the embedding table as the index job writes it (``pipelines.types.embedding_table_schema``,
+- the embedding table as the index job writes it (``index.schema.embedding_table_schema``,
   Parquet, snappy) in float32, float16 and int8 + per-row scale: bytes on disk per vector,
   scaled to a million, the decode error after ``read_embedding_table``, and recall@10 of exact
   search over the decoded copy against float32 (held-out photos as queries);
 - ScaNN brute force and tree-AH (``build_searcher``) over the same vectors: serialized bytes per
   vector per file (the float32 copy, the AH codes, the leaf tokens) and recall@10;
-- the in-memory model of ``pipelines.ann_tuning.memory_per_million`` beside those figures.
+- the in-memory model of ``index.ann_tuning.memory_per_million`` beside those figures.
 
 Figures are printed and written to ``--report`` (markdown); nothing is asserted.
 """
@@ -34,17 +34,18 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from imgsearch import settings  # noqa: E402
-from pipelines.ann_tuning import memory_per_million, recall_per_query  # noqa: E402
-from pipelines.build_index import read_embedding_table  # noqa: E402
-from pipelines.scann_index import (  # noqa: E402
+from imgsearch import settings
+from index.ann_tuning import memory_per_million, recall_per_query
+from index.scann_index import (
     ScannParams,
     build_searcher,
     exact_top_k,
     save_searcher,
     search_batched,
 )
-from pipelines.types import compact_row, embedding_table_schema, image_id_for_uri  # noqa: E402
+from index.schema import compact_row, embedding_table_schema
+from index.table import read_embedding_table
+from pipelines.types import image_id_for_uri
 
 MIB = 2**20
 MILLION = 1_000_000
@@ -53,8 +54,8 @@ K = 10
 
 def encode_photos(assets: Path, count: int) -> tuple[np.ndarray, str]:
     from encoders.base import EncoderSpec
+    from encoders.imaging import decode_image
     from encoders.registry import create_image_encoder
-    from pipelines.imaging import decode_image
 
     flickr = assets / "datasets" / "flickr8k"
     names = (flickr / "splits" / "dev.txt").read_text().split()[:count]
@@ -243,7 +244,7 @@ def report(args, dim, encoder_id, count, storage, scann, elapsed) -> str:
         "tiny training set) its recall says nothing about the 20k+ row shards `build_index` "
         "builds trees for; see `benchmarks/results/ann.md` for recall at a million.",
         "",
-        f"## In-memory model at dim {dim} (`pipelines.ann_tuning.memory_per_million`)",
+        f"## In-memory model at dim {dim} (`index.ann_tuning.memory_per_million`)",
         "",
         "| what | per million vectors |",
         "|---|---:|",

@@ -24,7 +24,7 @@ import numpy as np
 from encoders.base import EncoderSpec
 from encoders.captioner import Captioner
 from imgsearch import settings
-from training.artifacts import code_version, read_metadata, resolve_version
+from models.artifacts import code_version, read_metadata, resolve_version
 from training.captioner import caption_metrics
 from training.captions import load_captioned_dataset
 from training.spatial_features import spatial_features

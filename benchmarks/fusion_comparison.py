@@ -20,11 +20,10 @@ import json
 import logging
 from pathlib import Path
 
-from evaluation import eval_job
-from evaluation.text_methods import FUSION_MODEL
+from evaluation import eval_job, train_fusion_job
 from imgsearch import settings
-from training import train_fusion_job
-from training.artifacts import code_version, read_config, read_metadata, resolve_version
+from models.artifacts import code_version, read_config, read_metadata, resolve_version
+from models.fusion_weights import FUSION_MODEL
 
 KS = ("R@1", "R@5", "R@10")
 

@@ -36,10 +36,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
-import psutil  # noqa: E402
+import httpx
+import psutil
 
-from imgsearch import settings  # noqa: E402
+from imgsearch import settings
 
 
 def _log(message: str) -> None:
@@ -48,8 +48,8 @@ def _log(message: str) -> None:
 
 def build_root(work: Path, photos: int, assets: Path) -> tuple[Path, list[Path]]:
     """A publish root with versions A (first 90 % of the photos) and B (all), serving A."""
+    from index.publish import version_dir, write_pointer
     from pipelines import index_job
-    from pipelines.publish import version_dir, write_pointer
 
     images = sorted((assets / "datasets/flickr8k/images").glob("*.jpg"))[:photos]
     root = work / "root"
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     root, images = build_root(work, args.photos, assets)
 
-    from pipelines.publish import write_pointer
+    from index.publish import write_pointer
     from serving.searcher import ImageSearcher
 
     image_ids = [ImageSearcher.load(str(root / "versions/A")).hit_for_row(r, 0).image_id

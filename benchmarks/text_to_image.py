@@ -25,12 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from encoders.base import EncoderSpec  # noqa: E402
-from evaluation.joint_eval import evaluate_joint_model  # noqa: E402
-from imgsearch import settings  # noqa: E402
-from training import train_joint_job  # noqa: E402
-from training.captions import load_captioned_dataset  # noqa: E402
-from training.features import dataset_features  # noqa: E402
+from encoders.base import EncoderSpec
+from evaluation.joint_eval import evaluate_joint_model
+from imgsearch import settings
+from training import train_joint_job
+from training.captions import load_captioned_dataset
+from training.features import dataset_features
 
 ENCODERS = ("minilm", "tfidf", "glove_sif", "glove_idf", "glove_mean", "bow")
 QUICK_ENCODERS = ("minilm", "minilm_tfidf", "tfidf")

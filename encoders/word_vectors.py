@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse
 
+from encoders.assets import ASSETS_ENV, assets_dir
 from encoders.base import TextEncoder, l2_normalize
 from encoders.bow import (
     FORMAT_VERSION,
@@ -48,7 +49,6 @@ from encoders.bow import (
     write_artifact,
 )
 from encoders.text_tokenize import WORD_TOKENIZER_VERSION, check_texts, tokenize_words
-from imgsearch import settings
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ _TEXT_BLOCK_BYTES = 1 << 24  # bytes parsed at a time when streaming a GloVe tex
 
 
 def _what_to_provide() -> str:
-    assets = settings.assets_dir()
+    assets = assets_dir()
     where = assets / ASSETS_GLOVE_FILE if assets else f"<assets>/{ASSETS_GLOVE_FILE}"
     return (
         "Provide GloVe vectors in one of these ways:\n"
@@ -83,7 +83,7 @@ def _what_to_provide() -> str:
         "  * pass the path of a GloVe text file such as glove.6B.50d.txt (from glove.6B.zip, "
         "https://nlp.stanford.edu/projects/glove/), one word and its numbers per line;\n"
         f"  * pass a directory holding {KUMO_VECTORS_FILE} and {KUMO_WORDS_FILE};\n"
-        f"  * or put glove.6B.50d.txt at {where} ({settings.ASSETS_ENV} sets the assets folder)."
+        f"  * or put glove.6B.50d.txt at {where} ({ASSETS_ENV} sets the assets folder)."
     )
 
 
@@ -138,7 +138,7 @@ def locate_glove(source: str | Path = "auto") -> GloveSource:
             else f"package {KUMO_PACKAGE} lacks its data files in {package_dir}"
         )
         if source == "auto":
-            assets = settings.assets_dir()
+            assets = assets_dir()
             if assets is not None and (assets / ASSETS_GLOVE_FILE).is_file():
                 return GloveSource(
                     "text", assets / ASSETS_GLOVE_FILE, str(assets / ASSETS_GLOVE_FILE)

@@ -33,6 +33,7 @@ import numpy as np
 
 import evaluation.text_methods  # noqa: F401  (registers the tags, caption and fused families)
 from encoders.base import EncoderSpec, l2_normalize
+from evaluation.eval_types import EvalConfig, MethodResult
 from evaluation.methods import (
     Method,
     MethodContext,
@@ -40,17 +41,17 @@ from evaluation.methods import (
     joint_model_names,
     prepare_methods,
 )
-from evaluation.metrics import (
+from evaluation.submission import DEFAULT_TOP_K, score_submission, write_submission
+from index.ann_tuning import recall_per_query
+from index.scann_index import exact_top_k
+from models.artifacts import code_version, read_metadata, resolve_version
+from ranking.metrics import (
     DEFAULT_KS,
     image_to_text_ranks,
     ranks_from_scores,
     retrieval_metrics,
     text_to_image_ranks,
 )
-from evaluation.submission import DEFAULT_TOP_K, score_submission, write_submission
-from pipelines.ann_tuning import recall_per_query
-from pipelines.scann_index import exact_top_k
-from training.artifacts import code_version, read_metadata, resolve_version
 from training.captions import DatasetError, load_captioned_dataset
 
 logger = logging.getLogger(__name__)
@@ -62,23 +63,6 @@ LATENCY_WARMUP = 3
 
 class NoMethodError(ValueError):
     """Nothing to evaluate: no text->image method is available."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    dataset: str
-    out: str
-    split: str | None = None
-    models_dir: str | None = None
-    families: tuple[str, ...] = ()  # empty: every registered family
-    encoder: str | None = None  # None: the image encoder the models were trained on
-    weights: str | None = None
-    submission_top_k: int = DEFAULT_TOP_K
-    latency_queries: int = 100
-    gallery_queries: int = 6
-    gallery_failures: int = 4
-    beam_args: tuple[str, ...] = ()
-    command: str = ""
 
 
 def parse_args(argv: Sequence[str]) -> EvalConfig:
@@ -146,7 +130,7 @@ def extra_index_args(config: EvalConfig, spec: EncoderSpec) -> list[str]:
 def captioner_names(models_dir: str | None) -> list[str]:
     """Captioners with a published version in ``models_dir`` (sorted)."""
     from encoders.captioner import KIND_CAPTIONER
-    from training.artifacts import list_models
+    from models.artifacts import list_models
 
     if models_dir is None:
         return []
@@ -227,16 +211,6 @@ def latency_figures(method: Method, queries: list[str], k: int = ANN_K) -> dict[
         one(text)
         seconds.append(time.perf_counter() - start)
     return {**_percentiles(seconds), "search": method.ann_name or "exact (BLAS)", "k": k}
-
-
-@dataclasses.dataclass
-class MethodResult:
-    """Per-method arrays the report and the submission need beyond ``metrics.json``."""
-
-    method: Method
-    t2i_ranks: np.ndarray  # (captions,)
-    i2t_ranks: np.ndarray  # (images,)
-    top_rows: np.ndarray  # (captions, top_k) dataset image rows, best first (exact)
 
 
 def _evaluate_method(method: Method, caption_image: np.ndarray, top_k: int) -> MethodResult:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from encoders.text_registry import TextEncoderSpec, create_text_encoder
-from evaluation.metrics import image_to_text_ranks, retrieval_metrics, text_to_image_ranks
-from training.artifacts import LATEST, load_joint_model, read_metadata, resolve_version
+from models.artifacts import LATEST, load_joint_model, read_metadata, resolve_version
+from ranking.metrics import image_to_text_ranks, retrieval_metrics, text_to_image_ranks
 from training.features import DatasetFeatures
 from training.train_joint_job import encode_texts
 

@@ -26,8 +26,8 @@ import numpy as np
 from encoders.base import l2_normalize
 from encoders.joint import JOINT_KINDS, KIND_W2VV
 from encoders.text_registry import TextEncoderSpec, create_text_encoder
+from models.artifacts import list_models, load_joint_model, read_metadata, resolve_version
 from serving.searcher import ImageSearcher
-from training.artifacts import list_models, load_joint_model, read_metadata, resolve_version
 from training.features import DatasetFeatures
 from training.train_joint_job import encode_texts
 

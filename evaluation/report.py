@@ -21,7 +21,7 @@ import jinja2
 import numpy as np
 
 if TYPE_CHECKING:
-    from evaluation.eval_job import EvalConfig, MethodResult
+    from evaluation.eval_types import EvalConfig, MethodResult
     from training.captions import CaptionedDataset
 
 THUMBNAIL_PX = 112

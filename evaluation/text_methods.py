@@ -21,14 +21,14 @@ import numpy as np
 
 from encoders.text_match import CAPTION_METHODS, make_caption_scorer
 from evaluation.methods import Method, MethodContext, family_methods, register_family
-from pipelines.table_columns import read_table_columns, table_has_columns
-from pipelines.types import CAPTION, CAPTION_MODEL, TAG_MODEL, TAGS
-from serving.fusion import reciprocal_rank_fusion, weighted_fusion
+from index.schema import CAPTION, CAPTION_MODEL, TAG_MODEL, TAGS
+from index.table import read_table_columns, table_has_columns
+from models.fusion_weights import fusion_weights
+from ranking.fusion import reciprocal_rank_fusion, weighted_fusion
 
 logger = logging.getLogger(__name__)
 
 BASE_FAMILIES = ("joint", "caption", "tags")
-FUSION_MODEL = "fusion"
 
 
 def _scored_method(
@@ -123,19 +123,6 @@ def best_per_family(methods: Sequence[Method], preferred: Sequence[str] = ()) ->
 
 
 PREFERRED = ("caption-minilm", "caption-bm25", "tags-glove")
-
-
-def fusion_weights(models_dir) -> tuple[dict[str, float], str] | None:
-    """The latest fitted fusion weights in ``models_dir`` (and their version), or None."""
-    from training.artifacts import read_config, resolve_version
-
-    if models_dir is None:
-        return None
-    try:
-        folder = resolve_version(models_dir, FUSION_MODEL)
-    except FileNotFoundError:
-        return None
-    return dict(read_config(folder)["weights"]), folder.name
 
 
 @register_family("fused")

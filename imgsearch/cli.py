@@ -143,7 +143,7 @@ def _serve(argv: Sequence[str]) -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip manifest checksums")
     args = parser.parse_args(argv)
 
-    from pipelines.manifest import ManifestVerificationError
+    from index.manifest import ManifestVerificationError
     from serving.config import ServeConfig
     from serving.server import serve
 
@@ -179,7 +179,7 @@ def _train(argv: Sequence[str]) -> int:
 
         return train_captioner_job.main(argv[1:])
     if argv and argv[0] == "fusion":
-        from training import train_fusion_job
+        from evaluation import train_fusion_job
 
         return train_fusion_job.main(argv[1:])
     if not argv or argv[0] != "joint":
@@ -203,8 +203,8 @@ def _publish(argv: Sequence[str]) -> int:
         "--no-verify", action="store_true", help="skip checking every file's sha256"
     )
     args = parser.parse_args(argv)
-    from pipelines.manifest import ManifestVerificationError
-    from pipelines.publish import publish_version
+    from index.manifest import ManifestVerificationError
+    from index.publish import publish_version
 
     try:
         pointer = publish_version(args.root, args.version, verify=not args.no_verify)
@@ -221,8 +221,8 @@ def _rollback(argv: Sequence[str]) -> int:
     parser.add_argument("--root", required=True, help="publish root (holds latest.json)")
     parser.add_argument("--to", help="version to serve (default: the previously published one)")
     args = parser.parse_args(argv)
-    from pipelines.manifest import ManifestVerificationError
-    from pipelines.publish import rollback
+    from index.manifest import ManifestVerificationError
+    from index.publish import rollback
 
     try:
         pointer = rollback(args.root, args.to)
@@ -238,7 +238,7 @@ def _versions(argv: Sequence[str]) -> int:
     parser.add_argument("--prune", action="store_true", help="apply retention (--keep)")
     parser.add_argument("--keep", type=int, default=7, help="complete versions to keep")
     args = parser.parse_args(argv)
-    from pipelines.publish import list_versions, prune_versions, read_pointer
+    from index.publish import list_versions, prune_versions, read_pointer
 
     if args.prune:
         for name in prune_versions(args.root, args.keep):

@@ -72,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     queries_dir = Path(args.queries) if args.queries else (coco / "train2017" if coco else None)
 
+    from index.publish import version_dir, write_pointer
     from pipelines import index_job
-    from pipelines.publish import version_dir, write_pointer
     from serving.searcher import ImageSearcher
 
     out = Path(args.out)
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _joint_models(assets: Path | None, models: Path, weights: str, seconds: float) -> Path | None:
     """A models dir holding ``DEMO_MODEL``: reused when present, else trained on Flickr8k train
     (None, and image search only, when the assets carry no Flickr8k)."""
-    from training.artifacts import list_models
+    from models.artifacts import list_models
 
     if any(model.name == DEMO_MODEL for model in list_models(models)):
         return models

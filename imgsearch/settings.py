@@ -1,7 +1,10 @@
-"""The one place the project reads environment variables.
+"""The one place the CLI, the DAG and the jobs read environment variables.
 
 Everything else receives these values through its config object, so a test or a DAG can point
-the code at other assets without touching the environment.
+the code at other assets without touching the environment. The one exception is the assets
+folder that ``"auto"`` weights resolve against: a model is built where it runs (a Beam worker,
+a serving process), so ``encoders.assets`` looks it up there; this module re-exports it for
+the CLI and the DAG.
 """
 
 from __future__ import annotations
@@ -9,35 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ASSETS_ENV = "IMGSEARCH_ASSETS"
+from encoders.assets import ASSETS_ENV, assets_dir, describe_assets_layout
 
-# Relative to the checkout (this file lives in <repo>/imgsearch/): the shared assets folder
-# that sits beside the repository on development and CI machines.
-_DEFAULT_ASSETS = Path(__file__).resolve().parent.parent.parent / "shared" / "assets"
-
-
-def assets_dir() -> Path | None:
-    """Where pretrained weights and sample corpora are looked up, or None if nowhere.
-
-    ``$IMGSEARCH_ASSETS`` wins; otherwise ``../shared/assets`` beside the checkout when it exists.
-    """
-    configured = os.environ.get(ASSETS_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    for candidate in (_DEFAULT_ASSETS, Path.cwd().parent / "shared" / "assets"):
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def describe_assets_layout() -> str:
-    """What a user must provide when nothing is found (used in error messages)."""
-    return (
-        f"Set {ASSETS_ENV} to a folder laid out like this (or pass explicit paths):\n"
-        f"  weights/mobilenet_v2_1.0_224_no_top.weights.h5   ImageNet MobileNetV2 without top\n"
-        f"  datasets/coco-mini/val2017/*.jpg                 a folder of photos to index\n"
-        f"With internet access, --weights imagenet downloads Keras' ImageNet weights instead."
-    )
+__all__ = ["ASSETS_ENV", "assets_dir", "dag_defaults", "describe_assets_layout"]
 
 
 def dag_defaults() -> dict[str, str]:

@@ -67,7 +67,7 @@ if [[ $flex == 1 ]]; then
   run gcloud dataflow flex-template run "$job_name" \
     --template-file-gcs-location "$spec" "${flags[@]}"
   echo "Flex Template job submitted; when it succeeds, publish with:"
-  echo "  $PYTHON -c \"from pipelines.publish import write_pointer; write_pointer('$root', '$version')\""
+  echo "  $PYTHON -c \"from index.publish import write_pointer; write_pointer('$root', '$version')\""
   exit 0
 fi
 
@@ -75,4 +75,4 @@ fi
 # writes the manifest (the same code path as the Airflow DAG), then publishes the pointer.
 mapfile -t flags < <("$PYTHON" infra/options.py beam-args "${overrides[@]}" "${job[@]}")
 run "$PYTHON" -m pipelines.index_job "${flags[@]}"
-run "$PYTHON" -c "from pipelines.publish import write_pointer; print(write_pointer('$root', '$version'))"
+run "$PYTHON" -c "from index.publish import write_pointer; print(write_pointer('$root', '$version'))"

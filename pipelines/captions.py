@@ -10,57 +10,16 @@ the map before the table write.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 
-from encoders.base import EncoderSpec
 from encoders.tags import SPATIAL_KEY
-from pipelines.types import CAPTION, CAPTION_MODEL, CAPTION_SCORE
-from training.artifacts import read_config, resolve_version
-
-
-@dataclasses.dataclass(frozen=True)
-class CaptionerRef:
-    """One pinned version of a captioner in a models directory (a local path)."""
-
-    models_dir: str
-    name: str
-    version: str
-    beam: int = 3
-
-    @property
-    def model_id(self) -> str:
-        return f"{self.name}/{self.version}"
-
-
-def resolve_captioner(
-    models_dir: str, name: str, encoder: EncoderSpec, beam: int = 3
-) -> CaptionerRef:
-    """Check captioner ``name`` takes ``encoder``'s spatial maps; pin its latest version.
-
-    FileNotFoundError when it does not exist; ValueError when it is not a captioner or was
-    trained on another encoder's maps (the exact id, with the weights' hash, is checked again
-    on every batch).
-    """
-    from encoders.captioner import KIND_CAPTIONER
-
-    folder = resolve_version(models_dir, name)
-    config = read_config(folder)
-    if config.get("kind") != KIND_CAPTIONER:
-        raise ValueError(f"--captioner {name} is a {config.get('kind')!r} model, not a captioner")
-    trained_on = str(config.get("image_encoder_id", "")).split("/", 1)[0]
-    if trained_on != encoder.name:
-        raise ValueError(
-            f"--captioner {name} was trained on {config.get('image_encoder_id')} spatial maps, "
-            f"but this job encodes with {encoder.name}"
-        )
-    if beam <= 0:
-        raise ValueError(f"caption beam width must be positive, got {beam}")
-    return CaptionerRef(models_dir, name, folder.name, beam)
+from index.schema import CAPTION, CAPTION_MODEL, CAPTION_SCORE
+from models.artifacts import resolve_version
+from models.captioner import CaptionerRef
 
 
 class CaptionBatchFn(beam.DoFn):

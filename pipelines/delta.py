@@ -17,7 +17,7 @@ records and writes a *delta*:
                                         gone from the corpus     -> its image_id deleted
 
 ``OUT/delta/table`` holds the rows to upsert and ``OUT/delta/deleted*.txt`` the ids to delete;
-after the job ``apply_delta`` hands both to ``pipelines.index_update.update_index``, which
+after the job ``apply_delta`` hands both to ``index.update.update_index``, which
 copies the untouched table files byte for byte, mutates the ScaNN shards with upsert/delete (or
 rebuilds them when its rebuild rule says so) and writes the manifest last.
 
@@ -45,23 +45,17 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines.build_index import SHARD_ASSIGNMENT, TABLE_DIR
+from index.manifest import IndexManifest, read_manifest
+from index.scann_index import ScannParams
+from index.schema import JOINT_EMBEDDING, JOINT_MODEL, embedding_table_schema, expanded_row
+from index.shards import SHARD_ASSIGNMENT
+from index.table import TABLE_DIR, parquet_files, parquet_rows
+from index.update import RebuildRule, UpdateResult, update_index
 from pipelines.incremental import ReusePlan, choose_stored
-from pipelines.index_update import RebuildRule, UpdateResult, update_index
-from pipelines.io import parquet_files, parquet_rows
-from pipelines.manifest import IndexManifest, delete_tree, join_path, read_manifest
-from pipelines.options import IndexConfig, join_uri
-from pipelines.scann_index import ScannParams
+from pipelines.options import IndexConfig
 from pipelines.transforms import choose_unique
-from pipelines.types import (
-    JOINT_EMBEDDING,
-    JOINT_MODEL,
-    DuplicateRecord,
-    HashedImage,
-    UniqueImage,
-    embedding_table_schema,
-    expanded_row,
-)
+from pipelines.types import DuplicateRecord, HashedImage, UniqueImage
+from storage.files import delete_tree, join_path, join_uri
 
 logger = logging.getLogger(__name__)
 

@@ -33,10 +33,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines.manifest import MANIFEST_NAME
-from pipelines.options import join_uri
-from pipelines.publish import resolve_index
-from pipelines.types import JOINT_EMBEDDING, JOINT_MODEL, UniqueImage, expanded_row
+from index.manifest import MANIFEST_NAME
+from index.publish import resolve_index
+from index.schema import JOINT_EMBEDDING, JOINT_MODEL, expanded_row
+from pipelines.types import UniqueImage
+from storage.files import join_uri
 
 logger = logging.getLogger(__name__)
 

@@ -19,12 +19,14 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders.registry import check_image_encoder, image_encoder_dim
-from pipelines.build_index import build_index
+from index.build import build_index
+from index.manifest import IndexManifest
+from index.update import UpdateResult
+from pipelines.build_shards import beam_shard_runner
 from pipelines.captions import AddCaptions
 from pipelines.corpus import ReadCorpus, check_corpus_exists
 from pipelines.delta import PlanDelta, WriteDeletedIds, apply_delta, delta_dir, plan_in_place
 from pipelines.incremental import TABLE_DIR, SplitReusable
-from pipelines.index_update import UpdateResult
 from pipelines.io import (
     WriteDeadLetters,
     WriteDuplicates,
@@ -33,8 +35,7 @@ from pipelines.io import (
     count_rows,
     dead_letter_reasons,
 )
-from pipelines.manifest import IndexManifest
-from pipelines.options import IndexConfig, join_uri
+from pipelines.options import IndexConfig
 from pipelines.transforms import (
     AddJointEmbeddings,
     DecodeImages,
@@ -42,6 +43,7 @@ from pipelines.transforms import (
     EncodeImages,
     HashImages,
 )
+from storage.files import join_uri
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +233,7 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
         k=config.neighbors,
         target_recall=config.target_recall,
         num_shards=config.index_shards,
-        pipeline_options=options,
+        run_shards=beam_shard_runner(options),
         quantize=config.index_quantize,
     )
     return IndexResult(config, counts, dead_letter_reasons(config.dead_letters_dir), manifest)

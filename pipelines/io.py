@@ -13,14 +13,11 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.manifest import MANIFEST_NAME
-from pipelines.options import join_uri
-from pipelines.types import (
-    DEAD_LETTER_SCHEMA,
-    DUPLICATE_SCHEMA,
-    compact_row,
-    embedding_table_schema,
-)
+from index.manifest import MANIFEST_NAME
+from index.schema import compact_row, embedding_table_schema
+from index.table import parquet_files, parquet_rows
+from pipelines.types import DEAD_LETTER_SCHEMA, DUPLICATE_SCHEMA
+from storage.files import join_uri
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +49,7 @@ class WriteEmbeddingTable(_WriteParquet):
     """PCollection[table row dict] -> ``OUT/table/embeddings-*.parquet``.
 
     ``storage`` (float32, float16, int8) is how the ``embedding`` column is stored
-    (``pipelines.types.compact_row``); rows arrive as float32 either way.
+    (``index.schema.compact_row``); rows arrive as float32 either way.
     """
 
     def __init__(
@@ -104,18 +101,6 @@ class WriteDuplicates(beam.PTransform):
             | "ToRows" >> beam.Map(lambda d: d.to_row())
             | _WriteParquet(self.folder, "duplicates", DUPLICATE_SCHEMA, num_shards=1)
         )
-
-
-def parquet_files(folder: str) -> list[str]:
-    """Sorted paths of the Parquet files directly in ``folder`` (local or gs://)."""
-    matched = FileSystems.match([join_uri(folder, "*.parquet")])[0].metadata_list
-    return sorted(m.path for m in matched)
-
-
-def parquet_rows(path: str) -> int:
-    """Rows in one Parquet file, read from its footer only."""
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
-        return pq.ParquetFile(handle).metadata.num_rows
 
 
 def count_rows(folder: str) -> int:

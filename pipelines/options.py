@@ -15,18 +15,21 @@ from typing import TYPE_CHECKING
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders.base import EncoderSpec
+from encoders.imaging import DecodeLimits
 from encoders.tags import check_tag_head, resolve_tag_head
-from pipelines.captions import CaptionerRef, resolve_captioner
-from pipelines.fetch import FetchLimits
-from pipelines.imaging import DecodeLimits
-from pipelines.joint import JointModelRef, resolve_joint_model
-from pipelines.scann_index import QUANTIZE
-from pipelines.types import EMBEDDING_STORAGES
+from index.scann_index import QUANTIZE
+from index.schema import EMBEDDING_STORAGES
+from models.captioner import CaptionerRef, resolve_captioner
+from models.joint import JointModelRef, resolve_joint_model
+from storage.fetch import FetchLimits
+from storage.files import join_uri
 
 if TYPE_CHECKING:
     from pipelines.incremental import ReusePlan
 
+
 CORPUS_FORMATS = ("auto", "files", "manifest")
+
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
@@ -262,8 +265,8 @@ def _reuse_plan(
     """
     from encoders.registry import image_encoder_id
     from encoders.tags import tag_head_version
+    from index.schema import CAPTION_MODEL, TAG_MODEL
     from pipelines.incremental import ReusePlan, resolve_previous, same_location
-    from pipelines.types import CAPTION_MODEL, TAG_MODEL
 
     index_dir, version = resolve_previous(previous)
     if same_location(index_dir, out):
@@ -293,8 +296,3 @@ def resolve_corpus_format(corpus: str, corpus_format: str = "auto") -> str:
     if corpus_format != "auto":
         return corpus_format
     return "manifest" if corpus.lower().endswith(MANIFEST_SUFFIXES) else "files"
-
-
-def join_uri(base: str, *parts: str) -> str:
-    """Join path parts with '/', for local paths and gs:// alike."""
-    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])

@@ -22,13 +22,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 from encoders.base import EncoderSpec
-from encoders.model_handler import ImageEncoderModelHandler, encode_dead_letters
-from pipelines.fetch import FetchError, FetchLimits, read_bytes
-from pipelines.imaging import DecodeLimits, ImageRejected, decode_image, sha256_hex
-from pipelines.joint import JointModelRef
+from encoders.imaging import DecodeLimits, ImageRejected, decode_image, sha256_hex
+from index.schema import JOINT_EMBEDDING, JOINT_MODEL
+from models.joint import JointModelRef
+from pipelines.model_handler import ImageEncoderModelHandler, encode_dead_letters
 from pipelines.types import (
-    JOINT_EMBEDDING,
-    JOINT_MODEL,
     STAGE_DECODE,
     STAGE_FETCH,
     DeadLetter,
@@ -38,6 +36,7 @@ from pipelines.types import (
     ImageRef,
     UniqueImage,
 )
+from storage.fetch import FetchError, FetchLimits, read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +248,7 @@ class JointEmbeddingFn(beam.DoFn):
         self._model = None
 
     def setup(self) -> None:
-        from training.artifacts import load_joint_model  # lazy: only jobs with a joint model
+        from models.artifacts import load_joint_model  # lazy: only jobs with a joint model
 
         ref = self.model_ref
         self._model = load_joint_model(ref.models_dir, ref.name, ref.version)

@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from pipelines.publish import resolve_index
+from index.publish import resolve_index
 from serving import queries, uploads
 from serving.config import UPLOAD_CONTENT_TYPES, ServeConfig
 from serving.metrics import ServerMetrics

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipelines.imaging import DecodeLimits
+from encoders.imaging import DecodeLimits
 
 # Content types an upload may declare. The decoder checks the bytes themselves
-# (``pipelines.imaging.ACCEPTED_FORMATS``); this only refuses obvious non-images early.
+# (``encoders.imaging.ACCEPTED_FORMATS``); this only refuses obvious non-images early.
 UPLOAD_CONTENT_TYPES = (
     "image/jpeg",
     "image/png",
@@ -30,7 +30,7 @@ class ServeConfig:
     """What to serve and the bounds every request is held to.
 
     ``index`` is an index output folder (``manifest.json``) or a publish root (``latest.json``,
-    see ``pipelines.publish``); only a publish root is hot-reloaded. ``models_dir`` (with
+    see ``index.publish``); only a publish root is hot-reloaded. ``models_dir`` (with
     ``joint_model``) enables text queries; without it image queries still work.
     """
 

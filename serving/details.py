@@ -2,7 +2,7 @@
 
 Read once when a version loads, so a details request or a thumbnail lookup does no file I/O.
 Only the small columns are read (never the embeddings). Rows are sorted by ``image_id``, the
-order ``pipelines.build_index.read_embedding_table`` gives the index, so a row number here is
+order ``index.table.read_embedding_table`` gives the index, so a row number here is
 the row of ``ImageSearcher.embeddings`` too.
 
 Generated captions and classifier tags come from the index job's ``--captioner`` and
@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.manifest import IndexManifest, join_path
+from index.manifest import IndexManifest
+from storage.files import join_path
 
 # Columns shown as image details when the table has them (older tables may lack some).
 DETAIL_COLUMNS = ("width", "height", "num_bytes", "sha256", "duplicate_uris", "metadata")

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.table_columns import read_table_columns, table_has_columns
-from pipelines.types import CAPTION, TAGS
-from serving.fusion import reciprocal_rank_fusion, weighted_fusion
+from index.schema import CAPTION, TAGS
+from index.table import read_table_columns, table_has_columns
+from ranking.fusion import reciprocal_rank_fusion, weighted_fusion
 from serving.searcher import ImageSearcher
 from serving.text_search import TextSearcher
 
@@ -99,9 +99,9 @@ class FusedSearcher:
         model they do not weigh), ``model`` (or the default) with reciprocal rank fusion."""
         from encoders.joint import JOINT_KINDS
         from encoders.tags import TagHead, resolve_tag_head
-        from evaluation.text_methods import fusion_weights
+        from models.artifacts import list_models
+        from models.fusion_weights import fusion_weights
         from serving.text_search import default_joint_model
-        from training.artifacts import list_models
 
         ids = [images.hit_for_row(i, 0.0).image_id for i in range(len(images))]
         columns = [c for c in (CAPTION, TAGS) if table_has_columns(index_dir, [c])]

@@ -12,7 +12,7 @@ import urllib.parse
 
 import numpy as np
 
-from pipelines.imaging import DecodeLimits, decode_image
+from encoders.imaging import DecodeLimits, decode_image
 from serving.explain import embed_with_terms, image_vectors, term_contributions
 from serving.searcher import SearchHit
 from serving.state import IndexBundle

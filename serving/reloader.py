@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from pipelines.publish import read_pointer, resolve_index
+from index.publish import read_pointer, resolve_index
 from serving.state import IndexBundle
 
 logger = logging.getLogger(__name__)

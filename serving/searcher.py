@@ -1,6 +1,6 @@
 """Load one index version (its manifest) and search it by vector, by image id, or by image.
 
-Queries go through the same code as the index job: ``pipelines.imaging.decode_image`` to
+Queries go through the same code as the index job: ``encoders.imaging.decode_image`` to
 pixels, the manifest's encoder to a vector, and ``encoders.base.l2_normalize`` (the one
 normalisation), so a photo that is in the index finds itself.
 """
@@ -19,15 +19,11 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoders.base import EncoderSpec, ImageEncoder, l2_normalize
-from pipelines.build_index import EmbeddingTable, download_shard, read_embedding_table, read_ids
-from pipelines.manifest import (
-    IndexManifest,
-    join_path,
-    manifest_location,
-    read_manifest,
-    verify_files,
-)
-from pipelines.scann_index import ScannParams, load_searcher, search_batched
+from index.manifest import IndexManifest, manifest_location, read_manifest, verify_files
+from index.scann_index import ScannParams, load_searcher, search_batched
+from index.shards import download_shard, read_ids
+from index.table import EmbeddingTable, read_embedding_table
+from storage.files import join_path
 
 if TYPE_CHECKING:
     from scann.scann_ops.py.scann_ops_pybind import ScannSearcher
@@ -351,10 +347,10 @@ class ImageSearcher:
     def search_image_bytes(self, data: bytes, k: int) -> list[SearchHit]:
         """An encoded image (JPEG, PNG, ...) -> its ``k`` nearest indexed images.
 
-        Raises ``pipelines.imaging.ImageRejected`` (a ValueError) for bytes that are not a
+        Raises ``encoders.imaging.ImageRejected`` (a ValueError) for bytes that are not a
         usable image.
         """
-        from pipelines.imaging import decode_image  # lazy: needs Pillow, only image queries do
+        from encoders.imaging import decode_image  # lazy: needs Pillow, only image queries do
 
         k = _check_k(k)
         encoder = self.image_encoder()

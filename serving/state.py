@@ -18,7 +18,7 @@ import numpy as np
 
 from encoders.base import EncoderSpec, ImageEncoder, TextEncoder
 from encoders.joint import JointModel
-from pipelines.manifest import manifest_location, read_manifest
+from index.manifest import manifest_location, read_manifest
 from serving.details import ImageDetails
 from serving.explain import padded_batch
 from serving.searcher import ImageSearcher
@@ -56,7 +56,7 @@ class QueryModels:
         if not models_dir:
             return cls()
         from encoders.text_registry import TextEncoderSpec, create_text_encoder
-        from training.artifacts import load_joint_model, read_metadata, resolve_version
+        from models.artifacts import load_joint_model, read_metadata, resolve_version
 
         name = model or default_joint_model(models_dir)
         folder = resolve_version(models_dir, name)

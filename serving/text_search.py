@@ -20,9 +20,9 @@ import numpy as np
 from encoders.base import TextEncoder, l2_normalize
 from encoders.joint import KIND_W2VV, JointModel
 from encoders.text_registry import TextEncoderSpec, create_text_encoder
-from pipelines.scann_index import exact_top_k
+from index.scann_index import exact_top_k
+from models.artifacts import LATEST, list_models, load_joint_model, read_metadata, resolve_version
 from serving.searcher import EncoderMismatchError, ImageSearcher, SearchHit
-from training.artifacts import LATEST, list_models, load_joint_model, read_metadata, resolve_version
 
 logger = logging.getLogger(__name__)
 

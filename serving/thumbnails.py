@@ -16,7 +16,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageOps
 
-from pipelines.imaging import DecodeLimits
+from encoders.imaging import DecodeLimits
 
 _RAW = CompressionTypes.UNCOMPRESSED
 _MAX_SOURCE_BYTES = 64 * 2**20

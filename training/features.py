@@ -19,9 +19,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from encoders.base import EncoderSpec
-from pipelines.build_index import EmbeddingTable, read_embedding_table, table_files
-from pipelines.io import parquet_files
-from pipelines.manifest import read_manifest
+from index.manifest import read_manifest
+from index.table import EmbeddingTable, parquet_files, read_embedding_table, table_files
 from training.captions import CaptionedDataset, match_table_rows
 
 logger = logging.getLogger(__name__)

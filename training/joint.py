@@ -43,7 +43,7 @@ from encoders.joint import (
     JointModel,
     ensemble_joint_models,
 )
-from evaluation.metrics import retrieval_metrics, text_to_image_ranks
+from ranking.metrics import retrieval_metrics, text_to_image_ranks
 
 if TYPE_CHECKING:
     import keras

@@ -2,7 +2,7 @@
 
 The captioner trains on the image encoder's last spatial map (MobileNetV2: 7 x 7 x 1280 per
 image), not on the pooled vector the embedding table holds, so it needs its own pass over the
-pixels. Images are decoded exactly as the index job decodes them (``pipelines.imaging``) and
+pixels. Images are decoded exactly as the index job decodes them (``encoders.imaging``) and
 encoded by the same ``KerasImageEncoder`` graph (``encode_with_features``), so the captioner sees
 at training what the pipeline gives it when indexing.
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from encoders.base import EncoderSpec
-from pipelines.fetch import FetchError, read_bytes
-from pipelines.imaging import ImageRejected, decode_image
+from encoders.imaging import ImageRejected, decode_image
+from storage.fetch import FetchError, read_bytes
 
 logger = logging.getLogger(__name__)
 

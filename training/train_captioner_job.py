@@ -24,7 +24,7 @@ import numpy as np
 
 from encoders.base import EncoderSpec
 from encoders.captioner import Captioner, CaptionerConfig, Vocabulary
-from training.artifacts import save_model_version
+from models.artifacts import save_model_version
 from training.captioner import CaptionerTraining, caption_metrics, train_captioner
 from training.captions import load_captioned_dataset
 from training.spatial_features import spatial_features

@@ -29,7 +29,7 @@ from encoders.text_registry import (
     create_text_encoder,
     fit_text_encoder,
 )
-from training.artifacts import save_joint_model
+from models.artifacts import save_joint_model
 from training.captions import caption_pairs, load_captioned_dataset
 from training.features import dataset_features
 from training.joint import (

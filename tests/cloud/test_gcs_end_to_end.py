@@ -13,9 +13,9 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from google.cloud import storage
 
+from index.manifest import read_manifest, verify_files
+from index.publish import read_pointer, resolve_index, write_pointer
 from pipelines import index_job
-from pipelines.manifest import read_manifest, verify_files
-from pipelines.publish import read_pointer, resolve_index, write_pointer
 from serving.searcher import ImageSearcher
 from tests.cloud.conftest import upload_folder
 from tests.index_args import fake_index_args

@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from google.api_core.exceptions import PreconditionFailed
 from google.cloud import storage
 
-from pipelines.publish import PointerConflictError, read_pointer, resolve_index, write_pointer
+from index.publish import PointerConflictError, read_pointer, resolve_index, write_pointer
 
 
 def _fake_version(root: str, version: str) -> None:

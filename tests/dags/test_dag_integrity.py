@@ -40,7 +40,7 @@ def test_parsing_does_no_heavy_work(dagbag, tmp_path):
     code = (
         "import runpy, sys; runpy.run_path(sys.argv[1]); "
         "heavy = [m for m in ('tensorflow', 'scann', 'apache_beam', 'pipelines.index_job', "
-        "'pipelines.nightly') if m in sys.modules]; "
+        "'imgsearch.nightly') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}

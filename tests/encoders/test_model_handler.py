@@ -17,12 +17,8 @@ from PIL import Image
 
 from encoders.base import EncoderSpec
 from encoders.fake import FakeImageEncoder
-from encoders.model_handler import (
-    METRICS_NAMESPACE,
-    ImageEncoderModelHandler,
-    encode_dead_letters,
-)
 from encoders.registry import IMAGE_ENCODER_NAMES, create_image_encoder, image_encoder_dim
+from pipelines.model_handler import METRICS_NAMESPACE, ImageEncoderModelHandler, encode_dead_letters
 from pipelines.types import (
     STAGE_ENCODE,
     DeadLetter,
@@ -264,7 +260,7 @@ def test_importing_the_beam_side_does_not_import_tensorflow() -> None:
     # A fresh interpreter: this test process may already have TensorFlow from other tests.
     code = (
         "import sys\n"
-        "import encoders.fake, encoders.registry, encoders.model_handler, encoders.keras_image\n"
+        "import encoders.fake, encoders.registry, pipelines.model_handler, encoders.keras_image\n"
         "loaded = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
         "assert not loaded, loaded\n"
     )

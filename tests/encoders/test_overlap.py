@@ -9,8 +9,8 @@ import pytest
 
 from encoders.base import EncoderSpec
 from encoders.fake import FakeImageEncoder
+from encoders.imaging import ImageRejected, decode_image
 from encoders.overlap import encode_overlapped
-from pipelines.imaging import ImageRejected, decode_image
 
 
 class _Recording(FakeImageEncoder):

@@ -12,8 +12,8 @@ import pytest
 from encoders.base import EncoderSpec
 from encoders.tag_match import TagMatcher, label_terms
 from encoders.tags import TagHead, check_tag_head, resolve_tag_head
+from index.table import parquet_files
 from pipelines import index_job
-from pipelines.io import parquet_files
 
 DOG_PHOTO = "1001773457_577c3a7d70.jpg"  # two dogs on a street (Flickr8k)
 OTHER_PHOTOS = ("1002674143_1b742ab4b8.jpg", "1007129816_e794419615.jpg")  # parachute, man

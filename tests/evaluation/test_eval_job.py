@@ -255,10 +255,11 @@ def test_coco_layout_through_run(assets_dir: Path, models: Path, tmp_path):
 def test_nightly_gate_runs_the_real_eval_job_on_a_version(
     dataset_dir: Path, models: Path, mobilenet_weights, evaluated, tmp_path
 ):
-    """The DAG's eval task (``pipelines.nightly.evaluate``) runs ``python -m evaluation.eval_job``
+    """The DAG's eval task (``imgsearch.nightly.evaluate``) runs ``python -m evaluation.eval_job``
     with the version's encoder; its metrics then gate publishing against what serves now."""
-    from pipelines import index_job, nightly
-    from pipelines.publish import read_pointer, version_dir, write_pointer
+    from imgsearch import nightly
+    from index.publish import read_pointer, version_dir, write_pointer
+    from pipelines import index_job
 
     root = tmp_path / "root"
     for version in ("v1", "v2"):
@@ -295,7 +296,7 @@ def test_train_fusion_then_eval_has_fused_weighted(dataset_dir: Path, models: Pa
     """Weights fitted by `imgsearch train fusion` show up as `fused-weighted` in eval."""
     import shutil
 
-    from training import train_fusion_job
+    from evaluation import train_fusion_job
 
     own_models = tmp_path / "models"
     shutil.copytree(models, own_models)  # the module's models stay without fusion weights

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.metrics import (
+from ranking.metrics import (
     image_to_text_ranks,
     ranks_from_scores,
     retrieval_metrics,

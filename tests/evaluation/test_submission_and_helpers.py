@@ -123,7 +123,7 @@ def test_ann_figures_measure_a_real_lossy_scann_tree():
     from encoders.base import l2_normalize
     from evaluation import methods
     from evaluation.eval_job import ann_figures
-    from pipelines.scann_index import ScannParams, build_searcher, exact_top_k, search_batched
+    from index.scann_index import ScannParams, build_searcher, exact_top_k, search_batched
 
     rng = np.random.default_rng(3)
     images = l2_normalize(rng.standard_normal((1600, 32)).astype(np.float32))

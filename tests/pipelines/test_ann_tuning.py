@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.ann_tuning import (
+from index.ann_tuning import (
     TuningGrid,
     TuningResult,
     TuningTarget,
@@ -25,7 +25,7 @@ from pipelines.ann_tuning import (
     memory_per_million,
     recall_per_query,
 )
-from pipelines.scann_index import (
+from index.scann_index import (
     BRUTE_FORCE_MAX_VECTORS,
     ScannParams,
     build_searcher,

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.build_index import build_index, read_embedding_table, read_ids
-from pipelines.manifest import (
+from index.build import build_index
+from index.manifest import (
     FORMAT_VERSION,
     IndexManifest,
     ManifestVerificationError,
@@ -21,8 +21,11 @@ from pipelines.manifest import (
     verify_files,
     write_manifest,
 )
-from pipelines.scann_index import ScannParams, exact_top_k, load_searcher, search_batched
-from pipelines.types import embedding_table_schema, image_id_for_uri
+from index.scann_index import ScannParams, exact_top_k, load_searcher, search_batched
+from index.schema import embedding_table_schema
+from index.shards import read_ids
+from index.table import read_embedding_table
+from pipelines.types import image_id_for_uri
 
 ENCODER_ID = "fake/1"
 ENCODER_SPEC = {"name": "fake", "weights": "none", "image_size": 32}

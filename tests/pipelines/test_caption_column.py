@@ -11,10 +11,9 @@ import pytest
 
 from encoders.captioner import Captioner, CaptionerConfig, Vocabulary
 from encoders.keras_image import GRAPH_VERSION, resolve_weights
+from index.table import parquet_files, read_table_columns, table_has_columns
+from models.artifacts import save_model_version
 from pipelines import index_job
-from pipelines.io import parquet_files
-from pipelines.table_columns import read_table_columns, table_has_columns
-from training.artifacts import save_model_version
 
 PHOTOS = ("1001773457_577c3a7d70.jpg", "1002674143_1b742ab4b8.jpg", "1007129816_e794419615.jpg")
 

@@ -13,8 +13,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from index.manifest import read_manifest
+from index.scann_index import ScannParams, load_searcher, search_batched
+from index.schema import EMBEDDING_SCALE
+from index.shards import read_ids
+from index.table import parquet_files, read_embedding_table
 from pipelines import delta, index_job
-from pipelines.build_index import read_embedding_table, read_ids
 from pipelines.delta import (
     ENCODE,
     KEEP,
@@ -25,11 +29,8 @@ from pipelines.delta import (
     update_blocker,
 )
 from pipelines.incremental import ReusePlan
-from pipelines.io import parquet_files
-from pipelines.manifest import read_manifest
 from pipelines.options import IndexConfig
-from pipelines.scann_index import ScannParams, load_searcher, search_batched
-from pipelines.types import EMBEDDING_SCALE, HashedImage, ImageRef, image_id_for_uri
+from pipelines.types import HashedImage, ImageRef, image_id_for_uri
 from tests.index_args import fake_index_args
 from tests.pipelines.test_incremental import _table
 
@@ -247,7 +248,7 @@ def test_a_run_that_would_write_other_rows_rebuilds_instead(small_photo_dir, tmp
 
 
 def test_update_index_refuses_counts_that_do_not_add_up(small_photo_dir, tmp_path):
-    from pipelines.index_update import update_index
+    from index.update import update_index
 
     index_job.run(fake_index_args(small_photo_dir, tmp_path / "v1", "v1"))
     with pytest.raises(ValueError, match="leaves 6 rows indexed"):
@@ -260,8 +261,9 @@ def test_update_index_refuses_counts_that_do_not_add_up(small_photo_dir, tmp_pat
 def test_local_versions_share_unchanged_files_and_never_write_through_them(
     small_photo_dir, tmp_path
 ):
-    from pipelines.index_update import update_index
-    from pipelines.manifest import delete_tree, verify_files
+    from index.manifest import verify_files
+    from index.update import update_index
+    from storage.files import delete_tree
 
     index_job.run(fake_index_args(small_photo_dir, tmp_path / "v1", "v1"))
     index_job.run(

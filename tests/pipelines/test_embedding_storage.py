@@ -9,16 +9,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.build_index import build_index, read_embedding_table, table_files
-from pipelines.io import WriteEmbeddingTable, parquet_files
-from pipelines.scann_index import exact_top_k
-from pipelines.types import (
+from index.build import build_index
+from index.scann_index import exact_top_k
+from index.schema import (
     EMBEDDING_SCALE,
     compact_row,
     dequantize_int8,
     embedding_table_schema,
     quantize_int8,
 )
+from index.table import parquet_files, read_embedding_table, table_files
+from pipelines.io import WriteEmbeddingTable
 from serving.searcher import ImageSearcher
 from tests.index_args import fake_index_args
 from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows
@@ -30,8 +31,8 @@ NUM_PHOTOS = 160
 def real_rows(assets_dir: Path, mobilenet_weights: Path) -> tuple[list[dict], np.ndarray]:
     """Table rows of 160 Flickr8k dev photos encoded by the real MobileNetV2 (1280-d)."""
     from encoders.base import EncoderSpec
+    from encoders.imaging import decode_image
     from encoders.registry import create_image_encoder
-    from pipelines.imaging import decode_image
 
     flickr = assets_dir / "datasets" / "flickr8k"
     names = (flickr / "splits" / "dev.txt").read_text().split()[:NUM_PHOTOS]

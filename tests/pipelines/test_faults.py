@@ -20,11 +20,11 @@ from PIL import Image
 
 from encoders.base import EncoderSpec
 from encoders.fake import FakeImageEncoder
-from encoders.model_handler import ImageEncoderModelHandler
+from index.manifest import ManifestVerificationError
+from index.publish import POINTER_NAME, publish_version, read_pointer, resolve_index
+from index.table import parquet_files
 from pipelines import index_job
-from pipelines.io import parquet_files
-from pipelines.manifest import ManifestVerificationError
-from pipelines.publish import POINTER_NAME, publish_version, read_pointer, resolve_index
+from pipelines.model_handler import ImageEncoderModelHandler
 from pipelines.types import STAGE_ENCODE, DeadLetter, DecodedImage, ImageRef, UniqueImage
 from serving.searcher import ImageSearcher
 from tests.index_args import fake_index_args

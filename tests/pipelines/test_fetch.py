@@ -1,4 +1,4 @@
-"""pipelines.fetch against real files and a real HTTP server on 127.0.0.1 (no internet)."""
+"""storage.fetch against real files and a real HTTP server on 127.0.0.1 (no internet)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.fetch import FetchError, FetchLimits, read_bytes
+from storage.fetch import FetchError, FetchLimits, read_bytes
 from tests import corpus_factory as cf
 
 IMAGE = cf.jpeg_bytes((64, 48), seed=7)

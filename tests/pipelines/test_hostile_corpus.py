@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.io import parquet_files
+from index.table import parquet_files
 from serving.searcher import ImageSearcher
 from tests.hostile_corpus import (
     DEAD_LETTER,

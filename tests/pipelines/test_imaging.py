@@ -1,4 +1,4 @@
-"""pipelines.imaging on generated odd/hostile files and on real COCO photos."""
+"""encoders.imaging on generated odd/hostile files and on real COCO photos."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from pipelines.imaging import DecodeLimits, ImageRejected, decode_image, sha256_hex
+from encoders.imaging import DecodeLimits, ImageRejected, decode_image, sha256_hex
 from tests import corpus_factory as cf
 
 # The reason each bad kind must be rejected with (prefixes, so details may follow).

@@ -12,17 +12,11 @@ import pytest
 
 from encoders.base import EncoderSpec
 from encoders.registry import create_image_encoder, image_encoder_id
+from index.schema import EMBEDDING_SCALE, compact_row, quantize_int8
+from index.table import parquet_files
 from pipelines import index_job
 from pipelines.incremental import NEEDS_JOINT, REUSED, plan_content
-from pipelines.io import parquet_files
-from pipelines.types import (
-    EMBEDDING_SCALE,
-    ImageRef,
-    UniqueImage,
-    compact_row,
-    image_id_for_uri,
-    quantize_int8,
-)
+from pipelines.types import ImageRef, UniqueImage, image_id_for_uri
 from tests.index_args import fake_index_args
 
 ENC = "fake/v1"
@@ -201,7 +195,7 @@ def test_another_encoder_version_in_the_previous_table_means_a_full_reencode(
 
 
 def test_a_change_of_table_storage_between_runs_converts_reused_rows(small_photo_dir, tmp_path):
-    from pipelines.build_index import read_embedding_table
+    from index.table import read_embedding_table
 
     index_job.run(
         fake_index_args(small_photo_dir, tmp_path / "v1", "v1", "--embedding_storage", "int8")

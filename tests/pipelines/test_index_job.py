@@ -14,10 +14,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from index.manifest import read_manifest
+from index.schema import embedding_table_schema
+from index.table import parquet_files
 from pipelines import index_job
-from pipelines.io import parquet_files
-from pipelines.manifest import read_manifest
-from pipelines.types import embedding_table_schema, image_id_for_uri
+from pipelines.types import image_id_for_uri
 from serving.searcher import ImageSearcher
 from tests.index_args import fake_index_args
 

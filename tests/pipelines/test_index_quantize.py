@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.build_index import build_index
-from pipelines.index_update import update_index
-from pipelines.scann_index import ScannParams, exact_top_k
+from index.build import build_index
+from index.scann_index import ScannParams, exact_top_k
+from index.update import update_index
 from serving.searcher import ImageSearcher
 from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
 from tests.pipelines.test_index_update import write_rows
@@ -73,7 +73,7 @@ def test_quantized_index_is_smaller_keeps_recall_and_takes_updates(
 
 
 def _index_files(out: Path) -> list[dict]:
-    from pipelines.manifest import read_manifest
+    from index.manifest import read_manifest
 
     return read_manifest(str(out)).files_under("index")
 

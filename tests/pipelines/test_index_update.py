@@ -9,10 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.build_index import build_index, shard_of_ids
-from pipelines.index_update import RebuildRule, main, update_index
-from pipelines.manifest import read_manifest, verify_files
-from pipelines.types import embedding_table_schema
+from index.build import build_index
+from index.manifest import read_manifest, verify_files
+from index.schema import embedding_table_schema
+from index.shards import shard_of_ids
+from index.update import RebuildRule, main, update_index
 from serving.searcher import ImageSearcher
 from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
 
@@ -74,7 +75,7 @@ def test_upserted_rows_are_found_and_deleted_rows_never_return(tmp_path: Path, n
     assert all(len(hits) == 307 for hits in everything)
     # New ids live in the shard the build's assignment gives them.
     if num_shards > 1:
-        from pipelines.build_index import read_ids
+        from index.shards import read_ids
 
         for number, shard in enumerate(manifest.shards):
             shard_ids, _ = read_ids(str(out / shard["ids_file"]))
@@ -264,7 +265,7 @@ def test_joint_shards_take_the_new_rows_too(tmp_path: Path) -> None:
 
 
 def test_command_line_on_a_publish_root(tmp_path: Path, capsys) -> None:
-    from pipelines.publish import read_pointer, resolve_index, version_dir, write_pointer
+    from index.publish import read_pointer, resolve_index, version_dir, write_pointer
 
     root = tmp_path / "root"
     build_base(Path(version_dir(str(root), "v1")))

@@ -13,16 +13,16 @@ import pytest
 
 from encoders.base import TextEncoder
 from encoders.joint import KIND_DUAL, KIND_W2VV, DenseLayer, JointModel
+from index.manifest import read_manifest
+from index.schema import embedding_table_schema
+from index.table import parquet_files
+from models.artifacts import save_joint_model
+from models.joint import JointModelRef
 from pipelines import index_job
-from pipelines.io import parquet_files
-from pipelines.joint import JointModelRef
-from pipelines.manifest import read_manifest
 from pipelines.transforms import JointEmbeddingFn
-from pipelines.types import embedding_table_schema
 from serving.searcher import ImageSearcher
 from serving.text_search import TextSearcher
 from tests.index_args import fake_index_args
-from training.artifacts import save_joint_model
 
 FAKE_ID = "fake/v1"
 NOW = dt.datetime(2026, 11, 23, 12, 0, 0, tzinfo=dt.UTC)

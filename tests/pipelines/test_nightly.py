@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from imgsearch import cli
-from pipelines import index_job, nightly
-from pipelines.manifest import ManifestVerificationError
-from pipelines.publish import (
+from imgsearch import cli, nightly
+from index.manifest import ManifestVerificationError
+from index.publish import (
     list_versions,
     prune_versions,
     publish_version,
@@ -21,6 +20,7 @@ from pipelines.publish import (
     rollback,
     write_pointer,
 )
+from pipelines import index_job
 
 
 @pytest.fixture(scope="module")

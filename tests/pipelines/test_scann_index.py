@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.scann_index import (
+from index.scann_index import (
     BRUTE_FORCE_MAX_VECTORS,
     ScannParams,
     build_searcher,

@@ -11,15 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.build_index import (
-    build_index,
-    read_embedding_table,
-    read_ids,
-    shard_of_ids,
-)
-from pipelines.manifest import read_manifest, verify_files
-from pipelines.scann_index import ScannParams, exact_top_k
-from pipelines.types import embedding_table_schema
+from index.build import build_index
+from index.manifest import read_manifest, verify_files
+from index.scann_index import ScannParams, exact_top_k
+from index.schema import embedding_table_schema
+from index.shards import read_ids, shard_of_ids
+from index.table import read_embedding_table
 from serving.searcher import ImageSearcher
 from tests.index_args import fake_index_args
 from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table

@@ -11,8 +11,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from encoders.base import EncoderSpec
-from pipelines.fetch import FetchLimits
-from pipelines.imaging import DecodeLimits
+from encoders.imaging import DecodeLimits
 from pipelines.index_job import IndexImages
 from pipelines.options import IndexConfig
 from pipelines.transforms import choose_unique
@@ -24,6 +23,7 @@ from pipelines.types import (
     ImageRef,
     image_id_for_uri,
 )
+from storage.fetch import FetchLimits
 
 
 def _ref(path: Path) -> ImageRef:

@@ -19,10 +19,10 @@ import pytest
 
 from encoders.joint import KIND_DUAL, DenseLayer, JointModel
 from encoders.text_registry import create_text_encoder, fit_text_encoder
+from index.publish import version_dir, write_pointer
+from models.artifacts import save_joint_model
 from pipelines import index_job
-from pipelines.publish import version_dir, write_pointer
 from tests.index_args import fake_index_args
-from training.artifacts import save_joint_model
 
 JOINT_MODEL = "dual-serve-test"
 FAKE_IMAGE_ID = "fake/v1"

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
 
-from pipelines.publish import read_pointer
+from index.publish import read_pointer
 from serving.app import create_app
 from serving.config import ServeConfig
 from serving.searcher import ImageSearcher

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelines.publish import write_pointer
+from index.publish import write_pointer
 from serving.app import create_app
 from serving.config import ServeConfig
 from serving.server import BackgroundServer

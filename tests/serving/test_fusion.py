@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.fusion import (
+from ranking.fusion import (
     fit_weights,
     own_ranks,
     rank_matrix,
@@ -55,7 +55,7 @@ def test_fit_weights_finds_the_complementary_method():
 
 
 def test_cross_fitted_ranks_keep_an_image_s_queries_in_one_fold():
-    from training.train_fusion_job import cross_fitted_ranks
+    from evaluation.train_fusion_job import cross_fitted_ranks
 
     rng = np.random.default_rng(0)
     own = np.repeat(np.arange(20), 2)  # 20 images, 2 queries each

@@ -12,16 +12,17 @@ from PIL import Image, ImageDraw
 
 from encoders.base import EncoderSpec, l2_normalize
 from encoders.fake import FakeImageEncoder
-from pipelines.build_index import build_index, download_shard
-from pipelines.imaging import ImageRejected, decode_image
-from pipelines.manifest import ManifestVerificationError, read_manifest
-from pipelines.scann_index import (
+from encoders.imaging import ImageRejected, decode_image
+from index.build import build_index
+from index.manifest import ManifestVerificationError, read_manifest
+from index.scann_index import (
     ScannParams,
     build_searcher,
     exact_top_k,
     load_searcher,
     search_batched,
 )
+from index.shards import download_shard
 from serving.searcher import (
     EncoderMismatchError,
     ImageSearcher,
@@ -215,7 +216,7 @@ def test_merge_top_k_handles_missing_candidates() -> None:
     np.testing.assert_allclose(merged_scores[0, :3], [0.95, 0.9, 0.1])
 
 
-# --- image queries: pipelines.imaging + the fake encoder, as the index job uses them ---
+# --- image queries: encoders.imaging + the fake encoder, as the index job uses them ---
 
 FAKE_SPEC = EncoderSpec(name="fake", weights="none", image_size=32)
 

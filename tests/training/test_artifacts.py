@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from encoders.joint import KIND_DUAL, KIND_W2VV, DenseLayer, JointModel
-from training.artifacts import (
+from models.artifacts import (
     CONFIG_FILE,
     LATEST_FILE,
     METADATA_FILE,

@@ -15,7 +15,7 @@ import pytest
 
 from encoders.base import l2_normalize
 from encoders.joint import KIND_DUAL, KIND_W2VV
-from evaluation.metrics import retrieval_metrics, text_to_image_ranks
+from ranking.metrics import retrieval_metrics, text_to_image_ranks
 from training.joint import (
     DualEncoderConfig,
     TrainedJointModel,

@@ -9,7 +9,7 @@ import pytest
 
 from encoders.captioner import Captioner
 from imgsearch import cli
-from training.artifacts import resolve_version
+from models.artifacts import resolve_version
 
 
 @pytest.fixture(scope="module")

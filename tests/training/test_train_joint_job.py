@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from imgsearch import cli
+from models.artifacts import list_models, read_metadata
 from pipelines import index_job
 from serving.searcher import ImageSearcher
 from serving.text_search import TextSearcher
 from training import train_joint_job
-from training.artifacts import list_models, read_metadata
 from training.captions import load_captioned_dataset
 
 

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 # PSD/FLI/... see little fuzzing) away from untrusted bytes. The JPEG plugin also opens the
 # multi-picture JPEGs many cameras write, which Pillow then reports as format "MPO".
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+
 _JPEG_FORMATS = ("JPEG", "MPO")
 
 # What Pillow raises for malformed data besides OSError: its parsers use SyntaxError for bad
@@ -50,15 +51,18 @@ _PIL_DATA_ERRORS = (
 # than what the resize needs: the DCT scaling is a box filter, the final bicubic resize then
 # smooths it (the same margin ``Image.thumbnail`` uses with its ``reducing_gap``).
 _DRAFT_GAP = 2.0
+
 # Resize in two steps (integer ``reduce`` then bicubic) when shrinking by more than this factor:
 # much faster on big non-JPEG images and visually the same as one bicubic pass.
 _REDUCING_GAP = 3.0
+
 _WHITE = (255, 255, 255)
 
 # EXIF orientation -> the transpose that makes the image upright. The same table as
 # ``PIL.ImageOps.exif_transpose``; kept here because the orientation is needed before loading
 # (to size the JPEG draft) and a broken EXIF block must mean "upright", not a rejected image.
 _EXIF_ORIENTATION = 0x0112
+
 _TRANSPOSE_FOR_ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -68,12 +72,15 @@ _TRANSPOSE_FOR_ORIENTATION = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})
 
 # ``warnings.catch_warnings`` swaps process-wide state; this lock keeps concurrent decodes
 # (Beam runs several DoFn threads per worker) from restoring each other's filters.
 _OPEN_LOCK = threading.Lock()
+
 _PIXELS_IN_PIL_MESSAGE = re.compile(r"\((\d+) pixels\)")
+
 _Side = TypeVar("_Side", int, float)
 
 

@@ -4,7 +4,7 @@
 
 Indexes the split's images as ``imgsearch eval`` does (joint shard, tags, the models' captioner),
 prepares every single method (joint, caption, tags families), and fits ``weighted_fusion``
-weights (``serving.fusion.fit_weights``) on all the split's caption queries. Weights fitted and
+weights (``ranking.fusion.fit_weights``) on all the split's caption queries. Weights fitted and
 evaluated on the same split flatter the fused figures, so it also reports ``--folds``-fold
 cross-fitted figures (images split into folds; each fold's queries are ranked with weights
 fitted on the other folds' queries), saved in the metadata beside the in-sample ones.
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.metrics import retrieval_metrics
-from serving.fusion import fit_weights, own_ranks, weighted_fusion
+from ranking.fusion import fit_weights, own_ranks, weighted_fusion
+from ranking.metrics import retrieval_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def cross_fitted_ranks(
 def main(argv: Sequence[str]) -> int:
     from evaluation import eval_job
     from evaluation.methods import family_methods, joint_model_names
-    from evaluation.text_methods import FUSION_MODEL
-    from training.artifacts import save_model_version
+    from models.artifacts import save_model_version
+    from models.fusion_weights import FUSION_MODEL
     from training.captions import load_captioned_dataset
 
     logging.basicConfig(level=logging.INFO)

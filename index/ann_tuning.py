@@ -8,7 +8,7 @@ per-call overrides, so one build serves the whole sweep), times the configuratio
 the target, and returns the fastest one with its measured recall and latency. Everything it
 returns is JSON-ready for the index manifest.
 
-Pure logic over NumPy arrays plus ScaNN through ``pipelines.scann_index``; no Beam, no I/O.
+Pure logic over NumPy arrays plus ScaNN through ``index.scann_index``; no Beam, no I/O.
 
 Reproducibility: the held-out sample, the exact neighbours and the grid are deterministic with
 ``seed``. ScaNN's asymmetric-hashing training is not bit-reproducible between two builds of the
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.scann_index import (
+from index.scann_index import (
     ANISOTROPIC_QUANTIZATION_THRESHOLD,
     BRUTE_FORCE_MAX_VECTORS,
     DIMS_PER_BLOCK,
@@ -45,15 +45,18 @@ from pipelines.scann_index import (
 if TYPE_CHECKING:
     from scann.scann_ops.py.scann_ops_pybind import ScannSearcher
 
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_QUERIES = 1000
+
 # Held-out queries get isotropic noise of this expected norm (unit vectors), then are
 # renormalised. Far below neighbour distances of real embeddings (0.81 median between a
 # Flickr8k photo's MobileNetV2 embedding and its nearest other photo's), so the neighbourhood
 # is that of the held-out row; but it keeps an exact duplicate left in the database from
 # turning a query into a trivial self-match.
 QUERY_NOISE = 0.05
+
 # A configuration "meets" a recall target when mean - Z * standard error over the tuning
 # queries does (~0.005-0.01 of headroom with 1000 queries): its recall over the whole query
 # population then reaches the target with ~97.7% one-sided confidence, and the headroom also
@@ -61,21 +64,27 @@ QUERY_NOISE = 0.05
 # of M queries still scatters around the population recall by ~std/sqrt(M) per-query recall
 # (0.003-0.005 at M = 1000), so it can land that much below the target.
 RECALL_CONFIDENCE_Z = 2.0
+
 # Per-query latency: this many queries, each timed in every round, keeping its fastest round.
 # The minimum over rounds strips scheduler noise on a shared machine; p99 over queries still
 # shows the slow queries (those whose nearest leaves are large).
 LATENCY_QUERIES = 300
+
 LATENCY_ROUNDS = 3
+
 # Configurations within this share of the fastest latency count as equally fast; among them the
 # smallest (fewest leaves, leaves searched, reorder depth) wins, so noise does not flip choices.
 TIE_TOLERANCE = 0.05
+
 # Stop widening the search of a tree once its cheapest configuration at the next leaf count is
 # this much slower (single-thread batched time) than the best configuration already found.
 PRUNE_SLOWDOWN = 1.5
 
 # In-memory storage model (bytes per vector), see memory_per_million.
 _FLOAT32_BYTES = 4
+
 _AH_BITS_PER_BLOCK = 4  # LUT16: 16 centres per block
+
 _LEAF_INDEX_BYTES = 4  # each datapoint is listed in its leaf as an int32
 
 
@@ -204,9 +213,6 @@ class TuningResult:
         return data
 
 
-# --- memory model ---
-
-
 def ah_code_bytes(dim: int, dims_per_block: int = DIMS_PER_BLOCK) -> float:
     """Bytes of one vector's AH code: ceil(dim / dims_per_block) blocks of 4 bits (LUT16)."""
     return math.ceil(dim / dims_per_block) * _AH_BITS_PER_BLOCK / 8
@@ -272,9 +278,6 @@ def bytes_per_vector(params: ScannParams, dim: int, num_vectors: int) -> float:
     )
 
 
-# --- measurement helpers (shared with benchmarks/bench_ann.py, so every library is timed alike)
-
-
 def recall_per_query(found: np.ndarray, exact: np.ndarray) -> np.ndarray:
     """Share of each query's exact top k (``(M, k)``) found among ``found`` (``(M, k')``)."""
     if found.shape[0] != exact.shape[0]:
@@ -338,9 +341,6 @@ def holdout_queries(
     keep = np.ones(num_vectors, dtype=bool)
     keep[rows] = False
     return np.ascontiguousarray(database[keep]), np.ascontiguousarray(queries, dtype=np.float32)
-
-
-# --- the tuner ---
 
 
 def leaves_to_search_grid(num_leaves: int, max_fraction: float) -> list[int]:

@@ -13,18 +13,20 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from storage.files import join_path, relative_path, replace_by_rename, size_and_sha256
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+
 FORMAT_VERSION = 1  # bump when a reader of the old format would misread the new one
-_CHUNK_BYTES = 4 * 2**20
+
 # Never let Beam guess a codec from the extension: a checksum is over the stored bytes.
 _RAW = CompressionTypes.UNCOMPRESSED
 
@@ -61,11 +63,11 @@ class IndexManifest:
     # ``TuningResult.to_json()`` (target, measured recall and latency, candidates). Optional.
     tuning: dict[str, Any] | None = None
     # How rows were split over ``shards`` when there is more than one: {"assignment",
-    # "num_shards"} (see pipelines.build_index.shard_of_ids). Optional; None for one shard.
+    # "num_shards"} (see index.shards.shard_of_ids). Optional; None for one shard.
     sharding: dict[str, Any] | None = None
     # Where this version comes from: {"built_from": <version of the last full build>,
     # "built_count": rows then, "updates": [{"version", "base", "upserted", "deleted"}, ...]}.
-    # pipelines.index_update reads it to decide when a rebuild is due. Optional (older
+    # index.update reads it to decide when a rebuild is due. Optional (older
     # manifests have none and count as full builds).
     lineage: dict[str, Any] | None = None
 
@@ -146,11 +148,6 @@ def _check_relative(path: str) -> None:
         raise ValueError(f"manifest paths must not contain '..', got {path!r}")
 
 
-def join_path(root: str, relative: str) -> str:
-    """``root`` joined with a manifest's ``/``-separated relative path (local or gs://)."""
-    return FileSystems.join(root, *relative.split("/"))
-
-
 def manifest_location(out_dir_or_manifest_path: str) -> tuple[str, str]:
     """``(out_dir, manifest_path)`` for either an output dir or a path to a ``*.json`` manifest."""
     if out_dir_or_manifest_path.endswith(".json"):
@@ -174,25 +171,6 @@ def write_manifest(out_dir: str, manifest: IndexManifest) -> str:
     return final_path
 
 
-def replace_by_rename(folder: str, name: str, payload: bytes) -> None:
-    """Write ``folder/name`` whole: a hidden temp file first, then one rename over the name.
-
-    A reader sees the old file or the new one, never a partial write; a failure (or Ctrl-C)
-    removes the temp file and leaves the old file untouched.
-    """
-    temp_path = FileSystems.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with FileSystems.create(
-            temp_path, mime_type="application/json", compression_type=_RAW
-        ) as f:
-            f.write(payload)
-        FileSystems.rename([temp_path], [FileSystems.join(folder, name)])
-    except BaseException:
-        if FileSystems.exists(temp_path):
-            FileSystems.delete([temp_path])
-        raise
-
-
 def read_manifest(out_dir_or_manifest_path: str) -> IndexManifest:
     """Read the manifest of an output dir (or at a ``*.json`` path).
 
@@ -208,36 +186,13 @@ def read_manifest(out_dir_or_manifest_path: str) -> IndexManifest:
     return IndexManifest.from_json(data)
 
 
-def _size_and_sha256(path: str) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with FileSystems.open(path, compression_type=_RAW) as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
-def relative_path(path: str, root: str) -> str:
-    """``path`` relative to ``root`` with ``/`` separators; ValueError if it is not under root."""
-    if "://" in root or "://" in path:
-        prefix = root.rstrip("/") + "/"
-        if not path.startswith(prefix):
-            raise ValueError(f"{path} is not under {root}")
-        return path[len(prefix) :]
-    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
-    if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
-        raise ValueError(f"{path} is not under {root}")
-    return relative.replace(os.sep, "/")
-
-
 def file_entry(path: str, root: str, data: bytes | None = None) -> dict[str, Any]:
     """The manifest entry ``{"path", "bytes", "sha256"}`` of the file ``path`` under ``root``.
 
     Pass ``data`` when the caller already holds the file's bytes, to avoid reading it twice.
     """
     if data is None:
-        size, sha256 = _size_and_sha256(path)
+        size, sha256 = size_and_sha256(path)
     else:
         size, sha256 = len(data), hashlib.sha256(data).hexdigest()
     return {"path": relative_path(path, root), "bytes": size, "sha256": sha256}
@@ -263,7 +218,7 @@ def verify_files(out_dir: str, manifest: IndexManifest) -> None:
                 f"manifest says {entry['bytes']}"
             )
             continue
-        _, sha256 = _size_and_sha256(path)
+        _, sha256 = size_and_sha256(path)
         if sha256 != entry["sha256"]:
             problems.append(
                 f"sha256 mismatch: {entry['path']} is {sha256}, manifest says {entry['sha256']}"
@@ -276,11 +231,9 @@ def verify_files(out_dir: str, manifest: IndexManifest) -> None:
     logger.info("verified %d files of index version %s", len(manifest.files), manifest.version)
 
 
-def delete_tree(path: str) -> None:
-    """Delete a folder (local disk) or every object under a prefix (gs://), if any."""
-    if FileSystems.exists(path):  # a real directory on local disk
-        FileSystems.delete([path])
-        return
-    stale = FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list
-    if stale:
-        FileSystems.delete([m.path for m in stale])
+def split_model_id(model_id: str) -> tuple[str, str]:
+    """``name/version`` -> ``(name, version)``; ValueError for anything else."""
+    name, sep, version = model_id.partition("/")
+    if not (sep and name and version) or "/" in version:
+        raise ValueError(f"a joint model id is 'name/version', got {model_id!r}")
+    return name, version

@@ -1,7 +1,7 @@
 """ScaNN index logic: choose parameters, build, save/load, search, and the exact NumPy oracle.
 
 Pure functions over NumPy arrays and local directories; no Beam, no file systems other than the
-local disk (``pipelines.build_index`` moves the serialized files to gs:// and back).
+local disk (``index.shards`` moves the serialized files to gs:// and back).
 
 ``scann`` is imported lazily: its package ``__init__`` imports TensorFlow (~5 s), and callers such
 as DAG files, benchmarks that only need ``exact_top_k`` and ``choose_scann_params`` should not pay
@@ -22,10 +22,13 @@ import numpy as np
 if TYPE_CHECKING:
     from scann.scann_ops.py.scann_ops_pybind import ScannSearcher
 
+
 logger = logging.getLogger(__name__)
 
 ScannKind = Literal["brute_force", "tree_ah"]
+
 KINDS: tuple[str, ...] = ("brute_force", "tree_ah")
+
 # How ScaNN stores the vectors it scores exactly (brute force) or rescores (tree-AH reorder):
 # float32 (4 bytes a dimension, exact), bfloat16 (2 bytes, 8 significant bits) or int8 (1 byte,
 # ScaNN's fixed point with one multiplier per dimension). The compact ones cut the index's
@@ -37,21 +40,29 @@ QUANTIZE: tuple[str, ...] = ("float32", "bfloat16", "int8")
 # recall 1.0, and needs no training; k-means over ~sqrt(20k) = 141 leaves of ~141 points and an
 # AH codebook trained on so few points would cost recall for no measurable speed-up.
 BRUTE_FORCE_MAX_VECTORS = 20_000
+
 # Share of the leaves searched per query. ScaNN's README searches 100 of 2000 leaves (5%) on
 # glove-1.2M. We search twice that share: with ~sqrt(N) leaves it is still ~0.1 * sqrt(N) leaves
 # (100 at 1M vectors), cheap next to the rescoring, and it buys recall headroom on embeddings
 # we have not tuned for. Tune it with a benchmark against exact_top_k, not by guessing.
 LEAVES_TO_SEARCH_FRACTION = 0.10
+
 MIN_LEAVES_TO_SEARCH = 8
+
 # k-means needs tens of points per leaf to place centres well; ScaNN's own default sample is
 # 100k. The upper bound keeps training time and memory flat however large the table grows.
 MIN_TRAINING_SAMPLE = 100_000
+
 TRAINING_POINTS_PER_LEAF = 50
+
 MAX_TRAINING_SAMPLE = 500_000
+
 # "When scoring with AH, dimensions_per_block should be set to 2" (algorithms.md).
 DIMS_PER_BLOCK = 2
+
 # The threshold ScaNN's README uses for dot-product search (anisotropic quantization, AVQ).
 ANISOTROPIC_QUANTIZATION_THRESHOLD = 0.2
+
 # Rescoring "should be greater than k"; the README rescoring 100 for k=10 is where recall
 # saturates in its benchmark, so we keep that ratio for any k.
 REORDER_MULTIPLE = 10

@@ -12,7 +12,7 @@ import dataclasses
 from encoders.base import EncoderSpec
 from encoders.joint import KIND_DUAL, KIND_W2VV
 from encoders.registry import image_encoder_dim
-from training.artifacts import load_joint_model, read_config, read_metadata, resolve_version
+from models.artifacts import load_joint_model, read_config, read_metadata, resolve_version
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,14 +29,6 @@ class JointModelRef:
     def model_id(self) -> str:
         """``name/version``: what the table's ``joint_model`` column holds."""
         return f"{self.name}/{self.version}"
-
-
-def split_model_id(model_id: str) -> tuple[str, str]:
-    """``name/version`` -> ``(name, version)``; ValueError for anything else."""
-    name, sep, version = model_id.partition("/")
-    if not (sep and name and version) or "/" in version:
-        raise ValueError(f"a joint model id is 'name/version', got {model_id!r}")
-    return name, version
 
 
 def resolve_joint_model(models_dir: str, name: str, encoder: EncoderSpec) -> JointModelRef:

@@ -44,39 +44,36 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.build_index import (
-    INDEX_DIR,
-    SHARD_ASSIGNMENT,
-    TABLE_DIR,
-    EmbeddingTable,
-    build_index,
-    copy_file,
-    download_shard,
-    full_build_lineage,
-    publish_shard,
-    read_embedding_table,
-    read_ids,
-    shard_entry,
-    shard_of_ids,
-)
-from pipelines.manifest import (
+from index.build import build_index, full_build_lineage
+from index.manifest import (
     MANIFEST_NAME,
     IndexManifest,
-    delete_tree,
     file_entry,
-    join_path,
     read_manifest,
     verify_files,
     write_manifest,
 )
-from pipelines.scann_index import ScannParams, choose_scann_params, load_searcher
+from index.scann_index import ScannParams, choose_scann_params, load_searcher
+from index.shards import (
+    INDEX_DIR,
+    SHARD_ASSIGNMENT,
+    download_shard,
+    publish_shard,
+    read_ids,
+    shard_entry,
+    shard_of_ids,
+)
+from index.table import TABLE_DIR, EmbeddingTable, read_embedding_table
+from storage.files import copy_file, delete_tree, join_path
 
 logger = logging.getLogger(__name__)
 
 _RAW = CompressionTypes.UNCOMPRESSED
+
 # See the module docstring: the share of rows changed since the last full build beyond which
 # partitions and codebooks trained on the old rows are retrained rather than patched.
 DEFAULT_MAX_CHANGED_FRACTION = 0.10
+
 _UPSERT_BATCH = 256
 
 
@@ -429,9 +426,9 @@ def update_index(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m pipelines.index_update (--root ROOT | --base V1 --out V2) --run_version V2``.
+    """``python -m index.update (--root ROOT | --base V1 --out V2) --run_version V2``.
 
-    With ``--root`` (a publish root, ``pipelines.publish``) the base is the version
+    With ``--root`` (a publish root, ``index.publish``) the base is the version
     ``latest.json`` points at, the new version goes to ``ROOT/versions/<run_version>``, and the
     pointer moves to it once its manifest is written.
     """
@@ -452,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     base, out = args.base, args.out
     if args.root:
-        from pipelines.publish import resolve_index, version_dir
+        from index.publish import resolve_index, version_dir
 
         base, _ = resolve_index(args.root)
         out = version_dir(args.root, args.run_version)
@@ -472,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         k=args.neighbors,
     )
     if args.root:
-        from pipelines.publish import write_pointer
+        from index.publish import write_pointer
 
         write_pointer(args.root, args.run_version)
     print(result.summary())

@@ -29,15 +29,19 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from evaluation.gate import DEFAULT_METRICS, DEFAULT_TOLERANCE, GateResult, check_gate
-from pipelines.manifest import MANIFEST_NAME, read_manifest
-from pipelines.publish import prune_versions, publish_version, read_pointer, version_dir
+from index.manifest import MANIFEST_NAME, read_manifest
+from index.publish import prune_versions, publish_version, read_pointer, version_dir
 
 logger = logging.getLogger(__name__)
 
 EVAL_DIR = "eval"
+
 METRICS_NAME = "metrics.json"
+
 GATE_NAME = "gate.json"
+
 EVAL_MODULE = "evaluation.eval_job"
+
 _RAW = CompressionTypes.UNCOMPRESSED
 
 

@@ -25,12 +25,15 @@ from typing import Any
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.manifest import MANIFEST_NAME, delete_tree, replace_by_rename
+from index.manifest import MANIFEST_NAME
+from storage.files import delete_tree, replace_by_rename
 
 logger = logging.getLogger(__name__)
 
 POINTER_NAME = "latest.json"
+
 VERSIONS_DIR = "versions"
+
 _RAW = CompressionTypes.UNCOMPRESSED
 
 
@@ -183,9 +186,6 @@ def _swap_gcs_pointer(final_path: str, version: str) -> Pointer:
     return pointer
 
 
-# --- Versions: listing, publishing with checks, rollback and retention -------------------------
-
-
 @dataclasses.dataclass(frozen=True)
 class VersionInfo:
     """One folder under ``ROOT/versions``; ``complete`` when its manifest has been written."""
@@ -223,7 +223,7 @@ def publish_version(root: str, version: str, verify: bool = True) -> Pointer:
     Idempotent: publishing the version the pointer already names changes nothing (a rerun of a
     nightly run must not make a version its own ``previous``).
     """
-    from pipelines.manifest import read_manifest, verify_files
+    from index.manifest import read_manifest, verify_files
 
     target = version_dir(root, version)
     if verify:

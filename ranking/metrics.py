@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 DEFAULT_KS = (1, 5, 10)
+
 DEFAULT_BLOCK_SIZE = 1024
 
 

@@ -42,13 +42,19 @@ from encoders.joint import JOINT_KINDS, JointModel
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "weights.npz"
+
 CONFIG_FILE = "config.json"
+
 METADATA_FILE = "metadata.json"
+
 LATEST_FILE = "LATEST"
+
 LATEST = "latest"
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
 _VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+
 _TEMP_PREFIX = ".tmp-"
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 RRF_K = 60.0  # the constant of the RRF paper: damps the weight of the very top ranks
+
 DEFAULT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 

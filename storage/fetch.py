@@ -27,10 +27,14 @@ from apache_beam.io.filesystems import FileSystems
 logger = logging.getLogger(__name__)
 
 _HTTP_SCHEMES = ("http", "https")
+
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+
 _CHUNK_BYTES = 64 * 1024
+
 # Retry-After may ask for a long pause; never sleep longer than this between attempts.
 _MAX_RETRY_AFTER_S = 30.0
+
 # Sent with every request: some image hosts refuse clients without a User-Agent, and a
 # compressed transfer would only hide the real size of the body from the byte cap.
 _HEADERS = {"User-Agent": "imgsearch-indexer/1.0", "Accept-Encoding": "identity"}
@@ -103,9 +107,6 @@ def read_bytes(uri: str, limits: FetchLimits = FetchLimits()) -> bytes:  # froze
     return _read_filesystem(uri, limits)
 
 
-# --- local files ----------------------------------------------------------------------------
-
-
 def _read_local(path: str, limits: FetchLimits) -> bytes:
     """A local file in one open and one fstat: every image of a nightly run is read this way.
 
@@ -138,9 +139,6 @@ def _read_local(path: str, limits: FetchLimits) -> bytes:
             raise
         except OSError as exc:
             raise FetchError(f"cannot read {path}: {_describe(exc)}", _transient_os(exc)) from exc
-
-
-# --- Beam filesystems ---------------------------------------------------------------------
 
 
 def _file_uri_to_path(uri: str) -> str:
@@ -224,8 +222,6 @@ def _transient_os(exc: Exception) -> bool:
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
-
-# --- http(s) ------------------------------------------------------------------------------
 
 # One session per thread: connection pooling across the many downloads a worker makes, without
 # sharing a requests.Session (not documented as thread-safe) between Beam's DoFn threads.

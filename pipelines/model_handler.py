@@ -30,6 +30,7 @@ from encoders.tags import FeatureEncoder, TagHead
 from pipelines.types import STAGE_ENCODE, DeadLetter, DecodedImage, embedding_row
 
 METRICS_NAMESPACE = "imgsearch_encode"
+
 logger = logging.getLogger(__name__)
 
 

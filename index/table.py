@@ -1,0 +1,275 @@
+"""Optional columns of an embedding table (tags, captions), read in the table's row order.
+
+``read_embedding_table`` reads what every table has (ids, vectors); the columns added by
+``--tag_head`` and ``--captioner`` are read here, only by those that use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from index.schema import EMBEDDING_SCALE, JOINT_EMBEDDING, JOINT_MODEL, dequantize_int8
+from index.shards import shard_of_ids
+from storage.files import join_uri
+
+logger = logging.getLogger(__name__)
+
+TABLE_DIR = "table"
+
+_TABLE_COLUMNS = ["image_id", "uri", "embedding", "encoder"]
+
+_RAW = CompressionTypes.UNCOMPRESSED
+
+# Encoders promise unit-norm rows; ScaNN's dot product equals cosine only if they are.
+_NORM_TOLERANCE = 1e-3
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EmbeddingTable:
+    """The rows of an embedding table that the index needs, sorted by ``image_id``.
+
+    Row ``i`` of ``embeddings`` (``(N, dim)`` float32) belongs to ``image_ids[i]``/``uris[i]``.
+    """
+
+    image_ids: list[str]
+    uris: list[str]
+    embeddings: np.ndarray
+    encoder_id: str
+    paths: tuple[str, ...]  # the Parquet files read, sorted
+    joint_embeddings: np.ndarray | None = None  # (N, joint_dim), when the table has the column
+    joint_model: str = ""  # the dual joint model's name/version that made them
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def table_files(out_dir: str) -> list[str]:
+    """Sorted paths of ``OUT/table/*.parquet``."""
+    return parquet_files(FileSystems.join(out_dir, TABLE_DIR))
+
+
+def _embedding_dim(field_type: pa.DataType, path: str, column: str = "embedding") -> int:
+    if not (pa.types.is_fixed_size_list(field_type) and field_type.value_type == pa.float32()):
+        raise ValueError(
+            f"{path}: {column!r} must be a fixed-size list of float32 "
+            f"(index.schema.embedding_table_schema), got {field_type}"
+        )
+    return field_type.list_size
+
+
+_COMPACT_TYPES = (pa.float16(), pa.int8())
+
+
+def _decode_embeddings(part: pa.Table, path: str) -> pa.Table:
+    """``part`` with a float16 or int8 (+ ``embedding_scale``) ``embedding`` as unit float32.
+
+    Compact rows are renormalised after decoding: the index scores by dot product, which is the
+    cosine only for unit rows, and rounding moves a row's norm by up to ~1e-3 (int8).
+    """
+    field_type = part.schema.field("embedding").type
+    if not (pa.types.is_fixed_size_list(field_type) and field_type.value_type in _COMPACT_TYPES):
+        return part  # float32 (checked by _embedding_dim) or a type it will refuse
+    dim = field_type.list_size
+    column = part["embedding"].combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    if field_type.value_type == pa.int8():
+        if EMBEDDING_SCALE not in part.column_names:
+            raise ValueError(f"{path}: an int8 'embedding' needs the {EMBEDDING_SCALE!r} column")
+        scales = part[EMBEDDING_SCALE].to_numpy(zero_copy_only=False)
+        vectors = dequantize_int8(values, scales)
+    else:
+        vectors = values.astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = np.divide(vectors, norms, out=vectors, where=norms > 0).astype(np.float32)
+    decoded = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+    part = part.set_column(part.column_names.index("embedding"), "embedding", decoded)
+    if EMBEDDING_SCALE in part.column_names:
+        part = part.drop_columns([EMBEDDING_SCALE])
+    return part
+
+
+def read_embedding_table(
+    paths: Sequence[str], shard: tuple[int, int] | None = None
+) -> EmbeddingTable:
+    """Read the index columns of these embedding-table Parquet files (local or gs://).
+
+    With ``shard=(index, count)`` only the rows that ``shard_of_ids`` assigns to that shard are
+    kept, file by file, so a shard builder holds its slice of the table, never all of it.
+
+    Raises ValueError when there are no rows ("empty table"), when files disagree on the
+    dimension, when rows come from more than one encoder, or on null, non-finite or duplicate
+    entries: each is a bug upstream that an index must not hide.
+    """
+    paths = tuple(sorted(paths))
+    if not paths:
+        raise ValueError("empty table: no embedding-table Parquet files to read")
+    parts = []
+    dims: dict[str, int] = {}
+    joint_dims: dict[str, int | None] = {}
+    for path in paths:
+        with FileSystems.open(path, compression_type=_RAW) as handle:
+            try:
+                parquet = pq.ParquetFile(handle)
+                names = parquet.schema_arrow.names
+                has_joint = JOINT_EMBEDDING in names
+                columns = _TABLE_COLUMNS + ([JOINT_EMBEDDING, JOINT_MODEL] if has_joint else [])
+                if EMBEDDING_SCALE in names:
+                    columns.append(EMBEDDING_SCALE)
+                part = _decode_embeddings(parquet.read(columns=columns), path)
+            except (pa.ArrowException, KeyError) as err:
+                raise ValueError(f"{path} is not a readable embedding-table file: {err}") from err
+        if shard is not None:
+            index, count = shard
+            mine = shard_of_ids(part["image_id"].to_pylist(), count) == index
+            part = part.filter(pa.array(mine))
+        dims[path] = _embedding_dim(part.schema.field("embedding").type, path)
+        joint_dims[path] = (
+            _embedding_dim(part.schema.field(JOINT_EMBEDDING).type, path, JOINT_EMBEDDING)
+            if has_joint
+            else None
+        )
+        # One embedding type for every file (compact files decode to a list type of their own
+        # naming), and no schema metadata (e.g. the writer's dim): either would block concat.
+        canonical = pa.list_(pa.float32(), dims[path])
+        part = part.set_column(
+            part.column_names.index("embedding"),
+            pa.field("embedding", canonical, nullable=False),
+            part["embedding"].cast(canonical),
+        )
+        parts.append(part.replace_schema_metadata(None))
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"embedding-table files disagree on the dimension: {dims}")
+    if len(set(joint_dims.values())) > 1:
+        raise ValueError(f"embedding-table files disagree on the joint column: {joint_dims}")
+    dim = next(iter(dims.values()))
+    joint_dim = next(iter(joint_dims.values()))
+    table = pa.concat_tables(parts)
+    del parts
+    if table.num_rows == 0:
+        where = "" if shard is None else f" for shard {shard[0]} of {shard[1]}"
+        raise ValueError(f"empty table: the {len(paths)} Parquet file(s) hold no rows{where}")
+    for column in table.column_names:
+        if table[column].null_count:
+            raise ValueError(f"the table has {table[column].null_count} null {column!r} values")
+
+    encoder_id = _single_encoder_id(table)
+    _check_unique_ids(table)
+
+    # Sort in Arrow (C++) and extract the embedding column as one matrix: no per-row Python.
+    table = table.take(pc.sort_indices(table["image_id"]))
+    embedding_column = table["embedding"].combine_chunks()
+    # flatten() rather than .values: it honours an array's offset, .values would not.
+    embeddings = embedding_column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    if not np.isfinite(embeddings).all():
+        raise ValueError("the table holds NaN or infinite embedding values")
+    joint_embeddings, joint_model = None, ""
+    if joint_dim is not None:
+        joint_model = _single_value(table, JOINT_MODEL, "joint model")
+        joint_column = table[JOINT_EMBEDDING].combine_chunks()
+        joint_embeddings = np.ascontiguousarray(
+            joint_column.flatten().to_numpy(zero_copy_only=False).reshape(-1, joint_dim),
+            dtype=np.float32,
+        )
+        if not np.isfinite(joint_embeddings).all():
+            raise ValueError("the table holds NaN or infinite joint_embedding values")
+    off_norm = int((np.abs(np.linalg.norm(embeddings, axis=1) - 1.0) > _NORM_TOLERANCE).sum())
+    if off_norm:
+        logger.warning(
+            "%d of %d embeddings are not unit-norm: dot-product scores are not cosines for them",
+            off_norm,
+            table.num_rows,
+        )
+    return EmbeddingTable(
+        image_ids=table["image_id"].to_pylist(),
+        uris=table["uri"].to_pylist(),
+        embeddings=np.ascontiguousarray(embeddings, dtype=np.float32),
+        encoder_id=encoder_id,
+        paths=paths,
+        joint_embeddings=joint_embeddings,
+        joint_model=joint_model,
+    )
+
+
+def _single_encoder_id(table: pa.Table) -> str:
+    return _single_value(table, "encoder", "encoder")
+
+
+def _single_value(table: pa.Table, column: str, what: str) -> str:
+    counts = pc.value_counts(table[column])
+    by_value = dict(
+        zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+    )
+    if len(by_value) != 1:
+        raise ValueError(
+            f"the table mixes {what} ids {by_value} (rows per {what}); vectors of "
+            f"different {what}s are not comparable, so one index must hold one {what}"
+        )
+    value = next(iter(by_value))
+    if not value:
+        raise ValueError(f"the table's rows have an empty {what} id")
+    return value
+
+
+def _check_unique_ids(table: pa.Table) -> None:
+    counts = pc.value_counts(table["image_id"])
+    repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        examples = repeated.field("values").to_pylist()[:5]
+        raise ValueError(
+            f"{len(repeated)} image_id(s) occur in more than one table row, e.g. {examples}"
+        )
+
+
+def table_has_columns(out_dir: str, columns: Sequence[str]) -> bool:
+    """Whether every Parquet file of ``OUT/table`` has all ``columns``."""
+    files = table_files(out_dir)
+    return bool(files) and all(
+        set(columns) <= set(pq.ParquetFile(path).schema_arrow.names) for path in files
+    )
+
+
+def read_table_columns(
+    out_dir: str, columns: Sequence[str], image_ids: Sequence[str]
+) -> dict[str, list[Any]]:
+    """``{column: values}`` with values in ``image_ids`` order (the ``EmbeddingTable``'s rows).
+
+    KeyError naming the column when a file lacks it; ValueError when an id is missing.
+    """
+    by_id: dict[str, dict[str, Any]] = {}
+    for path in table_files(out_dir):
+        names = pq.ParquetFile(path).schema_arrow.names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise KeyError(f"{path} has no {missing} column(s): index with the flag that adds it")
+        for row in pq.read_table(path, columns=["image_id", *columns]).to_pylist():
+            by_id[row["image_id"]] = row
+    lost = [i for i in image_ids if i not in by_id]
+    if lost:
+        raise ValueError(f"{len(lost)} table rows missing from the columns read, e.g. {lost[:3]}")
+    return {column: [by_id[i][column] for i in image_ids] for column in columns}
+
+
+def parquet_files(folder: str) -> list[str]:
+    """Sorted paths of the Parquet files directly in ``folder`` (local or gs://)."""
+    matched = FileSystems.match([join_uri(folder, "*.parquet")])[0].metadata_list
+    return sorted(m.path for m in matched)
+
+
+def parquet_rows(path: str) -> int:
+    """Rows in one Parquet file, read from its footer only."""
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
