@@ -12,7 +12,18 @@ setup(
     description="Semantic image search: Beam indexing pipeline, ScaNN index, serving",
     python_requires=">=3.11,<3.12",
     packages=find_packages(
-        include=["imgsearch*", "pipelines*", "encoders*", "serving*", "training*", "evaluation*"]
+        include=[
+            "imgsearch*",
+            "evaluation*",
+            "serving*",
+            "training*",
+            "pipelines*",
+            "models*",
+            "index*",
+            "ranking*",
+            "encoders*",
+            "storage*",
+        ]
     ),
     install_requires=[
         "apache-beam[gcp]==2.77.0",

@@ -24,7 +24,9 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from index.ann_tuning import RECALL_CONFIDENCE_Z, recall_per_query, single_query_latencies
+from index.ann_measure import single_query_latencies
+from index.ann_tuning_types import RECALL_CONFIDENCE_Z
+from ranking.recall import recall_per_query
 
 logger = logging.getLogger(__name__)
 

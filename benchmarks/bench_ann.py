@@ -53,15 +53,12 @@ from ann_baselines import (
     tune_knobs,
 )
 
-from index.ann_tuning import (
-    TuningTarget,
-    autotune_scann_targets,
-    batched_qps,
-    memory_per_million,
-    recall_per_query,
-    single_query_latencies,
-)
+from index.ann_cost import memory_per_million
+from index.ann_measure import batched_qps, single_query_latencies
+from index.ann_tuning import autotune_scann_targets
+from index.ann_tuning_types import TuningTarget
 from index.scann_index import build_searcher, exact_top_k, save_searcher, search_batched
+from ranking.recall import recall_per_query
 
 logger = logging.getLogger("bench_ann")
 
@@ -594,7 +591,7 @@ def main() -> int:
         print("\n".join(table_lines(rows)))
         print("\n".join(ratios))
     out += [
-        "## Memory per million vectors (index.ann_tuning.memory_per_million)",
+        "## Memory per million vectors (index.ann_cost.memory_per_million)",
         "",
         *memory_lines(),
         "",

@@ -185,7 +185,7 @@ building MobileNetV2, the rest process start and exit), from the run and divide 
 
 {counts}
 
-The incremental runs update the previous version in place (`pipelines.delta`): an unchanged
+The incremental runs update the previous version in place (`pipelines.incremental`): an unchanged
 image costs its listing entry, a hash of its bytes and a small key record in the join with the
 previous table's key columns; its row stays in a table file copied byte for byte, and the ScaNN
 index takes the new rows by upsert instead of a rebuild. What every run pays however little

@@ -148,7 +148,7 @@ def build(work: Path, n: int, assets: Path) -> tuple[Path, Path]:
     """-> (publish root, models dir), building them unless ``work`` already holds them."""
     from encoders.base import EncoderSpec
     from encoders.registry import create_image_encoder
-    from index.build import build_index
+    from index.build import BuildConfig, build_index
     from index.publish import version_dir, write_pointer
 
     root, models = work / f"root-{n}", work / f"models-{n}"
@@ -165,7 +165,7 @@ def build(work: Path, n: int, assets: Path) -> tuple[Path, Path]:
     write_table(out, n, encoder_id, f"{name}/{version}")
     _log(f"wrote the {n}-row table in {time.perf_counter() - started:.0f} s; building ScaNN")
     started = time.perf_counter()
-    build_index(str(out), spec.to_json(), {"inputs": n}, "v1", k=10)
+    build_index(str(out), BuildConfig("v1", spec.to_json(), k=10), {"inputs": n})
     _log(f"built both shards in {time.perf_counter() - started:.0f} s")
     write_pointer(str(root), "v1")
     return root, models

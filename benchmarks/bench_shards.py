@@ -31,9 +31,10 @@ sys.path.insert(0, str(REPO))
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from index.build import build_index
+from index.build import BuildConfig, build_index
 from index.scann_index import exact_top_k
 from index.schema import embedding_table_schema
+from pipelines.build_shards import beam_shard_runner
 from pipelines.types import image_id_for_uri
 from serving.searcher import ImageSearcher
 
@@ -110,9 +111,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                 else []
             )
             started = time.perf_counter()
-            manifest = build_index(
-                str(out), SPEC, {}, f"s{shards}", k=K, num_shards=shards, pipeline_options=options
-            )
+            config = BuildConfig(f"s{shards}", SPEC, k=K, num_shards=shards)
+            runner = None if mode == "driver" else beam_shard_runner(options)
+            manifest = build_index(str(out), config, {}, run_shards=runner)
             build_s = time.perf_counter() - started
             searcher = ImageSearcher.load(str(out), verify=False)
             row_of = {image_id: row for row, image_id in enumerate(ids)}

@@ -10,7 +10,7 @@ On real MobileNetV2 embeddings of Flickr8k dev photos (the assets folder), one r
   search over the decoded copy against float32 (held-out photos as queries);
 - ScaNN brute force and tree-AH (``build_searcher``) over the same vectors: serialized bytes per
   vector per file (the float32 copy, the AH codes, the leaf tokens) and recall@10;
-- the in-memory model of ``index.ann_tuning.memory_per_million`` beside those figures.
+- the in-memory model of ``index.ann_cost.memory_per_million`` beside those figures.
 
 Figures are printed and written to ``--report`` (markdown); nothing is asserted.
 """
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from imgsearch import settings
-from index.ann_tuning import memory_per_million, recall_per_query
+from index.ann_cost import memory_per_million
 from index.scann_index import (
     ScannParams,
     build_searcher,
@@ -46,6 +46,7 @@ from index.scann_index import (
 from index.schema import compact_row, embedding_table_schema
 from index.table import read_embedding_table
 from pipelines.types import image_id_for_uri
+from ranking.recall import recall_per_query
 
 MIB = 2**20
 MILLION = 1_000_000
@@ -244,7 +245,7 @@ def report(args, dim, encoder_id, count, storage, scann, elapsed) -> str:
         "tiny training set) its recall says nothing about the 20k+ row shards `build_index` "
         "builds trees for; see `benchmarks/results/ann.md` for recall at a million.",
         "",
-        f"## In-memory model at dim {dim} (`index.ann_tuning.memory_per_million`)",
+        f"## In-memory model at dim {dim} (`index.ann_cost.memory_per_million`)",
         "",
         "| what | per million vectors |",
         "|---|---:|",

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from imgsearch import settings
-from index.ann_tuning import memory_per_million
+from index.ann_cost import memory_per_million
 
 RESULTS = REPO / "benchmarks" / "results"
 DOC = REPO / "docs" / "capacity-plan.md"
@@ -254,7 +254,7 @@ def render(measured: dict, encode: dict, ann: dict, p: dict, a: Assumptions, met
         "",
         "## Index memory per million vectors, per compression choice",
         "",
-        "From `index.ann_tuning.memory_per_million` (checked against the serialized sizes "
+        "From `index.ann_cost.memory_per_million` (checked against the serialized sizes "
         f"in ann.md: {_n(ann['index_mib'], 0)} MiB measured for 1M x 256 with a float32 "
         f"reorder copy vs {_n(p['per_million_bytes']['scann_tree_ah_float32_reorder (dim 256)'] / mib, 0)}"  # noqa: E501
         " MiB computed).",

@@ -13,7 +13,7 @@ Wiring only: the Beam job is ``pipelines.index_job`` and every other step is a f
   the way this run makes rows (same models, storage, shards), the job writes only the changed
   rows and deleted ids, copies the untouched table files and updates the ScaNN index in place
   (upsert/delete), rebuilding it once changes since its last full build pass
-  ``max_changed_fraction`` (``pipelines.delta``).
+  ``max_changed_fraction`` (``pipelines.incremental``).
 * Each run writes ``{output_root}/versions/{ds_nodash}/`` (table, index, manifest, eval report).
   A rerun of the same logical date finds the version complete and skips the job, or, if a
   previous attempt died half-way, rebuilds it in place from the same inputs.

@@ -28,7 +28,7 @@ import numpy as np
 
 from encoders.assets import ASSETS_ENV, assets_dir
 from encoders.base import TextEncoder
-from encoders.keras_image import weights_file_sha256
+from encoders.keras_backbones import weights_file_sha256
 from encoders.text_tokenize import check_texts
 
 if TYPE_CHECKING:

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from encoders.base import TextEncoder, l2_normalize
-from encoders.bow import TfidfEncoder, read_artifact_config, write_artifact
+from encoders.bow import TfidfEncoder
 from encoders.minilm import BertConfig, MiniLMEncoder, locate_minilm
+from encoders.text_artifacts import read_artifact_config, write_artifact
 from encoders.text_tokenize import WORD_TOKENIZER_VERSION, check_texts
 
 MINILM_TFIDF_NAME = "minilm_tfidf"

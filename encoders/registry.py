@@ -8,12 +8,8 @@ from __future__ import annotations
 
 from encoders.base import EncoderSpec, ImageEncoder
 from encoders.fake import FAKE_ENCODER_NAME, FakeImageEncoder
-from encoders.keras_image import (
-    GRAPH_VERSION,
-    KERAS_ARCHITECTURES,
-    KerasImageEncoder,
-    resolve_weights,
-)
+from encoders.keras_backbones import KERAS_ARCHITECTURES, resolve_weights
+from encoders.keras_image import GRAPH_VERSION, KerasImageEncoder
 
 IMAGE_ENCODER_NAMES: tuple[str, ...] = (FAKE_ENCODER_NAME, *KERAS_ARCHITECTURES)
 

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from encoders.base import l2_normalize
+from encoders.glove import WordVectors
 from encoders.text_tokenize import tokenize_words
-from encoders.word_vectors import WordVectors
 
 SHARPNESS = 3.0
 # Closed-class English words: never content, whatever the query.

@@ -113,7 +113,8 @@ def make_caption_scorer(name: str, documents: Sequence[str]):
 
         return VectorScorer(TfidfEncoder.fit(documents, min_count=1), documents).score
     if name == "caption-glove":
-        from encoders.word_vectors import MeanWordVectorEncoder, load_glove
+        from encoders.glove import load_glove
+        from encoders.word_vectors import MeanWordVectorEncoder
 
         return VectorScorer(MeanWordVectorEncoder(load_glove()), documents).score
     if name == "caption-minilm":

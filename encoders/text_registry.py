@@ -26,15 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from encoders.base import TextEncoder
-from encoders.bow import BagOfWordsEncoder, TfidfEncoder, read_artifact_config
+from encoders.bow import BagOfWordsEncoder, TfidfEncoder
+from encoders.glove import load_glove, locate_glove
 from encoders.minilm import MINILM_NAME, BertConfig, MiniLMEncoder, locate_minilm
 from encoders.minilm_tfidf import MINILM_TFIDF_NAME, MiniLMTfidfEncoder
-from encoders.word_vectors import (
-    MeanWordVectorEncoder,
-    WeightedWordVectorEncoder,
-    load_glove,
-    locate_glove,
-)
+from encoders.text_artifacts import read_artifact_config
+from encoders.word_vectors import MeanWordVectorEncoder, WeightedWordVectorEncoder
 
 _VOCABULARY_ENCODERS: dict[str, type[BagOfWordsEncoder] | type[TfidfEncoder]] = {
     BagOfWordsEncoder.name: BagOfWordsEncoder,

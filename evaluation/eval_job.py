@@ -42,7 +42,6 @@ from evaluation.methods import (
     prepare_methods,
 )
 from evaluation.submission import DEFAULT_TOP_K, score_submission, write_submission
-from index.ann_tuning import recall_per_query
 from index.scann_index import exact_top_k
 from models.artifacts import code_version, read_metadata, resolve_version
 from ranking.metrics import (
@@ -52,6 +51,7 @@ from ranking.metrics import (
     retrieval_metrics,
     text_to_image_ranks,
 )
+from ranking.recall import recall_per_query
 from training.captions import DatasetError, load_captioned_dataset
 
 logger = logging.getLogger(__name__)

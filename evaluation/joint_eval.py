@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from encoders.text_registry import TextEncoderSpec, create_text_encoder
-from models.artifacts import LATEST, load_joint_model, read_metadata, resolve_version
+from models.artifacts import LATEST
+from models.query_model import load_query_model
 from ranking.metrics import image_to_text_ranks, retrieval_metrics, text_to_image_ranks
 from training.features import DatasetFeatures
 from training.train_joint_job import encode_texts
@@ -21,16 +21,17 @@ def evaluate_joint_model(
 ) -> dict[str, Any]:
     """-> ``{"text_to_image": {...}, "image_to_text": {...}}`` for model ``name`` on ``features``.
 
-    ValueError when the model was trained on other image vectors than the features hold.
+    ``EncoderMismatchError`` (a ValueError) when the model was trained on other image vectors
+    than the features hold, or its text encoder is not the one it was trained on.
     """
-    joint = load_joint_model(models_dir, name, version)
-    if joint.image_encoder_id != features.table.encoder_id:
-        raise ValueError(
-            f"{name} was trained on {joint.image_encoder_id} vectors, the evaluation features "
-            f"are {features.table.encoder_id}"
-        )
-    metadata = read_metadata(resolve_version(models_dir, name, version))
-    text_encoder = create_text_encoder(TextEncoderSpec.from_json(metadata["text_encoder"]))
+    query = load_query_model(
+        models_dir,
+        name,
+        version,
+        image_encoder_id=features.table.encoder_id,
+        images="the evaluation features",
+    )
+    joint, text_encoder = query.joint, query.text_encoder
     dataset = features.dataset
     caption_vecs = joint.embed_text_features(encode_texts(text_encoder, dataset.caption_texts))
     image_vecs = joint.embed_image_features(features.image_embeddings)

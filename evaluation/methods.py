@@ -25,8 +25,8 @@ import numpy as np
 
 from encoders.base import l2_normalize
 from encoders.joint import JOINT_KINDS, KIND_W2VV
-from encoders.text_registry import TextEncoderSpec, create_text_encoder
-from models.artifacts import list_models, load_joint_model, read_metadata, resolve_version
+from models.artifacts import list_models
+from models.query_model import load_query_model
 from serving.searcher import ImageSearcher
 from training.features import DatasetFeatures
 from training.train_joint_job import encode_texts
@@ -166,17 +166,13 @@ def joint_methods(context: MethodContext) -> list[Method]:
     table = features.table
     methods = []
     for name in joint_model_names(context.models_dir):
-        folder = resolve_version(context.models_dir, name)  # pinned: LATEST may move meanwhile
-        joint = load_joint_model(context.models_dir, name, folder.name)
-        if joint.image_encoder_id != table.encoder_id:
-            raise ValueError(
-                f"joint model {name} was trained on {joint.image_encoder_id} image vectors but "
-                f"the evaluation images were indexed with {table.encoder_id}; evaluate it with "
-                f"the image encoder it was trained on (or retrain it)"
-            )
-        metadata = read_metadata(folder)
-        spec = TextEncoderSpec.from_json(metadata["text_encoder"])
-        text_encoder = create_text_encoder(spec)
+        query = load_query_model(  # pinned: LATEST may move meanwhile
+            context.models_dir,
+            name,
+            image_encoder_id=table.encoder_id,
+            images="the evaluation index",
+        )
+        joint, text_encoder, metadata = query.joint, query.text_encoder, query.metadata
         texts = features.dataset.caption_texts
         caption_vectors = joint.embed_text_features(encode_texts(text_encoder, texts))
         image_vectors = joint.embed_image_features(features.image_embeddings)
@@ -185,7 +181,7 @@ def joint_methods(context: MethodContext) -> list[Method]:
             return joint.embed_text_features(text_encoder.encode([text]))[0]
 
         ann_name = index_vectors = ann_search = None
-        model_id = f"{name}/{metadata['version']}"
+        model_id = query.model_id
         if joint.kind == KIND_W2VV:
             ann_name, index_vectors = "scann image index", table.embeddings
             ann_search = _searcher(context.images.search_vectors, table.image_ids)
@@ -198,9 +194,9 @@ def joint_methods(context: MethodContext) -> list[Method]:
                 family="joint",
                 description={
                     "model": name,
-                    "version": metadata["version"],
+                    "version": query.version,
                     "kind": joint.kind,
-                    "text_encoder": spec.to_json(),
+                    "text_encoder": query.text_spec.to_json(),
                     "text_encoder_id": joint.text_encoder_id,
                     "image_encoder_id": joint.image_encoder_id,
                     "trained_on": metadata.get("dataset"),

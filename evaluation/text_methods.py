@@ -63,9 +63,9 @@ def _image_column(context: MethodContext, column: str, model_column: str):
 @register_family("tags")
 def tag_methods(context: MethodContext) -> list[Method]:
     """``tags-glove`` when the evaluation index has classifier tags."""
+    from encoders.glove import load_glove
     from encoders.tag_match import TagMatcher
     from encoders.tags import TagHead, resolve_tag_head, tag_lists
-    from encoders.word_vectors import load_glove
 
     if not table_has_columns(context.features.index_dir, [TAGS]):
         logger.info("no tags column in the evaluation index: no tag methods")

@@ -1,4 +1,4 @@
-"""Autotune ScaNN's tree-AH parameters against exact neighbours, and what each storage costs.
+"""Autotune ScaNN's tree-AH parameters against exact neighbours: the sweep and the choice.
 
 Given a target recall@k (and optionally a latency or memory budget), ``autotune_scann`` measures
 rather than guesses, as autofaiss does for faiss: it holds out a sample of queries, finds their
@@ -8,7 +8,12 @@ per-call overrides, so one build serves the whole sweep), times the configuratio
 the target, and returns the fastest one with its measured recall and latency. Everything it
 returns is JSON-ready for the index manifest.
 
-Pure logic over NumPy arrays plus ScaNN through ``index.scann_index``; no Beam, no I/O.
+Pure logic over NumPy arrays plus ScaNN through ``index.scann_index``; no Beam, no I/O. The
+pieces it is built from live beside it: its inputs and outputs in ``index.ann_tuning_types``,
+the memory cost model in ``index.ann_cost``, query hold-out and timing in ``index.ann_measure``
+and recall against exact neighbours in ``ranking.recall``. The sweep and the choice stay in
+one module (~490 lines) because both work on the private ``_Tuning`` run state, and the choice
+falls back to measuring brute force in the same run.
 
 Reproducibility: the held-out sample, the exact neighbours and the grid are deterministic with
 ``seed``. ScaNN's asymmetric-hashing training is not bit-reproducible between two builds of the
@@ -25,14 +30,28 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from index.ann_cost import bytes_per_vector
+from index.ann_measure import (
+    LATENCY_QUERIES,
+    LATENCY_ROUNDS,
+    QUERY_NOISE,
+    batched_qps,
+    holdout_queries,
+    single_query_latencies,
+)
+from index.ann_tuning_types import (
+    RECALL_CONFIDENCE_Z,
+    Candidate,
+    TuningGrid,
+    TuningResult,
+    TuningTarget,
+)
 from index.scann_index import (
-    ANISOTROPIC_QUANTIZATION_THRESHOLD,
     BRUTE_FORCE_MAX_VECTORS,
-    DIMS_PER_BLOCK,
     MAX_TRAINING_SAMPLE,
     MIN_TRAINING_SAMPLE,
     TRAINING_POINTS_PER_LEAF,
@@ -41,6 +60,7 @@ from index.scann_index import (
     exact_top_k,
     search_batched,
 )
+from ranking.recall import recall_per_query
 
 if TYPE_CHECKING:
     from scann.scann_ops.py.scann_ops_pybind import ScannSearcher
@@ -50,28 +70,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_QUERIES = 1000
 
-# Held-out queries get isotropic noise of this expected norm (unit vectors), then are
-# renormalised. Far below neighbour distances of real embeddings (0.81 median between a
-# Flickr8k photo's MobileNetV2 embedding and its nearest other photo's), so the neighbourhood
-# is that of the held-out row; but it keeps an exact duplicate left in the database from
-# turning a query into a trivial self-match.
-QUERY_NOISE = 0.05
-
-# A configuration "meets" a recall target when mean - Z * standard error over the tuning
-# queries does (~0.005-0.01 of headroom with 1000 queries): its recall over the whole query
-# population then reaches the target with ~97.7% one-sided confidence, and the headroom also
-# absorbs the build-to-build noise of ScaNN's AH training (~0.003, measured). A fresh sample
-# of M queries still scatters around the population recall by ~std/sqrt(M) per-query recall
-# (0.003-0.005 at M = 1000), so it can land that much below the target.
-RECALL_CONFIDENCE_Z = 2.0
-
-# Per-query latency: this many queries, each timed in every round, keeping its fastest round.
-# The minimum over rounds strips scheduler noise on a shared machine; p99 over queries still
-# shows the slow queries (those whose nearest leaves are large).
-LATENCY_QUERIES = 300
-
-LATENCY_ROUNDS = 3
-
 # Configurations within this share of the fastest latency count as equally fast; among them the
 # smallest (fewest leaves, leaves searched, reorder depth) wins, so noise does not flip choices.
 TIE_TOLERANCE = 0.05
@@ -79,268 +77,6 @@ TIE_TOLERANCE = 0.05
 # Stop widening the search of a tree once its cheapest configuration at the next leaf count is
 # this much slower (single-thread batched time) than the best configuration already found.
 PRUNE_SLOWDOWN = 1.5
-
-# In-memory storage model (bytes per vector), see memory_per_million.
-_FLOAT32_BYTES = 4
-
-_AH_BITS_PER_BLOCK = 4  # LUT16: 16 centres per block
-
-_LEAF_INDEX_BYTES = 4  # each datapoint is listed in its leaf as an int32
-
-
-@dataclasses.dataclass(frozen=True)
-class TuningTarget:
-    """What the tuned index must deliver: ``recall`` at ``k``, within optional budgets.
-
-    ``max_latency_ms`` bounds the median single-query latency (one thread, one query per call);
-    ``max_bytes_per_vector`` bounds the in-memory index size per vector (``bytes_per_vector``).
-    """
-
-    recall: float = 0.95
-    k: int = 10
-    max_latency_ms: float | None = None
-    max_bytes_per_vector: float | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.recall, int | float) or not 0.0 < self.recall <= 1.0:
-            raise ValueError(f"target recall must be in (0, 1], got {self.recall!r}")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be a positive integer, got {self.k!r}")
-        for name in ("max_latency_ms", "max_bytes_per_vector"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int | float) or value <= 0):
-                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class TuningGrid:
-    """The configurations the tuner may try.
-
-    One searcher is built per (``leaves_factors`` entry, ``hashing`` entry): ``num_leaves =
-    factor * sqrt(N)`` and ``hashing`` = (dims_per_block, anisotropic threshold). Leaves
-    searched (1, 2, 3, 4, 6, 8, ... up to ``max_leaves_fraction`` of the leaves) and reorder
-    depths (``reorder_multiples`` times k) are swept at query time on each.
-    """
-
-    # ScaNN's README uses ~1.8 sqrt(N) leaves on glove (2000 for 1.2M); sqrt(N) is our default
-    # (choose_scann_params). Two trees keep tuning 100k x 64 to seconds on 2 cores.
-    leaves_factors: tuple[float, ...] = (1.0, 2.0)
-    hashing: tuple[tuple[int, float], ...] = ((DIMS_PER_BLOCK, ANISOTROPIC_QUANTIZATION_THRESHOLD),)
-    max_leaves_fraction: float = 0.3
-    reorder_multiples: tuple[float, ...] = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-
-    def __post_init__(self) -> None:
-        if not self.leaves_factors or any(f <= 0 for f in self.leaves_factors):
-            raise ValueError(f"leaves_factors must be positive, got {self.leaves_factors}")
-        if not self.hashing or any(dpb < 1 for dpb, _ in self.hashing):
-            raise ValueError(f"hashing needs dims_per_block >= 1, got {self.hashing}")
-        if not 0.0 < self.max_leaves_fraction <= 1.0:
-            raise ValueError(
-                f"max_leaves_fraction must be in (0, 1], got {self.max_leaves_fraction}"
-            )
-        if not self.reorder_multiples or any(m < 1 for m in self.reorder_multiples):
-            raise ValueError(f"reorder_multiples must be >= 1, got {self.reorder_multiples}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-    """One measured configuration.
-
-    ``recall``/``recall_stderr`` over the tuning queries; ``ms_per_query_batched`` is one
-    thread searching all of them in one batch. Latencies and ``qps_batched`` (all threads) are
-    measured only for configurations on the recall/speed frontier, else ``None``.
-    """
-
-    params: ScannParams
-    recall: float
-    recall_stderr: float
-    ms_per_query_batched: float
-    bytes_per_vector: float
-    latency_ms_p50: float | None = None
-    latency_ms_p99: float | None = None
-    qps_batched: float | None = None
-
-    def recall_lower_bound(self, z: float = RECALL_CONFIDENCE_Z) -> float:
-        return self.recall - z * self.recall_stderr
-
-    def to_json(self) -> dict[str, Any]:
-        row = dataclasses.asdict(self)
-        row["params"] = self.params.to_json()
-        return row
-
-
-@dataclasses.dataclass(frozen=True)
-class TuningResult:
-    """The chosen configuration and what was measured to choose it.
-
-    ``met_target`` is False when nothing met every constraint: recall comes first, so the result
-    is then the fastest configuration meeting the recall (brute force if no tree does), and
-    ``reason`` says which budget was missed and by how much.
-    """
-
-    params: ScannParams
-    target: TuningTarget
-    recall: float
-    latency_ms_p50: float
-    latency_ms_p99: float
-    qps_batched: float
-    bytes_per_vector: float
-    met_target: bool
-    reason: str
-    num_vectors: int
-    dim: int
-    num_queries: int
-    query_source: str
-    seed: int
-    tuning_seconds: float
-    candidates: tuple[Candidate, ...]
-
-    def to_json(self, all_candidates: bool = False) -> dict[str, Any]:
-        """JSON for the manifest; only the timed candidates unless ``all_candidates``."""
-        data = {
-            field.name: getattr(self, field.name)
-            for field in dataclasses.fields(self)
-            if field.name not in ("params", "target", "candidates")
-        }
-        data["params"] = self.params.to_json()
-        data["target"] = self.target.to_json()
-        data["candidates"] = [
-            c.to_json() for c in self.candidates if all_candidates or c.latency_ms_p50 is not None
-        ]
-        return data
-
-
-def ah_code_bytes(dim: int, dims_per_block: int = DIMS_PER_BLOCK) -> float:
-    """Bytes of one vector's AH code: ceil(dim / dims_per_block) blocks of 4 bits (LUT16)."""
-    return math.ceil(dim / dims_per_block) * _AH_BITS_PER_BLOCK / 8
-
-
-def memory_per_million(dim: int, dims_per_block: int = DIMS_PER_BLOCK) -> dict[str, float]:
-    """Bytes that one million ``dim``-d vectors cost in memory, per storage option.
-
-    - ``float32``: 4 bytes a dimension, what the embedding table and ScaNN's exact reorder hold.
-    - ``float16`` / ``bfloat16``: 2 bytes a dimension. float16 keeps 10 mantissa bits, plenty for
-      unit vectors (components in [-1, 1]); bfloat16 (ScaNN's reorder option) keeps 7.
-    - ``int8``: 1 byte a dimension with one float scale per dimension shared by all vectors
-      (ScaNN's fixed-point scheme); the 4 * dim bytes of scales are not per vector.
-    - ``scann_ah_codes``: asymmetric-hashing codes, ``dims_per_block`` dims per block and 16
-      centres (4 bits) per block: dim / 4 bytes at 2 dims per block. On disk ScaNN stores one
-      byte per block (``hashed_dataset.npy``); in memory LUT16 packs two blocks a byte.
-    - ``scann_tree_ah_*``: a searcher as built by ``build_searcher``: AH codes + a 4-byte leaf
-      index per vector + the reorder copy (``float32`` today; ``int8``/``bfloat16`` are ScaNN
-      reorder options not yet exposed by ``ScannParams``; ``no_reorder`` has none). Leaf centres
-      (num_leaves * dim * 4 bytes in all) are left out: at ~sqrt(N) leaves that is 4 * dim /
-      sqrt(N) bytes per vector, 0.1% of the float32 copy at a million vectors.
-
-    Example, dim 1280: float32 4.77 GiB, float16 2.38 GiB, int8 1.19 GiB, AH codes 305 MiB,
-    tree-AH with float32 reorder 5.08 GiB per million vectors.
-    """
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive integer, got {dim!r}")
-    if (
-        isinstance(dims_per_block, bool)
-        or not isinstance(dims_per_block, int)
-        or dims_per_block < 1
-    ):
-        raise ValueError(f"dims_per_block must be a positive integer, got {dims_per_block!r}")
-    per_vector = {
-        "float32": 4.0 * dim,
-        "float16": 2.0 * dim,
-        "bfloat16": 2.0 * dim,
-        "int8": 1.0 * dim,
-        "scann_ah_codes": ah_code_bytes(dim, dims_per_block),
-    }
-    tree = per_vector["scann_ah_codes"] + _LEAF_INDEX_BYTES
-    per_vector["scann_tree_ah_no_reorder"] = tree
-    per_vector["scann_tree_ah_int8_reorder"] = tree + per_vector["int8"]
-    per_vector["scann_tree_ah_bfloat16_reorder"] = tree + per_vector["bfloat16"]
-    per_vector["scann_tree_ah_float32_reorder"] = tree + per_vector["float32"]
-    return {name: value * 1_000_000 for name, value in per_vector.items()}
-
-
-def bytes_per_vector(params: ScannParams, dim: int, num_vectors: int) -> float:
-    """In-memory bytes per vector of the searcher ``build_searcher(params)`` makes.
-
-    Brute force holds the float32 vectors; tree-AH adds AH codes, a leaf index and its share of
-    the leaf centres to the float32 reorder copy (see ``memory_per_million``).
-    """
-    if params.kind == "brute_force":
-        return float(_FLOAT32_BYTES * dim)
-    centres = params.num_leaves * dim * _FLOAT32_BYTES / max(1, num_vectors)
-    return (
-        _FLOAT32_BYTES * dim
-        + ah_code_bytes(dim, params.dims_per_block)
-        + _LEAF_INDEX_BYTES
-        + centres
-    )
-
-
-def recall_per_query(found: np.ndarray, exact: np.ndarray) -> np.ndarray:
-    """Share of each query's exact top k (``(M, k)``) found among ``found`` (``(M, k')``)."""
-    if found.shape[0] != exact.shape[0]:
-        raise ValueError(f"{found.shape[0]} result rows for {exact.shape[0]} queries")
-    hits = (found[:, :, np.newaxis] == exact[:, np.newaxis, :]).any(axis=1)
-    return hits.sum(axis=1) / exact.shape[1]
-
-
-def single_query_latencies(
-    search_one: Callable[[np.ndarray], object],
-    queries: np.ndarray,
-    rounds: int = LATENCY_ROUNDS,
-) -> np.ndarray:
-    """Seconds per query of ``search_one(query_row)``, the fastest of ``rounds`` rounds each.
-
-    The first query is searched once untimed to warm caches and lazy initialisation.
-    """
-    if queries.shape[0] == 0:
-        raise ValueError("no queries to time")
-    search_one(queries[0])
-    best = np.full(queries.shape[0], np.inf)
-    clock = time.perf_counter
-    for _ in range(rounds):
-        for i, query in enumerate(queries):
-            started = clock()
-            search_one(query)
-            best[i] = min(best[i], clock() - started)
-    return best
-
-
-def batched_qps(
-    search_all: Callable[[np.ndarray], object], queries: np.ndarray, rounds: int = 2
-) -> float:
-    """Queries per second of ``search_all(queries)`` over the whole batch, best of ``rounds``."""
-    best = math.inf
-    for _ in range(rounds):
-        started = time.perf_counter()
-        search_all(queries)
-        best = min(best, time.perf_counter() - started)
-    return queries.shape[0] / best
-
-
-def holdout_queries(
-    database: np.ndarray, num_queries: int, seed: int, noise: float = QUERY_NOISE
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(tuning_database, queries)``: ``num_queries`` rows removed from a copy of ``database``.
-
-    Why held out rather than exact self-queries: a row searched against a database holding it
-    finds itself first with score 1.0 and sits inside the leaf it was assigned to, so recall
-    would be inflated by an answer no real query gets. ann-benchmarks removes its queries from
-    the database for the same reason. A small noise (``QUERY_NOISE``) guards against a
-    duplicate of the row left in the database.
-    """
-    num_vectors, dim = database.shape
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(num_vectors, size=num_queries, replace=False))
-    queries = database[rows] + (noise / math.sqrt(dim)) * rng.standard_normal(
-        (num_queries, dim)
-    ).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    keep = np.ones(num_vectors, dtype=bool)
-    keep[rows] = False
-    return np.ascontiguousarray(database[keep]), np.ascontiguousarray(queries, dtype=np.float32)
 
 
 def leaves_to_search_grid(num_leaves: int, max_fraction: float) -> list[int]:

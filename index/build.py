@@ -1,5 +1,9 @@
 """After the Beam job: embedding table -> ScaNN index shard(s) -> manifest (written last).
 
+This module holds ``BuildConfig`` (what a build is asked for, validated once), ``build_index``
+(the whole build: one shard here, or N shards through a ``ShardRunner``), and the pieces a
+shard builder runs on a worker (``ShardSpec``, ``build_shard``, ``collect_shard_results``).
+
 Layout under an output dir ``OUT`` (local or gs://)::
 
     OUT/table/embeddings-SSSSS-of-NNNNN.parquet   written by the Beam job
@@ -21,15 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from index.manifest import (
     FORMAT_VERSION,
@@ -55,13 +56,66 @@ from index.shards import (
     shard_of_ids,
 )
 from index.table import TABLE_DIR, EmbeddingTable, read_embedding_table, table_files
-from storage.files import delete_tree
+from storage.files import (
+    delete_tree,
+    exists,
+    join_path,
+    json_bytes,
+    open_file,
+    read_json,
+    write_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
-_RAW = CompressionTypes.UNCOMPRESSED
-
 _RESULTS_DIR = "_shard_results"  # each shard builder's manifest pieces, removed after the build
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """What a build is asked for, checked once at construction (ValueError), before any I/O.
+
+    ``version`` is the run id the manifest publishes; ``encoder_spec`` (``EncoderSpec.to_json()``)
+    is recorded in the manifest. ``k`` is the default number of neighbours the index is tuned
+    for. With ``target_recall`` the main index's parameters come from
+    ``index.ann_tuning.autotune_scann`` instead of the size rules (single-shard float32 indexes
+    only). ``num_shards > 1`` splits the rows by ``shard_of_ids``. ``quantize``
+    (``scann_index.QUANTIZE``) is how the image index stores the vectors it scores exactly:
+    float32, bfloat16 or int8 (the joint index, a few hundred dimensions, stays float32).
+    """
+
+    version: str
+    encoder_spec: Mapping[str, Any]
+    k: int = 10
+    target_recall: float | None = None
+    num_shards: int = 1
+    quantize: str = "float32"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.version, str) or not self.version:
+            raise ValueError("version (the run id) must be a non-empty string")
+        k, num_shards = self.k, self.num_shards
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if not isinstance(self.encoder_spec, Mapping):
+            raise ValueError(
+                f"encoder_spec must be a dict (EncoderSpec.to_json()), got {self.encoder_spec!r}"
+            )
+        object.__setattr__(self, "encoder_spec", dict(self.encoder_spec))  # a copy of our own
+        if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
+            raise ValueError(f"num_shards must be a positive integer, got {num_shards!r}")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"quantize must be one of {QUANTIZE}, got {self.quantize!r}")
+        if self.quantize != "float32" and self.target_recall is not None:
+            raise ValueError(
+                "target_recall autotunes with float32 rescoring; a quantized index would not "
+                "keep the recall it measured (autotuning quantized indexes is not supported yet)"
+            )
+        if num_shards > 1 and self.target_recall is not None:
+            raise ValueError(
+                "target_recall autotunes one index; with index shards > 1 each shard takes the "
+                "size rules (autotuning sharded indexes is not supported yet)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +131,7 @@ class ShardSpec:
 
 
 def _shard_result_path(out_dir: str, shard: int) -> str:
-    return FileSystems.join(out_dir, INDEX_DIR, _RESULTS_DIR, f"shard-{shard:05d}.json")
+    return join_path(out_dir, f"{INDEX_DIR}/{_RESULTS_DIR}/shard-{shard:05d}.json")
 
 
 # How the shards of a sharded build run: called with the output dir and every shard's spec
@@ -96,11 +150,10 @@ def collect_shard_results(out_dir: str, specs: Sequence[ShardSpec]) -> list[dict
     results = []
     for spec in specs:
         path = _shard_result_path(out_dir, spec.shard)
-        if not FileSystems.exists(path):
+        if not exists(path):
             raise RuntimeError(f"shard {spec.shard} finished without its result file {path}")
-        with FileSystems.open(path, compression_type=_RAW) as f:
-            results.append(json.loads(f.read().decode("utf-8")))
-    delete_tree(FileSystems.join(out_dir, INDEX_DIR, _RESULTS_DIR))
+        results.append(read_json(path))
+    delete_tree(join_path(out_dir, f"{INDEX_DIR}/{_RESULTS_DIR}"))
     return results
 
 
@@ -169,11 +222,7 @@ def build_shard(spec: ShardSpec) -> dict[str, Any]:
         "joint": joint,
         "files": files,
     }
-    payload = json.dumps(result, sort_keys=True).encode("utf-8")
-    with FileSystems.create(
-        _shard_result_path(spec.out_dir, spec.shard), compression_type=_RAW
-    ) as f:
-        f.write(payload)
+    write_bytes(_shard_result_path(spec.out_dir, spec.shard), json_bytes(result))
     return result
 
 
@@ -190,17 +239,12 @@ def _check_shard_results(results: Sequence[dict[str, Any]]) -> None:
 
 
 def _build_sharded(
-    out_dir: str,
-    paths: Sequence[str],
-    num_shards: int,
-    k: int,
-    run_shards: ShardRunner | None,
-    quantize: str = "float32",
+    out_dir: str, paths: Sequence[str], config: BuildConfig, run_shards: ShardRunner | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None, str, int]:
-    """Build ``num_shards`` shards in parallel; -> (shards, files, joint_index, encoder, dim)."""
+    """Build ``config.num_shards`` shards; -> (shards, files, joint_index, encoder, dim)."""
     specs = [
-        ShardSpec(out_dir, shard, num_shards, tuple(paths), k, quantize)
-        for shard in range(num_shards)
+        ShardSpec(out_dir, shard, config.num_shards, tuple(paths), config.k, config.quantize)
+        for shard in range(config.num_shards)
     ]
     results = (run_shards or build_shards_here)(out_dir, specs)
     _check_shard_results(results)
@@ -222,62 +266,26 @@ def _build_sharded(
 
 def build_index(
     out_dir: str,
-    encoder_spec: dict[str, Any],
+    config: BuildConfig,
     counts: dict[str, int],
-    version: str,
-    k: int = 10,
-    target_recall: float | None = None,
-    num_shards: int = 1,
     run_shards: ShardRunner | None = None,
-    quantize: str = "float32",
 ) -> IndexManifest:
     """Build the ScaNN index of ``OUT/table`` into ``OUT/index`` and publish ``OUT/manifest.json``.
 
-    With ``num_shards > 1`` the rows are split by ``shard_of_ids`` and each shard (and joint
-    shard) is built by ``run_shards`` (default: one after another in this process; the index job
-    passes ``pipelines.build_shards.beam_shard_runner``, one Beam worker per shard); each
-    shard chooses ScaNN parameters for its own size. Autotuning
-    (``target_recall``) is for single-shard indexes only. ``quantize`` (``scann_index.QUANTIZE``)
-    is how the image index stores the vectors it scores exactly: float32, bfloat16 or int8 (the
-    joint index, a few hundred dimensions, stays float32).
+    With ``config.num_shards > 1`` the rows are split by ``shard_of_ids`` and each shard (and
+    joint shard) is built by ``run_shards`` (default: one after another in this process; the
+    index job passes ``pipelines.build_shards.beam_shard_runner``, one Beam worker per shard);
+    each shard chooses ScaNN parameters for its own size. With ``config.target_recall`` the
+    measurements of autotuning are recorded in the manifest's ``tuning``.
 
     ``counts`` are the job's tallies (inputs, duplicates, dead_letters, ...); ``indexed`` is
-    taken from the table and, if given, must agree with it. ``k`` is the default number of
-    neighbours the index is tuned for. With ``target_recall``, the main index's parameters come
-    from ``index.ann_tuning.autotune_scann`` (held-out queries against exact neighbours)
-    instead of the size rules, and the measurements are recorded in the manifest's ``tuning``.
-    Returns the manifest it wrote.
+    taken from the table and, if given, must agree with it. Returns the manifest it wrote.
     """
-    # Validate what the caller passed before reading a large table or deleting anything.
-    if not version:
-        raise ValueError("version (the run id) must be a non-empty string")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if not isinstance(encoder_spec, dict):
-        raise ValueError(
-            f"encoder_spec must be a dict (EncoderSpec.to_json()), got {encoder_spec!r}"
-        )
-    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
-        raise ValueError(f"num_shards must be a positive integer, got {num_shards!r}")
-    if quantize not in QUANTIZE:
-        raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
-    if quantize != "float32" and target_recall is not None:
-        raise ValueError(
-            "target_recall autotunes with float32 rescoring; a quantized index would not keep "
-            "the recall it measured (autotuning quantized indexes is not supported yet)"
-        )
-    if num_shards > 1 and target_recall is not None:
-        raise ValueError(
-            "target_recall autotunes one index; with index shards > 1 each shard takes the "
-            "size rules (autotuning sharded indexes is not supported yet)"
-        )
     paths = table_files(out_dir)
     if not paths:
         raise ValueError(f"empty table: no Parquet files match {out_dir}/{TABLE_DIR}/*.parquet")
-    if num_shards > 1:
-        return _build_index_sharded(
-            out_dir, paths, encoder_spec, counts, version, k, num_shards, run_shards, quantize
-        )
+    if config.num_shards > 1:
+        return _build_index_sharded(out_dir, paths, config, counts, run_shards)
     table = read_embedding_table(paths)
     num_rows = len(table)
     if "indexed" in counts and counts["indexed"] != num_rows:
@@ -286,12 +294,16 @@ def build_index(
     counts = {**counts, "indexed": num_rows}
 
     tuning = None
-    if target_recall is None:
-        params = dataclasses.replace(choose_scann_params(num_rows, table.dim, k), quantize=quantize)
+    if config.target_recall is None:
+        params = dataclasses.replace(
+            choose_scann_params(num_rows, table.dim, config.k), quantize=config.quantize
+        )
     else:
-        from index.ann_tuning import TuningTarget, autotune_scann
+        from index.ann_tuning import autotune_scann
+        from index.ann_tuning_types import TuningTarget
 
-        result = autotune_scann(table.embeddings, TuningTarget(recall=target_recall, k=k))
+        target = TuningTarget(recall=config.target_recall, k=config.k)
+        result = autotune_scann(table.embeddings, target)
         if not result.met_target:
             logger.warning("autotuning missed its target: %s", result.reason)
         params, tuning = result.params, result.to_json()
@@ -299,7 +311,7 @@ def build_index(
     logger.info(
         "indexing %d x %d vectors of %s with %s", num_rows, table.dim, table.encoder_id, params
     )
-    entry, joint, index_entries = _build_and_publish(out_dir, 0, table, params, k)
+    entry, joint, index_entries = _build_and_publish(out_dir, 0, table, params, config.k)
     joint_index = None
     if joint is not None:
         model, model_version = split_model_id(joint["model"])
@@ -314,10 +326,10 @@ def build_index(
 
     manifest = IndexManifest(
         format_version=FORMAT_VERSION,
-        version=version,
+        version=config.version,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         encoder_id=table.encoder_id,
-        encoder_spec=dict(encoder_spec),
+        encoder_spec=dict(config.encoder_spec),
         dim=table.dim,
         counts=counts,
         scann_params=params.to_json(),
@@ -325,7 +337,7 @@ def build_index(
         files=sorted(table_entries + index_entries, key=lambda e: e["path"]),
         joint_index=joint_index,
         tuning=tuning,
-        lineage=full_build_lineage(version, num_rows),
+        lineage=full_build_lineage(config.version, num_rows),
     )
     write_manifest(out_dir, manifest)
     return manifest
@@ -344,7 +356,7 @@ def _check_shard_sizes(paths: Sequence[str], num_shards: int) -> None:
     """
     counts = np.zeros(num_shards, dtype=np.int64)
     for path in paths:
-        with FileSystems.open(path, compression_type=_RAW) as handle:
+        with open_file(path) as handle:
             ids = pq.read_table(handle, columns=["image_id"])["image_id"].to_pylist()
         counts += np.bincount(shard_of_ids(ids, num_shards), minlength=num_shards)
     empty = np.flatnonzero(counts == 0).tolist()
@@ -359,18 +371,15 @@ def _check_shard_sizes(paths: Sequence[str], num_shards: int) -> None:
 def _build_index_sharded(
     out_dir: str,
     paths: Sequence[str],
-    encoder_spec: dict[str, Any],
+    config: BuildConfig,
     counts: dict[str, int],
-    version: str,
-    k: int,
-    num_shards: int,
     run_shards: ShardRunner | None,
-    quantize: str = "float32",
 ) -> IndexManifest:
+    num_shards = config.num_shards
     _check_shard_sizes(paths, num_shards)
     remove_previous_index(out_dir)
     shards, index_entries, joint_index, encoder_id, dim = _build_sharded(
-        out_dir, paths, num_shards, k, run_shards, quantize
+        out_dir, paths, config, run_shards
     )
     num_rows = sum(shard["count"] for shard in shards)
     if "indexed" in counts and counts["indexed"] != num_rows:
@@ -378,10 +387,10 @@ def _build_index_sharded(
     table_entries = [file_entry(path, out_dir) for path in sorted(paths)]
     manifest = IndexManifest(
         format_version=FORMAT_VERSION,
-        version=version,
+        version=config.version,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         encoder_id=encoder_id,
-        encoder_spec=dict(encoder_spec),
+        encoder_spec=dict(config.encoder_spec),
         dim=dim,
         counts={**counts, "indexed": num_rows},
         # Each shard records its own parameters; this is shard 0's, for readers of one value.
@@ -390,7 +399,7 @@ def _build_index_sharded(
         files=sorted(table_entries + index_entries, key=lambda e: e["path"]),
         joint_index=joint_index,
         sharding={"assignment": SHARD_ASSIGNMENT, "num_shards": num_shards},
-        lineage=full_build_lineage(version, num_rows),
+        lineage=full_build_lineage(config.version, num_rows),
     )
     write_manifest(out_dir, manifest)
     return manifest

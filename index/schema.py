@@ -1,4 +1,9 @@
-"""TODO docstring for index.schema."""
+"""The embedding table's columns: the contract between the index job, serving and training.
+
+The index job writes these Parquet columns (``embedding_table_schema``); ``index.table`` reads
+them back for the ScaNN build, serving and the trainers. Compact storages (float16, int8 with a
+per-row scale) are converted here in both directions, so every reader gets float32.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO docstring for index.shards."""
+"""An index shard's files: where they live, which rows they hold, and how they are published.
+
+A shard is a folder ``OUT/index/shard-NNNNN`` (or ``joint-shard-NNNNN``) holding a ScaNN
+searcher and its ``ids.parquet`` (row -> image_id, uri). This module assigns ids to shards
+(``shard_of_ids``), writes and reads the ids file, uploads a built searcher (``publish_shard``),
+downloads one for ScaNN to load (``download_shard``) and removes a previous index.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +18,21 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from index.manifest import MANIFEST_NAME, file_entry
 from index.scann_index import (
     save_searcher,
 )
-from storage.files import copy_file, delete_tree, join_path, relative_path
+from storage.files import (
+    copy_file,
+    create_file,
+    delete_file,
+    delete_tree,
+    is_local,
+    join_path,
+    open_file,
+    relative_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +40,6 @@ INDEX_DIR = "index"
 
 IDS_FILE = "ids.parquet"
 
-_RAW = CompressionTypes.UNCOMPRESSED
 _CHUNK_BYTES = 4 * 2**20
 
 IDS_SCHEMA = pa.schema(
@@ -112,7 +124,7 @@ def write_ids(path: str, image_ids: Sequence[str], uris: Sequence[str]) -> None:
 
 def read_ids(path: str) -> tuple[list[str], list[str]]:
     """``(image_ids, uris)`` of a shard's ``ids.parquet`` (local or gs://), in row order."""
-    with FileSystems.open(path, compression_type=_RAW) as handle:
+    with open_file(path) as handle:
         table = pq.read_table(handle, columns=["row", "image_id", "uri"])
     rows = table["row"].to_numpy()
     if not np.array_equal(rows, np.arange(len(rows))):
@@ -125,11 +137,10 @@ def remove_previous_index(out_dir: str) -> None:
 
     The manifest goes first so that no reader trusts a half-deleted index.
     """
-    manifest_path = FileSystems.join(out_dir, MANIFEST_NAME)
-    if FileSystems.exists(manifest_path):
-        logger.info("removing previous manifest %s", manifest_path)
-        FileSystems.delete([manifest_path])
-    index_path = FileSystems.join(out_dir, INDEX_DIR)
+    manifest_path = join_path(out_dir, MANIFEST_NAME)
+    if delete_file(manifest_path):
+        logger.info("removed previous manifest %s", manifest_path)
+    index_path = join_path(out_dir, INDEX_DIR)
     logger.info("removing any previous index under %s", index_path)
     delete_tree(index_path)
 
@@ -143,7 +154,7 @@ def _upload(local_path: str, destination: str) -> tuple[int, str]:
     size = 0
     with (
         open(local_path, "rb") as source,
-        FileSystems.create(destination, compression_type=_RAW) as target,
+        create_file(destination) as target,
     ):
         while chunk := source.read(_CHUNK_BYTES):
             digest.update(chunk)
@@ -164,9 +175,9 @@ def publish_shard(
     Row ``i`` of the searcher is ``image_ids[i]``: the ids file is the shard's local-row ->
     global-id map, so shards need no shared row numbering.
     """
-    shard_dir = FileSystems.join(out_dir, *shard_rel.split("/"))
+    shard_dir = join_path(out_dir, shard_rel)
     entries = []
-    if FileSystems.get_scheme(shard_dir) is None:
+    if is_local(shard_dir):
         # A local version: serialize in place (no staging copy of a shard that may be GBs).
         delete_tree(shard_dir)  # what an interrupted attempt left there is not this shard
         save_searcher(searcher, shard_dir)
@@ -178,7 +189,7 @@ def publish_shard(
         save_searcher(searcher, staging)
         write_ids(os.path.join(staging, IDS_FILE), image_ids, uris)
         for name in sorted(os.listdir(staging)):
-            destination = FileSystems.join(shard_dir, name)
+            destination = join_path(shard_dir, name)
             size, sha256 = _upload(os.path.join(staging, name), destination)
             entries.append(
                 {"path": relative_path(destination, out_dir), "bytes": size, "sha256": sha256}

@@ -15,20 +15,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from index.schema import EMBEDDING_SCALE, JOINT_EMBEDDING, JOINT_MODEL, dequantize_int8
 from index.shards import shard_of_ids
-from storage.files import join_uri
+from storage.files import join_path, list_files, open_file
 
 logger = logging.getLogger(__name__)
 
 TABLE_DIR = "table"
 
 _TABLE_COLUMNS = ["image_id", "uri", "embedding", "encoder"]
-
-_RAW = CompressionTypes.UNCOMPRESSED
 
 # Encoders promise unit-norm rows; ScaNN's dot product equals cosine only if they are.
 _NORM_TOLERANCE = 1e-3
@@ -59,7 +55,7 @@ class EmbeddingTable:
 
 def table_files(out_dir: str) -> list[str]:
     """Sorted paths of ``OUT/table/*.parquet``."""
-    return parquet_files(FileSystems.join(out_dir, TABLE_DIR))
+    return parquet_files(join_path(out_dir, TABLE_DIR))
 
 
 def _embedding_dim(field_type: pa.DataType, path: str, column: str = "embedding") -> int:
@@ -121,7 +117,7 @@ def read_embedding_table(
     dims: dict[str, int] = {}
     joint_dims: dict[str, int | None] = {}
     for path in paths:
-        with FileSystems.open(path, compression_type=_RAW) as handle:
+        with open_file(path) as handle:
             try:
                 parquet = pq.ParquetFile(handle)
                 names = parquet.schema_arrow.names
@@ -237,9 +233,12 @@ def _check_unique_ids(table: pa.Table) -> None:
 def table_has_columns(out_dir: str, columns: Sequence[str]) -> bool:
     """Whether every Parquet file of ``OUT/table`` has all ``columns``."""
     files = table_files(out_dir)
-    return bool(files) and all(
-        set(columns) <= set(pq.ParquetFile(path).schema_arrow.names) for path in files
-    )
+    return bool(files) and all(set(columns) <= set(_column_names(path)) for path in files)
+
+
+def _column_names(path: str) -> list[str]:
+    with open_file(path) as handle:
+        return pq.ParquetFile(handle).schema_arrow.names
 
 
 def read_table_columns(
@@ -251,11 +250,12 @@ def read_table_columns(
     """
     by_id: dict[str, dict[str, Any]] = {}
     for path in table_files(out_dir):
-        names = pq.ParquetFile(path).schema_arrow.names
-        missing = [c for c in columns if c not in names]
+        missing = [c for c in columns if c not in _column_names(path)]
         if missing:
             raise KeyError(f"{path} has no {missing} column(s): index with the flag that adds it")
-        for row in pq.read_table(path, columns=["image_id", *columns]).to_pylist():
+        with open_file(path) as handle:
+            part = pq.read_table(handle, columns=["image_id", *columns])
+        for row in part.to_pylist():
             by_id[row["image_id"]] = row
     lost = [i for i in image_ids if i not in by_id]
     if lost:
@@ -265,11 +265,10 @@ def read_table_columns(
 
 def parquet_files(folder: str) -> list[str]:
     """Sorted paths of the Parquet files directly in ``folder`` (local or gs://)."""
-    matched = FileSystems.match([join_uri(folder, "*.parquet")])[0].metadata_list
-    return sorted(m.path for m in matched)
+    return list_files(folder, "*.parquet")
 
 
 def parquet_rows(path: str) -> int:
     """Rows in one Parquet file, read from its footer only."""
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
+    with open_file(path) as handle:
         return pq.ParquetFile(handle).metadata.num_rows

@@ -1,7 +1,7 @@
 """Small increments to a built index: ScaNN upsert/delete per shard, or a rebuild when one is due.
 
-``update_index(base, out, new_rows, delete_ids, version)`` reads a published index version
-``base`` (verified against its manifest) and writes a new, complete version at ``out``:
+``update_index(UpdateRequest(base, out, new_rows, delete_ids, version))`` reads a published index
+version ``base`` (verified against its manifest) and writes a new, complete version at ``out``:
 
 - ``out/table``: the base table files, copied byte for byte when no row of theirs changes and
   rewritten without the deleted/replaced rows otherwise, plus the new rows' files;
@@ -13,18 +13,10 @@
 
 The base is never modified, so serving can keep it until the pointer moves.
 
-When a rebuild is due (``RebuildRule``), the same new table is indexed from scratch by
-``build_index`` instead, with the base's shard count, and the lineage starts again.
-
-Why a rebuild is ever due: a tree-AH shard's k-means partitions and AH codebook were trained on
-the rows of the full build. Rows added later are assigned to the nearest existing leaf and
-encoded with the old codebook; while they are a small share of the shard and come from the same
-distribution, recall holds (ScaNN's own mutation support is built for that), but as they grow
-the leaves unbalance and the codebook stops fitting, and nothing short of retraining recovers
-it. Counting changes is cheap and predictable, so the rule is a threshold on the share of rows
-upserted or deleted since the last full build (10% by default), plus a rebuild whenever a
-shard's size would change its ScaNN kind under ``choose_scann_params`` (a brute-force shard
-growing past 20k rows should become a tree; a tree shrinking below should be exact).
+Whether the shards are mutated or rebuilt is ``index.update_policy.decide``'s call, given the
+change counts (its docstring says why a rebuild is ever due). When a rebuild is due, the same
+new table is indexed from scratch by ``build_index`` instead, with the base's shard count, and
+the lineage starts again.
 """
 
 from __future__ import annotations
@@ -34,17 +26,15 @@ import dataclasses
 import datetime as dt
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
-from index.build import build_index, full_build_lineage
+from index.build import BuildConfig, build_index, full_build_lineage
 from index.manifest import (
     MANIFEST_NAME,
     IndexManifest,
@@ -53,7 +43,7 @@ from index.manifest import (
     verify_files,
     write_manifest,
 )
-from index.scann_index import ScannParams, choose_scann_params, load_searcher
+from index.scann_index import ScannParams, load_searcher
 from index.shards import (
     INDEX_DIR,
     SHARD_ASSIGNMENT,
@@ -64,86 +54,66 @@ from index.shards import (
     shard_of_ids,
 )
 from index.table import TABLE_DIR, EmbeddingTable, read_embedding_table
-from storage.files import copy_file, delete_tree, join_path
+from index.update_policy import (
+    DEFAULT_MAX_CHANGED_FRACTION,
+    Changes,
+    IndexFacts,
+    RunRequest,
+    UpdateDecision,
+    decide,
+)
+from storage.files import (
+    copy_file,
+    create_file,
+    delete_tree,
+    exists,
+    is_local,
+    join_path,
+    join_uri,
+    open_file,
+    read_bytes,
+)
 
 logger = logging.getLogger(__name__)
-
-_RAW = CompressionTypes.UNCOMPRESSED
-
-# See the module docstring: the share of rows changed since the last full build beyond which
-# partitions and codebooks trained on the old rows are retrained rather than patched.
-DEFAULT_MAX_CHANGED_FRACTION = 0.10
 
 _UPSERT_BATCH = 256
 
 
 @dataclasses.dataclass(frozen=True)
-class RebuildDecision:
-    rebuild: bool
-    reason: str
-    changed_fraction: float  # rows upserted + deleted since the last full build / rows then
+class UpdateRequest:
+    """One update: ``base_dir`` + ``new_rows`` - ``delete_ids``, written as ``version`` at
+    ``out_dir``. ``new_rows`` are Parquet files in the embedding-table schema (a row whose
+    image_id is already indexed replaces it); ``delete_ids`` must all be indexed and may not
+    also be upserted. ``counts`` are the caller's tallies for the manifest (an index job's
+    inputs, duplicates, ...); an ``indexed`` among them must equal the rows the update leaves.
+    """
 
-
-@dataclasses.dataclass(frozen=True)
-class RebuildRule:
-    """When an update rebuilds the index instead of mutating it (see the module docstring)."""
-
-    max_changed_fraction: float = DEFAULT_MAX_CHANGED_FRACTION
+    base_dir: str
+    out_dir: str
+    new_rows: Sequence[str] = ()
+    delete_ids: Sequence[str] = ()
+    version: str = ""
+    max_changed_fraction: float = DEFAULT_MAX_CHANGED_FRACTION  # the rebuild rule's threshold
+    k: int = 10
+    counts: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "new_rows", tuple(self.new_rows))
+        object.__setattr__(self, "delete_ids", tuple(dict.fromkeys(self.delete_ids)))
+        if not self.version:
+            raise ValueError("version (the new version's name) must be a non-empty string")
+        if self.out_dir.rstrip("/") == self.base_dir.rstrip("/"):
+            raise ValueError("out_dir must differ from base_dir: a published version is immutable")
         if not 0.0 <= self.max_changed_fraction:
             raise ValueError(f"max_changed_fraction must be >= 0, got {self.max_changed_fraction}")
-
-    def decide(
-        self,
-        manifest: IndexManifest,
-        upserted: int,
-        deleted: int,
-        shard_counts: Sequence[int],
-        k: int,
-    ) -> RebuildDecision:
-        """Decide for an update of ``manifest`` by ``upserted``/``deleted`` rows.
-
-        ``shard_counts`` are the shards' sizes after the update, in manifest order.
-        """
-        lineage = manifest.lineage or full_build_lineage(
-            manifest.version, manifest.counts.get("indexed", 0)
-        )
-        built = max(1, int(lineage["built_count"]))
-        changed = upserted + deleted
-        changed += sum(u["upserted"] + u["deleted"] for u in lineage["updates"])
-        fraction = changed / built
-        if fraction > self.max_changed_fraction:
-            return RebuildDecision(
-                True,
-                f"{changed} rows changed since the full build {lineage['built_from']} "
-                f"({fraction:.1%} of {built}) exceeds {self.max_changed_fraction:.1%}",
-                fraction,
-            )
-        for shard, count in zip(manifest.shards, shard_counts, strict=True):
-            if count == 0:
-                return RebuildDecision(True, f"{shard['index_dir']} would be empty", fraction)
-            kind = ScannParams.from_json(manifest.shard_params(shard)).kind
-            wanted = choose_scann_params(count, manifest.dim, k).kind
-            if wanted != kind:
-                return RebuildDecision(
-                    True,
-                    f"{shard['index_dir']} would hold {count} rows, which calls for a "
-                    f"{wanted} index, not its {kind}",
-                    fraction,
-                )
-        return RebuildDecision(
-            False,
-            f"{changed} rows changed since the full build ({fraction:.1%} of {built}) is within "
-            f"{self.max_changed_fraction:.1%}",
-            fraction,
-        )
+        if self.k < 1:
+            raise ValueError(f"k must be positive, got {self.k}")
 
 
 @dataclasses.dataclass(frozen=True)
 class UpdateResult:
     manifest: IndexManifest
-    decision: RebuildDecision
+    decision: UpdateDecision
     upserted: int
     deleted: int
 
@@ -153,10 +123,6 @@ class UpdateResult:
             f"version {self.manifest.version}: {how}; upserted {self.upserted}, deleted "
             f"{self.deleted}, {self.manifest.counts['indexed']} images; {self.decision.reason}"
         )
-
-
-def _file_name(path: str) -> str:
-    return FileSystems.split(path)[1]
 
 
 def _write_table(
@@ -177,22 +143,22 @@ def _write_table(
     for entry in manifest.files_under(TABLE_DIR):
         source = join_path(base_dir, entry["path"])
         destination = join_path(out_dir, entry["path"])
-        with FileSystems.open(source, compression_type=_RAW) as handle:
+        with open_file(source) as handle:
             ids = pq.read_table(handle, columns=["image_id"])["image_id"]
         if not pc.any(pc.is_in(ids, value_set=removed_array)).as_py():
             copy_file(source, destination)  # byte for byte: on gs:// no decode, no re-encode
             entries.append(dict(entry))
             continue
-        with FileSystems.open(source, compression_type=_RAW) as handle:
+        with open_file(source) as handle:
             table = pq.read_table(handle)
         kept = table.filter(pc.invert(pc.is_in(table["image_id"], value_set=removed_array)))
         if kept.num_rows:
-            with FileSystems.create(destination, compression_type=_RAW) as handle:
+            with create_file(destination) as handle:
                 pq.write_table(kept, handle)
             entries.append(file_entry(destination, out_dir))
     for number, path in enumerate(sorted(new_paths)):
         name = f"embeddings-update-{version}-{number:05d}.parquet"
-        destination = FileSystems.join(out_dir, TABLE_DIR, name)
+        destination = join_path(out_dir, f"{TABLE_DIR}/{name}")
         copy_file(path, destination)
         entries.append(file_entry(destination, out_dir))
     return entries
@@ -240,7 +206,7 @@ def _mutate_shard(
     from scann.scann_ops.py.scann_ops_pybind import ScannSearcher  # lazy: imports TF
 
     image_ids, _ = read_ids(join_path(base_dir, shard["ids_file"]))
-    if FileSystems.get_scheme(base_dir) is None:
+    if is_local(base_dir):
         loaded = load_searcher(join_path(base_dir, shard["index_dir"]))  # verified, read-only
     else:
         with tempfile.TemporaryDirectory(prefix="imgsearch-update-") as local:
@@ -268,41 +234,26 @@ def _mutate_shard(
     return {"entry": entry, "files": files}
 
 
-def update_index(
-    base_dir: str,
-    out_dir: str,
-    new_rows: Sequence[str] = (),
-    delete_ids: Sequence[str] = (),
-    version: str = "",
-    rule: RebuildRule | None = None,
-    k: int = 10,
-    counts: dict[str, int] | None = None,
-) -> UpdateResult:
-    """Write version ``version`` at ``out_dir``: ``base_dir`` + ``new_rows`` - ``delete_ids``.
+def update_index(request: UpdateRequest) -> UpdateResult:
+    """Write ``request.version`` at ``request.out_dir`` (see ``UpdateRequest``).
 
-    ``new_rows`` are Parquet files in the embedding-table schema (e.g. an incremental index
-    job's table); a row whose image_id is already indexed replaces it. ``delete_ids`` must all
-    be indexed and may not also be upserted. ``counts`` are the caller's tallies for the
-    manifest (an index job's inputs, duplicates, ...); an ``indexed`` among them must equal the
-    rows the update leaves, checked before anything is written. Raises ValueError for any of
-    that, for rows of another encoder, and when ``out_dir`` already holds a published version.
+    Every check runs before anything is written: ValueError for ids to delete that are not
+    indexed or also upserted, rows of another encoder or joint model, ``counts['indexed']``
+    that differs from what the update leaves, and an ``out_dir`` that already holds a version.
     """
-    rule = rule or RebuildRule()
-    if not version:
-        raise ValueError("version (the new version's name) must be a non-empty string")
-    if out_dir.rstrip("/") == base_dir.rstrip("/"):
-        raise ValueError("out_dir must differ from base_dir: a published version is immutable")
-    if FileSystems.exists(FileSystems.join(out_dir, MANIFEST_NAME)):
+    base_dir, out_dir, version, k = request.base_dir, request.out_dir, request.version, request.k
+    new_rows, counts = list(request.new_rows), request.counts
+    if exists(join_uri(out_dir, MANIFEST_NAME)):
         raise ValueError(f"{out_dir} already holds a published version; pick a new folder")
     manifest = read_manifest(base_dir)
     verify_files(base_dir, manifest)
-    new = read_embedding_table(list(new_rows)) if new_rows else None
+    new = read_embedding_table(new_rows) if new_rows else None
     _check_new_rows(manifest, new)
     upsert_ids = [] if new is None else list(new.image_ids)
 
     shard_ids = [read_ids(join_path(base_dir, s["ids_file"]))[0] for s in manifest.shards]
     shard_of = {image_id: n for n, ids in enumerate(shard_ids) for image_id in ids}
-    deletes = list(dict.fromkeys(delete_ids))
+    deletes = list(request.delete_ids)
     unknown = [image_id for image_id in deletes if image_id not in shard_of]
     if unknown:
         raise ValueError(
@@ -334,13 +285,21 @@ def update_index(
             f"counts['indexed'] is {counts['indexed']} but the update leaves "
             f"{sum(shard_counts)} rows indexed"
         )
-    decision = rule.decide(manifest, len(upsert_ids), len(deletes), shard_counts, k)
+    # The base's own shard count and quantization: an update never changes them.
+    asked = RunRequest(
+        len(manifest.shards),
+        ScannParams.from_json(manifest.scann_params).quantize,
+        max_changed_fraction=request.max_changed_fraction,
+        k=k,
+    )
+    changes = Changes(len(upsert_ids), len(deletes), tuple(shard_counts))
+    decision = decide(IndexFacts.of(manifest), asked, changes)
     logger.info("updating %s -> %s: %s", base_dir, out_dir, decision.reason)
 
     removed = set(deletes) | {i for i in upsert_ids if i in shard_of}
     for folder in (TABLE_DIR, INDEX_DIR):  # what an interrupted attempt left is not this version
-        delete_tree(FileSystems.join(out_dir, folder))
-    table_entries = _write_table(base_dir, manifest, out_dir, list(new_rows), removed, version)
+        delete_tree(join_uri(out_dir, folder))
+    table_entries = _write_table(base_dir, manifest, out_dir, new_rows, removed, version)
     new_counts = {
         **(counts or {}),
         "indexed": sum(shard_counts),
@@ -350,12 +309,14 @@ def update_index(
     if decision.rebuild:
         rebuilt = build_index(
             out_dir,
-            manifest.encoder_spec,
+            BuildConfig(
+                version,
+                manifest.encoder_spec,
+                k=k,
+                num_shards=num_shards,
+                quantize=ScannParams.from_json(manifest.scann_params).quantize,
+            ),
             new_counts,
-            version,
-            k=k,
-            num_shards=num_shards,
-            quantize=ScannParams.from_json(manifest.scann_params).quantize,
         )
         return UpdateResult(rebuilt, decision, len(upsert_ids), len(deletes))
 
@@ -455,18 +416,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = version_dir(args.root, args.run_version)
     deletes: list[str] = []
     if args.delete:
-        with FileSystems.open(args.delete, compression_type=_RAW) as f:
-            deletes = [
-                line.strip() for line in f.read().decode("utf-8").splitlines() if line.strip()
-            ]
+        text = read_bytes(args.delete).decode("utf-8")
+        deletes = [line.strip() for line in text.splitlines() if line.strip()]
     result = update_index(
-        base,
-        out,
-        args.add,
-        deletes,
-        args.run_version,
-        RebuildRule(args.max_changed_fraction),
-        k=args.neighbors,
+        UpdateRequest(
+            base,
+            out,
+            args.add,
+            deletes,
+            args.run_version,
+            max_changed_fraction=args.max_changed_fraction,
+            k=args.neighbors,
+        )
     )
     if args.root:
         from index.publish import write_pointer

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from encoders.joint import JOINT_KINDS, JointModel
+from storage.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +78,6 @@ def check_model_name(name: str) -> str:
             f"digits, '.', '_' and '-' (at most 100 characters)"
         )
     return name
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @functools.cache
@@ -164,7 +157,9 @@ def save_model_version(
     try:
         write_files(temp)
         _write_json(temp / CONFIG_FILE, config)
-        files = {path.name: _sha256_file(path) for path in sorted(temp.iterdir()) if path.is_file()}
+        files = {
+            path.name: sha256_file(str(path)) for path in sorted(temp.iterdir()) if path.is_file()
+        }
         content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         version = f"{now:%Y%m%dT%H%M%SZ}-{content[:8]}"
         saved_at = now.isoformat(timespec="seconds")
@@ -273,7 +268,7 @@ def load_joint_model(models_dir: str | Path, name: str, version: str = LATEST) -
             f"embedding ({' or '.join(JOINT_KINDS)})"
         )
     recorded = read_metadata(folder).get("files", {}).get(WEIGHTS_FILE)
-    if recorded is not None and recorded != _sha256_file(folder / WEIGHTS_FILE):
+    if recorded is not None and recorded != sha256_file(str(folder / WEIGHTS_FILE)):
         raise ValueError(f"{folder / WEIGHTS_FILE} does not match the sha256 in its metadata")
     with np.load(folder / WEIGHTS_FILE, allow_pickle=False) as arrays:
         weights = {key: arrays[key] for key in arrays.files}

@@ -1,4 +1,9 @@
-"""TODO docstring for models.captioner."""
+"""Which captioner an index job runs: one pinned version, checked before launch.
+
+``resolve_captioner`` runs in the launching process and pins one version of a captioner in a
+models directory, so every worker loads the same weights even if ``LATEST`` moves during the
+job; ``pipelines.captions`` runs it on batches of spatial maps.
+"""
 
 from __future__ import annotations
 

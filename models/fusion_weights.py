@@ -1,18 +1,18 @@
-"""TODO docstring for models.fusion_weights."""
+"""Fitted fusion weights: the model the fusion trainer saves and fused search reads.
+
+``evaluation.train_fusion_job`` fits per-part weights (joint, caption, tags) on a dev split and
+saves them as the ``fusion`` model; serving and the eval job read the latest version here.
+"""
 
 from __future__ import annotations
 
-import logging
-
-logger = logging.getLogger(__name__)
+from models.artifacts import read_config, resolve_version
 
 FUSION_MODEL = "fusion"
 
 
 def fusion_weights(models_dir) -> tuple[dict[str, float], str] | None:
     """The latest fitted fusion weights in ``models_dir`` (and their version), or None."""
-    from models.artifacts import read_config, resolve_version
-
     if models_dir is None:
         return None
     try:

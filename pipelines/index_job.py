@@ -2,9 +2,14 @@
 
 ``run(argv)`` parses and validates flags into an ``IndexConfig``; ``build_pipeline`` only wires
 transforms; the ScaNN build runs after the Beam job, over the table the job wrote (in the
-launching process, or one Beam worker per shard with ``--index_shards``). With ``--previous``
-made the way this run makes rows, the job writes only a delta and ``pipelines.delta`` updates
-the previous version's table and index in place instead.
+launching process, or one Beam worker per shard with ``--index_shards``).
+
+With ``--previous``, one diff (``pipelines.incremental.diff``) says per content what changed
+since the previous version, and the way decided at the edge (``config.reuse.decision``)
+picks the applier: in place, the job writes only a delta and
+``pipelines.incremental.apply.apply_in_place`` updates the previous version's table and index;
+otherwise the job rewrites the whole table (unchanged rows re-read, not re-encoded) and the
+index is built over it as for a full run.
 """
 
 from __future__ import annotations
@@ -19,14 +24,20 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders.registry import check_image_encoder, image_encoder_dim
-from index.build import build_index
+from index.build import BuildConfig, build_index
 from index.manifest import IndexManifest
 from index.update import UpdateResult
 from pipelines.build_shards import beam_shard_runner
 from pipelines.captions import AddCaptions
 from pipelines.corpus import ReadCorpus, check_corpus_exists
-from pipelines.delta import PlanDelta, WriteDeletedIds, apply_delta, delta_dir, plan_in_place
-from pipelines.incremental import TABLE_DIR, SplitReusable
+from pipelines.incremental.apply import (
+    WriteDeletedIds,
+    apply_in_place,
+    delta_dir,
+    delta_table_dir,
+)
+from pipelines.incremental.diff import DELETED, DUPLICATES, NEEDS_JOINT, REFRESHED, DiffPrevious
+from pipelines.incremental.plan import ENCODE
 from pipelines.io import (
     WriteDeadLetters,
     WriteDuplicates,
@@ -43,7 +54,6 @@ from pipelines.transforms import (
     EncodeImages,
     HashImages,
 )
-from storage.files import join_uri
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +68,17 @@ class IndexImages(beam.PTransform):
     def expand(self, refs):
         size = (self.config.encoder.image_size, self.config.encoder.image_size)
         hashed, unreadable = refs | "Hash" >> HashImages(self.config.fetch_limits)
-        reuse, deleted = self.config.reuse, None
-        if self.config.updates_in_place:
-            # Only what changed is written; unchanged rows stay in the previous version's files.
-            delta = hashed | "PlanDelta" >> PlanDelta(reuse)
-            unique, duplicates, deleted = delta["encode"], delta["duplicates"], delta["deleted"]
-            reused, needs_joint = delta["refreshed"], delta["needs_joint"]
-        else:
+        reused = needs_joint = deleted = None
+        if self.config.reuse is None:
             unique, duplicates = hashed | "Dedupe" >> DedupeImages()
-            reused = needs_joint = None
-            if reuse is not None:
-                # Only content the previous version lacks (or made otherwise) goes on.
-                unique, reused, needs_joint = unique | "Reuse" >> SplitReusable(reuse)
+        else:
+            # Dedupe and diff in one shuffle: only content the previous version lacks (or made
+            # otherwise) is encoded; stored rows to write again come back re-labelled.
+            diff = hashed | "DiffPrevious" >> DiffPrevious(self.config.reuse)
+            unique, duplicates = diff[ENCODE], diff[DUPLICATES]
+            reused, needs_joint = diff[REFRESHED], diff[NEEDS_JOINT]
+            if self.config.updates_in_place:
+                deleted = diff[DELETED]
         decoded, undecodable = unique | "Decode" >> DecodeImages(
             size, self.config.decode_limits, self.config.fetch_limits
         )
@@ -106,9 +115,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: IndexConfig) -> None:
     joint_dim = config.joint_model.dim if config.joint_model is not None else None
     in_place = outputs["deleted"] is not None
     if in_place:
-        _ = outputs["deleted"] | "WriteDeleted" >> WriteDeletedIds(delta_dir(config))
+        _ = outputs["deleted"] | "WriteDeleted" >> WriteDeletedIds(delta_dir(config.out))
     _ = outputs["rows"] | "WriteTable" >> WriteEmbeddingTable(
-        join_uri(delta_dir(config), TABLE_DIR) if in_place else config.table_dir,
+        delta_table_dir(config.out) if in_place else config.table_dir,
         dim,
         config.table_shards,
         joint_dim,
@@ -126,7 +135,7 @@ class IndexResult:
     counts: dict[str, int]
     top_dead_letter_reasons: list[tuple[str, int]]
     manifest: IndexManifest
-    update: UpdateResult | None = None  # of an in-place update (pipelines.delta)
+    update: UpdateResult | None = None  # of an in-place update (pipelines.incremental)
 
     def summary(self) -> str:
         c = self.counts
@@ -174,7 +183,7 @@ def collect_counts(config: IndexConfig, result) -> dict[str, int]:
     }
     inputs = _counter(result, "inputs")
     if config.updates_in_place:
-        # The table is written after the job (apply_delta). What it must hold follows from the
+        # The table is written after the job (apply_in_place). What it must hold follows from the
         # inputs; update_index checks that against the updated index before writing anything.
         if inputs is None:
             raise RuntimeError("the runner reported no 'inputs' counter: cannot account for rows")
@@ -205,11 +214,11 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
     config = IndexConfig.from_options(options)
     check_corpus_exists(config.corpus, config.corpus_format)
     check_image_encoder(config.encoder)  # unknown names, missing weights: fail before any work
-    config = plan_in_place(config)
     clear_previous_output(config.out)
     logger.info("indexing %s -> %s with %s", config.corpus, config.out, config.encoder)
     if config.reuse is not None:
-        logger.info("reusing unchanged rows of %s", config.reuse.table_dir)
+        way = "in place" if config.updates_in_place else "by a rewrite"
+        logger.info("reusing unchanged rows of %s %s", config.reuse.table_dir, way)
 
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)
@@ -221,20 +230,29 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
 
     counts = collect_counts(config, result)
     if config.updates_in_place:
-        update = apply_delta(config, counts)
+        update = apply_in_place(
+            config.reuse,
+            config.out,
+            config.version,
+            counts,
+            k=config.neighbors,
+            max_changed_fraction=config.max_changed_fraction,
+        )
         counts = {**counts, "indexed": update.manifest.counts["indexed"]}
         reasons = dead_letter_reasons(config.dead_letters_dir)
         return IndexResult(config, counts, reasons, update.manifest, update)
     manifest = build_index(
         config.out,
-        config.encoder.to_json(),
+        BuildConfig(
+            config.version,
+            config.encoder.to_json(),
+            k=config.neighbors,
+            target_recall=config.target_recall,
+            num_shards=config.index_shards,
+            quantize=config.index_quantize,
+        ),
         counts,
-        config.version,
-        k=config.neighbors,
-        target_recall=config.target_recall,
-        num_shards=config.index_shards,
         run_shards=beam_shard_runner(options),
-        quantize=config.index_quantize,
     )
     return IndexResult(config, counts, dead_letter_reasons(config.dead_letters_dir), manifest)
 

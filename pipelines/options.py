@@ -25,7 +25,7 @@ from storage.fetch import FetchLimits
 from storage.files import join_uri
 
 if TYPE_CHECKING:
-    from pipelines.incremental import ReusePlan
+    from pipelines.incremental.plan import ReusePlan
 
 
 CORPUS_FORMATS = ("auto", "files", "manifest")
@@ -154,8 +154,8 @@ class IndexConfig:
 
     @property
     def updates_in_place(self) -> bool:
-        """Whether this run updates ``--previous`` in place (``pipelines.delta``)."""
-        return self.reuse is not None and self.reuse.update_in_place
+        """Whether this run updates ``--previous`` in place (``pipelines.incremental``)."""
+        return self.reuse is not None and self.reuse.in_place
 
     @property
     def table_dir(self) -> str:
@@ -221,7 +221,7 @@ class IndexConfig:
             captioner = resolve_captioner(opts.models, opts.captioner, encoder, opts.caption_beam)
         reuse = None
         if opts.previous:
-            reuse = _reuse_plan(opts.previous, opts.out, encoder, joint_model, tag_head, captioner)
+            reuse = _reuse_plan(opts, encoder, joint_model, tag_head, captioner)
         return cls(
             captioner=captioner,
             tag_head=tag_head,
@@ -251,31 +251,34 @@ class IndexConfig:
 
 
 def _reuse_plan(
-    previous: str,
-    out: str,
+    opts: IndexOptions,
     encoder: EncoderSpec,
     joint_model: JointModelRef | None,
     tag_head: str | None = None,
     captioner: CaptionerRef | None = None,
 ) -> ReusePlan:
-    """Resolve ``--previous`` to a complete version and pin what its rows must match.
+    """Resolve ``--previous`` to a complete version, pin what its rows must match, and decide
+    (``pipelines.incremental.decide``) whether this run updates it in place or rewrites it.
 
     Besides the encoder (and joint model) version, a stored row is reused only if it carries
     the tags and caption this run adds, made by the same head and captioner versions.
     """
-    from encoders.registry import image_encoder_id
+    from encoders.registry import image_encoder_dim, image_encoder_id
     from encoders.tags import tag_head_version
-    from index.schema import CAPTION_MODEL, TAG_MODEL
-    from pipelines.incremental import ReusePlan, resolve_previous, same_location
+    from index.schema import CAPTION_MODEL, TAG_MODEL, embedding_table_schema
+    from index.update_policy import RunRequest
+    from pipelines.incremental.decide import build_plan
 
-    index_dir, version = resolve_previous(previous)
-    if same_location(index_dir, out):
-        # The job clears --out before it runs: it would delete the rows it means to reuse.
-        raise ValueError(f"--previous resolves to --out ({out}); reuse another version")
-    return ReusePlan(
-        table_dir=join_uri(index_dir, "table"),
-        previous_version=version,
-        index_dir=index_dir,
+    wanted_schema = embedding_table_schema(
+        image_encoder_dim(encoder),
+        joint_model.dim if joint_model is not None else None,
+        opts.embedding_storage,
+        tags=tag_head is not None,
+        captions=captioner is not None,
+    )
+    return build_plan(
+        opts.previous,
+        opts.out,
         encoder_id=image_encoder_id(encoder),
         joint_model_id=joint_model.model_id if joint_model is not None else None,
         required=tuple(
@@ -285,6 +288,14 @@ def _reuse_plan(
                 (CAPTION_MODEL, captioner.model_id if captioner is not None else None),
             )
             if value is not None
+        ),
+        wanted_schema=wanted_schema,
+        request=RunRequest(
+            opts.index_shards,
+            opts.index_quantize,
+            opts.target_recall,
+            opts.max_changed_fraction,
+            opts.neighbors,
         ),
     )
 

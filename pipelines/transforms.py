@@ -13,7 +13,7 @@ reading a file twice costs far less than that on local disks and GCS alike.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import apache_beam as beam
@@ -43,17 +43,25 @@ logger = logging.getLogger(__name__)
 DEAD_LETTERS = "dead_letters"
 DUPLICATES = "duplicates"
 
+# The DoFns' readers, injected (tests pass faulty ones): both must pickle, as DoFns do.
+# uri, limits -> the file's bytes; FetchError when it cannot be read.
+Reader = Callable[[str, FetchLimits], bytes]
+# bytes, (width, height), limits -> (pixels, original width, original height); ImageRejected
+# for a file that is not an acceptable image.
+Decoder = Callable[[bytes, tuple[int, int], DecodeLimits], tuple[np.ndarray, int, int]]
+
 
 class HashImageFn(beam.DoFn):
     """ImageRef -> HashedImage; unreadable inputs -> ``dead_letters``."""
 
-    def __init__(self, fetch_limits: FetchLimits) -> None:
+    def __init__(self, fetch_limits: FetchLimits, read: Reader = read_bytes) -> None:
         self.fetch_limits = fetch_limits
+        self.read = read
         self.failed = Metrics.counter("imgsearch", "fetch_failed")
 
     def process(self, ref: ImageRef) -> Iterable[Any]:
         try:
-            data = read_bytes(ref.uri, self.fetch_limits)
+            data = self.read(ref.uri, self.fetch_limits)
         except FetchError as exc:
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(
@@ -106,18 +114,25 @@ class DecodeImageFn(beam.DoFn):
     """UniqueImage -> DecodedImage at the encoder's input size; failures -> ``dead_letters``."""
 
     def __init__(
-        self, size: tuple[int, int], decode_limits: DecodeLimits, fetch_limits: FetchLimits
+        self,
+        size: tuple[int, int],
+        decode_limits: DecodeLimits,
+        fetch_limits: FetchLimits,
+        read: Reader = read_bytes,
+        decode: Decoder = decode_image,
     ) -> None:
         self.size = size
         self.decode_limits = decode_limits
         self.fetch_limits = fetch_limits
+        self.read = read
+        self.decode = decode
         self.rejected = Metrics.counter("imgsearch", "decode_rejected")
         self.unexpected = Metrics.counter("imgsearch", "decode_unexpected_errors")
 
     def process(self, image: UniqueImage) -> Iterable[Any]:
         ref = image.ref
         try:
-            data = read_bytes(ref.uri, self.fetch_limits)
+            data = self.read(ref.uri, self.fetch_limits)
         except FetchError as exc:
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTERS, DeadLetter(ref.uri, STAGE_FETCH, exc.reason, ref.image_id)
@@ -130,7 +145,7 @@ class DecodeImageFn(beam.DoFn):
             )
             return
         try:
-            pixels, width, height = decode_image(data, self.size, self.decode_limits)
+            pixels, width, height = self.decode(data, self.size, self.decode_limits)
         except ImageRejected as exc:
             self.rejected.inc()
             yield beam.pvalue.TaggedOutput(
@@ -152,16 +167,17 @@ class DecodeImageFn(beam.DoFn):
 
 
 class HashImages(beam.PTransform):
-    """PCollection[ImageRef] -> (PCollection[HashedImage], PCollection[DeadLetter])."""
+    """PCollection[ImageRef] -> (PCollection[HashedImage], PCollection[DeadLetter]).
 
-    def __init__(self, fetch_limits: FetchLimits) -> None:
+    ``read`` defaults to ``storage.fetch.read_bytes`` (this module's, when constructed).
+    """
+
+    def __init__(self, fetch_limits: FetchLimits, read: Reader | None = None) -> None:
         super().__init__()
-        self.fetch_limits = fetch_limits
+        self.fn = HashImageFn(fetch_limits, read or read_bytes)
 
     def expand(self, refs):
-        hashed = refs | beam.ParDo(HashImageFn(self.fetch_limits)).with_outputs(
-            DEAD_LETTERS, main="hashed"
-        )
+        hashed = refs | beam.ParDo(self.fn).with_outputs(DEAD_LETTERS, main="hashed")
         return hashed.hashed, hashed[DEAD_LETTERS]
 
 
@@ -179,13 +195,24 @@ class DedupeImages(beam.PTransform):
 
 
 class DecodeImages(beam.PTransform):
-    """PCollection[UniqueImage] -> (PCollection[DecodedImage], PCollection[DeadLetter])."""
+    """PCollection[UniqueImage] -> (PCollection[DecodedImage], PCollection[DeadLetter]).
+
+    ``read`` and ``decode`` default to ``storage.fetch.read_bytes`` and
+    ``encoders.imaging.decode_image`` (this module's, looked up when constructed).
+    """
 
     def __init__(
-        self, size: tuple[int, int], decode_limits: DecodeLimits, fetch_limits: FetchLimits
+        self,
+        size: tuple[int, int],
+        decode_limits: DecodeLimits,
+        fetch_limits: FetchLimits,
+        read: Reader | None = None,
+        decode: Decoder | None = None,
     ) -> None:
         super().__init__()
-        self.fn = DecodeImageFn(size, decode_limits, fetch_limits)
+        self.fn = DecodeImageFn(
+            size, decode_limits, fetch_limits, read or read_bytes, decode or decode_image
+        )
 
     def expand(self, images):
         decoded = images | beam.ParDo(self.fn).with_outputs(DEAD_LETTERS, main="decoded")

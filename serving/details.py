@@ -21,17 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from index.manifest import IndexManifest
-from storage.files import join_path
+from storage.files import join_path, open_file
 
 # Columns shown as image details when the table has them (older tables may lack some).
 DETAIL_COLUMNS = ("width", "height", "num_bytes", "sha256", "duplicate_uris", "metadata")
 # What the tagging and captioning stages add (pipelines.types TAGS, CAPTION, CAPTION_SCORE).
 DESCRIPTION_COLUMNS = ("tags", "caption", "caption_score")
-_RAW = CompressionTypes.UNCOMPRESSED
 
 
 class ImageDetails:
@@ -55,7 +52,7 @@ class ImageDetails:
             raise ValueError(f"index version {manifest.version} lists no table files")
         parts = []
         for path in paths:
-            with FileSystems.open(path, compression_type=_RAW) as handle:
+            with open_file(path) as handle:
                 parquet = pq.ParquetFile(handle)
                 wanted = ["image_id", "uri", *DETAIL_COLUMNS, *DESCRIPTION_COLUMNS]
                 columns = [c for c in wanted if c in parquet.schema_arrow.names]

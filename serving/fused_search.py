@@ -72,9 +72,9 @@ class FusedSearcher:
                 self._scorers[name] = make_caption_scorer(name, self.captions)
         self._matcher = None
         if self.tags is not None:  # matched for the explanations even when not scored
+            from encoders.glove import load_glove
             from encoders.tag_match import TagMatcher
             from encoders.tags import tag_lists
-            from encoders.word_vectors import load_glove
 
             self._matcher = TagMatcher(load_glove(), tag_synonyms)
             image_tags = tag_lists(self.tags)

@@ -15,26 +15,19 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from encoders.base import EncoderSpec, ImageEncoder, l2_normalize
 from index.manifest import IndexManifest, manifest_location, read_manifest, verify_files
 from index.scann_index import ScannParams, load_searcher, search_batched
 from index.shards import download_shard, read_ids
 from index.table import EmbeddingTable, read_embedding_table
-from storage.files import join_path
+from models.query_model import EncoderMismatchError as EncoderMismatchError  # re-exported
+from storage.files import join_path, open_file
 
 if TYPE_CHECKING:
     from scann.scann_ops.py.scann_ops_pybind import ScannSearcher
 
 logger = logging.getLogger(__name__)
-
-_RAW = CompressionTypes.UNCOMPRESSED
-
-
-class EncoderMismatchError(ValueError):
-    """The query encoder is not the encoder that made the index's vectors."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,7 +353,7 @@ class ImageSearcher:
 
     def search_image_path(self, path: str, k: int) -> list[SearchHit]:
         """An image file (local path or gs://) -> its ``k`` nearest indexed images."""
-        with FileSystems.open(path, compression_type=_RAW) as f:
+        with open_file(path) as f:
             data = f.read()
         return self.search_image_bytes(data, k)
 

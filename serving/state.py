@@ -22,7 +22,7 @@ from index.manifest import manifest_location, read_manifest
 from serving.details import ImageDetails
 from serving.explain import padded_batch
 from serving.searcher import ImageSearcher
-from serving.text_search import TextSearcher, default_joint_model
+from serving.text_search import TextSearcher
 
 if TYPE_CHECKING:
     from serving.fused_search import FusedSearcher
@@ -55,18 +55,12 @@ class QueryModels:
     def load(cls, models_dir: str | None, model: str | None = None) -> QueryModels:
         if not models_dir:
             return cls()
-        from encoders.text_registry import TextEncoderSpec, create_text_encoder
-        from models.artifacts import load_joint_model, read_metadata, resolve_version
+        from models.query_model import load_query_model
 
-        name = model or default_joint_model(models_dir)
-        folder = resolve_version(models_dir, name)
-        joint = load_joint_model(models_dir, name, folder.name)
-        spec = TextEncoderSpec.from_json(read_metadata(folder)["text_encoder"])
-        logger.info("text queries through %s/%s with %s", name, folder.name, spec)
-        text_encoder = create_text_encoder(spec)
+        query = load_query_model(models_dir, model)
         # Trace the encoder's TensorFlow functions now, not in the first user's request.
-        text_encoder.encode(padded_batch(["warm up"]))
-        return cls(joint, text_encoder, (name, folder.name))
+        query.text_encoder.encode(padded_batch(["warm up"]))
+        return cls(query.joint, query.text_encoder, query.model_version)
 
     def add_image_encoder(self, encoder: ImageEncoder) -> None:
         with self._lock:

@@ -19,25 +19,13 @@ import numpy as np
 
 from encoders.base import TextEncoder, l2_normalize
 from encoders.joint import KIND_W2VV, JointModel
-from encoders.text_registry import TextEncoderSpec, create_text_encoder
 from index.scann_index import exact_top_k
-from models.artifacts import LATEST, list_models, load_joint_model, read_metadata, resolve_version
-from serving.searcher import EncoderMismatchError, ImageSearcher, SearchHit
+from models.artifacts import LATEST
+from models.query_model import check_query_encoders, load_query_model
+from models.query_model import default_joint_model as default_joint_model  # re-exported
+from serving.searcher import ImageSearcher, SearchHit
 
 logger = logging.getLogger(__name__)
-
-
-def default_joint_model(models_dir: str | Path) -> str:
-    """The joint model to use when none is named: a dual encoder if any, else Word2VisualVec."""
-    names = sorted({m.name for m in list_models(models_dir)})
-    for prefix in ("dual-", "w2vv-"):
-        for name in names:
-            if name.startswith(prefix):
-                return name
-    raise FileNotFoundError(
-        f"no joint model in {models_dir}; train one with "
-        "`imgsearch train joint --dataset DIR --split train --out MODELS_DIR`"
-    )
 
 
 def _index_matches(
@@ -70,16 +58,9 @@ class TextSearcher:
     ) -> None:
         """``model_version`` is the joint model's ``(name, version)``: when the index holds a
         joint shard made by that same version, queries search it instead of a projection."""
-        if joint.image_encoder_id != images.encoder_id:
-            raise EncoderMismatchError(
-                f"joint model was trained on {joint.image_encoder_id} image vectors, the index "
-                f"holds {images.encoder_id}"
-            )
-        if text_encoder.encoder_id != joint.text_encoder_id:
-            raise EncoderMismatchError(
-                f"joint model expects {joint.text_encoder_id} text features, "
-                f"got {text_encoder.encoder_id}"
-            )
+        check_query_encoders(
+            joint, image_encoder_id=images.encoder_id, text_encoder_id=text_encoder.encoder_id
+        )
         self.images, self.joint, self.text_encoder = images, joint, text_encoder
         self.uses_joint_index = joint.kind != KIND_W2VV and _index_matches(
             images.joint_index, model_version, joint.dim
@@ -100,13 +81,8 @@ class TextSearcher:
         model: str | None = None,
         version: str = LATEST,
     ) -> TextSearcher:
-        name = model or default_joint_model(models_dir)
-        folder = resolve_version(models_dir, name, version)
-        joint = load_joint_model(models_dir, name, folder.name)
-        metadata = read_metadata(folder)
-        spec = TextEncoderSpec.from_json(metadata["text_encoder"])
-        logger.info("text search with %s (%s) over %s", name, folder.name, spec)
-        return cls(images, joint, create_text_encoder(spec), (name, folder.name))
+        query = load_query_model(models_dir, model, version, image_encoder_id=images.encoder_id)
+        return cls(images, query.joint, query.text_encoder, query.model_version)
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:
         """Query strings -> unit vectors in the space the index is searched in.

@@ -12,13 +12,11 @@ import collections
 import io
 import threading
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageOps
 
 from encoders.imaging import DecodeLimits
+from storage.files import open_file
 
-_RAW = CompressionTypes.UNCOMPRESSED
 _MAX_SOURCE_BYTES = 64 * 2**20
 _DEFAULT_LIMITS = DecodeLimits()
 
@@ -75,7 +73,7 @@ class ThumbnailCache:
 
     def _read(self, uri: str) -> bytes:
         try:
-            with FileSystems.open(uri, compression_type=_RAW) as f:
+            with open_file(uri) as f:
                 data = f.read(_MAX_SOURCE_BYTES + 1)
         except Exception as exc:  # local and gs:// raise different errors
             raise ThumbnailError(f"source {uri} cannot be read: {exc}") from exc

@@ -149,6 +149,14 @@ def relative_path(path: str, root: str) -> str:
     return relative.replace(os.sep, "/")
 
 
+def delete_file(path: str) -> bool:
+    """Delete one file (local or gs://) if it exists; -> whether there was one."""
+    if not FileSystems.exists(path):
+        return False
+    FileSystems.delete([path])
+    return True
+
+
 def delete_tree(path: str) -> None:
     """Delete a folder (local disk) or every object under a prefix (gs://), if any."""
     if FileSystems.exists(path):  # a real directory on local disk

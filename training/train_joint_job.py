@@ -32,13 +32,9 @@ from encoders.text_registry import (
 from models.artifacts import save_joint_model
 from training.captions import caption_pairs, load_captioned_dataset
 from training.features import dataset_features
-from training.joint import (
-    DualEncoderConfig,
-    W2VVConfig,
-    export_ensemble,
-    train_dual_encoder,
-    train_w2vv,
-)
+from training.joint import train_dual_encoder, train_w2vv
+from training.joint_config import DualEncoderConfig, W2VVConfig
+from training.joint_export import export_ensemble
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +59,7 @@ class TrainJointConfig:
     dual_loss: str = "infonce"
     seed: int = 0
     # Members per saved model: seeds seed, seed+1, ... merged into one model (see
-    # training.joint.export_ensemble); 1 saves a single model.
+    # training.joint_export.export_ensemble); 1 saves a single model.
     ensemble: int = 1
     # With both kinds: also save them side by side as ``mixed-<text encoder>``.
     mixed: bool = False

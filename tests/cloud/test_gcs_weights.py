@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from google.cloud import storage
 
-from encoders.keras_image import fetch_remote_weights, resolve_weights
+from encoders.keras_backbones import fetch_remote_weights, resolve_weights
 
 
 def _upload(bucket: str, name: str, source: Path) -> str:

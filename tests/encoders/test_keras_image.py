@@ -15,12 +15,8 @@ import pytest
 from PIL import Image
 
 from encoders.base import EncoderSpec
-from encoders.keras_image import (
-    CHUNK_SIZE,
-    KerasImageEncoder,
-    build_preprocessing,
-    resolve_weights,
-)
+from encoders.keras_backbones import resolve_weights
+from encoders.keras_image import CHUNK_SIZE, KerasImageEncoder, build_preprocessing
 from encoders.registry import create_image_encoder
 from imgsearch import settings
 

@@ -52,7 +52,7 @@ def test_real_head_tags_a_dog_photo_with_a_dog_breed(photo_tags, head):
 
 
 def test_puppy_finds_the_dog_photo_through_word_vectors(photo_tags, head):
-    from encoders.word_vectors import load_glove
+    from encoders.glove import load_glove
 
     matcher = TagMatcher(load_glove(), head.synonyms)
     names = list(photo_tags)

@@ -14,20 +14,14 @@ import numpy as np
 import pytest
 
 from encoders.bow import smoothed_idf
+from encoders.glove import KUMO_PACKAGE, WordVectors, load_glove, locate_glove
 from encoders.text_registry import (
     TextEncoderSpec,
     check_text_encoder,
     create_text_encoder,
     fit_text_encoder,
 )
-from encoders.word_vectors import (
-    KUMO_PACKAGE,
-    MeanWordVectorEncoder,
-    WeightedWordVectorEncoder,
-    WordVectors,
-    load_glove,
-    locate_glove,
-)
+from encoders.word_vectors import MeanWordVectorEncoder, WeightedWordVectorEncoder
 from imgsearch import settings
 
 # The first numbers of "the" in Stanford's glove.6B.50d.txt.
@@ -110,7 +104,7 @@ def test_locate_glove_says_what_to_provide(tmp_path: Path, monkeypatch: pytest.M
         locate_glove(tmp_path / "nowhere.txt")
 
     # Neither the package nor an assets copy: "auto" lists both and what to do.
-    monkeypatch.setattr("encoders.word_vectors.KUMO_PACKAGE", "no_such_glove_package")
+    monkeypatch.setattr("encoders.glove.KUMO_PACKAGE", "no_such_glove_package")
     monkeypatch.setenv(settings.ASSETS_ENV, str(tmp_path))
     with pytest.raises(FileNotFoundError) as error:
         locate_glove("auto")

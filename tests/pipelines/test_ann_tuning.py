@@ -13,18 +13,10 @@ import math
 import numpy as np
 import pytest
 
-from index.ann_tuning import (
-    TuningGrid,
-    TuningResult,
-    TuningTarget,
-    autotune_scann,
-    autotune_scann_targets,
-    bytes_per_vector,
-    holdout_queries,
-    leaves_to_search_grid,
-    memory_per_million,
-    recall_per_query,
-)
+from index.ann_cost import bytes_per_vector, memory_per_million
+from index.ann_measure import holdout_queries
+from index.ann_tuning import autotune_scann, autotune_scann_targets, leaves_to_search_grid
+from index.ann_tuning_types import TuningGrid, TuningResult, TuningTarget
 from index.scann_index import (
     BRUTE_FORCE_MAX_VECTORS,
     ScannParams,
@@ -32,6 +24,7 @@ from index.scann_index import (
     exact_top_k,
     search_batched,
 )
+from ranking.recall import recall_per_query
 
 logger = logging.getLogger(__name__)
 

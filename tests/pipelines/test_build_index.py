@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from index.build import build_index
+from index.build import BuildConfig, build_index
 from index.manifest import (
     FORMAT_VERSION,
     IndexManifest,
@@ -79,7 +79,7 @@ def write_embedding_table(
 def built(tmp_path: Path) -> tuple[Path, IndexManifest, list[dict], np.ndarray]:
     rows, embeddings = table_rows(200, 32)
     write_embedding_table(tmp_path, rows, 32)
-    manifest = build_index(str(tmp_path), ENCODER_SPEC, COUNTS, "run-1", k=10)
+    manifest = build_index(str(tmp_path), BuildConfig("run-1", ENCODER_SPEC, k=10), COUNTS)
     return tmp_path, manifest, rows, embeddings
 
 
@@ -140,8 +140,8 @@ def test_index_does_not_depend_on_how_the_table_was_split(tmp_path: Path) -> Non
     one, three = tmp_path / "one", tmp_path / "three"
     write_embedding_table(one, rows, 16, num_files=1, seed=1)
     write_embedding_table(three, rows, 16, num_files=3, seed=2)
-    build_index(str(one), ENCODER_SPEC, {}, "v", k=10)
-    build_index(str(three), ENCODER_SPEC, {}, "v", k=10)
+    build_index(str(one), BuildConfig("v", ENCODER_SPEC, k=10), {})
+    build_index(str(three), BuildConfig("v", ENCODER_SPEC, k=10), {})
     ids = "index/shard-00000/ids.parquet"
     assert read_ids(str(one / ids)) == read_ids(str(three / ids))
     assert (one / "index/shard-00000/dataset.npy").read_bytes() == (
@@ -155,7 +155,7 @@ def test_rebuild_removes_the_stale_index(built) -> None:
     stale_shard.mkdir()
     (stale_shard / "scann_assets.pbtxt").write_text("stale")
     (out / "index" / "leftover.txt").write_text("stale")
-    manifest = build_index(str(out), ENCODER_SPEC, COUNTS, "run-2")
+    manifest = build_index(str(out), BuildConfig("run-2", ENCODER_SPEC), COUNTS)
     assert not stale_shard.exists()
     assert not (out / "index" / "leftover.txt").exists()
     assert all("shard-00007" not in entry["path"] for entry in manifest.files)
@@ -190,7 +190,7 @@ def test_mixed_encoder_ids_are_refused(tmp_path: Path) -> None:
     other, _ = table_rows(5, 8, seed=1, encoder_id="mobilenet_v2/imagenet-1")
     write_embedding_table(tmp_path, rows + other, 8)
     with pytest.raises(ValueError, match="mixes encoder ids"):
-        build_index(str(tmp_path), ENCODER_SPEC, {}, "v")
+        build_index(str(tmp_path), BuildConfig("v", ENCODER_SPEC), {})
     assert not (tmp_path / "manifest.json").exists()
 
 
@@ -202,33 +202,33 @@ def test_files_with_different_dims_are_refused(tmp_path: Path) -> None:
         tmp_path / "table" / "embeddings-00001-of-00002.parquet"
     )
     with pytest.raises(ValueError, match="disagree on the dimension"):
-        build_index(str(tmp_path), ENCODER_SPEC, {}, "v")
+        build_index(str(tmp_path), BuildConfig("v", ENCODER_SPEC), {})
 
 
 def test_duplicate_image_ids_are_refused(tmp_path: Path) -> None:
     rows, _ = table_rows(10, 8)
     write_embedding_table(tmp_path, [*rows, rows[3]], 8)
     with pytest.raises(ValueError, match="more than one table row"):
-        build_index(str(tmp_path), ENCODER_SPEC, {}, "v")
+        build_index(str(tmp_path), BuildConfig("v", ENCODER_SPEC), {})
 
 
 def test_empty_table_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="empty table"):
-        build_index(str(tmp_path), ENCODER_SPEC, {}, "v")
+        build_index(str(tmp_path), BuildConfig("v", ENCODER_SPEC), {})
     (tmp_path / "table").mkdir()
     pq.write_table(
         pa.Table.from_pylist([], schema=embedding_table_schema(8)),
         tmp_path / "table" / "embeddings-00000-of-00001.parquet",
     )
     with pytest.raises(ValueError, match="empty table"):
-        build_index(str(tmp_path), ENCODER_SPEC, {}, "v")
+        build_index(str(tmp_path), BuildConfig("v", ENCODER_SPEC), {})
     assert not (tmp_path / "manifest.json").exists()
 
 
 def test_counts_must_agree_with_the_table(tmp_path: Path) -> None:
     write_embedding_table(tmp_path, table_rows(10, 8)[0], 8)
     with pytest.raises(ValueError, match="counts"):
-        build_index(str(tmp_path), ENCODER_SPEC, {"indexed": 11}, "v")
+        build_index(str(tmp_path), BuildConfig("v", ENCODER_SPEC), {"indexed": 11})
 
 
 def test_read_embedding_table_reshapes_the_column(tmp_path: Path) -> None:
@@ -285,9 +285,9 @@ def test_file_entry(tmp_path: Path) -> None:
 def test_bad_arguments_leave_the_published_version_alone(built) -> None:
     out, manifest, _, _ = built
     with pytest.raises(ValueError, match="k must be"):
-        build_index(str(out), ENCODER_SPEC, COUNTS, "run-2", k=0)
+        BuildConfig("run-2", ENCODER_SPEC, k=0)
     with pytest.raises(ValueError, match="version"):
-        build_index(str(out), ENCODER_SPEC, COUNTS, "", k=10)
+        BuildConfig("", ENCODER_SPEC, k=10)
     assert read_manifest(str(out)) == manifest
     verify_files(str(out), manifest)
 
@@ -305,7 +305,9 @@ def test_target_recall_autotunes_and_records_the_measurements(tmp_path: Path) ->
         row["embedding"] = vector.tolist()
     write_embedding_table(tmp_path, rows, 16, num_files=2)
 
-    manifest = build_index(str(tmp_path), ENCODER_SPEC, {}, "tuned", k=10, target_recall=0.9)
+    manifest = build_index(
+        str(tmp_path), BuildConfig("tuned", ENCODER_SPEC, k=10, target_recall=0.9), {}
+    )
 
     assert manifest.tuning is not None and manifest.tuning["target"]["recall"] == 0.9
     assert manifest.tuning["met_target"] and manifest.tuning["recall"] >= 0.9

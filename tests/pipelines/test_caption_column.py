@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from encoders.captioner import Captioner, CaptionerConfig, Vocabulary
-from encoders.keras_image import GRAPH_VERSION, resolve_weights
+from encoders.keras_backbones import resolve_weights
+from encoders.keras_image import GRAPH_VERSION
 from index.table import parquet_files, read_table_columns, table_has_columns
 from models.artifacts import save_model_version
 from pipelines import index_job

@@ -1,5 +1,5 @@
-"""In-place incremental updates: the per-content plan, when a run may update in place, and real
-DirectRunner runs whose new version is checked against a full run over the same corpus."""
+"""In-place incremental updates: the one planner in place, when a run may update in place, and
+real DirectRunner runs whose new version is checked against a full run over the same corpus."""
 
 from __future__ import annotations
 
@@ -13,29 +13,33 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+import pipelines.incremental.plan as incremental_plan
 from index.manifest import read_manifest
 from index.scann_index import ScannParams, load_searcher, search_batched
 from index.schema import EMBEDDING_SCALE
 from index.shards import read_ids
 from index.table import parquet_files, read_embedding_table
-from pipelines import delta, index_job
-from pipelines.delta import (
+from index.update import UpdateRequest, update_index
+from index.update_policy import UPSERT, UpdateDecision
+from pipelines import index_job
+from pipelines.incremental.plan import (
     ENCODE,
     KEEP,
     REFRESH,
     SOURCE_FILE,
-    plan_delta,
+    ReusePlan,
+    plan_content,
     refreshed_row,
-    update_blocker,
 )
-from pipelines.incremental import ReusePlan
 from pipelines.options import IndexConfig
 from pipelines.types import HashedImage, ImageRef, image_id_for_uri
 from tests.index_args import fake_index_args
 from tests.pipelines.test_incremental import _table
 
 ENC = "fake/v1"
-PLAN = ReusePlan(table_dir="", previous_version="v1", encoder_id=ENC)
+PLAN = ReusePlan(
+    index_dir="", previous_version="v1", encoder_id=ENC, decision=UpdateDecision(UPSERT, "t")
+)
 
 
 def _hashed(uri: str, sha: str = "aa", metadata: str = "") -> HashedImage:
@@ -56,12 +60,12 @@ def _key(uri: str, dups: tuple[str, ...] = (), encoder: str = ENC, **extra) -> d
 
 
 def test_unchanged_content_is_kept_where_it_is():
-    decision = plan_delta("aa", [_hashed("/c/a.jpg")], [_key("/c/a.jpg")], PLAN)
+    decision = plan_content("aa", [_hashed("/c/a.jpg")], [_key("/c/a.jpg")], PLAN)
     assert (decision.action, decision.refresh, decision.deleted) == (KEEP, None, [])
 
 
 def test_a_renamed_file_is_refreshed_under_its_new_id_and_the_old_id_deleted():
-    decision = plan_delta("aa", [_hashed("/c/new.jpg")], [_key("/c/old.jpg")], PLAN)
+    decision = plan_content("aa", [_hashed("/c/new.jpg")], [_key("/c/old.jpg")], PLAN)
     assert decision.action == REFRESH
     assert decision.refresh.stored_id == image_id_for_uri("/c/old.jpg")
     assert decision.refresh.image_id == image_id_for_uri("/c/new.jpg")
@@ -71,44 +75,48 @@ def test_a_renamed_file_is_refreshed_under_its_new_id_and_the_old_id_deleted():
 def test_a_new_copy_changes_the_kept_row_or_only_its_duplicate_list():
     stored = [_key("/c/b.jpg")]
     # A copy whose uri sorts later: same id, new duplicate list -> refreshed in place.
-    later = plan_delta("aa", [_hashed("/c/b.jpg"), _hashed("/c/z.jpg")], stored, PLAN)
+    later = plan_content("aa", [_hashed("/c/b.jpg"), _hashed("/c/z.jpg")], stored, PLAN)
     assert later.action == REFRESH and later.deleted == []
     assert later.refresh.duplicate_uris == ("/c/z.jpg",)
     assert [d.uri for d in later.duplicates] == ["/c/z.jpg"]
     # A copy whose uri sorts first becomes the kept one: the old id leaves the table.
-    first = plan_delta("aa", [_hashed("/c/b.jpg"), _hashed("/c/a.jpg")], stored, PLAN)
+    first = plan_content("aa", [_hashed("/c/b.jpg"), _hashed("/c/a.jpg")], stored, PLAN)
     assert first.refresh.image_id == image_id_for_uri("/c/a.jpg")
     assert first.deleted == [image_id_for_uri("/c/b.jpg")]
 
 
 def test_metadata_change_refreshes_the_row():
-    decision = plan_delta(
+    decision = plan_content(
         "aa", [_hashed("/c/a.jpg", metadata='{"k": 2}')], [_key("/c/a.jpg")], PLAN
     )
     assert decision.action == REFRESH and decision.refresh.metadata == '{"k": 2}'
 
 
 def test_content_that_left_the_corpus_is_deleted():
-    decision = plan_delta("aa", [], [_key("/c/a.jpg")], PLAN)
+    decision = plan_content("aa", [], [_key("/c/a.jpg")], PLAN)
     assert decision.action is None and decision.deleted == [image_id_for_uri("/c/a.jpg")]
     assert decision.dropped == 1
 
 
 def test_rows_this_run_would_not_make_are_encoded_again():
-    decision = plan_delta("aa", [_hashed("/c/a.jpg")], [_key("/c/a.jpg", encoder="fake/v0")], PLAN)
+    decision = plan_content(
+        "aa", [_hashed("/c/a.jpg")], [_key("/c/a.jpg", encoder="fake/v0")], PLAN
+    )
     assert decision.action == ENCODE and decision.unique.ref.uri == "/c/a.jpg"
-    # Deleted and upserted under the same id: apply_delta keeps only the upsert.
+    # Deleted and upserted under the same id: apply_in_place keeps only the upsert.
     assert decision.deleted == [image_id_for_uri("/c/a.jpg")]
     tagged = dataclasses.replace(PLAN, required=(("tag_model", "head-2"),))
     stale = _key("/c/a.jpg", tag_model="head-1")
-    assert plan_delta("aa", [_hashed("/c/a.jpg")], [stale], tagged).action == ENCODE
+    assert plan_content("aa", [_hashed("/c/a.jpg")], [stale], tagged).action == ENCODE
 
 
 def test_another_joint_model_keeps_the_image_embedding_and_recomputes_the_joint_one():
     joint = dataclasses.replace(PLAN, joint_model_id="dual/v2")
-    same = plan_delta("aa", [_hashed("/c/a.jpg")], [_key("/c/a.jpg", joint_model="dual/v2")], joint)
+    same = plan_content(
+        "aa", [_hashed("/c/a.jpg")], [_key("/c/a.jpg", joint_model="dual/v2")], joint
+    )
     assert same.action == KEEP
-    other = plan_delta(
+    other = plan_content(
         "aa", [_hashed("/c/a.jpg")], [_key("/c/a.jpg", joint_model="dual/v1")], joint
     )
     assert other.action == REFRESH and other.refresh.needs_joint
@@ -120,7 +128,7 @@ def test_another_joint_model_keeps_the_image_embedding_and_recomputes_the_joint_
 
 
 def test_refreshed_int8_rows_reach_the_writer_as_float32():
-    decision = plan_delta("aa", [_hashed("/c/new.jpg")], [_key("/c/old.jpg")], PLAN)
+    decision = plan_content("aa", [_hashed("/c/new.jpg")], [_key("/c/old.jpg")], PLAN)
     stored = {"image_id": "x", "embedding": [127, 0], EMBEDDING_SCALE: 0.5 / 127}
     row = refreshed_row(stored, decision.refresh)
     assert EMBEDDING_SCALE not in row and row["embedding"] == pytest.approx([1.0, 0.0])
@@ -147,7 +155,7 @@ def test_nightly_changes_update_the_previous_version_in_place(
     small_photo_dir, coco_photos, tmp_path, monkeypatch
 ):
     # Buckets of two stored rows: the join runs over several buckets, as at scale.
-    monkeypatch.setattr(delta, "ROWS_PER_BUCKET", 2)
+    monkeypatch.setattr(incremental_plan, "ROWS_PER_BUCKET", 2)
     corpus = small_photo_dir
     photos = sorted(corpus.glob("*.jpg"))
     index_job.run(fake_index_args(corpus, tmp_path / "v1", "v1"))
@@ -219,15 +227,16 @@ def test_too_many_changes_rebuild_the_index_from_the_updated_table(
 
 def test_a_run_that_would_write_other_rows_rebuilds_instead(small_photo_dir, tmp_path):
     index_job.run(fake_index_args(small_photo_dir, tmp_path / "v1", "v1"))
-    manifest = read_manifest(str(tmp_path / "v1"))
 
     def blocker(*extra: str) -> str | None:
+        """Why the plan built at the edge rewrites the previous version; None: in place."""
         argv = fake_index_args(
             small_photo_dir, tmp_path / "v2", "v2", "--previous", str(tmp_path / "v1")
         )
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        return update_blocker(IndexConfig.from_options(PipelineOptions([*argv, *extra])), manifest)
+        plan = IndexConfig.from_options(PipelineOptions([*argv, *extra])).reuse
+        return None if plan.in_place else plan.decision.reason
 
     assert blocker() is None
     assert "columns" in blocker("--embedding_storage", "int8")
@@ -248,13 +257,12 @@ def test_a_run_that_would_write_other_rows_rebuilds_instead(small_photo_dir, tmp
 
 
 def test_update_index_refuses_counts_that_do_not_add_up(small_photo_dir, tmp_path):
-    from index.update import update_index
-
     index_job.run(fake_index_args(small_photo_dir, tmp_path / "v1", "v1"))
+    request = UpdateRequest(
+        str(tmp_path / "v1"), str(tmp_path / "v2"), version="v2", counts={"indexed": 7}
+    )
     with pytest.raises(ValueError, match="leaves 6 rows indexed"):
-        update_index(
-            str(tmp_path / "v1"), str(tmp_path / "v2"), version="v2", counts={"indexed": 7}
-        )
+        update_index(request)
     assert not (tmp_path / "v2" / "manifest.json").exists()
 
 
@@ -262,7 +270,6 @@ def test_local_versions_share_unchanged_files_and_never_write_through_them(
     small_photo_dir, tmp_path
 ):
     from index.manifest import verify_files
-    from index.update import update_index
     from storage.files import delete_tree
 
     index_job.run(fake_index_args(small_photo_dir, tmp_path / "v1", "v1"))
@@ -279,7 +286,9 @@ def test_local_versions_share_unchanged_files_and_never_write_through_them(
     # One row replaced: the update rewrites that very file under that very name.
     one_row = tmp_path / "one-row.parquet"
     pq.write_table(pq.read_table(shared).slice(0, 1), one_row)
-    update_index(str(tmp_path / "v2"), str(tmp_path / "v3"), [str(one_row)], version="v3")
+    update_index(
+        UpdateRequest(str(tmp_path / "v2"), str(tmp_path / "v3"), [str(one_row)], version="v3")
+    )
     assert (tmp_path / "v3" / "table" / name).stat().st_ino != shared.stat().st_ino
     verify_files(str(tmp_path / "v2"), read_manifest(str(tmp_path / "v2")))
     # Retention deletes a version: the versions that share its files keep them.

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from index.build import build_index
+from index.build import BuildConfig, build_index
 from index.scann_index import exact_top_k
 from index.schema import (
     EMBEDDING_SCALE,
@@ -127,7 +127,7 @@ def test_an_int8_table_indexes_and_serves(tmp_path: Path) -> None:
         pa.Table.from_pylist(rows[60:], schema=embedding_table_schema(32)),
         tmp_path / "table" / "embeddings-00001-of-00002.parquet",
     )
-    build_index(str(tmp_path), ENCODER_SPEC, {}, "int8", k=5)
+    build_index(str(tmp_path), BuildConfig("int8", ENCODER_SPEC, k=5), {})
     searcher = ImageSearcher.load(str(tmp_path))
     assert searcher.embeddings.dtype == np.float32
     hits = searcher.search_vectors(vectors, 1)

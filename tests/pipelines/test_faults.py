@@ -20,13 +20,22 @@ from PIL import Image
 
 from encoders.base import EncoderSpec
 from encoders.fake import FakeImageEncoder
+from encoders.imaging import DecodeLimits, decode_image, sha256_hex
 from index.manifest import ManifestVerificationError
 from index.publish import POINTER_NAME, publish_version, read_pointer, resolve_index
 from index.table import parquet_files
 from pipelines import index_job
 from pipelines.model_handler import ImageEncoderModelHandler
-from pipelines.types import STAGE_ENCODE, DeadLetter, DecodedImage, ImageRef, UniqueImage
+from pipelines.types import (
+    STAGE_ENCODE,
+    STAGE_FETCH,
+    DeadLetter,
+    DecodedImage,
+    ImageRef,
+    UniqueImage,
+)
 from serving.searcher import ImageSearcher
+from storage.fetch import FetchError, FetchLimits
 from tests.index_args import fake_index_args
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,6 +220,9 @@ def test_unexpected_decoder_error_on_one_file_is_a_dead_letter(
     """A decoder bug hit by one file must not fail the bundle on every retry."""
     from pipelines import transforms
 
+    # The whole job builds its own DecodeImages, out of this test's reach: patch the decoder
+    # it picks up when constructed (the DoFn-level test below passes one in instead).
+
     poison = small_photo_dir / "poison.png"
     Image.new("RGB", (120, 90), MAGENTA).save(poison)
     poison_bytes = poison.read_bytes()
@@ -233,6 +245,42 @@ def test_unexpected_decoder_error_on_one_file_is_a_dead_letter(
         "decode",
         "unexpected decode error: RuntimeError: decoder bug (injected)",
     )
+
+
+def test_injected_decoder_bug_and_failing_reader_are_dead_letters(tmp_path) -> None:
+    """The DoFns take their reader and decoder as collaborators: faults are passed in."""
+    from pipelines.transforms import DecodeImageFn, HashImageFn
+
+    poison = tmp_path / "poison.png"
+    Image.new("RGB", (120, 90), MAGENTA).save(poison)
+    poison_bytes = poison.read_bytes()
+
+    def read(uri, limits):
+        if uri.endswith("gone.png"):
+            raise FetchError("no such file (injected)")
+        return poison_bytes if uri == str(poison) else b"edited since hashing"
+
+    def decode(data, *args, **kwargs):
+        if data == poison_bytes:
+            raise RuntimeError("decoder bug (injected)")
+        return decode_image(data, *args, **kwargs)
+
+    limits = (DecodeLimits(), FetchLimits(retries=0))
+    hashed = list(HashImageFn(limits[1], read=read).process(ImageRef("/x/gone.png", "gone")))
+    assert [out.value for out in hashed] == [
+        DeadLetter("/x/gone.png", STAGE_FETCH, "no such file (injected)", "gone")
+    ]
+    fn = DecodeImageFn((64, 64), *limits, read=read, decode=decode)
+    ref = ImageRef(str(poison), "poison")
+    [letter] = [out.value for out in fn.process(UniqueImage(ref, sha256_hex(poison_bytes), 1))]
+    assert (letter.uri, letter.stage, letter.reason) == (
+        str(poison),
+        "decode",
+        "unexpected decode error: RuntimeError: decoder bug (injected)",
+    )
+    edited = UniqueImage(ImageRef("/x/edited.png", "edited"), sha256_hex(b"as hashed"), 9)
+    [letter] = [out.value for out in fn.process(edited)]
+    assert (letter.stage, letter.reason) == (STAGE_FETCH, "content changed while indexing")
 
 
 # --- publishing interrupted at each step ----------------------------------------------------

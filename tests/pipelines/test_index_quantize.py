@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.build import build_index
+from index.build import BuildConfig, build_index
 from index.scann_index import ScannParams, exact_top_k
-from index.update import update_index
+from index.update import UpdateRequest, update_index
 from serving.searcher import ImageSearcher
 from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
 from tests.pipelines.test_index_update import write_rows
@@ -34,8 +34,10 @@ def test_quantized_index_is_smaller_keeps_recall_and_takes_updates(
     plain, small = tmp_path / "float32", tmp_path / quantize
     for out in (plain, small):
         write_embedding_table(out, rows, DIM, num_files=2)
-    build_index(str(plain), ENCODER_SPEC, {}, "f", k=10)
-    manifest = build_index(str(small), ENCODER_SPEC, {}, "q", k=10, num_shards=2, quantize=quantize)
+    build_index(str(plain), BuildConfig("f", ENCODER_SPEC, k=10), {})
+    manifest = build_index(
+        str(small), BuildConfig("q", ENCODER_SPEC, k=10, num_shards=2, quantize=quantize), {}
+    )
     assert all(s["scann_params"]["quantize"] == quantize for s in manifest.shards)
     names = {entry["path"].rsplit("/", 1)[1] for entry in manifest.files_under("index")}
     assert "dataset.npy" not in names and f"{quantize}_dataset.npy" in names
@@ -62,10 +64,10 @@ def test_quantized_index_is_smaller_keeps_recall_and_takes_updates(
     assert recall >= 0.95
 
     new_rows, new_vectors = table_rows(5, DIM, seed=8)
+    added = write_rows(tmp_path / "n.parquet", new_rows, DIM)
     update_index(
-        str(small), str(tmp_path / "v2"), [write_rows(tmp_path / "n.parquet", new_rows, DIM)],
-        [rows[0]["image_id"]], "v2",
-    )  # fmt: skip
+        UpdateRequest(str(small), str(tmp_path / "v2"), [added], [rows[0]["image_id"]], "v2")
+    )
     updated = ImageSearcher.load(str(tmp_path / "v2"))
     assert [h[0].image_id for h in updated.search_vectors(new_vectors, 1)] == [
         row["image_id"] for row in new_rows
@@ -82,6 +84,6 @@ def test_quantize_with_target_recall_is_refused(tmp_path: Path) -> None:
     rows, _ = table_rows(20, DIM)
     write_embedding_table(tmp_path, rows, DIM, num_files=1)
     with pytest.raises(ValueError, match="float32 rescoring"):
-        build_index(str(tmp_path), ENCODER_SPEC, {}, "v", quantize="int8", target_recall=0.9)
+        BuildConfig("v", ENCODER_SPEC, quantize="int8", target_recall=0.9)
     with pytest.raises(ValueError, match="quantize must be one of"):
-        build_index(str(tmp_path), ENCODER_SPEC, {}, "v", quantize="fp8")
+        BuildConfig("v", ENCODER_SPEC, quantize="fp8")

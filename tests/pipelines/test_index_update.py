@@ -9,11 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from index.build import build_index
+from index.build import BuildConfig, build_index
 from index.manifest import read_manifest, verify_files
 from index.schema import embedding_table_schema
 from index.shards import shard_of_ids
-from index.update import RebuildRule, main, update_index
+from index.update import UpdateRequest, main, update_index
+from index.update_policy import Changes, IndexFacts, RunRequest, decide
 from serving.searcher import ImageSearcher
 from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
 
@@ -29,7 +30,7 @@ def write_rows(path: Path, rows: list[dict], dim: int = DIM) -> str:
 def build_base(out: Path, num_rows: int = 300, num_shards: int = 1, dim: int = DIM):
     rows, embeddings = table_rows(num_rows, dim, seed=1)
     write_embedding_table(out, rows, dim, num_files=3)
-    build_index(str(out), ENCODER_SPEC, {}, "v1", k=10, num_shards=num_shards)
+    build_index(str(out), BuildConfig("v1", ENCODER_SPEC, k=10, num_shards=num_shards), {})
     return rows, embeddings
 
 
@@ -48,7 +49,7 @@ def test_upserted_rows_are_found_and_deleted_rows_never_return(tmp_path: Path, n
     added = write_rows(tmp_path / "new" / "rows.parquet", new_rows + replaced)
     deleted = [rows[i]["image_id"] for i in (0, 7, 99, 150, 299)]
 
-    result = update_index(str(base), str(out), [added], deleted, "v2")
+    result = update_index(UpdateRequest(str(base), str(out), [added], deleted, "v2"))
 
     assert not result.decision.rebuild and result.upserted == 13 and result.deleted == 5
     manifest = read_manifest(str(out))
@@ -89,7 +90,7 @@ def test_untouched_shards_are_copied_byte_for_byte(tmp_path: Path) -> None:
     base, out = tmp_path / "v1", tmp_path / "v2"
     rows, _ = build_base(base, num_shards=3)
     deleted = rows[5]["image_id"]
-    update_index(str(base), str(out), [], [deleted], "v2")
+    update_index(UpdateRequest(str(base), str(out), [], [deleted], "v2"))
     before, after = read_manifest(str(base)), read_manifest(str(out))
     holder = int(shard_of_ids([deleted], 3)[0])
     for number, (old, new) in enumerate(zip(before.shards, after.shards, strict=True)):
@@ -105,7 +106,7 @@ def test_tree_ah_shard_takes_upserts(tmp_path: Path) -> None:
     new_rows, new_vectors = table_rows(100, 8, seed=5)
     added = write_rows(tmp_path / "new.parquet", new_rows, dim=8)
     deleted = [row["image_id"] for row in rows[:100]]
-    update_index(str(base), str(out), [added], deleted, "v2")
+    update_index(UpdateRequest(str(base), str(out), [added], deleted, "v2"))
     searcher = ImageSearcher.load(str(out), verify=False)
     assert searcher.manifest.scann_params["kind"] == "tree_ah"
     found = searcher.search_vectors(new_vectors, 1)
@@ -118,10 +119,14 @@ def test_rebuild_when_too_much_changed(tmp_path: Path) -> None:
     base, v2, v3 = tmp_path / "v1", tmp_path / "v2", tmp_path / "v3"
     build_base(base)
     first, first_vectors = table_rows(20, DIM, seed=6)  # 20 of 300: 6.7%, patched
-    result = update_index(str(base), str(v2), [write_rows(tmp_path / "a.parquet", first)], [], "v2")
+    result = update_index(
+        UpdateRequest(str(base), str(v2), [write_rows(tmp_path / "a.parquet", first)], [], "v2")
+    )
     assert not result.decision.rebuild
     second, _ = table_rows(15, DIM, seed=7)  # 35 since the build: 11.7% > 10%, rebuilt
-    result = update_index(str(v2), str(v3), [write_rows(tmp_path / "b.parquet", second)], [], "v3")
+    result = update_index(
+        UpdateRequest(str(v2), str(v3), [write_rows(tmp_path / "b.parquet", second)], [], "v3")
+    )
     assert result.decision.rebuild and "exceeds" in result.decision.reason
     manifest = read_manifest(str(v3))
     assert manifest.lineage == {"built_from": "v3", "built_count": 335, "updates": []}
@@ -134,35 +139,44 @@ def test_rebuild_rule_on_scann_kind_and_threshold(tmp_path: Path) -> None:
     base = tmp_path / "v1"
     build_base(base)
     manifest = read_manifest(str(base))
-    rule = RebuildRule(max_changed_fraction=0.5)
-    assert not rule.decide(manifest, 10, 10, [300], 10).rebuild
-    grown = rule.decide(manifest, 0, 0, [25_000], 10)
+    facts = IndexFacts.of(manifest)
+
+    def rule(upserted: int, deleted: int, counts: list[int], fraction: float = 0.5):
+        request = RunRequest(1, max_changed_fraction=fraction, k=10)
+        return decide(facts, request, Changes(upserted, deleted, tuple(counts)))
+
+    assert not rule(10, 10, [300]).rebuild
+    grown = rule(0, 0, [25_000])
     assert grown.rebuild and "tree_ah" in grown.reason
-    assert rule.decide(manifest, 0, 0, [0], 10).rebuild
-    assert RebuildRule(0.0).decide(manifest, 1, 0, [301], 10).rebuild
+    assert rule(0, 0, [0]).rebuild
+    assert rule(1, 0, [301], fraction=0.0).rebuild
     with pytest.raises(ValueError, match="max_changed_fraction"):
-        RebuildRule(-0.1)
+        RunRequest(1, max_changed_fraction=-0.1)
 
 
 def test_bad_updates_are_refused(tmp_path: Path) -> None:
     base, out = tmp_path / "v1", tmp_path / "v2"
     rows, _ = build_base(base)
     with pytest.raises(ValueError, match="not in index version v1"):
-        update_index(str(base), str(out), [], ["no-such-id"], "v2")
+        update_index(UpdateRequest(str(base), str(out), [], ["no-such-id"], "v2"))
     clash = write_rows(tmp_path / "clash.parquet", [rows[3]])
     with pytest.raises(ValueError, match="both deleted and upserted"):
-        update_index(str(base), str(out), [clash], [rows[3]["image_id"]], "v2")
+        update_index(UpdateRequest(str(base), str(out), [clash], [rows[3]["image_id"]], "v2"))
     other, _ = table_rows(3, DIM, seed=9, encoder_id="other/2")
     with pytest.raises(ValueError, match="other/2"):
-        update_index(str(base), str(out), [write_rows(tmp_path / "o.parquet", other)], [], "v2")
+        update_index(
+            UpdateRequest(
+                str(base), str(out), [write_rows(tmp_path / "o.parquet", other)], [], "v2"
+            )
+        )
     with pytest.raises(ValueError, match="immutable"):
-        update_index(str(base), str(base), [], [], "v2")
+        update_index(UpdateRequest(str(base), str(base), [], [], "v2"))
     assert not (out / "manifest.json").exists()  # nothing above published a version
     published = tmp_path / "published"
     published.mkdir()
     (published / "manifest.json").write_bytes((base / "manifest.json").read_bytes())
     with pytest.raises(ValueError, match="already holds"):
-        update_index(str(base), str(published), [], [], "v2")
+        update_index(UpdateRequest(str(base), str(published), [], [], "v2"))
 
 
 def test_command_line(tmp_path: Path, capsys) -> None:
@@ -216,14 +230,14 @@ def test_sharded_build_serve_and_update_on_gcs(gcs_bucket: str, tmp_path: Path) 
     for number, part in enumerate((rows[:120], rows[120:])):
         with FileSystems.create(f"{base}/table/embeddings-{number:05d}-of-00002.parquet") as f:
             pq.write_table(pa.Table.from_pylist(part, schema=embedding_table_schema(DIM)), f)
-    build_index(base, ENCODER_SPEC, {}, "v1", k=10, num_shards=2)
+    build_index(base, BuildConfig("v1", ENCODER_SPEC, k=10, num_shards=2), {})
     searcher = ImageSearcher.load(base)
     assert len(searcher.manifest.shards) == 2 and len(searcher) == 240
     assert ids_of(searcher.search_vector(embeddings[5], 1)) == [rows[5]["image_id"]]
 
     new_rows, new_vectors = table_rows(6, DIM, seed=12)
     added = write_rows(tmp_path / "new.parquet", new_rows)
-    update_index(base, out, [added], [rows[0]["image_id"]], "v2")
+    update_index(UpdateRequest(base, out, [added], [rows[0]["image_id"]], "v2"))
     updated = ImageSearcher.load(out)
     assert len(updated) == 245
     found = updated.search_vectors(new_vectors, 1)
@@ -247,7 +261,7 @@ def test_joint_shards_take_the_new_rows_too(tmp_path: Path) -> None:
     schema = embedding_table_schema(DIM, 6)
     (base / "table").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), base / "table" / "e-0.parquet")
-    build_index(str(base), ENCODER_SPEC, {}, "v1", k=5)
+    build_index(str(base), BuildConfig("v1", ENCODER_SPEC, k=5), {})
     new_rows, _ = table_rows(4, DIM, seed=15)
     new_joint = with_joint(new_rows)
     added = tmp_path / "new.parquet"
@@ -255,9 +269,13 @@ def test_joint_shards_take_the_new_rows_too(tmp_path: Path) -> None:
     # Rows without the index's joint column are refused: the joint shard would lose them.
     plain, _ = table_rows(2, DIM, seed=16)
     with pytest.raises(ValueError, match="joint_embedding"):
-        update_index(str(base), str(out), [write_rows(tmp_path / "p.parquet", plain)], [], "v2")
+        update_index(
+            UpdateRequest(
+                str(base), str(out), [write_rows(tmp_path / "p.parquet", plain)], [], "v2"
+            )
+        )
 
-    update_index(str(base), str(out), [str(added)], [rows[1]["image_id"]], "v2")
+    update_index(UpdateRequest(str(base), str(out), [str(added)], [rows[1]["image_id"]], "v2"))
     searcher = ImageSearcher.load(str(out))
     assert searcher.joint_index["shard"]["count"] == 83
     found = searcher.search_joint_vectors(new_joint, 1)

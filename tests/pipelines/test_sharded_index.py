@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from index.build import build_index
+from index.build import BuildConfig, build_index
 from index.manifest import read_manifest, verify_files
 from index.scann_index import ScannParams, exact_top_k
 from index.schema import embedding_table_schema
@@ -33,8 +33,10 @@ def sharded_and_single(tmp_path_factory: pytest.TempPathFactory):
     sharded, single = tmp_path_factory.mktemp("sharded"), tmp_path_factory.mktemp("single")
     for out in (sharded, single):
         write_embedding_table(out, rows, DIM, num_files=4)
-    manifest = build_index(str(sharded), ENCODER_SPEC, {}, "s3", k=10, num_shards=SHARDS)
-    build_index(str(single), ENCODER_SPEC, {}, "s1", k=10)
+    manifest = build_index(
+        str(sharded), BuildConfig("s3", ENCODER_SPEC, k=10, num_shards=SHARDS), {}
+    )
+    build_index(str(single), BuildConfig("s1", ENCODER_SPEC, k=10), {})
     return sharded, single, manifest, rows, embeddings
 
 
@@ -119,7 +121,7 @@ def test_joint_shards_are_built_and_merged(tmp_path: Path) -> None:
     pq.write_table(
         pa.Table.from_pylist(rows, schema=schema), tmp_path / "table" / "embeddings-0.parquet"
     )
-    manifest = build_index(str(tmp_path), ENCODER_SPEC, {}, "j", k=5, num_shards=2)
+    manifest = build_index(str(tmp_path), BuildConfig("j", ENCODER_SPEC, k=5, num_shards=2), {})
     assert manifest.joint_index["model"] == "dual" and manifest.joint_index["model_version"] == "3"
     assert [s["index_dir"] for s in manifest.joint_shards] == [
         "index/joint-shard-00000",
@@ -139,13 +141,13 @@ def test_bad_shard_requests_are_refused(tmp_path: Path) -> None:
     rows, _ = table_rows(4, 8)
     write_embedding_table(tmp_path, rows, 8, num_files=1)
     with pytest.raises(ValueError, match="num_shards"):
-        build_index(str(tmp_path), ENCODER_SPEC, {}, "v", num_shards=0)
+        BuildConfig("v", ENCODER_SPEC, num_shards=0)
     with pytest.raises(ValueError, match="autotuning sharded"):
-        build_index(str(tmp_path), ENCODER_SPEC, {}, "v", num_shards=2, target_recall=0.9)
+        BuildConfig("v", ENCODER_SPEC, num_shards=2, target_recall=0.9)
     # 4 rows over 16 shards: some shard is empty; refused before the old index is touched.
-    build_index(str(tmp_path), ENCODER_SPEC, {}, "v1")
+    build_index(str(tmp_path), BuildConfig("v1", ENCODER_SPEC), {})
     with pytest.raises(ValueError, match=r"shard\(s\) \[.*\] with no rows"):
-        build_index(str(tmp_path), ENCODER_SPEC, {}, "v", num_shards=16)
+        build_index(str(tmp_path), BuildConfig("v", ENCODER_SPEC, num_shards=16), {})
     assert read_manifest(str(tmp_path)).version == "v1"
     table = read_embedding_table([str(p) for p in (tmp_path / "table").glob("*.parquet")])
     assert len(table) == 4
@@ -154,7 +156,7 @@ def test_bad_shard_requests_are_refused(tmp_path: Path) -> None:
 def test_one_shard_manifests_of_the_old_format_still_load(tmp_path: Path) -> None:
     rows, embeddings = table_rows(50, 8, seed=2)
     write_embedding_table(tmp_path, rows, 8, num_files=2)
-    build_index(str(tmp_path), ENCODER_SPEC, {}, "old", k=5)
+    build_index(str(tmp_path), BuildConfig("old", ENCODER_SPEC, k=5), {})
     path = tmp_path / "manifest.json"
     data = json.loads(path.read_text())
     data.pop("lineage")

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from encoders.base import EncoderSpec, l2_normalize
 from encoders.fake import FakeImageEncoder
 from encoders.imaging import ImageRejected, decode_image
-from index.build import build_index
+from index.build import BuildConfig, build_index
 from index.manifest import ManifestVerificationError, read_manifest
 from index.scann_index import (
     ScannParams,
@@ -40,7 +40,7 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict
     out = tmp_path_factory.mktemp("index")
     rows, embeddings = table_rows(NUM_IMAGES, DIM, seed=7)
     write_embedding_table(out, rows, DIM)
-    build_index(str(out), ENCODER_SPEC, {"inputs": NUM_IMAGES}, "v1", k=10)
+    build_index(str(out), BuildConfig("v1", ENCODER_SPEC, k=10), {"inputs": NUM_IMAGES})
     return out, rows, embeddings
 
 
@@ -156,7 +156,7 @@ def test_tree_ah_index_end_to_end(tmp_path: Path) -> None:
     """Above the brute-force threshold the searcher runs ScaNN's tree + AH + rescoring."""
     rows, embeddings = table_rows(20_500, 8, seed=9)
     write_embedding_table(tmp_path, rows, 8, num_files=2)
-    manifest = build_index(str(tmp_path), ENCODER_SPEC, {}, "tree", k=10)
+    manifest = build_index(str(tmp_path), BuildConfig("tree", ENCODER_SPEC, k=10), {})
     assert manifest.scann_params["kind"] == "tree_ah"
     searcher = ImageSearcher.load(str(tmp_path), verify=False)
     sample = np.random.default_rng(10).choice(len(rows), 50, replace=False)
@@ -250,7 +250,7 @@ def photo_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[by
     for row, vector in zip(rows, vectors, strict=True):
         row["embedding"] = vector.tolist()
     write_embedding_table(out, rows, encoder.dim, num_files=1)
-    build_index(str(out), FAKE_SPEC.to_json(), {}, "photos")
+    build_index(str(out), BuildConfig("photos", FAKE_SPEC.to_json()), {})
     return out, photos, rows
 
 

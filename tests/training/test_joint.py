@@ -16,18 +16,13 @@ import pytest
 from encoders.base import l2_normalize
 from encoders.joint import KIND_DUAL, KIND_W2VV
 from ranking.metrics import retrieval_metrics, text_to_image_ranks
-from training.joint import (
-    DualEncoderConfig,
-    TrainedJointModel,
-    TrainingHistory,
-    W2VVConfig,
-    contrastive_losses,
-    epoch_order,
-    export_ensemble,
-    split_heldout,
-    train_dual_encoder,
-    train_w2vv,
-)
+from training.joint import train_dual_encoder, train_w2vv
+from training.joint_batches import epoch_order, split_heldout
+from training.joint_config import DualEncoderConfig, W2VVConfig
+from training.joint_export import export_ensemble
+from training.joint_fit import TrainingHistory
+from training.joint_losses import contrastive_losses
+from training.joint_model import TrainedJointModel
 
 IMAGE_DIM, TEXT_DIM = 48, 24
 TRAIN_IMAGES, TEST_IMAGES, CAPTIONS_PER_IMAGE = 400, 100, 3
