@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 from encoders.assets import assets_dir, describe_assets_layout
+from storage.files import open_file, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +94,7 @@ def architecture_for(name: str) -> KerasArchitecture:
 @functools.lru_cache(maxsize=16)
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     # Size and mtime are part of the cache key so a file replaced in place is hashed again.
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def weights_file_sha256(path: Path) -> str:
@@ -127,7 +124,6 @@ def fetch_remote_weights(uri: str) -> Path:
     by rename, so threads or processes fetching at once never see half a file. The version tag
     is still the sha256 of the bytes, so a local and a gs:// copy of one file index alike.
     """
-    from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     name = uri.rstrip("/").rsplit("/", 1)[-1]
@@ -145,7 +141,7 @@ def fetch_remote_weights(uri: str) -> Path:
     partial = target.with_name(f".{name}.{uuid.uuid4().hex}")
     try:
         with (
-            FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as source,
+            open_file(uri) as source,
             open(partial, "wb") as copy,
         ):
             shutil.copyfileobj(source, copy, 1 << 20)

@@ -20,7 +20,8 @@ import numpy as np
 
 from encoders.base import TextEncoder, l2_normalize
 from encoders.bow import TfidfEncoder
-from encoders.minilm import BertConfig, MiniLMEncoder, locate_minilm
+from encoders.minilm import MiniLMEncoder
+from encoders.minilm_files import BertConfig, locate_minilm
 from encoders.text_artifacts import read_artifact_config, write_artifact
 from encoders.text_tokenize import WORD_TOKENIZER_VERSION, check_texts
 

@@ -28,7 +28,8 @@ from typing import Any
 from encoders.base import TextEncoder
 from encoders.bow import BagOfWordsEncoder, TfidfEncoder
 from encoders.glove import load_glove, locate_glove
-from encoders.minilm import MINILM_NAME, BertConfig, MiniLMEncoder, locate_minilm
+from encoders.minilm import MINILM_NAME, MiniLMEncoder
+from encoders.minilm_files import BertConfig, locate_minilm
 from encoders.minilm_tfidf import MINILM_TFIDF_NAME, MiniLMTfidfEncoder
 from encoders.text_artifacts import read_artifact_config
 from encoders.word_vectors import MeanWordVectorEncoder, WeightedWordVectorEncoder

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import numpy as np
 
+from storage.files import read_bytes
+
 if TYPE_CHECKING:
     from evaluation.eval_types import EvalConfig, MethodResult
     from training.captions import CaptionedDataset
@@ -183,11 +185,9 @@ def rank_histogram_png(results: Sequence[MethodResult], num_images: int) -> str:
 @functools.lru_cache(maxsize=512)
 def thumbnail(uri: str, size: int = THUMBNAIL_PX) -> str:
     """A base64 JPEG thumbnail of the image at ``uri`` (EXIF orientation applied)."""
-    from apache_beam.io.filesystems import FileSystems
     from PIL import Image, ImageOps
 
-    with FileSystems.open(uri) as handle:
-        image = ImageOps.exif_transpose(Image.open(io.BytesIO(handle.read())))
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(read_bytes(uri))))
     image = image.convert("RGB")
     image.thumbnail((size, size))
     buffer = io.BytesIO()

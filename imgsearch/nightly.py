@@ -25,12 +25,12 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from evaluation.gate import DEFAULT_METRICS, DEFAULT_TOLERANCE, GateResult, check_gate
 from index.manifest import MANIFEST_NAME, read_manifest
 from index.publish import prune_versions, publish_version, read_pointer, version_dir
+from storage.files import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -42,23 +42,16 @@ GATE_NAME = "gate.json"
 
 EVAL_MODULE = "evaluation.eval_job"
 
-_RAW = CompressionTypes.UNCOMPRESSED
-
 
 class GateFailed(Exception):
     """The candidate version is worse than the published one: it must not be published."""
 
 
 def _read_json(path: str) -> Any | None:
+    """The JSON at ``path``, or None when a step has not written it (no eval set, no gate)."""
     if not FileSystems.exists(path):
         return None
-    with FileSystems.open(path, compression_type=_RAW) as f:
-        return json.loads(f.read().decode("utf-8"))
-
-
-def _write_json(path: str, data: Any) -> None:
-    with FileSystems.create(path, mime_type="application/json", compression_type=_RAW) as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+    return read_json(path)
 
 
 def _complete(path: str) -> bool:
@@ -163,7 +156,7 @@ def run_gate(
             published_dir = version_dir(root, pointer.version)
             published = _read_json(FileSystems.join(published_dir, EVAL_DIR, METRICS_NAME))
         result = check_gate(candidate, published, metrics, tolerance)
-    _write_json(FileSystems.join(target, EVAL_DIR, GATE_NAME), result.to_json())
+    write_json(FileSystems.join(target, EVAL_DIR, GATE_NAME), result.to_json())
     logger.info("gate %s: %s", "passed" if result.passed else "FAILED", "; ".join(result.reasons))
     if not result.passed:
         raise GateFailed(f"{version} not published: " + "; ".join(result.reasons))

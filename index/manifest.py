@@ -2,24 +2,29 @@
 
 A reader trusts nothing under ``OUT`` without ``OUT/manifest.json``: it names the encoder, the
 ScaNN parameters, the index shards, and every file with its size and SHA-256, so a serving
-process can check what it loads. All I/O goes through Beam's ``FileSystems``, so local paths
-and gs:// share one code path.
+process can check what it loads. All I/O goes through ``storage.files`` (Beam's
+``FileSystems``), so local paths and gs:// share one code path.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable
 from typing import Any
 
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from storage.files import join_path, relative_path, replace_by_rename, size_and_sha256
+from storage.files import (
+    join_path,
+    json_bytes,
+    read_json,
+    relative_path,
+    replace_by_rename,
+    size_and_sha256,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +33,6 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1  # bump when a reader of the old format would misread the new one
 
 # Never let Beam guess a codec from the extension: a checksum is over the stored bytes.
-_RAW = CompressionTypes.UNCOMPRESSED
 
 
 class ManifestVerificationError(Exception):
@@ -165,8 +169,7 @@ def write_manifest(out_dir: str, manifest: IndexManifest) -> str:
     the new one, never half of one.
     """
     final_path = FileSystems.join(out_dir, MANIFEST_NAME)
-    payload = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
-    replace_by_rename(out_dir, MANIFEST_NAME, payload)
+    replace_by_rename(out_dir, MANIFEST_NAME, json_bytes(manifest.to_json()))
     logger.info("published manifest %s (version %s)", final_path, manifest.version)
     return final_path
 
@@ -181,9 +184,7 @@ def read_manifest(out_dir_or_manifest_path: str) -> IndexManifest:
         raise FileNotFoundError(
             f"no index manifest at {path}: the index job has not finished writing this output"
         )
-    with FileSystems.open(path, compression_type=_RAW) as f:
-        data = json.loads(f.read().decode("utf-8"))
-    return IndexManifest.from_json(data)
+    return IndexManifest.from_json(read_json(path))
 
 
 def file_entry(path: str, root: str, data: bytes | None = None) -> dict[str, Any]:

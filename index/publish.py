@@ -22,19 +22,16 @@ import json
 import logging
 from typing import Any
 
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from index.manifest import MANIFEST_NAME
-from storage.files import delete_tree, replace_by_rename
+from storage.files import delete_tree, json_bytes, read_bytes, replace_by_rename
 
 logger = logging.getLogger(__name__)
 
 POINTER_NAME = "latest.json"
 
 VERSIONS_DIR = "versions"
-
-_RAW = CompressionTypes.UNCOMPRESSED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +85,7 @@ def read_pointer(root: str) -> Pointer | None:
     path = pointer_path(root)
     if not FileSystems.exists(path):
         return None
-    with FileSystems.open(path, compression_type=_RAW) as f:
-        raw = f.read()
+    raw = read_bytes(path)
     try:
         return Pointer.from_json(json.loads(raw.decode("utf-8")))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -144,7 +140,7 @@ def _next_pointer(version: str, current: Pointer | None) -> Pointer:
 
 
 def _pointer_bytes(pointer: Pointer) -> bytes:
-    return json.dumps(pointer.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
+    return json_bytes(pointer.to_json())
 
 
 def _swap_gcs_pointer(final_path: str, version: str) -> Pointer:

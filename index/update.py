@@ -60,6 +60,7 @@ from index.update_policy import (
     IndexFacts,
     RunRequest,
     UpdateDecision,
+    check_update_settings,
     decide,
 )
 from storage.files import (
@@ -104,10 +105,7 @@ class UpdateRequest:
             raise ValueError("version (the new version's name) must be a non-empty string")
         if self.out_dir.rstrip("/") == self.base_dir.rstrip("/"):
             raise ValueError("out_dir must differ from base_dir: a published version is immutable")
-        if not 0.0 <= self.max_changed_fraction:
-            raise ValueError(f"max_changed_fraction must be >= 0, got {self.max_changed_fraction}")
-        if self.k < 1:
-            raise ValueError(f"k must be positive, got {self.k}")
+        check_update_settings(self.max_changed_fraction, self.k)
 
 
 @dataclasses.dataclass(frozen=True)

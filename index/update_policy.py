@@ -48,6 +48,14 @@ DEFAULT_MAX_CHANGED_FRACTION = 0.10
 REWRITE, UPSERT, REBUILD = "rewrite", "upsert", "rebuild"
 
 
+def check_update_settings(max_changed_fraction: float, k: int) -> None:
+    """ValueError unless the rebuild threshold and the neighbours an index is tuned for are sane."""
+    if not 0.0 <= max_changed_fraction:
+        raise ValueError(f"max_changed_fraction must be >= 0, got {max_changed_fraction}")
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+
+
 @dataclasses.dataclass(frozen=True)
 class IndexFacts:
     """What the decision needs to know about the previous version (from its manifest)."""
@@ -104,10 +112,7 @@ class RunRequest:
             raise ValueError(f"index_shards must be >= 1, got {self.index_shards}")
         if self.quantize not in QUANTIZE:
             raise ValueError(f"quantize must be one of {QUANTIZE}, got {self.quantize!r}")
-        if not 0.0 <= self.max_changed_fraction:
-            raise ValueError(f"max_changed_fraction must be >= 0, got {self.max_changed_fraction}")
-        if self.k < 1:
-            raise ValueError(f"k must be positive, got {self.k}")
+        check_update_settings(self.max_changed_fraction, self.k)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,14 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from index.build import ShardRunner, ShardSpec, build_shard, collect_shard_results
 
 logger = logging.getLogger(__name__)
-
-_RAW = CompressionTypes.UNCOMPRESSED
 
 
 class BuildShards(beam.PTransform):

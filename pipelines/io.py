@@ -11,13 +11,12 @@ from collections import Counter
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
 from index.manifest import MANIFEST_NAME
 from index.schema import compact_row, embedding_table_schema
 from index.table import parquet_files, parquet_rows
 from pipelines.types import DEAD_LETTER_SCHEMA, DUPLICATE_SCHEMA
-from storage.files import join_uri
+from storage.files import delete_file, delete_tree, join_uri, open_file
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ def dead_letter_reasons(folder: str, top: int = 10) -> list[tuple[str, int]]:
     """The most common (stage: reason) of the dead letters, for the end-of-run summary."""
     counts: Counter[str] = Counter()
     for path in parquet_files(folder):
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
+        with open_file(path) as handle:
             table = pq.read_table(handle, columns=["stage", "reason"])
         for stage, reason in zip(
             table.column("stage").to_pylist(), table.column("reason").to_pylist(), strict=True
@@ -126,17 +125,7 @@ def clear_previous_output(out: str) -> None:
 
     Only the job's own folders and manifest are touched, never anything else in ``out``.
     """
-    manifest = join_uri(out, MANIFEST_NAME)
-    if FileSystems.exists(manifest):
-        FileSystems.delete([manifest])
+    delete_file(join_uri(out, MANIFEST_NAME))
     for folder in OUTPUT_FOLDERS:
-        path = join_uri(out, folder)
-        if FileSystems.exists(path):  # a real directory (local disk)
-            logger.info("removing previous output %s", path)
-            FileSystems.delete([path])
-            continue
-        # Object stores have no directories: delete every object under the prefix.
-        stale = FileSystems.match([join_uri(path, "**")])[0].metadata_list
-        if stale:
-            logger.info("removing %d previous objects under %s", len(stale), path)
-            FileSystems.delete([m.path for m in stale])
+        # A folder on local disk; on an object store, every object under the prefix.
+        delete_tree(join_uri(out, folder))

@@ -26,14 +26,8 @@ import pytest
 from safetensors.numpy import load_file
 from scipy.special import erf
 
-from encoders.minilm import (
-    CHUNK_SIZE,
-    BertConfig,
-    MiniLMEncoder,
-    build_bert_model,
-    load_hf_weights,
-    locate_minilm,
-)
+from encoders.minilm import CHUNK_SIZE, MiniLMEncoder, build_bert_model, load_hf_weights
+from encoders.minilm_files import BertConfig, locate_minilm
 from encoders.text_registry import TextEncoderSpec, check_text_encoder
 from imgsearch import settings
 
@@ -345,7 +339,7 @@ def test_locate_minilm_says_what_to_provide(
     with pytest.raises(FileNotFoundError, match=r"missing vocab\.txt, model\.safetensors"):
         locate_minilm(tmp_path)
 
-    monkeypatch.setattr("encoders.minilm.MODEL_PACKAGE", "no_such_minilm_package")
+    monkeypatch.setattr("encoders.minilm_files.MODEL_PACKAGE", "no_such_minilm_package")
     monkeypatch.setenv(settings.ASSETS_ENV, str(tmp_path))
     with pytest.raises(FileNotFoundError) as error:
         locate_minilm("auto")

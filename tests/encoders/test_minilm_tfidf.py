@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from encoders.bow import TfidfEncoder
-from encoders.minilm import MiniLMEncoder, locate_minilm
+from encoders.minilm import MiniLMEncoder
+from encoders.minilm_files import locate_minilm
 from encoders.text_registry import (
     TextEncoderSpec,
     check_text_encoder,

@@ -21,8 +21,8 @@ from index.schema import (
 from index.table import parquet_files, read_embedding_table, table_files
 from pipelines.io import WriteEmbeddingTable
 from serving.searcher import ImageSearcher
+from tests.index.test_build_index import ENCODER_SPEC, table_rows
 from tests.index_args import fake_index_args
-from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows
 
 NUM_PHOTOS = 160
 

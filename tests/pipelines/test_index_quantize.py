@@ -11,8 +11,8 @@ from index.build import BuildConfig, build_index
 from index.scann_index import ScannParams, exact_top_k
 from index.update import UpdateRequest, update_index
 from serving.searcher import ImageSearcher
-from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
-from tests.pipelines.test_index_update import write_rows
+from tests.index.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
+from tests.index.test_index_update import write_rows
 
 DIM = 32
 

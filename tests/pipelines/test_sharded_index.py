@@ -18,8 +18,8 @@ from index.schema import embedding_table_schema
 from index.shards import read_ids, shard_of_ids
 from index.table import read_embedding_table
 from serving.searcher import ImageSearcher
+from tests.index.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
 from tests.index_args import fake_index_args
-from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
 
 DIM = 24
 NUM_ROWS = 900

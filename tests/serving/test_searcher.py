@@ -29,7 +29,7 @@ from serving.searcher import (
     SearchHit,
     merge_top_k,
 )
-from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
+from tests.index.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
 
 DIM = 32
 NUM_IMAGES = 200

@@ -16,7 +16,7 @@ from index.shards import shard_of_ids
 from index.update import UpdateRequest, main, update_index
 from index.update_policy import Changes, IndexFacts, RunRequest, decide
 from serving.searcher import ImageSearcher
-from tests.pipelines.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
+from tests.index.test_build_index import ENCODER_SPEC, table_rows, write_embedding_table
 
 DIM = 16
 
