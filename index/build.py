@@ -36,6 +36,7 @@ from index.manifest import (
     FORMAT_VERSION,
     IndexManifest,
     file_entry,
+    full_build_lineage,
     split_model_id,
     write_manifest,
 )
@@ -341,11 +342,6 @@ def build_index(
     )
     write_manifest(out_dir, manifest)
     return manifest
-
-
-def full_build_lineage(version: str, num_rows: int) -> dict[str, Any]:
-    """The manifest's ``lineage`` of a full build: the base later updates count changes from."""
-    return {"built_from": version, "built_count": int(num_rows), "updates": []}
 
 
 def _check_shard_sizes(paths: Sequence[str], num_shards: int) -> None:

@@ -238,3 +238,15 @@ def split_model_id(model_id: str) -> tuple[str, str]:
     if not (sep and name and version) or "/" in version:
         raise ValueError(f"a joint model id is 'name/version', got {model_id!r}")
     return name, version
+
+
+def full_build_lineage(version: str, num_rows: int) -> dict[str, Any]:
+    """The manifest's ``lineage`` of a full build: the base later updates count changes from."""
+    return {"built_from": version, "built_count": int(num_rows), "updates": []}
+
+
+def lineage_of(manifest: IndexManifest) -> dict[str, Any]:
+    """``manifest``'s lineage; a version written before lineages existed counts as a full build."""
+    return manifest.lineage or full_build_lineage(
+        manifest.version, manifest.counts.get("indexed", 0)
+    )

@@ -34,11 +34,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from index.build import BuildConfig, build_index, full_build_lineage
+from index.build import BuildConfig, build_index
 from index.manifest import (
     MANIFEST_NAME,
     IndexManifest,
     file_entry,
+    lineage_of,
     read_manifest,
     verify_files,
     write_manifest,
@@ -349,7 +350,7 @@ def update_index(request: UpdateRequest) -> UpdateResult:
             entries[space].append(result["entry"])
             index_files.extend(result["files"])
 
-    lineage = manifest.lineage or full_build_lineage(manifest.version, manifest.counts["indexed"])
+    lineage = lineage_of(manifest)
     update = {
         "version": version,
         "base": manifest.version,

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from index.manifest import IndexManifest
+from index.manifest import IndexManifest, lineage_of
 from index.scann_index import QUANTIZE, ScannParams, choose_scann_params
 from index.shards import SHARD_ASSIGNMENT
 
@@ -75,11 +75,7 @@ class IndexFacts:
 
     @classmethod
     def of(cls, manifest: IndexManifest, table_mismatch: str | None = None) -> IndexFacts:
-        lineage = manifest.lineage or {
-            "built_from": manifest.version,
-            "built_count": int(manifest.counts.get("indexed", 0)),
-            "updates": [],
-        }
+        lineage = lineage_of(manifest)
         return cls(
             version=manifest.version,
             dim=manifest.dim,

@@ -101,7 +101,7 @@ class FusedSearcher:
         from encoders.tags import TagHead, resolve_tag_head
         from models.artifacts import list_models
         from models.fusion_weights import fusion_weights
-        from serving.text_search import default_joint_model
+        from models.query_model import default_joint_model
 
         ids = [images.hit_for_row(i, 0.0).image_id for i in range(len(images))]
         columns = [c for c in (CAPTION, TAGS) if table_has_columns(index_dir, [c])]

@@ -21,7 +21,7 @@ from index.manifest import IndexManifest, manifest_location, read_manifest, veri
 from index.scann_index import ScannParams, load_searcher, search_batched
 from index.shards import download_shard, read_ids
 from index.table import EmbeddingTable, read_embedding_table
-from models.query_model import EncoderMismatchError as EncoderMismatchError  # re-exported
+from models.query_model import EncoderMismatchError
 from storage.files import join_path, open_file
 
 if TYPE_CHECKING:

@@ -22,7 +22,6 @@ from encoders.joint import KIND_W2VV, JointModel
 from index.scann_index import exact_top_k
 from models.artifacts import LATEST
 from models.query_model import check_query_encoders, load_query_model
-from models.query_model import default_joint_model as default_joint_model  # re-exported
 from serving.searcher import ImageSearcher, SearchHit
 
 logger = logging.getLogger(__name__)

@@ -12,25 +12,23 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import IO, Any
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-RAW = CompressionTypes.UNCOMPRESSED
+_RAW = CompressionTypes.UNCOMPRESSED
 _CHUNK_BYTES = 4 * 2**20
 
 
 def open_file(path: str) -> IO[bytes]:
     """Open ``path`` for reading, bytes as stored (no codec guessed from the extension)."""
-    return FileSystems.open(path, compression_type=RAW)
+    return FileSystems.open(path, compression_type=_RAW)
 
 
 def create_file(path: str, mime_type: str = "application/octet-stream") -> IO[bytes]:
     """Create (or replace) ``path`` for writing, bytes as given; parent folders as needed."""
-    return FileSystems.create(path, mime_type=mime_type, compression_type=RAW)
+    return FileSystems.create(path, mime_type=mime_type, compression_type=_RAW)
 
 
 def read_bytes(path: str) -> bytes:
@@ -105,20 +103,6 @@ def sha256_file(path: str) -> str:
     return size_and_sha256(path)[1]
 
 
-@contextmanager
-def local_copy(path: str) -> Iterator[str]:
-    """A local path holding ``path``'s bytes: ``path`` itself on local disk, else a temp copy."""
-    if is_local(path):
-        yield path
-        return
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="imgsearch-") as folder:
-        local = os.path.join(folder, file_name(path))
-        copy_file(path, local)
-        yield local
-
-
 def replace_by_rename(folder: str, name: str, payload: bytes) -> None:
     """Write ``folder/name`` whole: a hidden temp file first, then one rename over the name.
 
@@ -127,7 +111,7 @@ def replace_by_rename(folder: str, name: str, payload: bytes) -> None:
     """
     temp_path = FileSystems.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
-        with FileSystems.create(temp_path, mime_type="application/json", compression_type=RAW) as f:
+        with create_file(temp_path, mime_type="application/json") as f:
             f.write(payload)
         FileSystems.rename([temp_path], [FileSystems.join(folder, name)])
     except BaseException:
@@ -191,8 +175,8 @@ def copy_file(source: str, destination: str) -> None:
         FileSystems.copy([source], [destination])
         return
     with (
-        FileSystems.open(source, compression_type=RAW) as src,
-        FileSystems.create(destination, compression_type=RAW) as dst,
+        open_file(source) as src,
+        create_file(destination) as dst,
     ):
         while chunk := src.read(_CHUNK_BYTES):
             dst.write(chunk)
