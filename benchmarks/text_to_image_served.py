@@ -1,6 +1,6 @@
 """Text->image retrieval on Flickr8k dev through the serving path, for one trained joint model.
 
-Run (after ``benchmarks/text_to_image.py --quick``, which trains the models):
+Run (after ``benchmarks/text_to_image.py``, which trains the models):
 ``.venv/bin/python benchmarks/text_to_image_served.py --models DIR --model mixed-minilm_tfidf``
 
 ``benchmarks/text_to_image.py`` scores models exactly, in memory. This checks that the same

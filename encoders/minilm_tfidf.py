@@ -3,7 +3,7 @@
 The two see different things in a caption: MiniLM its meaning (paraphrases land close), TF-IDF
 its exact content words (rare object and colour words that a sentence embedding blurs). On
 Flickr8k dev one W2VV model fed both reached R@1 0.187 / R@5 0.453, against 0.181 / 0.445 fed
-MiniLM alone (``benchmarks/results/text_to_image.md`` has the ensembles). Each part is a unit
+MiniLM alone (``benchmarks/results/text_to_image_frozen.md`` has the ensembles). Each part is a unit
 vector and the concatenation is normalised again, so both weigh alike.
 
 The artifact is a directory: a fitted TF-IDF artifact in ``tfidf/`` and a ``config.json`` that

@@ -43,7 +43,10 @@ from evaluation.methods import (
 )
 from evaluation.submission import DEFAULT_TOP_K, score_submission, write_submission
 from index.scann_index import exact_top_k
-from models.artifacts import code_version, read_metadata, resolve_version
+from models.artifacts import code_version
+from models.captioner import resolve_captioner
+from models.image_encoder import is_fine_tuned
+from models.joint import joint_model_image_encoder
 from ranking.metrics import (
     DEFAULT_KS,
     image_to_text_ranks,
@@ -100,8 +103,9 @@ def _image_encoder(config: EvalConfig, joint_names: list[str]) -> EncoderSpec:
     """The flags' encoder, else the one the first joint model was trained on."""
     spec = EncoderSpec()
     if joint_names:
-        recorded = read_metadata(resolve_version(config.models_dir, joint_names[0]))
-        spec = EncoderSpec.from_json(recorded.get("image_encoder", {}))
+        spec = joint_model_image_encoder(config.models_dir, joint_names[0])
+    if config.encoder and config.encoder != spec.name:
+        spec = EncoderSpec(name=config.encoder)  # another architecture: its own default weights
     return dataclasses.replace(
         spec, name=config.encoder or spec.name, weights=config.weights or spec.weights
     )
@@ -118,12 +122,18 @@ def extra_index_args(config: EvalConfig, spec: EncoderSpec) -> list[str]:
         try:
             head = resolve_tag_head("auto")
             check_tag_head(head, spec)
+            if is_fine_tuned(spec):
+                raise ValueError(f"the ImageNet head does not fit the fine-tuned {spec.weights}")
             args += ["--tag_head", str(head)]
         except (FileNotFoundError, ValueError) as error:
             logger.info("no tags in the evaluation index: %s", error)
     captioners = captioner_names(config.models_dir)
     if wanted & {"caption", "fused"} and captioners and "--captioner" not in config.beam_args:
-        args += ["--captioner", captioners[0]]
+        try:
+            resolve_captioner(config.models_dir, captioners[0], spec)
+            args += ["--captioner", captioners[0]]
+        except ValueError as error:  # trained on another encoder's maps (e.g. before fine-tuning)
+            logger.info("no captions in the evaluation index: %s", error)
     return args
 
 

@@ -42,11 +42,15 @@ def resolve_captioner(
     config = read_config(folder)
     if config.get("kind") != KIND_CAPTIONER:
         raise ValueError(f"--captioner {name} is a {config.get('kind')!r} model, not a captioner")
-    trained_on = str(config.get("image_encoder_id", "")).split("/", 1)[0]
-    if trained_on != encoder.name:
+    from encoders.registry import image_encoder_id  # no TensorFlow
+
+    recorded = str(config.get("image_encoder_id", ""))
+    # The exact id (weights hash included): a fine-tuned CNN of the same architecture gives
+    # other spatial maps, and captions decoded from them would be wrong.
+    if recorded.split("/", 1)[0] != encoder.name or recorded != image_encoder_id(encoder):
         raise ValueError(
-            f"--captioner {name} was trained on {config.get('image_encoder_id')} spatial maps, "
-            f"but this job encodes with {encoder.name}"
+            f"--captioner {name} was trained on {recorded} spatial maps, but this job encodes "
+            f"with {image_encoder_id(encoder)}"
         )
     if beam <= 0:
         raise ValueError(f"caption beam width must be positive, got {beam}")

@@ -13,6 +13,7 @@ from encoders.base import EncoderSpec
 from encoders.joint import KIND_DUAL, KIND_W2VV
 from encoders.registry import image_encoder_dim
 from models.artifacts import load_joint_model, read_config, read_metadata, resolve_version
+from models.image_encoder import recorded_image_encoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,3 +61,11 @@ def resolve_joint_model(models_dir: str, name: str, encoder: EncoderSpec) -> Joi
             f"({model.image_dim}-d, {recorded}), but this job encodes with {encoder} ({dim}-d)"
         )
     return JointModelRef(models_dir, name, folder.name, model.dim, model.image_encoder_id)
+
+
+def joint_model_image_encoder(models_dir: str, name: str) -> EncoderSpec:
+    """The image encoder joint model ``name`` was trained on, as its metadata records it (a
+    fine-tuned encoder's weights are found in ``models_dir`` even after the folder moved)."""
+    return recorded_image_encoder(
+        models_dir, read_metadata(resolve_version(models_dir, name)).get("image_encoder", {})
+    )

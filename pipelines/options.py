@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -20,7 +20,8 @@ from encoders.tags import check_tag_head, resolve_tag_head
 from index.scann_index import QUANTIZE
 from index.schema import EMBEDDING_STORAGES
 from models.captioner import CaptionerRef, resolve_captioner
-from models.joint import JointModelRef, resolve_joint_model
+from models.image_encoder import is_fine_tuned
+from models.joint import JointModelRef, joint_model_image_encoder, resolve_joint_model
 from storage.fetch import FetchLimits
 from storage.files import join_uri
 
@@ -45,13 +46,18 @@ class IndexOptions(PipelineOptions):
         )
         parser.add_argument("--out", help="output directory (local path or gs://)")
         parser.add_argument("--corpus_format", default="auto", choices=CORPUS_FORMATS)
-        parser.add_argument("--encoder", default="mobilenet_v2", help="image encoder name")
+        parser.add_argument(
+            "--encoder",
+            default=None,
+            help="image encoder name (default: the --joint_model's, else mobilenet_v2)",
+        )
         parser.add_argument(
             "--weights",
-            default="auto",
-            help="'auto' (assets folder), 'imagenet' (Keras download), 'none', a path or gs:// uri",
+            default=None,
+            help="'auto' (assets folder), 'imagenet' (Keras download), 'none', a path or gs:// "
+            "uri (default: the --joint_model's, e.g. a fine-tuned encoder, else 'auto')",
         )
-        parser.add_argument("--image_size", type=int, default=224)
+        parser.add_argument("--image_size", type=int, default=None)
         parser.add_argument("--batch_size", type=int, default=32, help="largest encode batch")
         parser.add_argument(
             "--table_shards",
@@ -181,7 +187,7 @@ class IndexConfig:
             "image_size", "batch_size", "max_pixels", "max_download_bytes", "neighbors",
             "tags_top_k",
         ):  # fmt: skip
-            if getattr(opts, flag) <= 0:
+            if getattr(opts, flag) is not None and getattr(opts, flag) <= 0:
                 raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
         if opts.table_shards < 0:
             raise ValueError(f"--table_shards must be >= 0, got {opts.table_shards}")
@@ -208,7 +214,7 @@ class IndexConfig:
         version = opts.run_version or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         if not re.fullmatch(r"[A-Za-z0-9._-]+", version):
             raise ValueError(f"--run_version may hold letters, digits, '.', '_', '-': {version!r}")
-        encoder = EncoderSpec(name=opts.encoder, weights=opts.weights, image_size=opts.image_size)
+        encoder = _image_encoder(opts)
         joint_model = None
         if opts.joint_model:
             joint_model = resolve_joint_model(opts.models, opts.joint_model, encoder)
@@ -216,6 +222,13 @@ class IndexConfig:
         if opts.tag_head:
             tag_head = str(resolve_tag_head(opts.tag_head))
             check_tag_head(tag_head, encoder)
+            if is_fine_tuned(encoder):
+                raise ValueError(
+                    f"--tag_head {opts.tag_head} classifies the stock CNN's pooled features, but "
+                    f"{encoder.weights} is a fine-tuned encoder (its top blocks changed), so its "
+                    f"tags would be wrong; index tags in a run with the stock weights, or drop "
+                    f"--tag_head"
+                )
         captioner = None
         if opts.captioner:
             captioner = resolve_captioner(opts.models, opts.captioner, encoder, opts.caption_beam)
@@ -307,3 +320,18 @@ def resolve_corpus_format(corpus: str, corpus_format: str = "auto") -> str:
     if corpus_format != "auto":
         return corpus_format
     return "manifest" if corpus.lower().endswith(MANIFEST_SUFFIXES) else "files"
+
+
+def _image_encoder(opts: Any) -> EncoderSpec:
+    """The flags' encoder; what they leave out comes from the --joint_model (the encoder it was
+    trained on, fine-tuned weights included), else the stock defaults."""
+    spec = EncoderSpec()
+    if opts.joint_model and opts.models:
+        spec = joint_model_image_encoder(opts.models, opts.joint_model)
+    if opts.encoder and opts.encoder != spec.name:
+        spec = EncoderSpec(name=opts.encoder)  # another architecture: its own default weights
+    return EncoderSpec(
+        name=opts.encoder or spec.name,
+        weights=opts.weights or spec.weights,
+        image_size=opts.image_size or spec.image_size,
+    )

@@ -18,10 +18,10 @@ Both hold out a seeded slice of the *training* images (never dev) and stop early
 text-to-image R@5, restoring the best epoch. Batches are built so two captions of one image
 rarely meet, and when they do a mask keeps them from being each other's negatives.
 
-Features are frozen: the image CNN and the text encoder ran once, upstream. Fine-tuning their top
-layers would need pixels and token ids in the batches instead of table rows; that belongs to a
-later trainer that wraps ``KerasImageEncoder``'s model (see ``_build_tower`` for where a
-trainable backbone would sit). Training uses the GPU when TensorFlow sees one.
+Features are frozen here: the image CNN and the text encoder ran once, upstream. The trainer
+that also adapts the CNN's top blocks is ``training.image_finetune``; ``imgsearch train joint``
+runs it first by default and trains these two on the fine-tuned encoder's embeddings. Training
+uses the GPU when TensorFlow sees one.
 
 This module holds the two trainers; each builds its towers and loss and hands them to the
 shared pieces, one module per step of the data flow:

@@ -126,3 +126,49 @@ def _check_tower(
     for rate in (dropout, input_dropout):
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"dropout rates must be in [0, 1), got {rate}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFineTuneConfig(TrainingSchedule):
+    """A dual encoder whose image side includes the image CNN's top ``trainable_blocks`` blocks
+    (``training.image_finetune``), trained from cached activations of ``views`` views per photo
+    (the photo, its mirror, random resized crops).
+
+    An epoch shows every training photo once, with one of its captions and one of its views
+    drawn at random. The towers learn at ``learning_rate``, the CNN at
+    ``backbone_learning_rate`` (pretrained weights need small steps), both with a cosine decay
+    over ``epochs``. ``hard_negatives_from`` > 0 adds VSE++'s max-violation hinge to InfoNCE
+    from that fraction of the epochs on (an InfoNCE warm-up first, as VSE++ needs).
+    """
+
+    trainable_blocks: int = 3
+    views: int = 4
+    dim: int = 512
+    text_hidden_units: tuple[int, ...] = ()
+    dropout: float = 0.2
+    temperature: float = 0.07
+    min_temperature: float = 0.01
+    margin: float = 0.2
+    hard_negatives_from: float = 0.0
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    backbone_learning_rate: float = 3e-4
+    weight_decay: float = 0.05
+    patience: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.trainable_blocks <= 3:
+            raise ValueError(f"trainable_blocks must be 0 to 3, got {self.trainable_blocks}")
+        if self.views < 1:
+            raise ValueError(f"views must be at least 1, got {self.views}")
+        if self.dim < 1:
+            raise ValueError(f"dim must be positive, got {self.dim}")
+        if not 0 < self.min_temperature <= self.temperature:
+            raise ValueError("need 0 < min_temperature <= temperature")
+        if self.backbone_learning_rate <= 0:
+            raise ValueError("backbone_learning_rate must be positive")
+        if not 0.0 <= self.hard_negatives_from < 1.0:
+            raise ValueError("hard_negatives_from must be in [0, 1)")
+        _check_tower(self.text_hidden_units, "relu", self.dropout)

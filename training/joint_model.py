@@ -103,7 +103,8 @@ def _build_tower(
     """Dense(+activation, +dropout) per hidden width, then a linear Dense to ``output_units``.
 
     Only Dense and Dropout, so ``_export_tower`` maps it one to one onto ``DenseLayer``s. A
-    fine-tuned backbone would be prepended here (pixels -> pooled features -> these layers).
+    fine-tuned backbone is not part of a tower: it is saved as an image-encoder version
+    (``training.image_side``) whose embeddings the towers take.
     """
     import keras
 

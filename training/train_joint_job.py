@@ -1,11 +1,20 @@
 """``imgsearch train joint``: fit text-to-image joint models on a captioned dataset.
 
-Steps, each reusing what an earlier run made: the dataset's image features through the real
-index job (``training.features``), the text encoder (fitted on the split's captions for the
-kinds that need fitting), text features for every caption, then Word2VisualVec and/or the dual
-encoder, each saved as a new version in the models directory with the encoder ids it needs
-(``--ensemble N``: N seeds of each merged into one model), and with ``--mixed`` and both kinds,
-the two side by side as a third model, ``mixed-<text encoder>`` (``encoders.joint``).
+With no flag beyond ``--dataset``, ``--split`` and ``--out`` it trains the default recipe
+(the best one measured on Flickr8k dev, ``benchmarks/results/text_to_image.md``):
+
+1. text features for every caption from ``minilm_tfidf`` (MiniLM sentence vectors beside a
+   TF-IDF fitted on the split's captions);
+2. the image side (``training.image_side``): the top three blocks of the mirror-averaging
+   MobileNetV2 fine-tuned inside a dual encoder on cached activations of four views per photo,
+   saved as a new image-encoder version in the models directory (``--finetune-blocks 0``
+   keeps the CNN frozen and reads its features through the real index job instead);
+3. Word2VisualVec and the dual encoder on the photos' embeddings under that encoder, three
+   seeds of each merged into one model (``--ensemble``), and the two side by side as
+   ``mixed-<text encoder>`` (``--no-mixed`` skips it).
+
+Each step reuses what an earlier run made (fitted text encoders, cached activations, indexed
+features); progress (epochs, held-out R@K, time left) goes to stderr.
 """
 
 from __future__ import annotations
@@ -14,9 +23,11 @@ import argparse
 import dataclasses
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,15 +41,20 @@ from encoders.text_registry import (
     fit_text_encoder,
 )
 from models.artifacts import save_joint_model
-from training.captions import caption_pairs, load_captioned_dataset
-from training.features import dataset_features
+from training.captions import load_captioned_dataset
+from training.finetune_backbone import fine_tunable
+from training.image_side import ImageSide, fine_tuned_image_side, frozen_image_side
 from training.joint import train_dual_encoder, train_w2vv
-from training.joint_config import DualEncoderConfig, W2VVConfig
+from training.joint_config import DualEncoderConfig, ImageFineTuneConfig, W2VVConfig
 from training.joint_export import export_ensemble
 
 logger = logging.getLogger(__name__)
 
 JOINT_KINDS = ("w2vv", "dual")
+# The default recipe (benchmarks/results/text_to_image.md has the ablation behind each choice).
+DEFAULT_TEXT_ENCODER = "minilm_tfidf"
+DEFAULT_IMAGE_ENCODER = "mobilenet_v2_flip"
+DEFAULT_ENSEMBLE = 3
 # Saved besides the two when both are trained: encoders.joint.mixed_joint_model of them.
 MIXED_KIND = "mixed"
 _TEXT_CHUNK = 512
@@ -49,10 +65,12 @@ class TrainJointConfig:
     dataset: str
     split: str | None
     models_dir: str
-    text_encoder: str = "minilm"
+    text_encoder: str = DEFAULT_TEXT_ENCODER
     text_path: str = "auto"
     kinds: tuple[str, ...] = JOINT_KINDS
-    image_encoder: EncoderSpec = dataclasses.field(default_factory=EncoderSpec)
+    image_encoder: EncoderSpec = dataclasses.field(
+        default_factory=lambda: EncoderSpec(name=DEFAULT_IMAGE_ENCODER)
+    )
     epochs: int = 30
     max_seconds: float | None = None
     batch_size: int | None = None  # None: each trainer's default
@@ -60,13 +78,20 @@ class TrainJointConfig:
     seed: int = 0
     # Members per saved model: seeds seed, seed+1, ... merged into one model (see
     # training.joint_export.export_ensemble); 1 saves a single model.
-    ensemble: int = 1
+    ensemble: int = DEFAULT_ENSEMBLE
     # With both kinds: also save them side by side as ``mixed-<text encoder>``.
-    mixed: bool = False
+    mixed: bool = True
+    # The image CNN's top blocks trained first (training.image_side); 0 keeps it frozen.
+    finetune: ImageFineTuneConfig | None = dataclasses.field(default_factory=ImageFineTuneConfig)
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
             raise ValueError(f"ensemble must be at least 1, got {self.ensemble}")
+        if self.finetune is not None and not fine_tunable(self.image_encoder.name):
+            raise ValueError(
+                f"--finetune-blocks needs a MobileNetV2 encoder, not {self.image_encoder.name}; "
+                f"pass --finetune-blocks 0 to train on its frozen features"
+            )
 
 
 def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
@@ -74,10 +99,10 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
     parser.add_argument("--dataset", required=True, help="captioned folder, Flickr8k or COCO")
     parser.add_argument("--split", default="train")
     parser.add_argument("--out", required=True, help="the models directory")
-    parser.add_argument("--text-encoder", default="minilm", choices=TEXT_ENCODER_NAMES)
+    parser.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER, choices=TEXT_ENCODER_NAMES)
     parser.add_argument("--text-path", default="auto", help="GloVe/MiniLM source ('auto')")
     parser.add_argument("--kind", choices=[*JOINT_KINDS, "both"], default="both")
-    parser.add_argument("--encoder", default="mobilenet_v2", help="image encoder")
+    parser.add_argument("--encoder", default=DEFAULT_IMAGE_ENCODER, help="image encoder")
     parser.add_argument("--weights", default="auto")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -89,15 +114,39 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
     parser.add_argument(
         "--ensemble",
         type=int,
-        default=1,
+        default=DEFAULT_ENSEMBLE,
         help="train this many seeds of each kind and save them merged as one model",
     )
     parser.add_argument(
         "--mixed",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="with --kind both, also save the two side by side as one model, mixed-<text>",
     )
+    finetune = ImageFineTuneConfig()
+    parser.add_argument(
+        "--finetune-blocks",
+        type=int,
+        default=finetune.trainable_blocks,
+        choices=[0, 1, 2, 3],
+        help="train the image CNN's top N blocks first, saved as a new image encoder "
+        "(0: keep the encoder frozen)",
+    )
+    parser.add_argument(
+        "--finetune-epochs", type=int, default=finetune.epochs, help="fine-tuning epochs at most"
+    )
+    parser.add_argument(
+        "--finetune-views",
+        type=int,
+        default=finetune.views,
+        help="views cached per photo: the photo, its mirror, then random resized crops",
+    )
     args, beam_args = parser.parse_known_args(argv)
+    if args.finetune_blocks:
+        finetune = dataclasses.replace(
+            finetune, trainable_blocks=args.finetune_blocks, epochs=args.finetune_epochs,
+            views=args.finetune_views, seed=args.seed, max_seconds=args.max_seconds,
+        )  # fmt: skip
     config = TrainJointConfig(
         dataset=args.dataset,
         split=args.split or None,
@@ -113,6 +162,7 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
         seed=args.seed,
         ensemble=args.ensemble,
         mixed=args.mixed,
+        finetune=finetune if args.finetune_blocks else None,
     )
     return config, beam_args
 
@@ -138,21 +188,31 @@ def encode_texts(encoder, texts: list[str]) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
-def run(config: TrainJointConfig, beam_args: Sequence[str] = ()) -> list[Path]:
-    """Train every kind in ``config.kinds``; -> the saved version folders."""
+def run(
+    config: TrainJointConfig, beam_args: Sequence[str] = (), progress: Any = logger.info
+) -> list[Path]:
+    """Train every kind in ``config.kinds``; -> the saved version folders.
+
+    ``progress(message)`` receives the long steps' progress (the CLI prints it).
+    """
+    started = time.perf_counter()
     dataset = load_captioned_dataset(config.dataset, config.split)
-    features = dataset_features(
-        dataset, Path(config.models_dir) / "features", config.image_encoder, beam_args
-    )
     captions = dataset.caption_texts
     text_spec = text_encoder_for(config, captions)
     text_encoder = create_text_encoder(text_spec)
-    start = time.perf_counter()
+    progress(f"encoding {len(captions)} captions with {text_encoder.encoder_id}")
     text_feats = encode_texts(text_encoder, captions)
-    logger.info("text features %s in %.1f s", text_feats.shape, time.perf_counter() - start)
+    progress(f"text features {text_feats.shape} in {time.perf_counter() - started:.0f} s")
 
-    image_feats = features.image_embeddings
-    pairs = caption_pairs(dataset, np.arange(len(dataset.images)))
+    image_side: ImageSide
+    if config.finetune is not None:
+        image_side = fine_tuned_image_side(
+            dataset, config.models_dir, config.image_encoder, text_feats, config.finetune,
+            progress,
+        )  # fmt: skip
+    else:
+        image_side = frozen_image_side(dataset, config.models_dir, config.image_encoder, beam_args)
+    image_feats, pairs = image_side.features, image_side.pairs
     saved = []
     exported: dict[str, tuple] = {}
     for kind in config.kinds:
@@ -173,18 +233,19 @@ def run(config: TrainJointConfig, beam_args: Sequence[str] = ()) -> list[Path]:
                 trained, history = train_dual_encoder(text_feats, image_feats, pairs, training)
             members.append(trained)
             histories.append(history)
+            progress(
+                f"trained {kind} seed {common['seed']} ({member + 1}/{config.ensemble}): "
+                f"held-out R@5 {history.best_heldout.get('R@5', float('nan')):.3f}, "
+                f"{time.perf_counter() - started:.0f} s so far"
+            )
         model = export_ensemble(
-            members, text_feats, image_feats, text_encoder.encoder_id, features.table.encoder_id
+            members, text_feats, image_feats, text_encoder.encoder_id, image_side.encoder_id
         )
         history = histories[0]
         metadata = {
             "text_encoder": {**text_spec.to_json(), "encoder_id": text_encoder.encoder_id},
-            "image_encoder": {
-                **config.image_encoder.to_json(),
-                "encoder_id": features.table.encoder_id,
-            },
+            "image_encoder": image_side.entry,
             "dataset": dataset.summary(),
-            "features_index": features.index_dir,
             "training_config": training.to_json(),
             "history": history.to_json(),
             "heldout_metrics": history.best_heldout,
@@ -222,8 +283,12 @@ def run(config: TrainJointConfig, beam_args: Sequence[str] = ()) -> list[Path]:
     return saved
 
 
+def _print_progress(message: str) -> None:
+    print(f"[train joint {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str]) -> int:
     config, beam_args = parse_args(argv)
-    for folder in run(config, beam_args):
+    for folder in run(config, beam_args, progress=_print_progress):
         print(f"saved {folder}")
     return 0

@@ -55,7 +55,8 @@ def models(dataset_dir: Path, tmp_path_factory, mobilenet_weights) -> Path:
     config, beam_args = train_joint_job.parse_args(
         ["--dataset", str(dataset_dir), "--split", "", "--out", str(models),
          "--text-encoder", "tfidf", "--epochs", "40", "--batch-size", "64", "--seed", "1",
-         "--weights", str(mobilenet_weights)]
+         "--weights", str(mobilenet_weights), "--encoder", "mobilenet_v2", "--finetune-blocks", "0",
+         "--ensemble", "1", "--no-mixed"]
     )  # fmt: skip
     train_joint_job.run(config, beam_args)
     return models

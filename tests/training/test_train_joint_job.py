@@ -31,7 +31,7 @@ def trained(coco: Path, tmp_path_factory, mobilenet_weights) -> Path:
     config, beam_args = train_joint_job.parse_args(
         ["--dataset", str(coco), "--split", "val", "--out", str(models),
          "--text-encoder", "tfidf", "--epochs", "40", "--batch-size", "64", "--seed", "1",
-         "--ensemble", "2", "--mixed"]
+         "--ensemble", "2", "--mixed", "--encoder", "mobilenet_v2", "--finetune-blocks", "0"]
     )  # fmt: skip
     train_joint_job.run(config, beam_args)
     return models
@@ -98,7 +98,8 @@ def test_index_job_is_not_rerun_for_the_same_images(trained: Path, coco: Path, m
     monkeypatch.setattr(index_job, "run", fail)
     config, _ = train_joint_job.parse_args(
         ["--dataset", str(coco), "--split", "val", "--out", str(trained),
-         "--text-encoder", "tfidf", "--epochs", "1", "--kind", "w2vv"]
+         "--text-encoder", "tfidf", "--epochs", "1", "--kind", "w2vv", "--encoder", "mobilenet_v2",
+         "--finetune-blocks", "0", "--ensemble", "1"]
     )  # fmt: skip
     train_joint_job.run(config)
 
