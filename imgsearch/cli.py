@@ -4,14 +4,14 @@
     imgsearch search --index DIR (--image PATH | --image-id ID | --text "...") [-k 10] [--json]
                      [--models MODELS_DIR [--model NAME]]
     imgsearch search --index DIR --text "..." --models MODELS_DIR --fused   (joint+captions+tags)
-    imgsearch train joint --dataset DIR --split train --out MODELS_DIR [--text-encoder minilm]
+    imgsearch train joint --dataset DIR --split train --out MODELS_DIR    (the default recipe)
     imgsearch train captioner --dataset DIR --split train --out MODELS_DIR [--max-seconds 600]
     imgsearch train fusion --dataset DIR --split dev --out MODELS_DIR
     imgsearch eval   --dataset DIR --out OUT [--models MODELS_DIR] [--split dev] [Beam options]
     imgsearch eval score --submission FILE --dataset DIR [--split dev]
     imgsearch serve  --index ROOT_OR_INDEX_DIR [--port 8080]
                      [--models MODELS_DIR [--model NAME] [--fused]]
-    imgsearch demo   [--out DIR]
+    imgsearch demo   [--out DIR] [--full]
     imgsearch publish  --root ROOT --version VERSION [--no-verify]
     imgsearch rollback --root ROOT [--to VERSION]
     imgsearch versions --root ROOT [--prune --keep N]
