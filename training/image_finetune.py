@@ -30,7 +30,7 @@ from ranking.metrics import image_to_text_ranks, retrieval_metrics, text_to_imag
 from training.finetune_backbone import SplitBackbone
 from training.joint_batches import split_heldout
 from training.joint_config import DualEncoderConfig, ImageFineTuneConfig
-from training.joint_fit import TrainingHistory, _better, _device
+from training.joint_fit import TrainingHistory, _BestEpoch, _device
 from training.joint_losses import contrastive_losses
 from training.joint_model import TrainedJointModel, _build_tower
 
@@ -157,7 +157,8 @@ def fine_tune_dual_encoder(
     rng = np.random.default_rng([config.seed, 3])
     variables = [*tower_variables, log_scale, *backbone_variables]
     history: list[dict[str, float]] = []
-    best, best_epoch, best_weights, stale, stopped_early = None, 0, None, 0, False
+    best = _BestEpoch(variables, config.patience, len(heldout_images) > 0)
+    stopped_early = False
     started = time.monotonic()
     progress(
         f"fine-tuning {split.spec.name}'s top {config.trainable_blocks} block(s) with a dual "
@@ -192,21 +193,13 @@ def fine_tune_dual_encoder(
             f"R@10 {record.get('R@10', float('nan')):.3f}, {record['seconds']:.0f} s, "
             f"at most {left / 60:.1f} min left"
         )
-        if len(heldout_images) == 0 or _better(record, best):
-            best, best_epoch, stale = record, epoch, 0
-            best_weights = [v.numpy().copy() for v in variables]
-        else:
-            stale += 1
-            if stale >= config.patience:
-                stopped_early = True
-                break
+        if best.should_stop(record):
+            stopped_early = True
+            break
         if config.max_seconds is not None and elapsed > config.max_seconds:
             stopped_early = True
             break
-    if best is None or best_weights is None:
-        raise RuntimeError("no epoch completed")  # unreachable: epochs >= 1 is validated
-    for variable, value in zip(variables, best_weights, strict=True):
-        variable.assign(value)
+    best_heldout = best.restore()
     model = TrainedJointModel(
         kind=KIND_DUAL, config=tower_config, text_dim=text_feats.shape[1], image_dim=image_dim,
         text_tower=text_tower, image_tower=image_tower,
@@ -214,8 +207,8 @@ def fine_tune_dual_encoder(
     )  # fmt: skip
     trained = TrainingHistory(
         epochs=history,
-        best_epoch=best_epoch,
-        best_heldout={k: v for k, v in best.items() if k not in ("epoch", "loss", "seconds")},
+        best_epoch=best.epoch,
+        best_heldout=best_heldout,
         train_pairs=len(train_pairs),
         heldout_pairs=len(heldout_pairs),
         heldout_images=len(heldout_images),

@@ -70,6 +70,35 @@ def _better(candidate: dict[str, float], best: dict[str, float] | None) -> bool:
     return (candidate["R@5"], candidate["MRR"]) > (best["R@5"], best["MRR"])
 
 
+class _BestEpoch:
+    """Early stopping shared by both training loops: keeps the weights of the epoch with the
+    best held-out figures (every epoch's when nothing is held out) and says when ``patience``
+    epochs in a row did not beat it."""
+
+    def __init__(self, variables: list[Any], patience: int, has_heldout: bool) -> None:
+        self.variables, self.patience, self.has_heldout = variables, patience, has_heldout
+        self.best: dict[str, float] | None = None
+        self.epoch, self.stale = 0, 0
+        self._weights: list[np.ndarray] | None = None
+
+    def should_stop(self, record: dict[str, float]) -> bool:
+        """Record ``record`` (its ``epoch`` and held-out figures) -> whether to stop now."""
+        if not self.has_heldout or _better(record, self.best):
+            self.best, self.epoch, self.stale = record, int(record["epoch"]), 0
+            self._weights = [v.numpy().copy() for v in self.variables]
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self) -> dict[str, float]:
+        """Put the best epoch's weights back -> its held-out figures."""
+        if self.best is None or self._weights is None:
+            raise RuntimeError("no epoch completed")  # unreachable: epochs >= 1 is validated
+        for variable, value in zip(self.variables, self._weights, strict=True):
+            variable.assign(value)
+        return {k: v for k, v in self.best.items() if k not in ("epoch", "loss", "seconds")}
+
+
 def _fit(
     model: TrainedJointModel,
     loss_fn: Any,
@@ -121,8 +150,8 @@ def _fit(
 
     rng = np.random.default_rng([schedule.seed, 2])
     history: list[dict[str, float]] = []
-    best: dict[str, float] | None = None
-    best_epoch, best_weights, stale, stopped_early = 0, None, 0, False
+    best = _BestEpoch(variables, schedule.patience, len(heldout_pairs) > 0)
+    stopped_early = False
     logger.info(
         "training %s on %s: %d pairs (%d held out for early stopping), %d epochs max",
         model.kind,
@@ -154,14 +183,9 @@ def _fit(
         history.append(record)
         logger.info("epoch %s", {k: round(v, 4) for k, v in record.items()})
 
-        if len(heldout_pairs) == 0 or _better(record, best):
-            best, best_epoch, stale = record, epoch, 0
-            best_weights = [v.numpy().copy() for v in variables]
-        else:
-            stale += 1
-            if stale >= schedule.patience:
-                stopped_early = True
-                break
+        if best.should_stop(record):
+            stopped_early = True
+            break
         if schedule.max_seconds is not None and time.monotonic() - started > schedule.max_seconds:
             logger.info(
                 "stopping after epoch %d: max_seconds %.0f reached", epoch, schedule.max_seconds
@@ -169,14 +193,11 @@ def _fit(
             stopped_early = True
             break
 
-    if best is None or best_weights is None:
-        raise RuntimeError("no epoch completed")  # unreachable: epochs >= 1 is validated
-    for variable, value in zip(variables, best_weights, strict=True):
-        variable.assign(value)
+    best_heldout = best.restore()
     return TrainingHistory(
         epochs=history,
-        best_epoch=best_epoch,
-        best_heldout={k: v for k, v in best.items() if k not in ("epoch", "loss", "seconds")},
+        best_epoch=best.epoch,
+        best_heldout=best_heldout,
         train_pairs=len(train_pairs),
         heldout_pairs=len(heldout_pairs),
         heldout_images=len(np.unique(heldout_pairs[:, 1])),
