@@ -58,3 +58,12 @@ def flickr_caption_rows(assets_dir: Path) -> list[tuple[str, str]]:
     with path.open(encoding="utf-8") as lines:
         next(lines)  # header
         return [tuple(next(lines).rstrip("\n").split("\t", 1)) for _ in range(500)]
+
+
+@pytest.fixture(scope="session")
+def coco(assets_dir: Path) -> Path:
+    """The COCO-mini dataset folder with its val2017 captions (skips when missing)."""
+    root = assets_dir / "datasets" / "coco-mini"
+    if not (root / "annotations" / "captions_val2017.json").is_file():
+        pytest.skip("coco-mini captions missing from the assets folder")
+    return root

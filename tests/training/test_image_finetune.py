@@ -26,14 +26,6 @@ MODEL = "dual-tfidf"
 
 
 @pytest.fixture(scope="module")
-def coco(assets_dir: Path) -> Path:
-    root = assets_dir / "datasets" / "coco-mini"
-    if not (root / "annotations" / "captions_val2017.json").is_file():
-        pytest.skip("coco-mini captions missing from the assets folder")
-    return root
-
-
-@pytest.fixture(scope="module")
 def trained(coco: Path, tmp_path_factory, mobilenet_weights) -> Path:
     models = tmp_path_factory.mktemp("models")
     config, beam_args = train_joint_job.parse_args(
