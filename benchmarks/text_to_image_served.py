@@ -23,7 +23,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np
 
 from imgsearch import settings
-from models.artifacts import read_metadata, resolve_version
+from models.artifacts import resolve_version
+from models.joint import joint_model_image_encoder
 from pipelines import index_job
 from serving.searcher import ImageSearcher
 from serving.text_search import TextSearcher
@@ -46,7 +47,7 @@ def main() -> int:
         print(settings.describe_assets_layout(), file=sys.stderr)
         return 2
     dev = load_captioned_dataset(assets / "datasets" / "flickr8k", "dev")
-    image_spec = read_metadata(resolve_version(args.models, args.model))["image_encoder"]
+    image_spec = joint_model_image_encoder(args.models, args.model)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -55,8 +56,8 @@ def main() -> int:
         csv.writer(handle).writerows([("uri", "id"), *((uri, name) for name, uri in dev.images)])
     start = time.perf_counter()
     result = index_job.run(
-        ["--corpus", str(corpus), "--out", str(work / "index"), "--encoder", image_spec["name"],
-         "--weights", image_spec["weights"], "--models", args.models,
+        # No --encoder/--weights: the index job encodes with the joint model's own encoder.
+        ["--corpus", str(corpus), "--out", str(work / "index"), "--models", args.models,
          "--joint_model", args.model, "--run_version", "served"]
     )  # fmt: skip
     index_seconds = time.perf_counter() - start
@@ -81,7 +82,7 @@ def main() -> int:
         "",
         f"Model `{args.model}` ({resolve_version(args.models, args.model).name}). The real "
         "index job indexed the "
-        f"{len(dev.images)} dev photos with its image encoder `{image_spec['name']}` and the "
+        f"{len(dev.images)} dev photos with its image encoder `{image_spec.name}` and the "
         f"joint shard in {index_seconds:.0f} s; `TextSearcher.search_many` answered the "
         f"{len(queries)} dev captions (top {max(K)}) in {search_seconds:.1f} s. "
         "2 shared CPU cores.",
