@@ -41,5 +41,5 @@ setup(
     ],
     # The search page's Jinja2 templates ship inside the serving package.
     package_data={"serving": ["templates/*.html"]},
-    entry_points={"console_scripts": ["imgsearch=imgsearch.cli:main"]},
+    entry_points={"console_scripts": ["imgsearch=imgsearch.cli:entry"]},
 )

@@ -22,11 +22,13 @@ Heavy imports (Beam, TensorFlow, ScaNN) happen inside each subcommand so ``--hel
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
+
+from storage.process_exit import run_as_process
 
 logger = logging.getLogger("imgsearch")
 
@@ -277,19 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # User errors (bad flags, missing weights, unknown ids): one clear line, no traceback.
         print(f"imgsearch {argv[0]}: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        exit_without_final_gc_walk()
 
 
-def exit_without_final_gc_walk() -> None:
-    """Spare the interpreter's last garbage collection the walk over every object alive.
-
-    After TensorFlow and a model are loaded that walk takes about a second, on every run of
-    every command, for nothing: the process is ending. Frozen objects are skipped by the
-    collector; refcounting, finalizers and atexit handlers still run as usual.
-    """
-    gc.freeze()
+def entry() -> NoReturn:
+    """The ``imgsearch`` console script: ``main`` and then a clean end (storage.process_exit)."""
+    run_as_process(main)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -75,6 +75,7 @@ from storage.files import (
     open_file,
     read_bytes,
 )
+from storage.process_exit import run_as_process
 
 logger = logging.getLogger(__name__)
 
@@ -436,4 +437,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_process(main)

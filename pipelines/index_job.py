@@ -54,6 +54,7 @@ from pipelines.transforms import (
     EncodeImages,
     HashImages,
 )
+from storage.process_exit import run_as_process
 
 logger = logging.getLogger(__name__)
 
@@ -264,4 +265,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_process(main)
