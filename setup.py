@@ -23,6 +23,7 @@ setup(
             "ranking*",
             "encoders*",
             "storage*",
+            "runtime*",
         ]
     ),
     install_requires=[

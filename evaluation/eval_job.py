@@ -55,7 +55,7 @@ from ranking.metrics import (
     text_to_image_ranks,
 )
 from ranking.recall import recall_per_query
-from storage.process_exit import run_as_process
+from runtime.entry import run_module_main
 from training.captions import DatasetError, load_captioned_dataset
 
 logger = logging.getLogger(__name__)
@@ -459,4 +459,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":  # the nightly DAG runs `python -m evaluation.eval_job`
-    run_as_process(lambda: main(sys.argv[1:]))
+    run_module_main(main)

@@ -28,7 +28,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from storage.process_exit import run_as_process
+from runtime.log_setup import configure_logging, split_log_flags
+from runtime.process_exit import run_as_process
 
 logger = logging.getLogger("imgsearch")
 
@@ -266,10 +267,13 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        flags, argv = split_log_flags(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        print(f"imgsearch: error: {exc}", file=sys.stderr)
+        return 2
+    # Before any subcommand imports TensorFlow: its C++ log level is read once, at load.
+    configure_logging(flags)
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip())
         return 0 if argv and argv[0] in ("-h", "--help") else 2
@@ -282,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> NoReturn:
-    """The ``imgsearch`` console script: ``main`` and then a clean end (storage.process_exit)."""
+    """The ``imgsearch`` console script: ``main`` and then a clean end (runtime.process_exit)."""
     run_as_process(main)
 
 

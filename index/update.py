@@ -64,6 +64,7 @@ from index.update_policy import (
     check_update_settings,
     decide,
 )
+from runtime.entry import run_module_main
 from storage.files import (
     copy_file,
     create_file,
@@ -75,7 +76,6 @@ from storage.files import (
     open_file,
     read_bytes,
 )
-from storage.process_exit import run_as_process
 
 logger = logging.getLogger(__name__)
 
@@ -407,7 +407,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     with_dirs = not args.root and bool(args.base and args.out)
     if not (with_root or with_dirs):
         parser.error("give either --root, or both --base and --out")
-    logging.basicConfig(level=logging.INFO)
     base, out = args.base, args.out
     if args.root:
         from index.publish import resolve_index, version_dir
@@ -437,4 +436,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_as_process(main)
+    run_module_main(main)

@@ -54,7 +54,7 @@ from pipelines.transforms import (
     EncodeImages,
     HashImages,
 )
-from storage.process_exit import run_as_process
+from runtime.entry import run_module_main
 
 logger = logging.getLogger(__name__)
 
@@ -260,9 +260,8 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m pipelines.index_job --corpus ... --out ...``, as the Beam operator runs it."""
-    logging.basicConfig(level=logging.INFO)
     print(run(argv).summary())
 
 
 if __name__ == "__main__":
-    run_as_process(main)
+    run_module_main(main)

@@ -45,8 +45,8 @@ _RUN_AND_MEASURE = (
     "status = open('/proc/self/status').read()\n"
     "peak = int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1))\n"
     "print('RESULT ' + json.dumps({'counts': result.counts, 'max_rss_kb': peak}))\n"
-    # The entry points' own end (see storage.process_exit), not the interpreter's teardown.
-    "from storage.process_exit import exit_process\n"
+    # The entry points' own end (see runtime.process_exit), not the interpreter's teardown.
+    "from runtime.process_exit import exit_process\n"
     "exit_process(0)\n"
 )
 

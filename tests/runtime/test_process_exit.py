@@ -1,4 +1,4 @@
-"""``storage.process_exit``: real child processes, ended the way the entry points end them."""
+"""``runtime.process_exit``: real child processes, ended the way the entry points end them."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _run_child(body: str, tmp_path: Path) -> subprocess.CompletedProcess:
     script = textwrap.dedent(
         f"""
         import atexit, sys, tempfile
-        from storage.process_exit import run_as_process
+        from runtime.process_exit import run_as_process
         marker = {str(tmp_path / "atexit-ran")!r}
         atexit.register(lambda: open(marker, "w").write("yes"))
         scratch = tempfile.TemporaryDirectory(dir={str(tmp_path)!r})  # cleaned by its finalizer
