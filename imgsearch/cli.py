@@ -22,12 +22,15 @@ Heavy imports (Beam, TensorFlow, ScaNN) happen inside each subcommand so ``--hel
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
+from runtime.arguments import command_parser, show_defaults
 from runtime.log_setup import configure_logging, split_log_flags
 from runtime.process_exit import run_as_process
 
@@ -38,23 +41,47 @@ def _index(argv: Sequence[str]) -> int:
     from pipelines import index_job
 
     if not argv or argv[0] in ("-h", "--help"):
-        print(
-            "usage: imgsearch index --corpus SRC --out DIR [--encoder mobilenet_v2] "
-            "[--weights auto|imagenet|none|PATH] [--batch_size 32] [--table_shards 0] "
-            "[--models MODELS_DIR --joint_model DUAL_NAME] [--tag_head auto|PATH --tags_top_k 5] "
-            "[--models MODELS_DIR --captioner NAME --caption_beam 3] "
-            "[--previous ROOT_OR_DIR [--max_changed_fraction 0.1]] "
-            "[Beam options, e.g. --runner DataflowRunner --direct_num_workers 2]"
-        )
+        _index_parser().print_help()
         return 0
     result = index_job.run(argv)
     print(result.summary())
     return 0
 
 
+def _index_parser() -> argparse.ArgumentParser:
+    """Only for --help: the job parses its flags with Beam's options (pipelines.options)."""
+    from pipelines.options import IndexOptions
+
+    parser = command_parser(
+        "imgsearch index",
+        "Index a corpus: decode, encode, write the Parquet table and the ScaNN index. Beam's "
+        "own options (--runner, --direct_num_workers, --project, --temp_location, ...) go on "
+        "the same command line.",
+        [
+            "imgsearch index --corpus photos/ --out out/v1",
+            "imgsearch index --corpus manifest.csv --out out/v2 --models models "
+            "--joint_model dual-tfidf --tag_head auto",
+            "imgsearch index --corpus gs://bucket/photos --out gs://bucket/index/v3 "
+            "--runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp",
+        ],
+    )
+    IndexOptions._add_argparse_args(parser)
+    return show_defaults(parser)
+
+
 def _search(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="imgsearch search", description="similar-image search")
-    parser.add_argument("--index", required=True, help="the --out folder of `imgsearch index`")
+    parser = command_parser(
+        "imgsearch search",
+        "Search an index by image, by indexed image id or by text; prints the top k.",
+        [
+            "imgsearch search --index out/v1 --image query.jpg -k 5",
+            "imgsearch search --index out/v1 --image-id 000000000139",
+            'imgsearch search --index out/v1 --models models --text "a dog on the grass"',
+        ],
+    )
+    parser.add_argument(
+        "--index", required=True, help="a publish root (its current version) or an index folder"
+    )
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="a query image file")
     query.add_argument("--image-id", help="an indexed image_id")
@@ -67,9 +94,9 @@ def _search(argv: Sequence[str]) -> int:
         help="--text: fuse the joint model with the index's caption and tag columns (fitted "
         "weights from `imgsearch train fusion`, else reciprocal rank fusion); hits say why",
     )
-    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("-k", type=int, default=10, help="results to return")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
+    args = show_defaults(parser).parse_args(argv)
 
     from serving.searcher import ImageSearcher
 
@@ -77,10 +104,11 @@ def _search(argv: Sequence[str]) -> int:
         parser.error("--text needs --models MODELS_DIR (see `imgsearch train joint`)")
     if args.fused and args.text is None:
         parser.error("--fused goes with --text")
+    from index.publish import resolve_index
+
+    args.index, _ = resolve_index(args.index)  # a publish root serves its current version
     searcher = ImageSearcher.load(args.index)
     if args.fused:
-        import dataclasses
-
         from serving.fused_search import FusedSearcher
 
         fused = FusedSearcher.load(searcher, args.index, args.models, args.model)
@@ -126,8 +154,14 @@ def _eval(argv: Sequence[str]) -> int:
 
 
 def _serve(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="imgsearch serve", description="HTTP search API and search page"
+    parser = command_parser(
+        "imgsearch serve",
+        "The HTTP search API (/docs) and search page, on a publish root (hot-reloaded when a "
+        "new version is published) or one index folder.",
+        [
+            "imgsearch serve --index out/root --models models --port 8080",
+            "imgsearch serve --index out/v1",
+        ],
     )
     parser.add_argument(
         "--index",
@@ -144,7 +178,7 @@ def _serve(argv: Sequence[str]) -> int:
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="0: no hot reload")
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
     parser.add_argument("--no-verify", action="store_true", help="skip manifest checksums")
-    args = parser.parse_args(argv)
+    args = show_defaults(parser).parse_args(argv)
 
     from index.manifest import ManifestVerificationError
     from serving.config import ServeConfig
@@ -197,8 +231,10 @@ def _train(argv: Sequence[str]) -> int:
 
 
 def _publish(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="imgsearch publish", description="serve ROOT/versions/VERSION (atomic pointer swap)"
+    parser = command_parser(
+        "imgsearch publish",
+        "Serve ROOT/versions/VERSION (an atomic pointer swap; its files are checked first).",
+        ["imgsearch publish --root out/root --version 20260101"],
     )
     parser.add_argument("--root", required=True, help="publish root (holds latest.json)")
     parser.add_argument("--version", required=True, help="a complete version under ROOT/versions")
@@ -218,8 +254,10 @@ def _publish(argv: Sequence[str]) -> int:
 
 
 def _rollback(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="imgsearch rollback", description="serve an earlier version again (one pointer swap)"
+    parser = command_parser(
+        "imgsearch rollback",
+        "Serve an earlier version again (one pointer swap).",
+        ["imgsearch rollback --root out/root", "imgsearch rollback --root out/root --to 20260101"],
     )
     parser.add_argument("--root", required=True, help="publish root (holds latest.json)")
     parser.add_argument("--to", help="version to serve (default: the previously published one)")
@@ -236,11 +274,15 @@ def _rollback(argv: Sequence[str]) -> int:
 
 
 def _versions(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="imgsearch versions", description="list, prune")
+    parser = command_parser(
+        "imgsearch versions",
+        "List a publish root's versions (* marks the one served); --prune applies retention.",
+        ["imgsearch versions --root out/root", "imgsearch versions --root out/root --prune"],
+    )
     parser.add_argument("--root", required=True, help="publish root")
     parser.add_argument("--prune", action="store_true", help="apply retention (--keep)")
     parser.add_argument("--keep", type=int, default=7, help="complete versions to keep")
-    args = parser.parse_args(argv)
+    args = show_defaults(parser).parse_args(argv)
     from index.publish import list_versions, prune_versions, read_pointer
 
     if args.prune:
@@ -272,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"imgsearch: error: {exc}", file=sys.stderr)
         return 2
+    if argv and argv[0] == "demo":
+        # The demo prints its own steps and results; the jobs inside it log only warnings
+        # (their INFO lines come back with -v), so start to first result fits on one screen.
+        flags = dataclasses.replace(flags, verbosity=max(-1, flags.verbosity - 1))
     # Before any subcommand imports TensorFlow: its C++ log level is read once, at load.
     configure_logging(flags)
     if not argv or argv[0] not in COMMANDS:
@@ -279,10 +325,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        # User errors (bad flags, missing weights, unknown ids): one clear line, no traceback.
-        print(f"imgsearch {argv[0]}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        # User errors (bad flags, missing weights or corpus, unknown ids, a port in use): one
+        # line saying what is wrong and what to do; the traceback only with -v.
+        if flags.verbosity > 0:
+            traceback.print_exc()
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # no repr quotes
+        print(f"imgsearch {argv[0]}: error: {message}", file=sys.stderr)
         return 2
+
+
+# What the commands raise for a problem with the user's input or machine, never for a bug:
+# ValueError (flags, formats, mismatched models), missing or unreadable files and folders,
+# KeyError (an unknown image id or model name).
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
 
 
 def entry() -> NoReturn:

@@ -20,10 +20,12 @@ from typing import Any
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipelines.types import STAGE_READ, DeadLetter, ImageRef, image_id_for_uri
+from storage.files import open_file
 
 logger = logging.getLogger(__name__)
 
@@ -264,8 +266,41 @@ class ReadCorpus(beam.PTransform):
 
 
 def check_corpus_exists(corpus: str, corpus_format: str) -> None:
-    """Fail before launching a job when the corpus matches nothing (not an empty index)."""
+    """Fail before launching a job when the corpus matches nothing (not an empty index), or
+    when its manifest cannot be one (no 'uri' column, an unknown file type).
+
+    The same errors would stop the job from inside its first stage, after Beam had logged them
+    with a traceback; here they are one line, before any worker starts.
+    """
     pattern = corpus if corpus_format == "manifest" else files_pattern(corpus)
-    matched = FileSystems.match([pattern], limits=[1])[0].metadata_list
+    try:
+        matched = FileSystems.match([pattern], limits=[1])[0].metadata_list
+    except BeamIOError as exc:  # gs:// without credentials or network, a bucket that is gone
+        raise ValueError(
+            f"cannot list corpus {corpus!r}: {_first_cause(exc)}; for gs:// check the "
+            f"credentials (`gcloud auth application-default login` or "
+            f"GOOGLE_APPLICATION_CREDENTIALS), the bucket name and the network"
+        ) from exc
     if not matched:
         raise ValueError(f"corpus {corpus!r} matched no files (pattern {pattern!r})")
+    if corpus_format == "manifest":
+        check_manifest_header(matched[0].path)
+
+
+def _first_cause(error: BeamIOError) -> str:
+    """The innermost message of Beam's nested "operation failed with exceptions {...}"."""
+    while isinstance(error, BeamIOError) and error.exception_details:
+        error = next(iter(error.exception_details.values()))
+    return f"{type(error).__name__}: {error}"
+
+
+def check_manifest_header(path: str) -> None:
+    """ValueError unless ``path`` is a manifest type we read and names a 'uri' column."""
+    with open_file(path) as handle:
+        if path.lower().endswith(".parquet"):
+            names = pq.ParquetFile(handle).schema_arrow.names
+            if "uri" not in names:
+                raise ValueError(f"manifest {path} has no 'uri' column (columns: {names})")
+            return
+        # The CSV header (or the unknown suffix) is checked when the first row is asked for.
+        next(manifest_rows(path, handle), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -19,8 +20,37 @@ def serve(config: ServeConfig) -> None:
     # thread pool they fight the request threads for the cores: a 2-core server measured 37 ms
     # per text query that way against 11 ms with one BLAS thread per request.
     threadpool_limits(1, user_api="blas")
+    check_port_free(config.host, config.port)  # before minutes of loading, not after
     app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)
+    # log_config=None: uvicorn's lines ("Uvicorn running on ...") go through the process's own
+    # handler and format (runtime.log_setup), JSON included, instead of uvicorn's.
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="info",
+        log_config=None,
+        access_log=False,
+    )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """ValueError naming the address when ``host:port`` cannot be listened on (0: any port)."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}; check --host") from exc
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ValueError(
+                f"cannot listen on {host}:{port}: {exc.strerror} (another `imgsearch serve`?); "
+                f"stop it or choose another --port"
+            ) from exc
 
 
 class BackgroundServer:
