@@ -105,6 +105,39 @@ def test_empty_corpus_is_refused_before_the_job(tmp_path):
         check_corpus_exists(str(tmp_path), "files")
 
 
+def test_a_manifest_that_cannot_be_one_is_refused_before_the_job(tmp_path):
+    csv_file = tmp_path / "m.csv"
+    csv_file.write_text("url\na.jpg\n")
+    with pytest.raises(ValueError, match="no 'uri' column"):
+        check_corpus_exists(str(csv_file), "manifest")
+    table = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"path": ["a.jpg"]}), table)
+    with pytest.raises(ValueError, match=r"no 'uri' column \(columns: \['path'\]\)"):
+        check_corpus_exists(str(table), "manifest")
+    pq.write_table(pa.table({"uri": ["a.jpg"]}), table)
+    check_corpus_exists(str(table), "manifest")  # a good one passes
+
+
+def test_a_corpus_that_cannot_be_listed_says_what_to_check(monkeypatch):
+    # What Beam's GCS filesystem raises without credentials or network (after two minutes of
+    # retries, which is why it is faked here): the root cause, nested two levels deep.
+    from apache_beam.io.filesystem import BeamIOError
+
+    cause = TimeoutError("Timeout of 120.0s exceeded, last exception: Connection refused")
+    listing = BeamIOError("List operation failed with exceptions", {"gs://b/p/": cause})
+    failure = BeamIOError("Match operation failed", {"gs://b/p/**": listing})
+
+    def match(patterns, limits=None):
+        raise failure
+
+    monkeypatch.setattr(FileSystems, "match", match)
+    with pytest.raises(ValueError) as refused:
+        check_corpus_exists("gs://b/p", "files")
+    message = str(refused.value)
+    assert message.startswith("cannot list corpus 'gs://b/p': TimeoutError: Timeout of 120.0s")
+    assert "gcloud auth application-default login" in message
+
+
 def test_read_corpus_folder_skips_hidden_files(tmp_path):
     (tmp_path / "sub").mkdir()
     for name in ("a.jpg", "sub/b.png", ".DS_Store", "sub/.swp"):
