@@ -39,6 +39,7 @@ setup(
         "jinja2",
         "python-multipart",
         "prometheus-client",
+        "tqdm",
     ],
     # The search page's Jinja2 templates ship inside the serving package.
     package_data={"serving": ["templates/*.html"]},

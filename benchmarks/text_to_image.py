@@ -35,6 +35,7 @@ from training import train_joint_job
 from training.captions import load_captioned_dataset
 from training.features import dataset_features
 from training.joint_config import ImageFineTuneConfig
+from training.progress import note, progress
 
 ENCODERS = ("minilm", "tfidf", "glove_sif", "glove_idf", "glove_mean", "bow")
 QUICK_ENCODERS = ("minilm", "minilm_tfidf", "tfidf")
@@ -96,6 +97,8 @@ def main() -> int:
         args.encoders = args.encoders or list(ENCODERS)
     args.report = args.report or str(results / "text_to_image.md")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    # Quiet logs, but the training's progress (bars on a terminal, lines otherwise) and news.
+    logging.getLogger("training.progress").setLevel(logging.INFO)
 
     assets = settings.assets_dir()
     if assets is None:
@@ -115,7 +118,7 @@ def main() -> int:
         kept = json.loads(saved.read_text()) if saved.is_file() else []
         rows = [row for row in kept if row["recipe"] not in args.recipes]
         order = list(RECIPES)
-        for recipe in args.recipes:
+        for recipe in progress(args.recipes, desc="recipes", unit="recipe"):
             rows += run_recipe(recipe, flickr, dev, work)
             rows.sort(key=lambda row: order.index(row["recipe"]))
             write_ablation(args, rows, dev)  # after each row: a long run shows its progress
@@ -125,7 +128,7 @@ def main() -> int:
     for image_encoder in args.image_encoders:
         spec = EncoderSpec(name=image_encoder)
         dev_features = dataset_features(dev, work / "features", spec)
-        for name in args.encoders:
+        for name in progress(args.encoders, desc=f"{image_encoder} text encoders", unit="encoder"):
             # One models directory per configuration (model names are kind-text encoder), all
             # sharing the feature indexes, which are named by encoder and images.
             models_dir = work / f"{image_encoder}-ensemble{args.ensemble}"
@@ -155,10 +158,6 @@ def main() -> int:
     return 0
 
 
-def _progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def run_recipe(recipe: str, flickr: Path, dev, work: Path) -> list[dict]:
     """Train ``recipe`` with ``train_joint_job.run``, evaluate every model it saved on dev."""
     what, overrides = RECIPES[recipe]
@@ -171,9 +170,9 @@ def run_recipe(recipe: str, flickr: Path, dev, work: Path) -> list[dict]:
     config = train_joint_job.TrainJointConfig(
         dataset=str(flickr), split="train", models_dir=str(models_dir), **overrides
     )
-    _progress(f"recipe {recipe}: {what}")
+    note(f"recipe {recipe}: {what}")
     start = time.perf_counter()
-    saved = train_joint_job.run(config, progress=_progress)
+    saved = train_joint_job.run(config)
     train_seconds = time.perf_counter() - start
     rows = []
     names = {m.name for m in list_models(models_dir)}
@@ -190,8 +189,8 @@ def run_recipe(recipe: str, flickr: Path, dev, work: Path) -> list[dict]:
                      "ensemble": config.ensemble, "train_seconds": train_seconds,
                      **figures})  # fmt: skip
         t2i, i2t = figures["text_to_image"], figures["image_to_text"]
-        _progress(f"{recipe} {model}: text->image R@1 {t2i['R@1']:.3f} R@5 {t2i['R@5']:.3f} "
-                  f"R@10 {t2i['R@10']:.3f}; image->text R@1 {i2t['R@1']:.3f}")  # fmt: skip
+        note(f"{recipe} {model}: text->image R@1 {t2i['R@1']:.3f} R@5 {t2i['R@5']:.3f} "
+             f"R@10 {t2i['R@10']:.3f}; image->text R@1 {i2t['R@1']:.3f}")  # fmt: skip
     return rows
 
 

@@ -57,6 +57,7 @@ from ranking.metrics import (
 from ranking.recall import recall_per_query
 from runtime.entry import run_module_main
 from training.captions import DatasetError, load_captioned_dataset
+from training.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,10 @@ def parse_args(argv: Sequence[str]) -> EvalConfig:
     parser.add_argument("--gallery-queries", type=int, default=6)
     parser.add_argument("--gallery-failures", type=int, default=4)
     args, beam_args = parser.parse_known_args(argv)
+    # The rest goes to the index job: its flags and Beam's, nothing else (a typo is refused).
+    from pipelines.options import check_known_args, option_strings
+
+    check_known_args(beam_args, also_known=option_strings(parser))
     return EvalConfig(
         dataset=args.dataset,
         out=args.out,
@@ -296,7 +301,10 @@ def run(argv_or_config: Sequence[str] | EvalConfig) -> dict[str, Any]:
 
     caption_image = dataset.caption_image_index()
     own_rows = features.image_rows[caption_image]  # table row of each caption's image
-    results = [_evaluate_method(m, caption_image, config.submission_top_k) for m in methods]
+    results = [
+        _evaluate_method(m, caption_image, config.submission_top_k)
+        for m in progress(methods, desc="ranking every caption", unit="method")
+    ]
     step = max(1, len(dataset.captions) // max(1, config.latency_queries))
     latency_sample = dataset.caption_texts[::step][: config.latency_queries]
 
@@ -310,7 +318,7 @@ def run(argv_or_config: Sequence[str] | EvalConfig) -> dict[str, Any]:
         "ann": {"text_to_image": {}, "image_to_image": None},
         "latency_ms": {},
     }
-    for result in results:
+    for result in progress(results, desc="ANN recall and latency", unit="method"):
         method = result.method
         metrics["methods"][method.name] = {
             "family": method.family,

@@ -12,9 +12,14 @@
     imgsearch serve  --index ROOT_OR_INDEX_DIR [--port 8080]
                      [--models MODELS_DIR [--model NAME] [--fused]]
     imgsearch demo   [--out DIR] [--full]
+    imgsearch doctor [--models DIR] [--json]     (what this machine has, and what is missing)
     imgsearch publish  --root ROOT --version VERSION [--no-verify]
     imgsearch rollback --root ROOT [--to VERSION]
     imgsearch versions --root ROOT [--prune --keep N]
+
+Every command takes -v (repeatable), -q and --log-format json anywhere on its line, and
+``imgsearch COMMAND --help`` shows its options, their defaults and examples. From Python:
+``from imgsearch import open_index`` (README, "Use it from Python").
 
 Heavy imports (Beam, TensorFlow, ScaNN) happen inside each subcommand so ``--help`` is instant.
 """
@@ -26,11 +31,11 @@ import dataclasses
 import json
 import logging
 import sys
-import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
 from runtime.arguments import command_parser, show_defaults
+from runtime.entry import USER_ERRORS, report_user_error
 from runtime.log_setup import configure_logging, split_log_flags
 from runtime.process_exit import run_as_process
 
@@ -204,6 +209,12 @@ def _serve(argv: Sequence[str]) -> int:
     return 0
 
 
+def _doctor(argv: Sequence[str]) -> int:
+    from imgsearch import doctor
+
+    return doctor.main(argv)
+
+
 def _demo(argv: Sequence[str]) -> int:
     from imgsearch import demo
 
@@ -302,6 +313,7 @@ COMMANDS = {
     "eval": _eval,
     "serve": _serve,
     "demo": _demo,
+    "doctor": _doctor,
     "publish": _publish,
     "rollback": _rollback,
     "versions": _versions,
@@ -328,17 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         # User errors (bad flags, missing weights or corpus, unknown ids, a port in use): one
         # line saying what is wrong and what to do; the traceback only with -v.
-        if flags.verbosity > 0:
-            traceback.print_exc()
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # no repr quotes
-        print(f"imgsearch {argv[0]}: error: {message}", file=sys.stderr)
-        return 2
-
-
-# What the commands raise for a problem with the user's input or machine, never for a bug:
-# ValueError (flags, formats, mismatched models), missing or unreadable files and folders,
-# KeyError (an unknown image id or model name).
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+        return report_user_error(f"imgsearch {argv[0]}", exc, flags)
 
 
 def entry() -> NoReturn:

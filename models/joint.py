@@ -12,7 +12,13 @@ import dataclasses
 from encoders.base import EncoderSpec
 from encoders.joint import KIND_DUAL, KIND_W2VV
 from encoders.registry import image_encoder_dim
-from models.artifacts import load_joint_model, read_config, read_metadata, resolve_version
+from models.artifacts import (
+    list_models,
+    load_joint_model,
+    read_config,
+    read_metadata,
+    resolve_version,
+)
 from models.image_encoder import recorded_image_encoder
 
 
@@ -61,6 +67,17 @@ def resolve_joint_model(models_dir: str, name: str, encoder: EncoderSpec) -> Joi
             f"({model.image_dim}-d, {recorded}), but this job encodes with {encoder} ({dim}-d)"
         )
     return JointModelRef(models_dir, name, folder.name, model.dim, model.image_encoder_id)
+
+
+def default_dual_model(models_dir: str) -> str | None:
+    """The dual model an index job adds when ``--models`` comes without ``--joint_model``: the
+    first by name with a published version, ``dual-*`` names first, which is the one serving
+    (``models.query_model.default_joint_model``) and evaluation query by default, so their text
+    queries search this index's joint shard. None when ``models_dir`` holds no dual model.
+    """
+    names = {m.name for m in list_models(models_dir) if m.kind == KIND_DUAL and m.latest}
+    ordered = sorted(names, key=lambda name: (not name.startswith("dual-"), name))
+    return ordered[0] if ordered else None
 
 
 def joint_model_image_encoder(models_dir: str, name: str) -> EncoderSpec:

@@ -46,7 +46,7 @@ from pipelines.io import (
     count_rows,
     dead_letter_reasons,
 )
-from pipelines.options import IndexConfig
+from pipelines.options import IndexConfig, check_known_args
 from pipelines.transforms import (
     AddJointEmbeddings,
     DecodeImages,
@@ -211,7 +211,9 @@ def collect_counts(config: IndexConfig, result) -> dict[str, int]:
 
 def run(argv: Sequence[str] | None = None) -> IndexResult:
     """Parse flags, run the Beam job, build the index; the manifest is written last."""
-    options = PipelineOptions(list(argv) if argv is not None else None)
+    flags = list(argv) if argv is not None else None  # None: sys.argv, as Beam reads it
+    check_known_args(flags)  # a typo is an error here, not a flag Beam drops with a log line
+    options = PipelineOptions(flags)
     config = IndexConfig.from_options(options)
     check_corpus_exists(config.corpus, config.corpus_format)
     check_image_encoder(config.encoder)  # unknown names, missing weights: fail before any work

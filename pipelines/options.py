@@ -2,14 +2,20 @@
 
 ``IndexOptions`` is a Beam ``PipelineOptions`` view, so ``--corpus`` and ``--runner`` travel in
 one argv; ``IndexConfig.from_options`` validates them at the edge and everything downstream
-receives the frozen config, never the raw flags.
+receives the frozen config, never the raw flags. ``check_known_args`` refuses, before that, an
+argument that neither the job nor Beam knows (Beam itself would drop it with a log line).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as dt
+import difflib
+import logging
 import re
+import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -21,7 +27,12 @@ from index.scann_index import QUANTIZE
 from index.schema import EMBEDDING_STORAGES
 from models.captioner import CaptionerRef, resolve_captioner
 from models.image_encoder import is_fine_tuned
-from models.joint import JointModelRef, joint_model_image_encoder, resolve_joint_model
+from models.joint import (
+    JointModelRef,
+    default_dual_model,
+    joint_model_image_encoder,
+    resolve_joint_model,
+)
 from storage.fetch import FetchLimits
 from storage.files import join_uri
 
@@ -29,7 +40,13 @@ if TYPE_CHECKING:
     from pipelines.incremental.plan import ReusePlan
 
 
+logger = logging.getLogger(__name__)
+
 CORPUS_FORMATS = ("auto", "files", "manifest")
+
+NO_JOINT_MODEL = "none"  # --joint_model none: no joint column, even with --models
+
+HELP_FLAGS = ("-h", "--help")
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
@@ -104,12 +121,19 @@ class IndexOptions(PipelineOptions):
             "changed since its last full build stay within this share of them; beyond, rebuild",
         )
         parser.add_argument("--run_version", default="", help="version name; default: UTC time")
-        parser.add_argument("--models", default="", help="models directory (for --joint_model)")
+        parser.add_argument(
+            "--models",
+            default="",
+            help="models directory: its dual joint model adds the joint column (see "
+            "--joint_model), and it holds the --captioner",
+        )
         parser.add_argument(
             "--joint_model",
             default="",
             help="a dual joint model in --models: adds joint_embedding to the table and a joint "
-            "ScaNN index (its LATEST version, pinned at launch)",
+            "ScaNN index (its LATEST version, pinned at launch); default with --models: its "
+            "dual model (dual-* names first, then by name: the one serving and eval query), "
+            "with --captioner only if it has one; 'none': no joint column",
         )
         parser.add_argument(
             "--previous",
@@ -128,7 +152,8 @@ class IndexOptions(PipelineOptions):
             "--captioner",
             default="",
             help="a captioner in --models: adds caption, caption_score and caption_model "
-            "columns (beam search, --caption_beam wide)",
+            "columns (beam search, --caption_beam wide); the models' dual model, if any, still "
+            "adds the joint column (--joint_model none: captions only)",
         )
         parser.add_argument("--caption_beam", type=int, default=3)
 
@@ -203,9 +228,7 @@ class IndexConfig:
             )
         if opts.download_retries < 0:
             raise ValueError(f"--download_retries must be >= 0, got {opts.download_retries}")
-        if opts.models and not (opts.joint_model or opts.captioner):
-            raise ValueError("--models and --joint_model go together (a dual model in a folder)")
-        if opts.joint_model and not opts.models:
+        if opts.joint_model and opts.joint_model != NO_JOINT_MODEL and not opts.models:
             raise ValueError("--models and --joint_model go together (a dual model in a folder)")
         if opts.captioner and not opts.models:
             raise ValueError("--captioner needs --models (the folder that holds it)")
@@ -214,10 +237,20 @@ class IndexConfig:
         version = opts.run_version or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         if not re.fullmatch(r"[A-Za-z0-9._-]+", version):
             raise ValueError(f"--run_version may hold letters, digits, '.', '_', '-': {version!r}")
-        encoder = _image_encoder(opts)
+        joint_name, implicit = _joint_model_name(opts)
+        encoder = _image_encoder(opts, joint_name)
+        # A refusal caused by the default joint model (or the encoder taken from it) says so.
+        because = ""
+        if implicit:
+            because = (
+                f" ({joint_name} is --models' default joint model; --joint_model none drops it)"
+            )
         joint_model = None
-        if opts.joint_model:
-            joint_model = resolve_joint_model(opts.models, opts.joint_model, encoder)
+        if joint_name:
+            try:
+                joint_model = resolve_joint_model(opts.models, joint_name, encoder)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{because}") from None
         tag_head = None
         if opts.tag_head:
             tag_head = str(resolve_tag_head(opts.tag_head))
@@ -231,7 +264,12 @@ class IndexConfig:
                 )
         captioner = None
         if opts.captioner:
-            captioner = resolve_captioner(opts.models, opts.captioner, encoder, opts.caption_beam)
+            try:
+                captioner = resolve_captioner(
+                    opts.models, opts.captioner, encoder, opts.caption_beam
+                )
+            except ValueError as exc:
+                raise ValueError(f"{exc}{because}") from None
         reuse = None
         if opts.previous:
             reuse = _reuse_plan(opts, encoder, joint_model, tag_head, captioner)
@@ -313,6 +351,54 @@ def _reuse_plan(
     )
 
 
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every ``--flag`` ``parser`` takes (``PipelineOptions`` reads ``_actions`` the same way)."""
+    return [flag for action in parser._actions for flag in action.option_strings]
+
+
+def beam_option_parser() -> argparse.ArgumentParser:
+    """The parser Beam builds from every registered ``PipelineOptions`` subclass (its own and its
+    runners' options, Dataflow's included, ``IndexOptions``, any a loaded module adds), the one
+    ``PipelineOptions.get_all_options`` parses argv with before it drops what is left over."""
+    built: list[argparse.ArgumentParser] = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=built.append)
+    return built[0]
+
+
+def check_known_args(argv: Sequence[str] | None, also_known: Sequence[str] = ()) -> None:
+    """ValueError unless every argument (None: ``sys.argv[1:]``, as Beam reads it) is a known
+    flag (``--name value``, ``--name=value``, a bare boolean ``--name``) whose value parses.
+
+    Known: a flag of any registered ``PipelineOptions`` (``IndexOptions``, Beam's, its
+    runners'), or one of ``also_known`` (a job's own flags, parsed before). Beam would log
+    "Discarding unparseable args" and run without it; here the message names the flag and the
+    closest known one. ``-h``/``--help`` are left to the parse that follows.
+    """
+    parser = beam_option_parser()
+    parser.exit_on_error = False  # a bad value raises ArgumentError instead of exiting
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        _, unknown = parser.parse_known_args([a for a in args if a not in HELP_FLAGS])
+    except argparse.ArgumentError as exc:
+        raise ValueError(str(exc)) from None
+    flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
+    if not flags and unknown:
+        raise ValueError(
+            f"unexpected argument {unknown[0]!r}: flags take one value (--name value or "
+            f"--name=value)"
+        )
+    if flags:
+        known = sorted({*option_strings(parser), *also_known} - set(HELP_FLAGS))
+        named = []
+        for flag in dict.fromkeys(flags):
+            close = difflib.get_close_matches(flag, known, n=1)
+            named.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+        raise ValueError(
+            f"unknown flag{'s' if len(named) > 1 else ''} {', '.join(named)}: neither the "
+            f"job's nor a Beam option"
+        )
+
+
 def resolve_corpus_format(corpus: str, corpus_format: str = "auto") -> str:
     """``files`` or ``manifest``: a manifest is named by its table suffix unless told otherwise."""
     if corpus_format not in CORPUS_FORMATS:
@@ -322,12 +408,34 @@ def resolve_corpus_format(corpus: str, corpus_format: str = "auto") -> str:
     return "manifest" if corpus.lower().endswith(MANIFEST_SUFFIXES) else "files"
 
 
-def _image_encoder(opts: Any) -> EncoderSpec:
-    """The flags' encoder; what they leave out comes from the --joint_model (the encoder it was
+def _joint_model_name(opts: Any) -> tuple[str, bool]:
+    """The joint model the run adds (``""``: none) and whether it is ``--models``' default.
+
+    ``--models`` alone means its dual model; with ``--captioner`` too, its dual model if it has
+    one. ValueError, saying how to train one, when ``--models`` alone holds no dual model.
+    """
+    if opts.joint_model == NO_JOINT_MODEL or not opts.models:
+        return "", False
+    if opts.joint_model:
+        return opts.joint_model, False
+    name = default_dual_model(opts.models)
+    if name is None and not opts.captioner:
+        raise ValueError(
+            f"--models {opts.models} holds no published dual joint model, which the joint "
+            f"column needs; train one with `imgsearch train joint --dataset DIR --split train "
+            f"--out {opts.models}` (it saves dual-*), or pass --joint_model NAME or none"
+        )
+    if name is not None:
+        logger.info("joint column by %s, the dual model of --models %s", name, opts.models)
+    return name or "", name is not None
+
+
+def _image_encoder(opts: Any, joint_model: str = "") -> EncoderSpec:
+    """The flags' encoder; what they leave out comes from the ``joint_model`` (the encoder it was
     trained on, fine-tuned weights included), else the stock defaults."""
     spec = EncoderSpec()
-    if opts.joint_model and opts.models:
-        spec = joint_model_image_encoder(opts.models, opts.joint_model)
+    if joint_model:
+        spec = joint_model_image_encoder(opts.models, joint_model)
     if opts.encoder and opts.encoder != spec.name:
         spec = EncoderSpec(name=opts.encoder)  # another architecture: its own default weights
     return EncoderSpec(

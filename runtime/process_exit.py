@@ -50,6 +50,11 @@ def run_as_process(main: Callable[[], int | None]) -> NoReturn:
         code = _exit_code(main())
     except SystemExit as stop:
         code = _exit_code(stop.code)
+    except BrokenPipeError:
+        # `imgsearch ... | head`: the reader has gone. Nothing is wrong with the command, and
+        # nothing more can be written; end as a process killed by SIGPIPE would, quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     except KeyboardInterrupt:
         traceback.print_exc()
         code = 130  # the shell's code for "interrupted", 128 + SIGINT

@@ -18,6 +18,7 @@ import numpy as np
 
 from encoders.captioner import Captioner
 from encoders.text_tokenize import tokenize_words
+from training.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +72,17 @@ def train_captioner(
         order = rng.permutation(len(captions))
         losses = []
         epoch_start = time.perf_counter()
-        for start in range(0, len(order), training.batch_size):
+        batches = Progress(
+            range(0, len(order), training.batch_size),
+            desc=f"captioner epoch {epoch + 1}/{training.epochs}", unit="batch", leave=False,
+        )  # fmt: skip
+        for start in batches:
             batch = np.sort(order[start : start + training.batch_size])
             width = int(lengths[batch].max())
             features = np.asarray(spatial[caption_image[batch]], dtype=np.float32)
             rows = tokens[batch, :width]
             losses.append(float(step(features, rows[:, :-1], rows[:, 1:])))
+            batches.set_postfix(f"loss {losses[-1]:.3f}")
             if training.max_seconds and time.perf_counter() - started > training.max_seconds:
                 break
         history.append(

@@ -31,6 +31,7 @@ import numpy as np
 
 from encoders.base import EncoderSpec
 from encoders.keras_backbones import architecture_for, resolve_weights
+from training.progress import Progress, note
 
 if TYPE_CHECKING:
     import keras
@@ -189,13 +190,14 @@ def cache_activations(
     num_images: int,
     views: int,
     seed: int,
-    progress: Callable[[str], None] = logger.info,
+    progress: Callable[[str], None] = note,
 ) -> np.ndarray:
     """The frozen bottom's activations for ``views`` views of every image, float16.
 
     ``load_pixels(rows)`` returns the uint8 batch of those dataset rows. -> ``(views,
     num_images, h, w, c)``. Stored in float16 to halve the cache (6,091 photos x 4 views is
-    0.4 GB); the top computes in float32.
+    0.4 GB); the top computes in float32. A bar (or periodic lines) shows the photos done;
+    ``progress(message)`` gets one line when all are.
     """
     import tensorflow as tf
 
@@ -206,18 +208,18 @@ def cache_activations(
         input_signature=[tf.TensorSpec([None, *split.bottom.input.shape[1:]], tf.uint8)],
     )
     started = time.monotonic()
-    for start in range(0, num_images, _CACHE_CHUNK):
-        rows = list(range(start, min(start + _CACHE_CHUNK, num_images)))
-        pixels = load_pixels(rows)
-        for view in range(views):
-            batch = augmented_view(pixels, view, rng)
-            out[view, rows[0] : rows[-1] + 1] = run(batch).numpy()
-        done = rows[-1] + 1
-        if done == num_images or (start // _CACHE_CHUNK) % 20 == 19:
-            elapsed = time.monotonic() - started
-            left = elapsed / done * (num_images - done)
-            progress(
-                f"image activations: {done}/{num_images} photos x {views} views, "
-                f"{elapsed:.0f} s, about {left:.0f} s left"
-            )
+    with Progress(
+        total=num_images, desc=f"image activations ({views} views)", unit="photo"
+    ) as photos:
+        for start in range(0, num_images, _CACHE_CHUNK):
+            rows = list(range(start, min(start + _CACHE_CHUNK, num_images)))
+            pixels = load_pixels(rows)
+            for view in range(views):
+                batch = augmented_view(pixels, view, rng)
+                out[view, rows[0] : rows[-1] + 1] = run(batch).numpy()
+            photos.update(len(rows))
+    progress(
+        f"image activations: {num_images} photos x {views} views in "
+        f"{time.monotonic() - started:.0f} s"
+    )
     return out

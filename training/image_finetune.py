@@ -33,6 +33,7 @@ from training.joint_config import DualEncoderConfig, ImageFineTuneConfig
 from training.joint_fit import TrainingHistory, _BestEpoch, _device
 from training.joint_losses import contrastive_losses
 from training.joint_model import TrainedJointModel, _build_tower
+from training.progress import Progress, note
 
 # Photos per call when embedding the cached activations (bounds memory).
 _EMBED_CHUNK = 256
@@ -55,7 +56,7 @@ def fine_tune_dual_encoder(
     caption_images: np.ndarray,
     config: ImageFineTuneConfig,
     mirror_average: bool,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] = note,
 ) -> tuple[TrainedJointModel, TrainingHistory, np.ndarray]:
     """Train the top of ``split`` and two towers on captions -> (model, history, features).
 
@@ -170,7 +171,11 @@ def fine_tune_dual_encoder(
         order = rng.permutation(train_images)
         hard = 0 < config.hard_negatives_from <= (epoch - 1) / config.epochs
         losses = []
-        for step in range(steps_per_epoch):
+        steps = Progress(
+            range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="step",
+            leave=False,
+        )  # fmt: skip
+        for step in steps:
             images = order[step * config.batch_size : (step + 1) * config.batch_size]
             views = rng.integers(0, config.views, len(images))
             captions = np.array([rng.choice(captions_of[i]) for i in images])

@@ -14,7 +14,8 @@ With no flag beyond ``--dataset``, ``--split`` and ``--out`` it trains the defau
    ``mixed-<text encoder>`` (``--no-mixed`` skips it).
 
 Each step reuses what an earlier run made (fitted text encoders, cached activations, indexed
-features); progress (epochs, held-out R@K, time left) goes to stderr.
+features); progress (epochs, held-out R@K, time left) goes through ``training.progress``: a bar
+on a terminal, log lines otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import argparse
 import dataclasses
 import hashlib
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +47,7 @@ from training.image_side import ImageSide, fine_tuned_image_side, frozen_image_s
 from training.joint import train_dual_encoder, train_w2vv
 from training.joint_config import DualEncoderConfig, ImageFineTuneConfig, W2VVConfig
 from training.joint_export import export_ensemble
+from training.progress import Progress, note
 
 logger = logging.getLogger(__name__)
 
@@ -181,19 +182,20 @@ def text_encoder_for(config: TrainJointConfig, captions: list[str]) -> TextEncod
 def encode_texts(encoder, texts: list[str]) -> np.ndarray:
     """All captions through the text encoder, in chunks (bounded memory, progress in the log)."""
     parts = []
-    for start in range(0, len(texts), _TEXT_CHUNK):
-        parts.append(encoder.encode(texts[start : start + _TEXT_CHUNK]))
-        if start and start % (20 * _TEXT_CHUNK) == 0:
-            logger.info("encoded %d/%d captions", start, len(texts))
+    with Progress(total=len(texts), desc="encoding captions", unit="caption") as done:
+        for start in range(0, len(texts), _TEXT_CHUNK):
+            parts.append(encoder.encode(texts[start : start + _TEXT_CHUNK]))
+            done.update(min(_TEXT_CHUNK, len(texts) - start))
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
 def run(
-    config: TrainJointConfig, beam_args: Sequence[str] = (), progress: Any = logger.info
+    config: TrainJointConfig, beam_args: Sequence[str] = (), progress: Any = note
 ) -> list[Path]:
     """Train every kind in ``config.kinds``; -> the saved version folders.
 
-    ``progress(message)`` receives the long steps' progress (the CLI prints it).
+    ``progress(message)`` receives the long steps' news (default ``training.progress.note``,
+    which the CLI's logging shows).
     """
     started = time.perf_counter()
     dataset = load_captioned_dataset(config.dataset, config.split)
@@ -283,12 +285,8 @@ def run(
     return saved
 
 
-def _print_progress(message: str) -> None:
-    print(f"[train joint {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def main(argv: Sequence[str]) -> int:
     config, beam_args = parse_args(argv)
-    for folder in run(config, beam_args, progress=_print_progress):
+    for folder in run(config, beam_args):
         print(f"saved {folder}")
     return 0

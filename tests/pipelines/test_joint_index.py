@@ -1,4 +1,4 @@
-"""``imgsearch index --models DIR --joint_model NAME``: joint column, joint shard, text search."""
+"""``imgsearch index --models DIR [--joint_model NAME]``: joint column, joint shard, text search."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders.base import TextEncoder
 from encoders.joint import KIND_DUAL, KIND_W2VV, DenseLayer, JointModel
+from imgsearch import cli
 from index.manifest import read_manifest
 from index.schema import embedding_table_schema
 from index.table import parquet_files
 from models.artifacts import save_joint_model
 from models.joint import JointModelRef
 from pipelines import index_job
+from pipelines.options import IndexConfig
 from pipelines.transforms import JointEmbeddingFn
 from serving.searcher import ImageSearcher
 from serving.text_search import TextSearcher
@@ -137,7 +140,51 @@ def test_invalid_joint_models_are_clear_errors_before_launch(tmp_path: Path):
         run("--models", str(models), "--joint_model", "dual-mobilenet")
     with pytest.raises(ValueError, match="go together"):
         run("--joint_model", "w2vv-test")
+    # --models alone: its dual model, which must fit the explicit encoder (the fake one here).
+    with pytest.raises(ValueError, match=r"trained on mobilenet_v2.*--models' default joint"):
+        run("--models", str(models))
+    only_w2vv = tmp_path / "w2vv-only"
+    _save(only_w2vv, "w2vv-test", KIND_W2VV)
+    with pytest.raises(ValueError, match=r"no published dual joint model.*imgsearch train joint"):
+        run("--models", str(only_w2vv))
+    with pytest.raises(FileNotFoundError, match="no model 'nope'"):  # captions only: no joint
+        run("--models", str(only_w2vv), "--captioner", "nope")
     assert not out.exists()  # nothing was launched or cleared
+
+
+def test_models_alone_default_to_their_dual_model_and_explicit_flags_override(tmp_path: Path):
+    models = tmp_path / "models"
+    _save(models, "w2vv-test", KIND_W2VV)
+    _, mobilenet = _save(models, "dual-mobilenet", KIND_DUAL, "mobilenet_v2/v1-x-224", 1280)
+    _, fake = _save(models, "dual-test", KIND_DUAL)
+
+    def config(*flags: str) -> IndexConfig:
+        argv = ["--corpus", str(tmp_path), "--out", str(tmp_path / "out"), *flags]
+        return IndexConfig.from_options(PipelineOptions(["--models", str(models), *argv]))
+
+    chosen = config()  # the first dual model by name, and the encoder it was trained on
+    assert chosen.joint_model.model_id == f"dual-mobilenet/{mobilenet.name}"
+    assert (chosen.encoder.name, chosen.encoder.image_size) == ("mobilenet_v2", 64)
+    named = config("--joint_model", "dual-test")
+    assert named.joint_model.model_id == f"dual-test/{fake.name}"
+    assert named.encoder.name == "fake"
+    assert config("--joint_model", "none").joint_model is None
+    with pytest.raises(
+        ValueError, match=r"dual-mobilenet was trained on .*\"image_size\": 96.*none drops it"
+    ):
+        config("--image_size", "96")  # an explicit flag the default model does not fit
+
+
+def test_cli_index_with_models_alone_adds_the_joint_column(small_photo_dir, tmp_path, capsys):
+    models, out = tmp_path / "models", tmp_path / "out"
+    _save(models, "w2vv-test", KIND_W2VV)
+    _, folder = _save(models, "dual-test", KIND_DUAL)
+    argv = ["--corpus", str(small_photo_dir), "--out", str(out), "--models", str(models)]
+    assert cli.main(["index", *argv, "--run_version", "t1"]) == 0, capsys.readouterr().err
+    table = pq.ParquetDataset(parquet_files(str(out / "table"))).read()
+    assert set(table["joint_model"].to_pylist()) == {f"dual-test/{folder.name}"}
+    assert set(table["encoder"].to_pylist()) == {FAKE_ID}  # the model's encoder, not the stock
+    assert read_manifest(str(out)).joint_index["model"] == "dual-test"
 
 
 def test_joint_fn_refuses_rows_of_another_encoder_version(tmp_path: Path):

@@ -52,3 +52,19 @@ def test_an_uncaught_exception_prints_its_traceback_and_exits_1(tmp_path):
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "RuntimeError: boom" in done.stderr
     assert (tmp_path / "atexit-ran").read_text() == "yes"
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path):
+    script = (
+        "from runtime.process_exit import run_as_process\n"
+        "def main():\n"
+        "    for n in range(100000):\n"
+        "        print('line', n)\n"
+        "run_as_process(main)\n"
+    )
+    done = subprocess.run(
+        f"{sys.executable} -c \"$SCRIPT\" | head -1", shell=True, capture_output=True,
+        text=True, cwd=REPO, timeout=60, env={"SCRIPT": script, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.stdout == "line 0\n"
+    assert done.stderr == ""  # no BrokenPipeError traceback
