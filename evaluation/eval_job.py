@@ -17,7 +17,6 @@ figures that a quality gate could read as a pass.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -55,6 +54,7 @@ from ranking.metrics import (
     text_to_image_ranks,
 )
 from ranking.recall import recall_per_query
+from runtime.arguments import command_parser, show_defaults
 from runtime.entry import run_module_main
 from training.captions import DatasetError, load_captioned_dataset
 from training.progress import progress
@@ -71,7 +71,17 @@ class NoMethodError(ValueError):
 
 
 def parse_args(argv: Sequence[str]) -> EvalConfig:
-    parser = argparse.ArgumentParser(prog="imgsearch eval", description=__doc__.split("\n")[0])
+    parser = command_parser(
+        "imgsearch eval",
+        "Offline text<->image retrieval evaluation on a captioned dataset: indexes its images, "
+        "queries every caption with every method, writes metrics.json, submission.csv and "
+        "report.html. `imgsearch eval score` scores a submission file instead.",
+        [
+            "imgsearch eval --dataset ../shared/assets/datasets/flickr8k --split dev --models "
+            "models --out eval-out",
+            "imgsearch eval score --submission eval-out/submission.csv --dataset DIR --split dev",
+        ],
+    )
     parser.add_argument("--dataset", required=True, help="captioned folder, Flickr8k or COCO")
     parser.add_argument("--out", required=True, help="output folder (metrics, report, index)")
     parser.add_argument("--split", default=None, help="e.g. dev (Flickr8k) or val (COCO)")
@@ -83,7 +93,7 @@ def parse_args(argv: Sequence[str]) -> EvalConfig:
     parser.add_argument("--latency-queries", type=int, default=100)
     parser.add_argument("--gallery-queries", type=int, default=6)
     parser.add_argument("--gallery-failures", type=int, default=4)
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = show_defaults(parser).parse_known_args(argv)
     # The rest goes to the index job: its flags and Beam's, nothing else (a typo is refused).
     from pipelines.options import check_known_args, option_strings
 
@@ -441,10 +451,14 @@ def results_markdown(metrics: dict[str, Any]) -> str:
 
 
 def _score_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="imgsearch eval score")
-    parser.add_argument("--submission", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--split", default=None)
+    parser = command_parser(
+        "imgsearch eval score",
+        "Score a submission (a CSV of ranked image ids per caption query) against a dataset.",
+        ["imgsearch eval score --submission eval-out/submission.csv --dataset DIR --split dev"],
+    )
+    parser.add_argument("--submission", required=True, help="the CSV to score")
+    parser.add_argument("--dataset", required=True, help="captioned folder, Flickr8k or COCO")
+    parser.add_argument("--split", default=None, help="e.g. dev (Flickr8k) or val (COCO)")
     args = parser.parse_args(argv)
     dataset = load_captioned_dataset(args.dataset, args.split)
     print(json.dumps(score_submission(args.submission, dataset), indent=2))

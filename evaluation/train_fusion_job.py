@@ -14,7 +14,6 @@ and serving pick up.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 
 from ranking.fusion import fit_weights, own_ranks, weighted_fusion
 from ranking.metrics import retrieval_metrics
+from runtime.arguments import command_parser, show_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,14 @@ def main(argv: Sequence[str]) -> int:
     from training.captions import load_captioned_dataset
 
     logging.basicConfig(level=logging.INFO)
-    parser = argparse.ArgumentParser(
-        prog="imgsearch train fusion", description=__doc__.split("\n")[0]
+    parser = command_parser(
+        "imgsearch train fusion",
+        "Fit the weights of the fused ranking (joint model, captions, tags) on a development "
+        "split, with cross-fitted figures beside the in-sample ones.",
+        [
+            "imgsearch train fusion --dataset ../shared/assets/datasets/flickr8k --split dev "
+            "--out models",
+        ],
     )
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--split", default="dev")
@@ -67,7 +73,7 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--work", default=None, help="folder for the index (default OUT/.fusion)")
     parser.add_argument("--folds", type=int, default=2)
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = show_defaults(parser).parse_known_args(argv)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
     config = eval_job.EvalConfig(

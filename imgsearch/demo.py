@@ -18,7 +18,6 @@ HTTP API and search page on it until interrupted (``make demo`` does).
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import sys
@@ -26,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imgsearch import settings
+from runtime.arguments import command_parser, show_defaults
 
 DEMO_MODEL = "dual-tfidf"
 FULL_MODEL = "mixed-minilm_tfidf"
@@ -59,7 +59,13 @@ def _coco_captions(assets: Path | None) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="imgsearch demo", description=__doc__)
+    parser = command_parser(
+        "imgsearch demo",
+        "Index the assets' COCO photos, search them with photos the index has never seen and "
+        "with five text queries (training a small joint model on Flickr8k first, once), then "
+        "--serve the search page. --full uses the default recipe's models instead.",
+        ["imgsearch demo", "imgsearch demo --serve --port 8080", "imgsearch demo --full"],
+    )
     parser.add_argument("--corpus", help="photos to index (default: assets coco-mini/val2017)")
     parser.add_argument("--queries", help="query photos (default: assets coco-mini/train2017)")
     parser.add_argument("--out", default="demo-out", help="index output folder")
@@ -75,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="train (once) and use the default recipe of `imgsearch train joint` instead of the "
         "one-minute model",
     )
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = show_defaults(parser).parse_known_args(argv)
 
     assets = settings.assets_dir()
     coco = assets / "datasets" / "coco-mini" if assets else None

@@ -12,7 +12,6 @@ CIDEr against their human captions. Saved as a new version of ``--name`` (defaul
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import time
@@ -25,6 +24,7 @@ import numpy as np
 from encoders.base import EncoderSpec
 from encoders.captioner import Captioner, CaptionerConfig, Vocabulary
 from models.artifacts import save_model_version
+from runtime.arguments import command_parser, show_defaults
 from training.captioner import CaptionerTraining, caption_metrics, train_captioner
 from training.captions import load_captioned_dataset
 from training.spatial_features import spatial_features
@@ -55,8 +55,15 @@ class TrainCaptionerConfig:
 
 
 def parse_args(argv: Sequence[str]) -> TrainCaptionerConfig:
-    parser = argparse.ArgumentParser(
-        prog="imgsearch train captioner", description=__doc__.split("\n")[0]
+    parser = command_parser(
+        "imgsearch train captioner",
+        "Fit the attention captioner on a captioned dataset, then score beam-search captions "
+        "of held-out images with BLEU-1..4 and CIDEr; saved as a new version in the models "
+        "directory.",
+        [
+            "imgsearch train captioner --dataset ../shared/assets/datasets/flickr8k --split "
+            "train --out models --max-seconds 600",
+        ],
     )
     parser.add_argument("--dataset", required=True, help="captioned folder, Flickr8k or COCO")
     parser.add_argument("--split", default="train")
@@ -79,7 +86,7 @@ def parse_args(argv: Sequence[str]) -> TrainCaptionerConfig:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--max-seconds", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = show_defaults(parser).parse_args(argv)
     for flag in ("min_count", "units", "embed_dim", "attention_dim", "max_len", "beam",
                  "epochs", "batch_size"):  # fmt: skip
         if getattr(args, flag) <= 0:
