@@ -2,6 +2,7 @@
 
     imgsearch eval --dataset DIR --out OUT [--models MODELS_DIR] [--split dev] [Beam options]
     imgsearch eval score --submission FILE --dataset DIR [--split dev]
+    imgsearch eval clicks --events DIR [--json]   (evaluation.clicks: the click log's figures)
 
 Steps: validate the dataset (``training.captions``: every wrong line is listed, exit 2);
 index its images with the real index job into ``OUT/index`` (the image encoder the models were
@@ -471,6 +472,10 @@ def main(argv: Sequence[str]) -> int:
     try:
         if argv and argv[0] == "score":
             return _score_main(argv[1:])
+        if argv and argv[0] == "clicks":
+            from evaluation import clicks
+
+            return clicks.main(argv[1:])
         metrics = run(argv)
     except (DatasetError, NoMethodError) as error:
         print(f"imgsearch eval: error: {error}", file=sys.stderr)

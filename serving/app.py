@@ -24,12 +24,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from index.publish import resolve_index
-from serving import queries, uploads
+from serving import event_routes, queries, uploads
 from serving.config import UPLOAD_CONTENT_TYPES, ServeConfig
 from serving.metrics import ServerMetrics
+from serving.mixed_routes import add_mixed_routes
 from serving.reloader import Reloader, VersionHolder
 from serving.state import IndexBundle, QueryModels, load_bundle
 from serving.thumbnails import ThumbnailCache, ThumbnailError
+from serving.word_routes import add_word_routes, word_suggestions
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +142,9 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     async def lifespan(_app: FastAPI):
         if reloader is not None:
             reloader.start()
+        event_routes.start_events(_app)
         yield
+        event_routes.stop_events(_app)  # writes every accepted event before the process ends
         if reloader is not None:
             reloader.stop()
 
@@ -260,6 +264,9 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    event_routes.add_event_routes(app, holder, config)
+    add_mixed_routes(app, holder, models, config)
+    add_word_routes(app, holder, models, config)
     _add_page_routes(app, config, holder, models)
     return app
 
@@ -287,10 +294,14 @@ def _add_page_routes(
                 "result": None,
                 "reference": None,
                 "error": None,
+                "suggestions": word_suggestions(request.app, context.get("q", "")),
+                "events_on": config.events_dir is not None,
                 **context,
             },
             status_code=status,
         )
+
+    app.state.render_page = render  # for page routes added elsewhere (serving.mixed_routes)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from encoders.imaging import DecodeLimits
+from serving.event_log import EventLimits
 
 # Content types an upload may declare. The decoder checks the bytes themselves
 # (``encoders.imaging.ACCEPTED_FORMATS``); this only refuses obvious non-images early.
@@ -56,6 +57,15 @@ class ServeConfig:
     # Thumbnails: the longest side served and how many are kept in memory.
     thumbnail_max_side: int = 256
     thumbnail_cache_entries: int = 2048
+    # Similar words, analogies and image words (serving.word_routes): GloVe "auto" (the
+    # installed package; off when missing), a path, or "none"; and how many of the most
+    # frequent words a joint model's text encoder knows are embedded for image words.
+    glove: str = "auto"
+    word_vocabulary: int = 20_000
+    # The click log (POST /api/events, serving/event_log.py): a folder or gs:// prefix for its
+    # Parquet files; None turns it off (the route answers 503). Its bounds: EventLimits.
+    events_dir: str | None = None
+    event_limits: EventLimits = dataclasses.field(default_factory=EventLimits)
 
     def __post_init__(self) -> None:
         if not self.index:

@@ -45,6 +45,29 @@ class ServerMetrics:
             ["result"],
             registry=self.registry,
         )
+        # The click log (serving/event_writer.py): every offered event is counted by what
+        # happened to it, so a refusal is never silent.
+        self.events = Counter(
+            "imgsearch_events",
+            "Click-log events posted, by result "
+            "(accepted, invalid, off, buffer_full, disk_cap, closed)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.events_written = Counter(
+            "imgsearch_events_written", "Click-log events written to files", registry=self.registry
+        )
+        self.event_files = Counter(
+            "imgsearch_event_files",
+            "Click-log file writes by result (written, failed: retried)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.events_buffered = Gauge(
+            "imgsearch_events_buffered",
+            "Click-log events accepted and not yet written",
+            registry=self.registry,
+        )
 
     def serving(self, version: str, images: int) -> None:
         self.index_version.clear()

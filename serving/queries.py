@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import time
 import urllib.parse
+from collections.abc import Callable
 
 import numpy as np
 
 from encoders.imaging import DecodeLimits, decode_image
+from ranking.query_syntax import is_plain
+from serving import mixed_search
 from serving.explain import embed_with_terms, image_vectors, term_contributions
 from serving.searcher import SearchHit
 from serving.state import IndexBundle
@@ -97,12 +100,20 @@ def text_query(
     text = text.strip()
     if not text:
         raise QueryError(400, "empty text query")
+    syntax = not is_plain(text)  # weights, quoted phrases, + and - (ranking.query_syntax)
     if mode is None:
-        mode = "fused" if bundle.fused is not None else "joint"
+        mode = "fused" if bundle.fused is not None and not syntax else "joint"
+    if mode == "fused" and syntax:
+        raise QueryError(400, "weights, quotes, + and - rank in the joint space: use mode=joint")
     if mode == "fused":
         return _fused_text_query(bundle, text, k, offset, started)
     if mode != "joint":
         raise QueryError(400, f"mode must be 'joint' or 'fused', got {mode!r}")
+    if syntax:
+        return combined_query(
+            lambda: mixed_search.weighted_text(bundle, text, offset + k, text_off),
+            bundle, k, offset, started,
+        )  # fmt: skip
     try:
         query_vector, terms, vectors, unknown = embed_with_terms(bundle.text, text)
     except ValueError as exc:  # no known word: the encoder cannot place the query
@@ -117,6 +128,21 @@ def text_query(
         for terms_ in contributions
     ]
     return _page(bundle, {"text": text}, hits, k, offset, whys, started)
+
+
+def combined_query(
+    search: Callable[[], mixed_search.Found],
+    bundle: IndexBundle,
+    k: int,
+    offset: int,
+    started: float,
+) -> dict:
+    """The page of a combined query (``serving.mixed_search``), its refusals as QueryError."""
+    try:
+        found = search()
+    except mixed_search.MixedQueryError as exc:
+        raise QueryError(exc.status, exc.message) from exc
+    return _page(bundle, found.query, found.hits, k, offset, found.whys, started)
 
 
 def _fused_text_query(bundle: IndexBundle, text: str, k: int, offset: int, started: float) -> dict:

@@ -10,6 +10,7 @@ too and a query does no file I/O.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -45,8 +46,17 @@ async def read_bounded(stream: AsyncIterator[bytes], limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def multipart_file(body: bytes, content_type_header: str, field: str = "file") -> tuple[str, bytes]:
-    """``(content type, bytes)`` of the ``field`` part of a multipart/form-data body."""
+class FormPart(NamedTuple):
+    """One part of a multipart form: its field name, declared content type, filename, bytes."""
+
+    name: str
+    content_type: str
+    filename: str | None
+    data: bytes
+
+
+def multipart_parts(body: bytes, content_type_header: str) -> list[FormPart]:
+    """Every part of a multipart/form-data body, in order (parsed in memory)."""
     _, options = parse_options_header(content_type_header.encode("latin-1"))
     boundary = options.get(b"boundary")
     if not boundary:
@@ -90,11 +100,27 @@ def multipart_file(body: bytes, content_type_header: str, field: str = "file") -
         parser.finalize()
     except Exception as exc:  # python-multipart raises its own error types for bad bodies
         raise UploadError(400, f"malformed multipart body: {exc}") from exc
+    found = []
     for part in parts:
         _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
-        if disposition.get(b"name") == field.encode():
-            content_type = part["headers"].get(b"content-type", b"").decode("latin-1")
-            return content_type.split(";")[0].strip().lower(), part["data"]
+        content_type = part["headers"].get(b"content-type", b"").decode("latin-1")
+        filename = disposition.get(b"filename")
+        found.append(
+            FormPart(
+                disposition.get(b"name", b"").decode("utf-8", "replace"),
+                content_type.split(";")[0].strip().lower(),
+                None if filename is None else filename.decode("utf-8", "replace"),
+                part["data"],
+            )
+        )
+    return found
+
+
+def multipart_file(body: bytes, content_type_header: str, field: str = "file") -> tuple[str, bytes]:
+    """``(content type, bytes)`` of the ``field`` part of a multipart/form-data body."""
+    for part in multipart_parts(body, content_type_header):
+        if part.name == field:
+            return part.content_type, part.data
     raise UploadError(400, f"the form has no {field!r} part")
 
 
