@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from index.manifest import MANIFEST_NAME
@@ -113,6 +113,10 @@ class ImageIndex:
 
     def __init__(self, bundle: IndexBundle, location: str) -> None:
         self._bundle, self._location = bundle, location
+        self._text_off = (
+            f"this query needs a joint model: open the index with models_dir=DIR "
+            f"(open_index({location!r}, models_dir=...))"
+        )
 
     @property
     def version(self) -> str:
@@ -174,6 +178,65 @@ class ImageIndex:
         if isinstance(image, str | os.PathLike):
             return images.search_image_path(os.fspath(image), k)
         raise TypeError(f"search_image takes a path or bytes, got {type(image).__name__}")
+
+    def search_mixed(
+        self,
+        text: str = "",
+        *,
+        image: str | os.PathLike | bytes | None = None,
+        image_id: str | None = None,
+        image_weight: float = 1.0,
+        k: int = 10,
+    ) -> list[SearchHit]:
+        """An image (a file, its bytes, or an indexed ``image_id``) and/or text in the query
+        syntax (``"2:golden retriever" + beach - snow``), as one query in the joint space.
+
+        The same ranking as ``POST /api/search/mixed``. ValueError for neither, both an image
+        and an image_id, or malformed syntax; UnknownImageError for an unknown image_id.
+        """
+        from serving import mixed_search
+        from storage.files import read_bytes
+
+        upload = None
+        if isinstance(image, bytes | bytearray | memoryview):
+            upload = bytes(image)
+        elif image is not None:
+            upload = read_bytes(os.fspath(image))
+        return self._combined(
+            lambda bundle, n, off: mixed_search.mixed(
+                bundle, text, n, off, upload=upload, image_id=image_id, image_weight=image_weight
+            ),
+            k,
+        )
+
+    def search_feedback(
+        self,
+        text: str = "",
+        relevant: Sequence[str] = (),
+        not_relevant: Sequence[str] = (),
+        k: int = 10,
+    ) -> list[SearchHit]:
+        """``text`` (may be empty) moved toward the ``relevant`` images and away from the
+        ``not_relevant`` ones: Rocchio in the joint space, as ``POST /api/feedback/search``."""
+        from serving import mixed_search
+
+        return self._combined(
+            lambda bundle, n, off: mixed_search.feedback(
+                bundle, text, list(relevant), list(not_relevant), n, off
+            ),
+            k,
+        )
+
+    def _combined(self, search, k: int) -> list[SearchHit]:
+        from serving.mixed_search import MixedQueryError
+
+        k = check_k(k)
+        try:
+            return search(self._bundle, k, self._text_off).hits
+        except MixedQueryError as exc:
+            if exc.status == 404:
+                raise UnknownImageError(exc.message) from None
+            raise ValueError(exc.message) from None
 
     def similar(self, image_id: str, k: int = 10) -> list[SearchHit]:
         """The ``k`` indexed images nearest to indexed image ``image_id`` (itself left out)."""

@@ -79,20 +79,23 @@ def _index_parser() -> argparse.ArgumentParser:
 def _search(argv: Sequence[str]) -> int:
     parser = command_parser(
         "imgsearch search",
-        "Search an index by image, by indexed image id or by text; prints the top k.",
+        "Search an index by image, by indexed image id or by text; prints the top k. An image "
+        "and text together are one mixed query, and --relevant refines a query with images "
+        "judged relevant (both in the joint space: need --models).",
         [
             "imgsearch search --index out/v1 --image query.jpg -k 5",
             "imgsearch search --index out/v1 --image-id 000000000139",
             'imgsearch search --index out/v1 --models models --text "a dog on the grass"',
+            'imgsearch search --index out/v1 --models models --image query.jpg --text "at night"',
+            'imgsearch search --index out/v1 --models models --text "dog" --relevant ID1 ID2',
         ],
     )
     parser.add_argument(
         "--index", required=True, help="a publish root (its current version) or an index folder"
     )
-    query = parser.add_mutually_exclusive_group(required=True)
-    query.add_argument("--image", help="a query image file")
-    query.add_argument("--image-id", help="an indexed image_id")
-    query.add_argument(
+    parser.add_argument("--image", help="a query image file")
+    parser.add_argument("--image-id", help="an indexed image_id")
+    parser.add_argument(
         "--text",
         help='a text query (needs --models); weights and terms: \'"2:golden retriever" + beach '
         "- snow'",
@@ -105,16 +108,30 @@ def _search(argv: Sequence[str]) -> int:
         help="--text: fuse the joint model with the index's caption and tag columns (fitted "
         "weights from `imgsearch train fusion`, else reciprocal rank fusion); hits say why",
     )
+    parser.add_argument(
+        "--image-weight", type=float, default=1.0, help="the image's weight in a mixed query"
+    )
+    parser.add_argument("--relevant", nargs="+", default=[], help="image ids judged relevant")
+    parser.add_argument("--not-relevant", nargs="+", default=[], help="image ids judged not")
     parser.add_argument("-k", type=int, default=10, help="results to return")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = show_defaults(parser).parse_args(argv)
 
     from serving.searcher import ImageSearcher
 
-    if args.text is not None and not args.models:
+    if args.image and args.image_id:
+        parser.error("--image and --image-id: one query image at a time")
+    if args.text is None and not (args.image or args.image_id or args.relevant):
+        parser.error("give --image, --image-id or --text (or --relevant IDS)")
+    combined = (args.text is not None and (args.image or args.image_id)) or bool(
+        args.relevant or args.not_relevant
+    )
+    if (args.text is not None or combined) and not args.models:
         parser.error("--text needs --models MODELS_DIR (see `imgsearch train joint`)")
-    if args.fused and args.text is None:
-        parser.error("--fused goes with --text")
+    if args.fused and (args.text is None or combined):
+        parser.error("--fused goes with --text alone")
+    if combined:
+        return _combined_search(args)
     from index.publish import resolve_index
 
     args.index, _ = resolve_index(args.index)  # a publish root serves its current version
@@ -161,6 +178,28 @@ def _search(argv: Sequence[str]) -> int:
         hits = searcher.similar_to_image_id(args.image_id, args.k)
     if args.json:
         print(json.dumps([hit.__dict__ for hit in hits], indent=2))
+    else:
+        for rank, hit in enumerate(hits, start=1):
+            print(f"{rank:3d}  {hit.score:.4f}  {hit.image_id}  {hit.uri}")
+    return 0
+
+
+def _combined_search(args: argparse.Namespace) -> int:
+    """A mixed (image + text) or relevance-feedback query, through the Python API."""
+    from imgsearch.api import open_index
+
+    index = open_index(args.index, models_dir=args.models, model=args.model)
+    if args.relevant or args.not_relevant:
+        if args.image or args.image_id:
+            raise ValueError("--relevant refines a text query; drop --image/--image-id")
+        hits = index.search_feedback(args.text or "", args.relevant, args.not_relevant, args.k)
+    else:
+        hits = index.search_mixed(
+            args.text, image=args.image, image_id=args.image_id,
+            image_weight=args.image_weight, k=args.k,
+        )  # fmt: skip
+    if args.json:
+        print(json.dumps([dataclasses.asdict(hit) for hit in hits], indent=2))
     else:
         for rank, hit in enumerate(hits, start=1):
             print(f"{rank:3d}  {hit.score:.4f}  {hit.image_id}  {hit.uri}")

@@ -422,3 +422,42 @@ def test_the_page_explains_syntax_queries_and_refuses_bad_feedback(client: TestC
     assert nothing.status_code == 400 and "tick the results" in nothing.text
     unknown = client.get("/feedback?" + urllib.parse.urlencode({"relevant": "nope"}))
     assert unknown.status_code == 404 and "&#39;nope&#39;" in unknown.text
+
+
+def test_the_cli_and_the_python_api_rank_mixed_and_feedback_queries_as_the_api_does(
+    client, mixed_root: Path, serve_models: Path, joint, capsys
+):
+    """`imgsearch search --image-id X --text T` / `--relevant` and ``open_index(...)`` give the
+    HTTP routes' rankings (they share serving.mixed_search)."""
+    import json
+
+    from imgsearch import cli, open_index
+
+    ids = sorted(joint)
+    index = open_index(mixed_root, models_dir=serve_models)
+    mixed = client.post(
+        "/api/search/mixed?k=4", data={"image_id": ids[0], "q": "a dog - grass"}
+    ).json()["results"]
+    assert [h.image_id for h in index.search_mixed("a dog - grass", image_id=ids[0], k=4)] == [
+        r["image_id"] for r in mixed
+    ]
+    argv = ["search", "--index", str(mixed_root), "--models", str(serve_models), "-k", "4",
+            "--json"]  # fmt: skip
+    assert cli.main([*argv, "--image-id", ids[0], "--text", "a dog - grass"]) == 0
+    assert [h["image_id"] for h in json.loads(capsys.readouterr().out)] == [
+        r["image_id"] for r in mixed
+    ]
+    body = {"q": "a dog", "relevant": ids[1:3], "not_relevant": ids[3:4], "k": 4}
+    feedback = client.post("/api/feedback/search", json=body).json()["results"]
+    hits = index.search_feedback("a dog", ids[1:3], ids[3:4], k=4)
+    assert [h.image_id for h in hits] == [r["image_id"] for r in feedback]
+    code = cli.main([*argv, "--text", "a dog", "--relevant", *ids[1:3], "--not-relevant", ids[3]])
+    assert code == 0
+    assert [h["image_id"] for h in json.loads(capsys.readouterr().out)] == [
+        r["image_id"] for r in feedback
+    ]
+    # Refusals are one line, exit 2, as everywhere in the CLI.
+    assert cli.main([*argv, "--image-id", "nope", "--text", "dog"]) == 2
+    assert "not in index version" in capsys.readouterr().err
+    assert cli.main([*argv, "--text", '"unclosed', "--relevant", ids[1]]) == 2
+    assert "unclosed quote at position 0" in capsys.readouterr().err
