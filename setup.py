@@ -29,6 +29,7 @@ setup(
     install_requires=[
         "apache-beam[gcp]==2.77.0",
         "tensorflow==2.20.*",
+        "ai-edge-litert==2.3.0",
         "scann==1.4.2",
         "pillow",
         "pyarrow",

@@ -115,7 +115,7 @@ def _weights_file(path: Path) -> ResolvedWeights:
     return ResolvedWeights(keras_weights=str(path), tag=weights_file_sha256(path)[:12])
 
 
-def fetch_remote_weights(uri: str) -> Path:
+def fetch_remote_weights(uri: str, suffix: str = ".weights.h5") -> Path:
     """A local copy of a weights file at ``uri`` (gs:// or any Beam filesystem), cached.
 
     Keras loads weights from local files only. Dataflow workers and serving replicas read the
@@ -123,12 +123,13 @@ def fetch_remote_weights(uri: str) -> Path:
     is keyed by uri, size and modification time (a replaced object is fetched again) and lands
     by rename, so threads or processes fetching at once never see half a file. The version tag
     is still the sha256 of the bytes, so a local and a gs:// copy of one file index alike.
+    ``suffix`` is the file type the caller loads (``.tflite`` for ``encoders.tflite_image``).
     """
     from apache_beam.io.filesystems import FileSystems
 
     name = uri.rstrip("/").rsplit("/", 1)[-1]
-    if not name.endswith(".weights.h5"):
-        raise ValueError(f"weights file {uri} must be a Keras '.weights.h5' file")
+    if not name.endswith(suffix):
+        raise ValueError(f"weights file {uri} must be a '{suffix}' file")
     matched = FileSystems.match([uri])[0].metadata_list
     if not matched:
         raise FileNotFoundError(f"weights file {uri} does not exist")

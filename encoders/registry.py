@@ -1,7 +1,7 @@
 """``EncoderSpec`` -> live ``ImageEncoder``: the one place that knows which encoders exist.
 
 Importing this module is cheap (no TensorFlow): ``encoders.keras_image`` imports TensorFlow only
-when a Keras encoder is created.
+when a Keras encoder is created, ``encoders.tflite_image`` LiteRT only when an int8 one is.
 """
 
 from __future__ import annotations
@@ -10,8 +10,14 @@ from encoders.base import EncoderSpec, ImageEncoder
 from encoders.fake import FAKE_ENCODER_NAME, FakeImageEncoder
 from encoders.keras_backbones import KERAS_ARCHITECTURES, resolve_weights
 from encoders.keras_image import GRAPH_VERSION, KerasImageEncoder
+from encoders.tflite_image import (
+    TFLITE_ENCODERS,
+    TfliteImageEncoder,
+    resolve_tflite_weights,
+    tflite_version,
+)
 
-IMAGE_ENCODER_NAMES: tuple[str, ...] = (FAKE_ENCODER_NAME, *KERAS_ARCHITECTURES)
+IMAGE_ENCODER_NAMES: tuple[str, ...] = (FAKE_ENCODER_NAME, *KERAS_ARCHITECTURES, *TFLITE_ENCODERS)
 
 
 def image_encoder_dim(spec: EncoderSpec) -> int:
@@ -23,6 +29,8 @@ def image_encoder_dim(spec: EncoderSpec) -> int:
         return FakeImageEncoder.dim
     if spec.name in KERAS_ARCHITECTURES:
         return KERAS_ARCHITECTURES[spec.name].dim
+    if spec.name in TFLITE_ENCODERS:
+        return TFLITE_ENCODERS[spec.name].dim
     raise _unknown(spec.name)
 
 
@@ -35,6 +43,8 @@ def check_image_encoder(spec: EncoderSpec) -> int:
     dim = image_encoder_dim(spec)
     if spec.name in KERAS_ARCHITECTURES:
         resolve_weights(spec.name, spec.weights)
+    if spec.name in TFLITE_ENCODERS:
+        resolve_tflite_weights(spec.name, spec.weights)
     return dim
 
 
@@ -50,6 +60,9 @@ def image_encoder_id(spec: EncoderSpec) -> str:
     if spec.name in KERAS_ARCHITECTURES:
         tag = resolve_weights(spec.name, spec.weights).tag
         return f"{spec.name}/{GRAPH_VERSION}-{tag}-{spec.image_size}"
+    if spec.name in TFLITE_ENCODERS:
+        tag = resolve_tflite_weights(spec.name, spec.weights).tag
+        return f"{spec.name}/{tflite_version(tag, spec.image_size)}"
     raise _unknown(spec.name)
 
 
@@ -59,6 +72,8 @@ def create_image_encoder(spec: EncoderSpec) -> ImageEncoder:
         return FakeImageEncoder(spec)
     if spec.name in KERAS_ARCHITECTURES:
         return KerasImageEncoder(spec)
+    if spec.name in TFLITE_ENCODERS:
+        return TfliteImageEncoder(spec)
     raise _unknown(spec.name)
 
 

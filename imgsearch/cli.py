@@ -14,6 +14,7 @@
                      [--models MODELS_DIR [--model NAME] [--fused]] [--events DIR]
     imgsearch words  --word dog [-k 10] | --analogy athens greece oslo   (GloVe neighbours)
     imgsearch demo   [--out DIR] [--full]
+    imgsearch quantize --calibration PHOTOS_DIR --out FILE.tflite   (the int8 CPU encoder)
     imgsearch doctor [--models DIR] [--json]     (what this machine has, and what is missing)
     imgsearch publish  --root ROOT --version VERSION [--no-verify]
     imgsearch rollback --root ROOT [--to VERSION]
@@ -298,6 +299,12 @@ def _words(argv: Sequence[str]) -> int:
     return words_cli.main(argv)
 
 
+def _quantize(argv: Sequence[str]) -> int:
+    from encoders import quantize_cli
+
+    return quantize_cli.main(argv)
+
+
 def _doctor(argv: Sequence[str]) -> int:
     from imgsearch import doctor
 
@@ -404,6 +411,7 @@ COMMANDS = {
     "demo": _demo,
     "doctor": _doctor,
     "words": _words,
+    "quantize": _quantize,
     "publish": _publish,
     "rollback": _rollback,
     "versions": _versions,

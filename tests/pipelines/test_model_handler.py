@@ -238,6 +238,7 @@ def test_registry_knows_every_encoder_and_rejects_others() -> None:
         "efficientnet_b0",
         "resnet50",
         "mobilenet_v2_flip",
+        "mobilenet_v2_int8",
     )
     assert isinstance(create_image_encoder(SPEC), FakeImageEncoder)
     dims = {name: image_encoder_dim(EncoderSpec(name=name)) for name in IMAGE_ENCODER_NAMES}
@@ -247,6 +248,7 @@ def test_registry_knows_every_encoder_and_rejects_others() -> None:
         "efficientnet_b0": 1280,
         "resnet50": 2048,
         "mobilenet_v2_flip": 1280,
+        "mobilenet_v2_int8": 1280,
     }
     for bad_call in (create_image_encoder, image_encoder_dim):
         with pytest.raises(
