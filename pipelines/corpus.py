@@ -24,6 +24,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipelines import live_progress
 from pipelines.types import STAGE_READ, DeadLetter, ImageRef, image_id_for_uri
 from storage.files import open_file
 
@@ -135,6 +136,7 @@ class _ParseManifestFn(beam.DoFn):
         with readable.open(compression_type="uncompressed") as handle:
             for row in manifest_rows(path, handle):
                 self.inputs.inc()
+                live_progress.bump("listed")
                 if "_error" in row:
                     where = f"{path}:{row['_line']}"
                     yield beam.pvalue.TaggedOutput(
@@ -161,6 +163,7 @@ class _FileToRefFn(beam.DoFn):
             self.hidden.inc()
             return
         self.inputs.inc()
+        live_progress.bump("listed")
         yield ImageRef(uri=metadata.path, image_id=image_id_for_uri(metadata.path))
 
 
@@ -214,6 +217,7 @@ class _ListLocalFolderFn(beam.DoFn):
                 self.hidden.inc()
                 continue
             self.inputs.inc()
+            live_progress.bump("listed")
             image_id = image_id_for_uri(path)
             if dangling:
                 yield beam.pvalue.TaggedOutput(

@@ -46,6 +46,7 @@ from pipelines.io import (
     count_rows,
     dead_letter_reasons,
 )
+from pipelines.live_progress import live_progress
 from pipelines.options import IndexConfig, check_known_args
 from pipelines.transforms import (
     AddJointEmbeddings,
@@ -228,8 +229,9 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
     # What is loaded by now (Beam, pyarrow, the job's modules) lives as long as the process:
     # keep it out of the full collections that per-image work triggers (cf. load_model).
     gc.freeze()
-    result = pipeline.run()
-    result.wait_until_finish()
+    with live_progress():  # a status line on a terminal while the local run goes on
+        result = pipeline.run()
+        result.wait_until_finish()
 
     counts = collect_counts(config, result)
     if config.updates_in_place:

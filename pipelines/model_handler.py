@@ -27,6 +27,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from encoders.base import EncoderSpec, ImageEncoder
 from encoders.registry import create_image_encoder
 from encoders.tags import FeatureEncoder, TagHead
+from pipelines import live_progress
 from pipelines.types import STAGE_ENCODE, DeadLetter, DecodedImage, embedding_row
 
 METRICS_NAMESPACE = "imgsearch_encode"
@@ -122,6 +123,7 @@ class ImageEncoderModelHandler(
                 ref = image.image.ref
                 refused[position] = DeadLetter(ref.uri, STAGE_ENCODE, problem, ref.image_id)
         rows: Iterator[dict[str, Any] | DeadLetter] = iter(())
+        live_progress.bump("encoded", len(usable))
         if usable:
             try:
                 vectors, extras = _embed(model, np.stack([image.pixels for image in usable]))

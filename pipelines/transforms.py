@@ -25,6 +25,7 @@ from encoders.base import EncoderSpec
 from encoders.imaging import DecodeLimits, ImageRejected, decode_image, sha256_hex
 from index.schema import JOINT_EMBEDDING, JOINT_MODEL
 from models.joint import JointModelRef
+from pipelines import live_progress
 from pipelines.model_handler import ImageEncoderModelHandler, encode_dead_letters
 from pipelines.types import (
     STAGE_DECODE,
@@ -75,6 +76,7 @@ class HashImageFn(beam.DoFn):
                 DEAD_LETTERS, DeadLetter(ref.uri, STAGE_DECODE, "empty file", ref.image_id)
             )
             return
+        live_progress.bump("hashed")
         yield HashedImage(ref=ref, sha256=sha256_hex(data), num_bytes=len(data))
 
 
