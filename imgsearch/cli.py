@@ -12,6 +12,8 @@
     imgsearch eval clicks --events DIR [--json]     (click-through, MRR of clicks, per version)
     imgsearch serve  --index ROOT_OR_INDEX_DIR [--port 8080]
                      [--models MODELS_DIR [--model NAME] [--fused]] [--events DIR]
+    imgsearch explain --index DIR --image-id ID (--text "..." --models M | --similar-to ID2)
+                      --out heat.png                          (why this image: a heatmap)
     imgsearch words  --word dog [-k 10] | --analogy athens greece oslo   (GloVe neighbours)
     imgsearch demo   [--out DIR] [--full]
     imgsearch quantize --calibration PHOTOS_DIR --out FILE.tflite   (the int8 CPU encoder)
@@ -89,6 +91,7 @@ def _search(argv: Sequence[str]) -> int:
             'imgsearch search --index out/v1 --models models --text "a dog on the grass"',
             'imgsearch search --index out/v1 --models models --image query.jpg --text "at night"',
             'imgsearch search --index out/v1 --models models --text "dog" --relevant ID1 ID2',
+            "imgsearch search --index out/v1 --image cat_and_bottle.jpg --focus cat",
         ],
     )
     parser.add_argument(
@@ -112,6 +115,11 @@ def _search(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--image-weight", type=float, default=1.0, help="the image's weight in a mixed query"
     )
+    parser.add_argument(
+        "--focus",
+        help="with --image or --image-id: search for what the photo shows of this class, e.g. "
+        "cat (an ImageNet label, or a word mapped onto labels)",
+    )
     parser.add_argument("--relevant", nargs="+", default=[], help="image ids judged relevant")
     parser.add_argument("--not-relevant", nargs="+", default=[], help="image ids judged not")
     parser.add_argument("-k", type=int, default=10, help="results to return")
@@ -133,6 +141,19 @@ def _search(argv: Sequence[str]) -> int:
         parser.error("--fused goes with --text alone")
     if combined:
         return _combined_search(args)
+    if args.focus:
+        if args.text is not None:
+            parser.error("--focus goes with --image or --image-id, not --text")
+        from serving.focus_search import focused_search
+
+        try:
+            hits = focused_search(
+                args.index, image=args.image, image_id=args.image_id, focus=args.focus, k=args.k
+            )
+        except RuntimeError as exc:  # the index's encoder cannot focus (no head, fine-tuned)
+            raise ValueError(str(exc)) from exc
+        _print_hits(hits, args.json)
+        return 0
     from index.publish import resolve_index
 
     args.index, _ = resolve_index(args.index)  # a publish root serves its current version
@@ -177,11 +198,7 @@ def _search(argv: Sequence[str]) -> int:
         hits = searcher.search_image_path(args.image, args.k)
     else:
         hits = searcher.similar_to_image_id(args.image_id, args.k)
-    if args.json:
-        print(json.dumps([hit.__dict__ for hit in hits], indent=2))
-    else:
-        for rank, hit in enumerate(hits, start=1):
-            print(f"{rank:3d}  {hit.score:.4f}  {hit.image_id}  {hit.uri}")
+    _print_hits(hits, args.json)
     return 0
 
 
@@ -199,12 +216,16 @@ def _combined_search(args: argparse.Namespace) -> int:
             args.text, image=args.image, image_id=args.image_id,
             image_weight=args.image_weight, k=args.k,
         )  # fmt: skip
-    if args.json:
-        print(json.dumps([dataclasses.asdict(hit) for hit in hits], indent=2))
-    else:
-        for rank, hit in enumerate(hits, start=1):
-            print(f"{rank:3d}  {hit.score:.4f}  {hit.image_id}  {hit.uri}")
+    _print_hits(hits, args.json)
     return 0
+
+
+def _print_hits(hits: Sequence, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([dataclasses.asdict(hit) for hit in hits], indent=2))
+        return
+    for rank, hit in enumerate(hits, start=1):
+        print(f"{rank:3d}  {hit.score:.4f}  {hit.image_id}  {hit.uri}")
 
 
 def _eval(argv: Sequence[str]) -> int:
@@ -297,6 +318,12 @@ def _words(argv: Sequence[str]) -> int:
     from serving import words_cli
 
     return words_cli.main(argv)
+
+
+def _explain(argv: Sequence[str]) -> int:
+    from serving import explain_cli
+
+    return explain_cli.main(argv)
 
 
 def _quantize(argv: Sequence[str]) -> int:
@@ -412,6 +439,7 @@ COMMANDS = {
     "doctor": _doctor,
     "words": _words,
     "quantize": _quantize,
+    "explain": _explain,
     "publish": _publish,
     "rollback": _rollback,
     "versions": _versions,

@@ -26,6 +26,14 @@ from starlette.concurrency import run_in_threadpool
 from index.publish import resolve_index
 from serving import event_routes, queries, uploads
 from serving.config import UPLOAD_CONTENT_TYPES, ServeConfig
+from serving.explain_routes import add_explain_routes
+from serving.focus_routes import (
+    Focus,
+    add_focus_routes,
+    image_page,
+    read_page_upload,
+    similar_page,
+)
 from serving.metrics import ServerMetrics
 from serving.mixed_routes import add_mixed_routes
 from serving.reloader import Reloader, VersionHolder
@@ -179,16 +187,21 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         "/api/search/image",
         tags=["search"],
         summary="Image query",
-        responses=_errors(400, 413, 415, 422),
+        responses=_errors(400, 413, 415, 422, 503),
         description=(
             "Send the image as the raw body (Content-Type image/jpeg, image/png, ...) or as the "
             f"'file' part of a multipart form; at most {config.max_upload_bytes} bytes."
         ),
         openapi_extra={"requestBody": {"content": _BINARY_BODY}},
     )
-    async def search_image(request: Request, k: K = config.default_k, offset: Offset = 0):
+    async def search_image(
+        request: Request, k: K = config.default_k, offset: Offset = 0, focus: Focus = None
+    ):
         data = await _read_upload(request, config)
         current = holder.current
+        if focus:  # serving.focus_routes: pooled towards a class before the search
+            return _json(await run_in_threadpool(image_page, app, current, data, focus, k, offset,
+                                                 config))  # fmt: skip
         # Decoding and encoding are CPU work: off the event loop, like the sync handlers.
         result = await run_in_threadpool(
             queries.image_query, current, data, k, offset, config.decode_limits
@@ -199,9 +212,13 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         "/api/similar/{image_id}",
         tags=["search"],
         summary="More like an indexed image",
-        responses=_errors(404, 422),
+        responses=_errors(400, 404, 422, 503),
     )
-    def similar(image_id: str, k: K = config.default_k, offset: Offset = 0) -> Response:
+    def similar(
+        image_id: str, k: K = config.default_k, offset: Offset = 0, focus: Focus = None
+    ) -> Response:
+        if focus:  # serving.focus_routes: pooled towards a class before the search
+            return _json(similar_page(app, holder.current, image_id, focus, k, offset))
         return _json(queries.similar_query(holder.current, image_id, k, offset))
 
     @app.get(
@@ -267,6 +284,8 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     event_routes.add_event_routes(app, holder, config)
     add_mixed_routes(app, holder, models, config)
     add_word_routes(app, holder, models, config)
+    add_explain_routes(app, holder, models, config)
+    add_focus_routes(app, holder, models, config)
     _add_page_routes(app, config, holder, models)
     return app
 
@@ -330,14 +349,21 @@ def _add_page_routes(
     async def upload_page(request: Request) -> HTMLResponse:
         bundle = holder.current
         try:
-            data = await _read_upload(request, config)
+            data, focus = await read_page_upload(request, config)  # the form's focus field too
         except HTTPException as exc:
             return render(request, bundle, error=str(exc.detail), status=exc.status_code)
         # Decoding and encoding are CPU work: off the event loop, like the sync handlers.
         try:
-            result = await run_in_threadpool(
-                queries.image_query, bundle, data, config.default_k, 0, config.decode_limits
-            )
+            if focus:
+                result = await run_in_threadpool(
+                    image_page, request.app, bundle, data, focus, config.default_k, 0, config
+                )
+            else:
+                result = await run_in_threadpool(
+                    queries.image_query, bundle, data, config.default_k, 0, config.decode_limits
+                )
         except queries.QueryError as exc:
-            return render(request, bundle, error=exc.message, status=exc.status)
-        return render(request, bundle, result=result, title="Images like your upload")
+            return render(request, bundle, error=exc.message, status=exc.status, focus=focus)
+        title = f"Images like your upload, focused on “{focus}”" if focus else None
+        return render(request, bundle, result=result, title=title or "Images like your upload",
+                      focus=focus)  # fmt: skip

@@ -1,0 +1,87 @@
+"""The focus parameter of the image routes, and ``GET /api/focus`` to check a focus word.
+
+``GET /api/similar/{image_id}?focus=cat`` and ``POST /api/search/image?focus=cat`` (their
+handlers in ``serving.app`` delegate here when ``focus`` is given) pool the query image's feature
+map towards the focus classes (``serving.focus_search``); the search page's upload form sends
+``focus`` as a form field. 400: no label matches (the nearest labels in the message), or the
+index's encoder cannot focus (no spatial map, or a head that does not fit); 404: no such image.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real Annotated query types.
+
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Query, Request
+
+from serving import uploads
+from serving.config import ServeConfig
+from serving.focus_search import FocusService, focused_image_page, focused_similar_page
+from serving.reloader import VersionHolder
+from serving.state import IndexBundle, QueryModels
+
+MAX_FOCUS_CHARS = 100
+Focus = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_FOCUS_CHARS,
+        description="focus the query image on a class: an ImageNet label or a word such as cat",
+    ),
+]
+
+
+def add_focus_routes(
+    app: FastAPI, holder: VersionHolder, models: QueryModels, config: ServeConfig
+) -> None:
+    """The process' ``FocusService`` (``app.state.focus``) and ``GET /api/focus``."""
+    del models  # the index's image encoder comes with each bundle
+    service = FocusService(glove=config.glove)
+    app.state.focus = service
+
+    @app.get(
+        "/api/focus",
+        tags=["search"],
+        summary="What a focus word resolves to (ImageNet labels)",
+        responses={400: {"description": "No label matches, or this index cannot focus"}},
+    )
+    def resolve_focus(
+        focus: Annotated[str, Query(min_length=1, max_length=MAX_FOCUS_CHARS)],
+    ) -> dict:
+        reason = service.off_reason(holder.current.images)
+        if reason is not None:
+            raise HTTPException(400, reason)
+        return service.target(focus).to_json()  # QueryError 400 -> the app's handler
+
+
+def similar_page(app: FastAPI, bundle: IndexBundle, image_id: str, focus: str, k: int,
+                 offset: int) -> dict:  # fmt: skip
+    return focused_similar_page(app.state.focus, bundle, image_id, focus, k, offset)
+
+
+def image_page(app: FastAPI, bundle: IndexBundle, data: bytes, focus: str, k: int, offset: int,
+               config: ServeConfig) -> dict:  # fmt: skip
+    return focused_image_page(app.state.focus, bundle, data, focus, k, offset, config.decode_limits)
+
+
+async def read_page_upload(request: Request, config: ServeConfig) -> tuple[bytes, str]:
+    """The search page's upload: the image (as ``uploads.read_upload`` checks it) and the
+    form's ``focus`` field ("" when absent; a raw-body upload may pass ``?focus=``)."""
+    declared = request.headers.get("content-length", "")
+    limit = config.max_upload_bytes + 64 * 1024
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
+    header = request.headers.get("content-type", "")
+    try:
+        body = await uploads.read_bounded(request.stream(), limit)
+
+        async def replay():
+            yield body
+
+        data = await uploads.read_upload(header, replay(), config.max_upload_bytes)
+        focus = request.query_params.get("focus", "")
+        if header.split(";")[0].strip().lower() == "multipart/form-data":
+            for part in uploads.multipart_parts(body, header):
+                if part.name == "focus" and part.filename is None:
+                    focus = part.data.decode("utf-8", "replace")
+    except uploads.UploadError as exc:
+        raise HTTPException(exc.status, exc.message) from exc
+    return data, focus.strip()[:MAX_FOCUS_CHARS]
