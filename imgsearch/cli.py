@@ -7,6 +7,7 @@
     imgsearch train joint --dataset DIR --split train --out MODELS_DIR    (the default recipe)
     imgsearch train captioner --dataset DIR --split train --out MODELS_DIR [--max-seconds 600]
     imgsearch train fusion --dataset DIR --split dev --out MODELS_DIR
+    imgsearch train hashing --table INDEX_OR_TABLE_DIR --bits 128 --out MODELS_DIR   (binary codes)
     imgsearch eval   --dataset DIR --out OUT [--models MODELS_DIR] [--split dev] [Beam options]
     imgsearch eval score --submission FILE --dataset DIR [--split dev]
     imgsearch eval clicks --events DIR [--json]     (click-through, MRR of clicks, per version)
@@ -353,9 +354,13 @@ def _train(argv: Sequence[str]) -> int:
         from evaluation import train_fusion_job
 
         return train_fusion_job.main(argv[1:])
+    if argv and argv[0] == "hashing":
+        from training import train_hashing_job
+
+        return train_hashing_job.main(argv[1:])
     if not argv or argv[0] != "joint":
         print(
-            "usage: imgsearch train {joint,captioner,fusion} --dataset DIR --split SPLIT "
+            "usage: imgsearch train {joint,captioner,fusion,hashing} --dataset DIR --split SPLIT "
             "--out MODELS_DIR ..."
         )
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from encoders.joint import JOINT_KINDS, JointModel
+from index.hamming import KIND_HASHING, HashEncoder
 from storage.files import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -275,6 +276,41 @@ def load_joint_model(models_dir: str | Path, name: str, version: str = LATEST) -
     model = JointModel.from_arrays(config, weights)
     logger.info("loaded %r from %s", model, folder)
     return model
+
+
+def save_hashing_model(
+    models_dir: str | Path,
+    name: str,
+    encoder: HashEncoder,
+    metadata: Mapping[str, Any],
+    now: dt.datetime | None = None,
+) -> Path:
+    """Save a semantic-hashing ``HashEncoder`` (kind ``hashing``) as a new version of ``name``.
+
+    Only the encoder's weights are kept (``weights.npz``: the projection, and the MLP branch of
+    an autoencoder); the decoder that trained it is not needed to code or search.
+    """
+
+    def write_weights(folder: Path) -> None:
+        np.savez(folder / WEIGHTS_FILE, **encoder.weights())
+
+    return save_model_version(models_dir, name, encoder.config(), metadata, write_weights, now)
+
+
+def load_hashing_model(models_dir: str | Path, name: str, version: str = LATEST) -> HashEncoder:
+    """Load a saved ``HashEncoder`` (checking the weights file against its recorded sha256)."""
+    folder = resolve_version(models_dir, name, version)
+    config = read_config(folder)
+    if config.get("kind") != KIND_HASHING:
+        raise ValueError(
+            f"model {name} ({folder.name}) is a {config.get('kind')!r} model, not {KIND_HASHING!r}"
+        )
+    recorded = read_metadata(folder).get("files", {}).get(WEIGHTS_FILE)
+    if recorded is not None and recorded != sha256_file(str(folder / WEIGHTS_FILE)):
+        raise ValueError(f"{folder / WEIGHTS_FILE} does not match the sha256 in its metadata")
+    with np.load(folder / WEIGHTS_FILE, allow_pickle=False) as arrays:
+        weights = {key: arrays[key] for key in arrays.files}
+    return HashEncoder.from_arrays(config, weights)
 
 
 def list_models(models_dir: str | Path) -> list[ModelVersion]:

@@ -9,7 +9,7 @@ from imgsearch import cli
 COMMANDS = [
     ["index"], ["search"], ["serve"], ["train", "joint"], ["train", "captioner"],
     ["train", "fusion"], ["eval"], ["eval", "score"], ["demo"], ["doctor"], ["publish"],
-    ["rollback"], ["versions"], ["quantize"], ["words"], ["explain"],
+    ["rollback"], ["versions"], ["quantize"], ["words"], ["explain"], ["train", "hashing"],
 ]  # fmt: skip
 
 
