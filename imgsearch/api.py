@@ -228,12 +228,12 @@ class ImageIndex:
         )
 
     def _combined(self, search, k: int) -> list[SearchHit]:
-        from serving.mixed_search import MixedQueryError
+        from serving.query_error import QueryError
 
         k = check_k(k)
         try:
             return search(self._bundle, k, self._text_off).hits
-        except MixedQueryError as exc:
+        except QueryError as exc:
             if exc.status == 404:
                 raise UnknownImageError(exc.message) from None
             raise ValueError(exc.message) from None

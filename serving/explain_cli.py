@@ -55,7 +55,8 @@ def main(argv: Sequence[str]) -> int:
     if args.max_side < 16:
         parser.error(f"--max-side must be at least 16, got {args.max_side}")
     from index.publish import resolve_index
-    from serving.explain_routes import ExplainError, explain, explanation_png
+    from serving.explain_routes import explain, explanation_png
+    from serving.query_error import QueryError
     from serving.state import QueryModels, load_bundle
     from storage.files import write_bytes
 
@@ -67,7 +68,7 @@ def main(argv: Sequence[str]) -> int:
             bundle, args.image_id, args.text, args.similar_to,
             text_off=models.text_off_reason, max_side=args.max_side,
         )  # fmt: skip
-    except ExplainError as exc:
+    except QueryError as exc:
         parser.exit(2, f"imgsearch explain: {exc.message} (HTTP {exc.status})\n")
     data, headers = explanation_png(found, args.map)
     write_bytes(args.out, data)

@@ -33,6 +33,7 @@ from encoders import saliency
 from encoders.base import l2_normalize
 from encoders.imaging import DecodeLimits, decode_image
 from serving.config import ServeConfig
+from serving.query_error import QueryError
 from serving.reloader import VersionHolder
 from serving.state import IndexBundle, QueryModels
 from storage.files import open_file
@@ -51,14 +52,6 @@ _ERRORS = {
 }
 MAPS = ("positive", "negative")
 _DEFAULT_LIMITS = DecodeLimits()
-
-
-class ExplainError(Exception):
-    """An explanation refused: ``status`` is the HTTP status, ``message`` says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,14 +99,14 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def read_source(uri: str) -> bytes:
-    """The bytes of an indexed photo (ExplainError 404 when it cannot be read)."""
+    """The bytes of an indexed photo (QueryError 404 when it cannot be read)."""
     try:
         with open_file(uri) as f:
             data = f.read(_MAX_SOURCE_BYTES + 1)
     except Exception as exc:  # local and gs:// raise different errors
-        raise ExplainError(404, f"the photo at {uri} cannot be read: {exc}") from exc
+        raise QueryError(404, f"the photo at {uri} cannot be read: {exc}") from exc
     if len(data) > _MAX_SOURCE_BYTES:
-        raise ExplainError(404, f"the photo at {uri} is larger than {_MAX_SOURCE_BYTES} bytes")
+        raise QueryError(404, f"the photo at {uri} is larger than {_MAX_SOURCE_BYTES} bytes")
     return data
 
 
@@ -131,15 +124,15 @@ def _target(
         try:
             row = bundle.searcher_row(similar_to)
         except KeyError as exc:
-            raise ExplainError(404, f"image {similar_to!r} is not in index version "
+            raise QueryError(404, f"image {similar_to!r} is not in index version "
                                     f"{bundle.version}") from exc  # fmt: skip
         return np.asarray(bundle.images.embeddings[row], np.float32), ()
     if bundle.text is None:
-        raise ExplainError(503, text_off or "text explanations need a joint model")
+        raise QueryError(503, text_off or "text explanations need a joint model")
     try:
         vector = bundle.text.embed_queries([text or ""])[0]
     except ValueError as exc:  # no known word
-        raise ExplainError(400, str(exc)) from exc
+        raise QueryError(400, str(exc)) from exc
     return l2_normalize(vector), bundle.text.joint.image_layers
 
 
@@ -149,7 +142,7 @@ def pooled_and_map(encode, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``encode`` is an encoder's ``encode_with_features``. For most encoders the map is the CNN's
     own; an encoder that also averages the mirrored photo's pass (``mobilenet_v2_flip``) gets
     a second pass here, mirrored back and averaged in, so the heat counts both passes (the
-    gradient reaches each pass's map with half the weight). ExplainError 503 if neither holds.
+    gradient reaches each pass's map with half the weight). QueryError 503 if neither holds.
     """
     _, pooled, spatial = encode(pixels[np.newaxis])
     pooled, own = pooled[0].astype(np.float64), spatial[0].astype(np.float64)
@@ -158,7 +151,7 @@ def pooled_and_map(encode, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _, _, mirrored = encode(np.ascontiguousarray(pixels[np.newaxis, :, ::-1]))
     both = (own + mirrored[0][:, ::-1].astype(np.float64)) / 2
     if not np.allclose(both.mean(axis=(0, 1)), pooled, rtol=1e-3, atol=1e-4):
-        raise ExplainError(503, "the encoder's pooled features are not its spatial map's mean")
+        raise QueryError(503, "the encoder's pooled features are not its spatial map's mean")
     return pooled, both
 
 
@@ -172,18 +165,18 @@ def explain(
     max_side: int = MAX_SIDE,
 ) -> Explanation:
     """Grad-CAM of ``image_id``'s score for ``text`` (joint space) or ``similar_to`` (another
-    indexed image, the CNN's space). Exactly one of them. ExplainError on any refusal."""
+    indexed image, the CNN's space). Exactly one of them. QueryError on any refusal."""
     if (text is None) == (similar_to is None):
-        raise ExplainError(400, "give exactly one of q (a text query) and similar_to (an id)")
+        raise QueryError(400, "give exactly one of q (a text query) and similar_to (an id)")
     if text is not None and not text.strip():
-        raise ExplainError(400, "empty text query")
+        raise QueryError(400, "empty text query")
     uri = bundle.details.uri_of(image_id)
     if uri is None:
-        raise ExplainError(404, f"image {image_id!r} is not in index version {bundle.version}")
+        raise QueryError(404, f"image {image_id!r} is not in index version {bundle.version}")
     encoder = bundle.images.image_encoder()
     encode = getattr(encoder, "encode_with_features", None)
     if encode is None:
-        raise ExplainError(503, f"image encoder {encoder.encoder_id} gives no spatial feature "
+        raise QueryError(503, f"image encoder {encoder.encoder_id} gives no spatial feature "
                                 "map to explain with")  # fmt: skip
     target, layers = _target(bundle, text, similar_to, text_off)
     data = read_source(uri)
@@ -193,7 +186,7 @@ def explain(
             data, size=display_size(width, height, max_side), limits=limits
         )
     except ValueError as exc:  # ImageRejected
-        raise ExplainError(422, f"the photo cannot be decoded: {exc}") from exc
+        raise QueryError(422, f"the photo cannot be decoded: {exc}") from exc
     pooled, spatial = pooled_and_map(encode, pixels)
     score, gradient = saliency.score_gradient(pooled, target, layers)
     weights = saliency.cam_weights(gradient, spatial.shape)
@@ -257,8 +250,6 @@ def add_explain_routes(
             found = explain(holder.current, image_id, q, similar_to, config.decode_limits,
                             models.text_off_reason)  # fmt: skip
             data, headers = explanation_png(found, map)
-        except ExplainError as exc:
-            raise HTTPException(exc.status, exc.message) from exc
-        finally:
+        finally:  # a QueryError answers through the app's handler, like HTTPException
             running.release()
         return Response(data, media_type="image/png", headers=headers)

@@ -67,7 +67,7 @@ def _json(payload: dict) -> Response:
     return Response(orjson.dumps(payload), media_type="application/json")
 
 
-def _http(exc: mixed_search.MixedQueryError | queries.QueryError) -> HTTPException:
+def _http(exc: queries.QueryError) -> HTTPException:
     return HTTPException(exc.status, exc.message)
 
 

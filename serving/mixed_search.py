@@ -12,7 +12,8 @@ encoders and towers plain queries and indexing use:
   ``joint_embedding`` for an index built with this model (what ``serving.explain`` scores).
 
 HTTP-free and JSON-page-free (``serving.queries`` builds the page), so ``queries.text_query``
-can answer syntax queries with it. Refusals raise ``MixedQueryError`` with an HTTP status.
+can answer syntax queries with it. Refusals raise ``serving.query_error.QueryError`` (an HTTP
+status and a message).
 """
 
 from __future__ import annotations
@@ -28,19 +29,12 @@ from encoders.joint import KIND_W2VV
 from ranking import query_mix, rocchio
 from ranking.query_syntax import MAX_TERMS, QuerySyntaxError, QueryTerm, parse_query
 from serving.explain import image_vectors, padded_batch
+from serving.query_error import QueryError
 from serving.searcher import SearchHit
 from serving.state import IndexBundle
 from serving.text_search import TextSearcher
 
 MAX_FEEDBACK_IDS = 100  # relevant + not relevant images in one feedback query
-
-
-class MixedQueryError(Exception):
-    """A combined query that cannot be answered; ``status`` is the HTTP status it maps to."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +58,7 @@ class Found:
 def joint_searcher(bundle: IndexBundle, text_off: str | None) -> TextSearcher:
     """The bundle's joint-space searcher, or 503 when this server has no joint model."""
     if bundle.text is None:
-        raise MixedQueryError(503, text_off or "text search is not enabled on this server")
+        raise QueryError(503, text_off or "text search is not enabled on this server")
     return bundle.text
 
 
@@ -73,7 +67,7 @@ def parse_terms(text: str) -> list[QueryTerm]:
     try:
         return parse_query(text, MAX_TERMS)
     except QuerySyntaxError as exc:
-        raise MixedQueryError(400, f"query syntax: {exc}") from exc
+        raise QueryError(400, f"query syntax: {exc}") from exc
 
 
 def term_parts(text: TextSearcher, terms: Sequence[QueryTerm]) -> list[Part]:
@@ -82,7 +76,7 @@ def term_parts(text: TextSearcher, terms: Sequence[QueryTerm]) -> list[Part]:
     features = features[: len(terms)]
     for term, row in zip(terms, features, strict=True):
         if not np.any(row):  # the towers would map it to their biases: refuse, as text search
-            raise MixedQueryError(
+            raise QueryError(
                 400, f"no word of {term.text!r} is known to text encoder "
                 f"{text.text_encoder.encoder_id}"
             )  # fmt: skip
@@ -108,7 +102,7 @@ def upload_part(
     try:
         pixels, width, height = decode_image(data, size=encoder.input_size, limits=limits)
     except ValueError as exc:  # ImageRejected: not an image, a bomb, too small, ...
-        raise MixedQueryError(422, f"image rejected: {exc}") from exc
+        raise QueryError(422, f"image rejected: {exc}") from exc
     vector = _image_space(text, encoder.encode(pixels[np.newaxis]))[0]
     echo = {"bytes": len(data), "width": width, "height": height}
     return Part({"part": "image", "source": "upload"}, vector, weight), echo
@@ -121,7 +115,7 @@ def indexed_vectors(
     unknown = [image_id for image_id in image_ids if bundle.details.row_of(image_id) is None]
     if unknown:
         shown = ", ".join(repr(i) for i in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-        raise MixedQueryError(
+        raise QueryError(
             404, f"{len(unknown)} image(s) not in index version {bundle.version}: {shown}"
         )
     return image_vectors(text, [bundle.searcher_row(image_id) for image_id in image_ids])
@@ -140,7 +134,7 @@ def search_parts(
     try:
         unit, norm = query_mix.combine(vectors, weights)
     except query_mix.MixError as exc:
-        raise MixedQueryError(400, str(exc)) from exc
+        raise QueryError(400, str(exc)) from exc
     hits = text.search_embedded(unit[np.newaxis], n)[0]
     hit_vectors = image_vectors(text, [bundle.searcher_row(hit.image_id) for hit in hits])
     similarities, shares = query_mix.contributions(vectors, weights, norm, hit_vectors)
@@ -190,11 +184,11 @@ def mixed(
     """
     text = joint_searcher(bundle, text_off)
     if upload is not None and image_id is not None:
-        raise MixedQueryError(400, "send an image file or an image_id, not both")
+        raise QueryError(400, "send an image file or an image_id, not both")
     if upload is None and image_id is None and not text_query.strip():
-        raise MixedQueryError(400, "a mixed query needs an image (file or image_id) or text (q)")
+        raise QueryError(400, "a mixed query needs an image (file or image_id) or text (q)")
     if not np.isfinite(image_weight) or image_weight == 0:
-        raise MixedQueryError(400, f"image_weight must be a non-zero number, got {image_weight}")
+        raise QueryError(400, f"image_weight must be a non-zero number, got {image_weight}")
     parts: list[Part] = []
     query: dict = {"text": text_query.strip() or None, "terms": [], "image": None}
     if upload is not None:
@@ -230,12 +224,12 @@ def feedback(
     text = joint_searcher(bundle, text_off)
     relevant, not_relevant = list(dict.fromkeys(relevant)), list(dict.fromkeys(not_relevant))
     if len(relevant) + len(not_relevant) > MAX_FEEDBACK_IDS:
-        raise MixedQueryError(422, f"at most {MAX_FEEDBACK_IDS} feedback images per query")
+        raise QueryError(422, f"at most {MAX_FEEDBACK_IDS} feedback images per query")
     both = sorted(set(relevant) & set(not_relevant))
     if both:
-        raise MixedQueryError(400, f"images both relevant and not relevant: {both[:10]}")
+        raise QueryError(400, f"images both relevant and not relevant: {both[:10]}")
     if not text_query.strip() and not relevant:
-        raise MixedQueryError(400, "feedback needs a query (q) or at least one relevant image")
+        raise QueryError(400, "feedback needs a query (q) or at least one relevant image")
     query_vector = None
     if text_query.strip():
         term_vectors = term_parts(text, parse_terms(text_query))
@@ -244,7 +238,7 @@ def feedback(
                 np.stack([p.vector for p in term_vectors]), [p.weight for p in term_vectors]
             )
         except query_mix.MixError as exc:
-            raise MixedQueryError(400, str(exc)) from exc
+            raise QueryError(400, str(exc)) from exc
     relevant_vectors = indexed_vectors(bundle, text, [*relevant, *not_relevant])
     labels, vectors, weights = rocchio.rocchio_parts(
         query_vector, relevant_vectors[: len(relevant)], relevant_vectors[len(relevant) :]

@@ -17,16 +17,9 @@ from encoders.imaging import DecodeLimits, decode_image
 from ranking.query_syntax import is_plain
 from serving import mixed_search
 from serving.explain import embed_with_terms, image_vectors, term_contributions
+from serving.query_error import QueryError
 from serving.searcher import SearchHit
 from serving.state import IndexBundle
-
-
-class QueryError(Exception):
-    """A query that cannot be answered; ``status`` is the HTTP status it maps to."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def image_links(image_id: str) -> dict[str, str]:
@@ -137,11 +130,8 @@ def combined_query(
     offset: int,
     started: float,
 ) -> dict:
-    """The page of a combined query (``serving.mixed_search``), its refusals as QueryError."""
-    try:
-        found = search()
-    except mixed_search.MixedQueryError as exc:
-        raise QueryError(exc.status, exc.message) from exc
+    """The page of a combined query (``serving.mixed_search``; it refuses with QueryError)."""
+    found = search()
     return _page(bundle, found.query, found.hits, k, offset, found.whys, started)
 
 
