@@ -30,7 +30,6 @@ import glob
 import logging
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ from ann_baselines import (
     tune_knobs,
 )
 
+from benchmarks.machine import machine_line
 from index.ann_cost import memory_per_million
 from index.ann_measure import batched_qps, single_query_latencies
 from index.ann_tuning import autotune_scann_targets
@@ -496,19 +496,6 @@ def memory_lines() -> list[str]:
         cells = " | ".join(f"{tables[d][name] / 2**20:,.0f} MiB" for d in dims)
         lines.append(f"| {name} | {cells} |")
     return lines
-
-
-def machine_line() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({model}), {memory:.0f} GiB RAM, {platform.platform()}"
 
 
 def versions_line() -> str:

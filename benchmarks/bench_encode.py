@@ -44,6 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import cpu_model
 from encoders.base import EncoderSpec
 from encoders.imaging import decode_image
 from encoders.inference_policy import (
@@ -130,16 +131,6 @@ def measure(policy: InferencePolicy, corpora, weights: str, threads: int) -> lis
         )
         rows.append(row)
     return rows
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _rss_child(name: str, weights: str, photos: list[str]) -> None:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import re
 import signal
 import socket
@@ -38,6 +36,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_serving import parse_wrk
 
+from benchmarks.machine import machine_line
 from serving.event_log import EventLimits, parse_event
 from serving.event_writer import EventWriter, event_files, parquet_bytes, read_events
 from storage.files import replace_by_rename
@@ -51,17 +50,6 @@ CLICK = {
     "rank": 3,
     "session": "0a1b2c3d4e5f6071",
 }
-
-
-def machine_line() -> str:
-    """Cores, CPU model, memory and OS: the figures below depend on them."""
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({model}), {memory:.0f} GiB RAM, {platform.platform()}"
 
 
 def _log(message: str) -> None:

@@ -37,8 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ann_baselines import threads
-from bench_ann import DEFAULT_TABLE, load_images, machine_line
+from bench_ann import DEFAULT_TABLE, load_images
 
+from benchmarks.machine import machine_line
 from index.ann_measure import single_query_latencies
 from index.hamming import CodeColumns, HashEncoder, hamming_top_r, rerank
 from index.scann_index import (

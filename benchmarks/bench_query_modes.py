@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import io
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,20 +35,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_serving import _captions, build
 
+from benchmarks.machine import cpu_model
 from imgsearch import settings
 
 WARM_UP = 20
 K = 10
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _photo(assets: Path) -> bytes:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import cpu_model
 from encoders.base import EncoderSpec
 from encoders.focus import FocusVocabulary, UnknownFocus, focused_vector
 from encoders.glove import load_glove
@@ -42,13 +43,6 @@ VARIANTS = {  # name -> (method, mix the focus classes by the image's probabilit
     "channels": ("channels", True),
     "channels, uniform mix": ("channels", False),
 }
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def coco_classes(annotations: Path) -> tuple[dict[str, set[str]], list[str]]:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np
 
+from benchmarks.machine import cpu_model
 from encoders import saliency
 from encoders.base import l2_normalize
 from encoders.imaging import decode_image
@@ -45,14 +46,6 @@ from serving.state import QueryModels, load_bundle
 
 PATCH, STRIDE = 64, 32  # occlusion over the 224 x 224 crop: 6 x 6 positions
 GREY = 128
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def boxes_by_photo(annotations: Path) -> tuple[dict[str, dict[str, list]], dict[str, tuple]]:
