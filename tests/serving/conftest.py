@@ -59,3 +59,17 @@ def browser():
         launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="module")
+def page_server(tmp_path_factory, built_versions, serve_models):
+    """A search-page server for one browser test module: v2 published, the joint model loaded."""
+    from serving.app import create_app
+    from serving.config import ServeConfig
+    from serving.server import BackgroundServer
+
+    root = tmp_path_factory.mktemp("page-root")
+    publish(root, built_versions["v2"], "v2")
+    config = ServeConfig(index=str(root), models_dir=str(serve_models), poll_interval_s=0)
+    with BackgroundServer(create_app(config)) as running:
+        yield running

@@ -4,21 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from serving.app import create_app
-from serving.config import ServeConfig
-from serving.server import BackgroundServer
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, built_versions, serve_models):
-    from tests.serving.conftest import publish
-
-    root = tmp_path_factory.mktemp("browser-root")
-    publish(root, built_versions["v2"], "v2")
-    config = ServeConfig(index=str(root), models_dir=str(serve_models), poll_interval_s=0)
-    with BackgroundServer(create_app(config)) as running:
-        yield running
-
 
 def _loaded_thumbnails(page) -> int:
     """Result images the browser actually decoded (naturalWidth > 0)."""
@@ -29,11 +14,11 @@ def _loaded_thumbnails(page) -> int:
 
 
 @pytest.mark.slow
-def test_type_a_query_see_thumbnails_more_like_this(server, browser, serve_photos) -> None:
+def test_type_a_query_see_thumbnails_more_like_this(page_server, browser, serve_photos) -> None:
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server.url + "/")
+    page.goto(page_server.url + "/")
     page.fill("#q", "a dog playing in the park")
     page.press("#q", "Enter")
     page.wait_for_function("document.querySelector('#grid').dataset.renderedBy === 'js'")
@@ -80,10 +65,10 @@ def test_type_a_query_see_thumbnails_more_like_this(server, browser, serve_photo
 
 
 @pytest.mark.slow
-def test_plain_form_search_without_javascript(server, browser) -> None:
+def test_plain_form_search_without_javascript(page_server, browser) -> None:
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
-    page.goto(server.url + "/")
+    page.goto(page_server.url + "/")
     page.fill("#q", "two people walking")
     page.click("#search-form button")
     page.wait_for_load_state()

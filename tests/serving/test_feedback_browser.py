@@ -4,21 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from serving.app import create_app
-from serving.config import ServeConfig
-from serving.server import BackgroundServer
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, built_versions, serve_models):
-    from tests.serving.conftest import publish
-
-    root = tmp_path_factory.mktemp("feedback-browser-root")
-    publish(root, built_versions["v2"], "v2")
-    config = ServeConfig(index=str(root), models_dir=str(serve_models), poll_interval_s=0)
-    with BackgroundServer(create_app(config)) as running:
-        yield running
-
 
 def _ids(page) -> list[str]:
     return page.eval_on_selector_all(
@@ -40,15 +25,15 @@ def _tick_two_and_search_again(page, server_url: str) -> tuple[list[str], list[s
 
 
 @pytest.mark.slow
-def test_tick_two_results_and_search_again_without_javascript(server, browser) -> None:
+def test_tick_two_results_and_search_again_without_javascript(page_server, browser) -> None:
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
-    page.goto(server.url + "/")
+    page.goto(page_server.url + "/")
     page.fill("#q", "a dog playing in the park")
     page.click("#search-form button")
     page.wait_for_load_state()
     before = _ids(page)
-    ticked, after = _tick_two_and_search_again(page, server.url)
+    ticked, after = _tick_two_and_search_again(page, page_server.url)
     assert "q=a+dog+playing+in+the+park" in page.url
     assert page.url.count("relevant=") == 2
     assert "Refined with 2 image(s)" in page.inner_text("#title")
@@ -60,7 +45,7 @@ def test_tick_two_results_and_search_again_without_javascript(server, browser) -
     assert sorted(checked) == sorted(ticked)
     # The refined order is the API's Rocchio ranking for the same judgement.
     api = page.request.post(
-        server.url + "/api/feedback/search",
+        page_server.url + "/api/feedback/search",
         data={"q": "a dog playing in the park", "relevant": ticked},
     ).json()
     assert after == [r["image_id"] for r in api["results"]]
@@ -73,12 +58,12 @@ def test_tick_two_results_and_search_again_without_javascript(server, browser) -
 
 
 @pytest.mark.slow
-def test_the_same_form_works_with_javascript_on(server, browser) -> None:
+def test_the_same_form_works_with_javascript_on(page_server, browser) -> None:
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server.url + "/?q=" + "two people walking".replace(" ", "+"))  # server-rendered
-    _, after = _tick_two_and_search_again(page, server.url)
+    page.goto(page_server.url + "/?q=" + "two people walking".replace(" ", "+"))  # server-rendered
+    _, after = _tick_two_and_search_again(page, page_server.url)
     assert "Refined with 2 image(s)" in page.inner_text("#title") and len(after) == 8
     assert errors == []
     page.close()

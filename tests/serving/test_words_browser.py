@@ -7,24 +7,16 @@ import urllib.parse
 import pytest
 
 from encoders.glove import locate_glove
-from serving.app import create_app
-from serving.config import ServeConfig
-from serving.server import BackgroundServer
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, built_versions, serve_models):
-    from tests.serving.conftest import publish
-
+def server(request):
+    """The page server (tests/serving/conftest.py), once GloVe is known to be there."""
     try:
         locate_glove("auto")
     except FileNotFoundError as exc:
         pytest.skip(str(exc).splitlines()[0])
-    root = tmp_path_factory.mktemp("words-browser-root")
-    publish(root, built_versions["v2"], "v2")
-    config = ServeConfig(index=str(root), models_dir=str(serve_models), poll_interval_s=0)
-    with BackgroundServer(create_app(config)) as running:
-        yield running
+    return request.getfixturevalue("page_server")
 
 
 def _suggested(page) -> list[str]:
