@@ -19,7 +19,6 @@ import time
 import urllib.parse
 from typing import Annotated
 
-import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +28,7 @@ from serving import mixed_search, queries, uploads
 from serving.config import ServeConfig
 from serving.mixed_search import MAX_FEEDBACK_IDS
 from serving.reloader import VersionHolder
+from serving.responses import json_response
 from serving.state import QueryModels
 
 MAX_IMAGE_WEIGHT = 100.0
@@ -61,10 +61,6 @@ _MIXED_BODY = {
 
 def _errors(*codes: int) -> dict:
     return {code: {"description": _ERRORS[code]} for code in codes}
-
-
-def _json(payload: dict) -> Response:
-    return Response(orjson.dumps(payload), media_type="application/json")
 
 
 def _http(exc: queries.QueryError) -> HTTPException:
@@ -184,7 +180,7 @@ def add_mixed_routes(
             )
         except queries.QueryError as exc:
             raise _http(exc) from exc
-        return _json(result)
+        return json_response(result)
 
     IdList = Annotated[
         list[Annotated[str, Field(min_length=1, max_length=_MAX_ID_CHARS)]],
@@ -220,7 +216,7 @@ def add_mixed_routes(
             return mixed_search.feedback(bundle, body.q, body.relevant, body.not_relevant,
                                          body.offset + body.k, text_off)  # fmt: skip
 
-        return _json(queries.combined_query(search, bundle, body.k, body.offset, started))
+        return json_response(queries.combined_query(search, bundle, body.k, body.offset, started))
 
     @app.get("/feedback", response_class=HTMLResponse, include_in_schema=False)
     def feedback_page(

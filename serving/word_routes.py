@@ -33,7 +33,6 @@ from collections.abc import Callable
 from typing import Annotated
 
 import numpy as np
-import orjson
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import Response
 
@@ -51,6 +50,7 @@ from encoders.word_neighbours import (
 from serving.config import ServeConfig
 from serving.explain import image_vectors, query_terms
 from serving.reloader import VersionHolder
+from serving.responses import json_response
 from serving.state import IndexBundle, QueryModels
 
 logger = logging.getLogger(__name__)
@@ -256,10 +256,6 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-def _json(payload: dict) -> Response:
-    return Response(orjson.dumps(payload), media_type="application/json")
-
-
 def word_suggestions(app: FastAPI, query: str) -> list[str]:
     """The page's related words for ``query`` (``[]`` on an app without word routes)."""
     service = getattr(app.state, "words", None)
@@ -269,7 +265,7 @@ def word_suggestions(app: FastAPI, query: str) -> list[str]:
 def _answer(compute: Callable[[], dict]) -> Response:
     """Run a word query, mapping its errors to HTTP (never a 500 for a user's word)."""
     try:
-        return _json(compute())
+        return json_response(compute())
     except UnknownWordError as exc:
         detail = {"message": str(exc), "word": exc.word, "hints": exc.hints}
         raise HTTPException(404, detail) from exc
@@ -317,7 +313,7 @@ def add_word_routes(
     def suggestions(
         q: Annotated[str, Query(max_length=config.max_query_chars, description="a text query")],
     ) -> Response:
-        return _json({"q": q, "suggestions": service.suggestions(q)})
+        return json_response({"q": q, "suggestions": service.suggestions(q)})
 
     @app.get(
         "/api/images/{image_id}/words",
