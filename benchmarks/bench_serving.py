@@ -339,17 +339,18 @@ def in_process_breakdown(root: Path, models: Path, captions: list[str]) -> dict[
     from index.publish import resolve_index
     from serving import queries
     from serving.explain import embed_with_terms
+    from serving.paging import PageRequest
     from serving.state import QueryModels, load_bundle
 
     threadpool_limits(1, user_api="blas")  # as `imgsearch serve` runs
     index_dir, version = resolve_index(str(root))
     bundle = load_bundle(index_dir, QueryModels.load(str(models)), version, verify=False)
     for caption in captions[:20]:
-        queries.text_query(bundle, caption, 10, 0, None)
+        queries.text_query(bundle, caption, PageRequest(10), None)
     timings: dict[str, list[float]] = {"whole query": [], "text encoder + tower": [], "ScaNN": []}
     for caption in captions:
         started = time.perf_counter()
-        queries.text_query(bundle, caption, 10, 0, None)
+        queries.text_query(bundle, caption, PageRequest(10), None)
         timings["whole query"].append(time.perf_counter() - started)
         started = time.perf_counter()
         vector = embed_with_terms(bundle.text, caption)[0]

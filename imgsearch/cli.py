@@ -124,6 +124,17 @@ def _search(argv: Sequence[str]) -> int:
     parser.add_argument("--relevant", nargs="+", default=[], help="image ids judged relevant")
     parser.add_argument("--not-relevant", nargs="+", default=[], help="image ids judged not")
     parser.add_argument("-k", type=int, default=10, help="results to return")
+    parser.add_argument("--offset", type=int, default=0, help="results to skip (pagination)")
+    parser.add_argument(
+        "--filter",
+        help='metadata filter, e.g. \'site = "flickr" AND width >= 800 AND tags HAS "dog"\'',
+    )
+    parser.add_argument("--min-score", type=float, help="leave out results scoring below this")
+    parser.add_argument(
+        "--show-duplicates",
+        action="store_true",
+        help="list every near-duplicate (default: one result per near-duplicate group)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = show_defaults(parser).parse_args(argv)
 
@@ -157,12 +168,16 @@ def _search(argv: Sequence[str]) -> int:
         return 0
     from index.publish import resolve_index
 
-    args.index, _ = resolve_index(args.index)  # a publish root serves its current version
-    searcher = ImageSearcher.load(args.index)
+    if args.k < 1 or args.offset < 0:
+        parser.error("-k must be >= 1 and --offset >= 0")
+    args.index, version = resolve_index(args.index)  # a publish root serves its current version
     if args.fused:
         from serving.fused_search import FusedSearcher
 
-        fused = FusedSearcher.load(searcher, args.index, args.models, args.model)
+        if args.filter or args.min_score is not None or args.offset:
+            parser.error("--fused takes no --filter, --min-score or --offset (use the server)")
+        fused = FusedSearcher.load(ImageSearcher.load(args.index), args.index, args.models,
+                                   args.model)  # fmt: skip
         found = fused.search(args.text, args.k)
         if args.json:
             print(json.dumps([dataclasses.asdict(hit) for hit in found], indent=2))
@@ -182,25 +197,35 @@ def _search(argv: Sequence[str]) -> int:
                     f"       {match['word']!r} matched tag {match['tag']!r} ({match['score']:.3f})"
                 )
         return 0
-    if args.text is not None:
-        from ranking.query_mix import combine
-        from ranking.query_syntax import is_plain, parse_query
-        from serving.text_search import TextSearcher
-
-        text = TextSearcher.load(searcher, args.models, args.model)
-        if is_plain(args.text):
-            hits = text.search(args.text, args.k)
-        else:  # weights, quoted phrases, + and - (README, "Query syntax")
-            terms = parse_query(args.text)
-            vectors = text.embed_queries([term.text for term in terms])
-            query, _ = combine(vectors, [term.weight for term in terms])
-            hits = text.search_embedded(query[None], args.k)[0]
-    elif args.image:
-        hits = searcher.search_image_path(args.image, args.k)
-    else:
-        hits = searcher.similar_to_image_id(args.image_id, args.k)
-    _print_hits(hits, args.json)
+    _print_hits(_page_search(args, version), args.json, offset=args.offset)
     return 0
+
+
+def _page_search(args: argparse.Namespace, version: str | None) -> list:
+    """A text, image or image-id query cut as the server cuts its pages (``serving.queries``):
+    the filter, the threshold, near-duplicates collapsed, the offset."""
+    from encoders.imaging import DecodeLimits
+    from serving import queries
+    from serving.paging import PageRequest
+    from serving.searcher import SearchHit
+    from serving.state import QueryModels, load_bundle
+    from storage.files import open_file
+
+    models = QueryModels.load(args.models, args.model) if args.text is not None else QueryModels()
+    bundle = load_bundle(args.index, models, version)
+    page = PageRequest(args.k, args.offset, args.min_score, args.filter, not args.show_duplicates)
+    try:
+        if args.text is not None:
+            answer = queries.text_query(bundle, args.text, page, models.text_off_reason, "joint")
+        elif args.image:
+            with open_file(args.image) as f:
+                data = f.read()
+            answer = queries.image_query(bundle, data, page, DecodeLimits())
+        else:
+            answer = queries.similar_query(bundle, args.image_id, page)
+    except queries.QueryError as exc:
+        raise exc.as_user_error() from exc
+    return [SearchHit(r["image_id"], r["uri"], r["score"]) for r in answer["results"]]
 
 
 def _combined_search(args: argparse.Namespace) -> int:
@@ -221,11 +246,11 @@ def _combined_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_hits(hits: Sequence, as_json: bool) -> None:
+def _print_hits(hits: Sequence, as_json: bool, offset: int = 0) -> None:
     if as_json:
         print(json.dumps([dataclasses.asdict(hit) for hit in hits], indent=2))
         return
-    for rank, hit in enumerate(hits, start=1):
+    for rank, hit in enumerate(hits, start=offset + 1):
         print(f"{rank:3d}  {hit.score:.4f}  {hit.image_id}  {hit.uri}")
 
 

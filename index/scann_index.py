@@ -265,13 +265,22 @@ def build_searcher(embeddings: np.ndarray, params: ScannParams) -> ScannSearcher
 
 
 def search_batched(
-    searcher: ScannSearcher, queries: np.ndarray, k: int, params: ScannParams
+    searcher: ScannSearcher,
+    queries: np.ndarray,
+    k: int,
+    params: ScannParams,
+    candidates: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` of each query row: ``(indices int64 (M, k'), scores float32 (M, k'))``.
 
     ``k' = min(k, searcher size)``; rows are best first. Where ScaNN found fewer than ``k'``
     candidates (possible with a tree that searches few leaves) the tail holds index ``-1`` and
     score NaN. Queries are used as given: normalising them is the caller's job.
+
+    ``candidates`` rescored exactly (at least ``params.reorder_k`` and ``k``): a caller that
+    asks one query for different ``k`` (pages of results) passes the same number every time,
+    so each answer is a prefix of one ranking; with the default the candidate pool grows with
+    ``k`` once ``k`` passes ``reorder_k``, and a deeper answer may rank differently.
     """
     _check_positive_int("k", k)
     size = searcher.size()
@@ -288,7 +297,7 @@ def search_batched(
             queries,
             final_num_neighbors=k,
             # Rescoring fewer candidates than requested results would truncate the answer.
-            pre_reorder_num_neighbors=max(params.reorder_k, k),
+            pre_reorder_num_neighbors=max(params.reorder_k, k, candidates),
             leaves_to_search=params.num_leaves_to_search,
         )
     indices = np.asarray(indices, dtype=np.int64)
@@ -317,6 +326,25 @@ def load_searcher(local_dir: str) -> ScannSearcher:
     return _scann_ops().load_searcher(local_dir)
 
 
+def _lowest_on_ties(all_scores: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """``argpartition``'s top columns, with ties at the k-th score settled by the lower index.
+
+    ``argpartition`` picks any of the rows that tie with the k-th score, so the top ``k`` and
+    the top ``k + 10`` could disagree on which of them comes first; pages of results cut from
+    answers of different depth would then repeat or skip one. Rows without such a tie (nearly
+    all) are kept as they are.
+    """
+    kth = np.take_along_axis(all_scores, top, axis=1).min(axis=1)
+    tied = (all_scores == kth[:, None]).sum(axis=1)
+    tied_in_top = (np.take_along_axis(all_scores, top, axis=1) == kth[:, None]).sum(axis=1)
+    top = np.array(top)  # writable
+    for row in np.flatnonzero(tied > tied_in_top):
+        above = top[row][all_scores[row, top[row]] > kth[row]]
+        ties = np.flatnonzero(all_scores[row] == kth[row])[: top.shape[1] - len(above)]
+        top[row] = np.concatenate([above, ties])
+    return top
+
+
 def exact_top_k(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact dot-product top ``k``: ``(indices int64 (M, k'), scores float32 (M, k'))``.
 
@@ -340,6 +368,7 @@ def exact_top_k(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
             top = np.argpartition(-all_scores, k - 1, axis=1)[:, :k]
         else:
             top = np.broadcast_to(np.arange(num_vectors), all_scores.shape)
+        top = _lowest_on_ties(all_scores, top) if k < num_vectors else top
         top_scores = np.take_along_axis(all_scores, top, axis=1)
         # lexsort's last key is the primary one: score descending, then index ascending.
         order = np.lexsort((top, -top_scores), axis=1)

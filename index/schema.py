@@ -7,10 +7,13 @@ per-row scale) are converted here in both directions, so every reader gets float
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from index.metadata_columns import ATTRIBUTES, MetadataColumn, attributes_type, columns_spec
 
 JOINT_EMBEDDING = "joint_embedding"
 
@@ -100,6 +103,7 @@ def embedding_table_schema(
     *,
     tags: bool = False,
     captions: bool = False,
+    attributes: Sequence[MetadataColumn] = (),
 ) -> pa.Schema:
     """The Parquet embedding table: one row per unique image content.
 
@@ -112,8 +116,9 @@ def embedding_table_schema(
     neither column. ``tags`` adds ``tags`` (classifier tags, best first:
     ``list<struct<label, score>>``) and ``tag_model`` (the head's version); ``captions`` adds
     ``caption`` (a generated description), ``caption_score`` (its mean log-probability per
-    token) and ``caption_model`` (the captioner's ``name/version``). All are optional columns
-    after the others, so readers of older tables are unaffected.
+    token) and ``caption_model`` (the captioner's ``name/version``). ``attributes`` adds the
+    typed metadata columns as one struct column (``index.metadata_columns``). All are optional
+    columns after the others, so readers of older tables are unaffected.
     """
     if dim <= 0:
         raise ValueError(f"embedding dimension must be positive, got {dim}")
@@ -145,6 +150,9 @@ def embedding_table_schema(
             pa.field(CAPTION_SCORE, pa.float32(), nullable=False),
             pa.field(CAPTION_MODEL, pa.string(), nullable=False),
         ]
+    if attributes:
+        joint_fields.append(pa.field(ATTRIBUTES, attributes_type(attributes), nullable=False))
+        metadata[b"imgsearch.metadata_columns"] = columns_spec(attributes).encode()
     return pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),

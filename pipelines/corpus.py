@@ -14,7 +14,7 @@ import logging
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -24,6 +24,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from index.metadata_columns import MetadataColumn, json_ready, typed_values
 from pipelines import live_progress
 from pipelines.types import STAGE_READ, DeadLetter, ImageRef, image_id_for_uri
 from storage.files import open_file
@@ -68,8 +69,15 @@ def resolve_manifest_uri(uri: str, manifest_path: str) -> str:
     return posixpath.join(posixpath.dirname(manifest_path), uri)
 
 
-def ref_from_manifest_row(row: dict[str, Any], manifest_path: str) -> ImageRef | DeadLetter:
-    """One manifest row -> an ``ImageRef`` (``uri``, optional ``id``, the rest as metadata)."""
+def ref_from_manifest_row(
+    row: dict[str, Any], manifest_path: str, columns: Sequence[MetadataColumn] = ()
+) -> ImageRef | DeadLetter:
+    """One manifest row -> an ``ImageRef`` (``uri``, optional ``id``, the rest as metadata).
+
+    The typed ``columns`` (``index.metadata_columns``) are checked here and kept in the
+    metadata JSON in their normal form (timestamps ISO-8601 UTC), so the table writer types
+    them from it without a failure; a value that does not fit makes the row a dead letter.
+    """
     raw_uri = row.get("uri")
     uri = str(raw_uri).strip() if raw_uri is not None else ""
     where = f"{manifest_path}:{row.get('_line', '?')}"
@@ -79,6 +87,12 @@ def ref_from_manifest_row(row: dict[str, Any], manifest_path: str) -> ImageRef |
     raw_id = row.get("id")
     image_id = str(raw_id).strip() if raw_id not in (None, "") else image_id_for_uri(uri)
     metadata = {k: v for k, v in row.items() if k not in ("uri", "id", "_line") and v is not None}
+    if columns:
+        try:
+            typed = json_ready(typed_values(columns, metadata))
+        except ValueError as exc:
+            return DeadLetter(uri=uri, stage=STAGE_READ, reason=str(exc))
+        metadata.update({name: value for name, value in typed.items() if value is not None})
     try:
         metadata_json = json.dumps(metadata, sort_keys=True, default=str) if metadata else ""
     except (TypeError, ValueError) as exc:
@@ -128,7 +142,8 @@ def manifest_rows(path: str, handle: io.BufferedIOBase) -> Iterator[dict[str, An
 class _ParseManifestFn(beam.DoFn):
     """ReadableFile -> ImageRef, with a ``dead_letters`` output for unusable rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, columns: Sequence[MetadataColumn] = ()) -> None:
+        self.columns = tuple(columns)
         self.inputs = Metrics.counter("imgsearch", "inputs")
 
     def process(self, readable: fileio.ReadableFile) -> Iterable[Any]:
@@ -143,7 +158,7 @@ class _ParseManifestFn(beam.DoFn):
                         DEAD_LETTERS, DeadLetter(uri=where, stage=STAGE_READ, reason=row["_error"])
                     )
                     continue
-                ref = ref_from_manifest_row(row, path)
+                ref = ref_from_manifest_row(row, path, self.columns)
                 if isinstance(ref, DeadLetter):
                     yield beam.pvalue.TaggedOutput(DEAD_LETTERS, ref)
                 else:
@@ -236,10 +251,13 @@ class ReadCorpus(beam.PTransform):
     listing itself ran as one bundle.
     """
 
-    def __init__(self, corpus: str, corpus_format: str) -> None:
+    def __init__(
+        self, corpus: str, corpus_format: str, columns: Sequence[MetadataColumn] = ()
+    ) -> None:
         super().__init__()
         self.corpus = corpus
         self.corpus_format = corpus_format
+        self.columns = tuple(columns)  # typed metadata columns a manifest's rows must fit
 
     def expand(self, pbegin):
         if self.corpus_format == "manifest":
@@ -248,7 +266,9 @@ class ReadCorpus(beam.PTransform):
                 | "MatchManifest" >> fileio.MatchFiles(self.corpus)
                 | "OpenManifest" >> fileio.ReadMatches()
                 | "ParseManifest"
-                >> beam.ParDo(_ParseManifestFn()).with_outputs(DEAD_LETTERS, main="refs")
+                >> beam.ParDo(_ParseManifestFn(self.columns)).with_outputs(
+                    DEAD_LETTERS, main="refs"
+                )
             )
             refs, dead_letters = parsed.refs, parsed[DEAD_LETTERS]
         elif (root := local_folder(self.corpus)) is not None:

@@ -110,7 +110,9 @@ class IndexImages(beam.PTransform):
 
 def build_pipeline(pipeline: beam.Pipeline, config: IndexConfig) -> None:
     """Wire the job into ``pipeline``; no I/O happens until it runs."""
-    refs, unlisted = pipeline | "ReadCorpus" >> ReadCorpus(config.corpus, config.corpus_format)
+    refs, unlisted = pipeline | "ReadCorpus" >> ReadCorpus(
+        config.corpus, config.corpus_format, config.metadata_columns
+    )
     outputs = refs | "IndexImages" >> IndexImages(config)
     dead_letters = (unlisted, outputs["dead_letters"]) | "DeadLetters" >> beam.Flatten()
     dim = image_encoder_dim(config.encoder)
@@ -126,6 +128,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IndexConfig) -> None:
         config.embedding_storage,
         tags=config.tag_head is not None,
         captions=config.captioner is not None,
+        attributes=config.metadata_columns,
     )
     _ = outputs["duplicates"] | "WriteDuplicates" >> WriteDuplicates(config.duplicates_dir)
     _ = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letters_dir)

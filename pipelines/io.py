@@ -6,13 +6,16 @@ Beam's file sinks (temp files, then rename), so a reader never sees a half-writt
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 
 import apache_beam as beam
 import pyarrow.parquet as pq
 
 from index.manifest import MANIFEST_NAME
+from index.metadata_columns import ATTRIBUTES, MetadataColumn, typed_values
 from index.schema import compact_row, embedding_table_schema
 from index.table import parquet_files, parquet_rows
 from pipelines.types import DEAD_LETTER_SCHEMA, DUPLICATE_SCHEMA
@@ -60,16 +63,33 @@ class WriteEmbeddingTable(_WriteParquet):
         storage: str = "float32",
         tags: bool = False,
         captions: bool = False,
+        attributes: Sequence[MetadataColumn] = (),
     ) -> None:
-        schema = embedding_table_schema(dim, joint_dim, storage, tags=tags, captions=captions)
+        schema = embedding_table_schema(
+            dim, joint_dim, storage, tags=tags, captions=captions, attributes=attributes
+        )
         super().__init__(table_dir, TABLE_PREFIX, schema, num_shards)
         self.storage = storage
+        self.attributes = tuple(attributes)
 
     def expand(self, rows):
+        if self.attributes:
+            columns = self.attributes
+            rows = rows | "Attributes" >> beam.Map(lambda row: with_attributes(row, columns))
         if self.storage != "float32":
             storage = self.storage
             rows = rows | "Compact" >> beam.Map(lambda row: compact_row(row, storage))
         return super().expand(rows)
+
+
+def with_attributes(row: dict, columns: Sequence[MetadataColumn]) -> dict:
+    """A table row with its typed ``attributes`` struct, from its metadata JSON.
+
+    The JSON was checked against ``columns`` when the manifest row was read
+    (``pipelines.corpus.ref_from_manifest_row``), so typing it again cannot fail here.
+    """
+    metadata = json.loads(row["metadata"]) if row.get("metadata") else {}
+    return {**row, ATTRIBUTES: typed_values(columns, metadata)}
 
 
 class WriteDeadLetters(beam.PTransform):

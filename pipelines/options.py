@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from encoders.base import EncoderSpec
 from encoders.imaging import DecodeLimits
 from encoders.tags import check_tag_head, resolve_tag_head
+from index.metadata_columns import MetadataColumn, infer_from_schema, parse_metadata_columns
 from index.scann_index import QUANTIZE
 from index.schema import EMBEDDING_STORAGES
 from models.captioner import CaptionerRef, resolve_captioner
@@ -34,7 +35,7 @@ from models.joint import (
     resolve_joint_model,
 )
 from storage.fetch import FetchLimits
-from storage.files import join_uri
+from storage.files import join_uri, open_file
 
 if TYPE_CHECKING:
     from pipelines.incremental.plan import ReusePlan
@@ -63,6 +64,13 @@ class IndexOptions(PipelineOptions):
         )
         parser.add_argument("--out", help="output directory (local path or gs://)")
         parser.add_argument("--corpus_format", default="auto", choices=CORPUS_FORMATS)
+        parser.add_argument(
+            "--metadata_columns",
+            default="auto",
+            help="manifest columns stored typed and filterable, e.g. 'site:string,"
+            "taken:timestamp,width:int' (types: string, int, float, bool, timestamp); 'auto': "
+            "a Parquet manifest's own scalar columns, none for CSV/JSONL; 'none': no typed columns",
+        )
         parser.add_argument(
             "--encoder",
             default=None,
@@ -182,6 +190,8 @@ class IndexConfig:
     tag_head: str | None = None  # resolved classifier-head file, or None: no tags column
     tags_top_k: int = 5
     captioner: CaptionerRef | None = None  # a pinned captioner, or None: no caption column
+    # Typed, filterable manifest columns (index.metadata_columns), the table's ``attributes``.
+    metadata_columns: tuple[MetadataColumn, ...] = ()
 
     @property
     def updates_in_place(self) -> bool:
@@ -270,16 +280,19 @@ class IndexConfig:
                 )
             except ValueError as exc:
                 raise ValueError(f"{exc}{because}") from None
+        corpus_format = resolve_corpus_format(opts.corpus, opts.corpus_format)
+        metadata_columns = _metadata_columns(opts.metadata_columns, opts.corpus, corpus_format)
         reuse = None
         if opts.previous:
-            reuse = _reuse_plan(opts, encoder, joint_model, tag_head, captioner)
+            reuse = _reuse_plan(opts, encoder, joint_model, tag_head, captioner, metadata_columns)
         return cls(
+            metadata_columns=metadata_columns,
             captioner=captioner,
             tag_head=tag_head,
             tags_top_k=opts.tags_top_k,
             corpus=opts.corpus,
             out=opts.out.rstrip("/"),
-            corpus_format=resolve_corpus_format(opts.corpus, opts.corpus_format),
+            corpus_format=corpus_format,
             encoder=encoder,
             decode_limits=DecodeLimits(max_pixels=opts.max_pixels),
             fetch_limits=FetchLimits(
@@ -307,6 +320,7 @@ def _reuse_plan(
     joint_model: JointModelRef | None,
     tag_head: str | None = None,
     captioner: CaptionerRef | None = None,
+    metadata_columns: tuple[MetadataColumn, ...] = (),
 ) -> ReusePlan:
     """Resolve ``--previous`` to a complete version, pin what its rows must match, and decide
     (``pipelines.incremental.decide``) whether this run updates it in place or rewrites it.
@@ -326,6 +340,7 @@ def _reuse_plan(
         opts.embedding_storage,
         tags=tag_head is not None,
         captions=captioner is not None,
+        attributes=metadata_columns,
     )
     return build_plan(
         opts.previous,
@@ -349,6 +364,29 @@ def _reuse_plan(
             opts.neighbors,
         ),
     )
+
+
+def _metadata_columns(spec: str, corpus: str, corpus_format: str) -> tuple[MetadataColumn, ...]:
+    """``--metadata_columns``: declared, inferred from a Parquet manifest ("auto"), or none."""
+    spec = (spec or "auto").strip()
+    if spec.lower() == "none":
+        return ()
+    if spec.lower() != "auto":
+        if corpus_format != "manifest":
+            raise ValueError("--metadata_columns names manifest columns: --corpus is no manifest")
+        try:
+            return parse_metadata_columns(spec)
+        except ValueError as exc:
+            raise ValueError(f"--metadata_columns: {exc}") from None
+    if corpus_format != "manifest" or not corpus.lower().endswith(".parquet"):
+        return ()
+    import pyarrow.parquet as pq
+
+    try:
+        with open_file(corpus) as handle:
+            return infer_from_schema(pq.ParquetFile(handle).schema_arrow)
+    except (OSError, ValueError):  # a glob, or unreadable: check_corpus_exists says why
+        return ()
 
 
 def option_strings(parser: argparse.ArgumentParser) -> list[str]:

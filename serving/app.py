@@ -23,7 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from index.publish import resolve_index
+from ranking.filter_syntax import MAX_FILTER_CHARS
 from serving import event_routes, queries, uploads
+from serving.batch_routes import add_batch_routes
 from serving.config import UPLOAD_CONTENT_TYPES, ServeConfig
 from serving.explain_routes import add_explain_routes
 from serving.focus_routes import (
@@ -35,8 +37,10 @@ from serving.focus_routes import (
 )
 from serving.metrics import ServerMetrics
 from serving.mixed_routes import add_mixed_routes
+from serving.paging import PageRequest
 from serving.reloader import Reloader, VersionHolder
 from serving.responses import json_response
+from serving.row_filters import FILTER_HELP
 from serving.state import IndexBundle, QueryModels, load_bundle
 from serving.thumbnails import ThumbnailCache, ThumbnailError
 from serving.word_routes import add_word_routes, word_suggestions
@@ -114,16 +118,19 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         models = QueryModels.load(config.models_dir, config.joint_model)
     index_dir, version = resolve_index(config.index)
     fused_models = config.models_dir if config.fused else None
-    bundle = load_bundle(index_dir, models, version, config.verify, fused_models)
+
+    def load(index_dir: str, version: str | None) -> IndexBundle:
+        return load_bundle(
+            index_dir, models, version, config.verify, fused_models, config.page_depth
+        )
+
+    bundle = load(index_dir, version)
     holder = VersionHolder(bundle)
     metrics = ServerMetrics()
     metrics.serving(bundle.version, len(bundle.images))
     thumbnails = ThumbnailCache(
         config.thumbnail_max_side, config.thumbnail_cache_entries, config.decode_limits
     )
-
-    def load(index_dir: str, version: str) -> IndexBundle:
-        return load_bundle(index_dir, models, version, config.verify, fused_models)
 
     def on_reload(result: str) -> None:
         metrics.reloads.labels(result=result).inc()
@@ -160,6 +167,18 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
 
     K = Annotated[int, Query(ge=1, le=config.max_k, description="results per page")]
     Offset = Annotated[int, Query(ge=0, le=config.max_offset, description="results to skip")]
+    MinScore = Annotated[
+        float | None,
+        Query(ge=-1e6, le=1e6, description="leave out results scoring below this (the "
+              "answer's 'score': cosine, or the fused score with mode=fused)"),
+    ]  # fmt: skip
+    Filter = Annotated[
+        str | None,
+        Query(max_length=MAX_FILTER_CHARS, description=FILTER_HELP),
+    ]
+    Dedupe = Annotated[
+        bool, Query(description="one result per near-duplicate group (false: show them all)")
+    ]
 
     @app.get("/api/search", tags=["search"], summary="Text query", responses=_errors(400, 422, 503))
     def search_text(
@@ -170,11 +189,13 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             Literal["joint", "fused"] | None,
             Query(description="ranking: the joint model, or fused (default with --fused)"),
         ] = None,
+        min_score: MinScore = None,
+        filter: Filter = None,
+        dedupe: Dedupe = True,
     ) -> Response:
+        page = PageRequest(k, offset, min_score, filter, dedupe)
         current = holder.current
-        return json_response(
-            queries.text_query(current, q, k, offset, models.text_off_reason, mode)
-        )
+        return json_response(queries.text_query(current, q, page, models.text_off_reason, mode))
 
     @app.post(
         "/api/search/image",
@@ -188,16 +209,23 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         openapi_extra={"requestBody": {"content": _BINARY_BODY}},
     )
     async def search_image(
-        request: Request, k: K = config.default_k, offset: Offset = 0, focus: Focus = None
+        request: Request,
+        k: K = config.default_k,
+        offset: Offset = 0,
+        focus: Focus = None,
+        min_score: MinScore = None,
+        filter: Filter = None,
+        dedupe: Dedupe = True,
     ):
         data = await _read_upload(request, config)
         current = holder.current
+        page = PageRequest(k, offset, min_score, filter, dedupe)
         if focus:  # serving.focus_routes: pooled towards a class before the search
-            page = await run_in_threadpool(image_page, app, current, data, focus, k, offset, config)
-            return json_response(page)
+            result = await run_in_threadpool(image_page, app, current, data, focus, page, config)
+            return json_response(result)
         # Decoding and encoding are CPU work: off the event loop, like the sync handlers.
         result = await run_in_threadpool(
-            queries.image_query, current, data, k, offset, config.decode_limits
+            queries.image_query, current, data, page, config.decode_limits
         )
         return json_response(result)
 
@@ -208,11 +236,18 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         responses=_errors(400, 404, 422, 503),
     )
     def similar(
-        image_id: str, k: K = config.default_k, offset: Offset = 0, focus: Focus = None
+        image_id: str,
+        k: K = config.default_k,
+        offset: Offset = 0,
+        focus: Focus = None,
+        min_score: MinScore = None,
+        filter: Filter = None,
+        dedupe: Dedupe = True,
     ) -> Response:
+        page = PageRequest(k, offset, min_score, filter, dedupe)
         if focus:  # serving.focus_routes: pooled towards a class before the search
-            return json_response(similar_page(app, holder.current, image_id, focus, k, offset))
-        return json_response(queries.similar_query(holder.current, image_id, k, offset))
+            return json_response(similar_page(app, holder.current, image_id, focus, page))
+        return json_response(queries.similar_query(holder.current, image_id, page))
 
     @app.get(
         "/api/images/{image_id}",
@@ -276,6 +311,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
 
     event_routes.add_event_routes(app, holder, config)
     add_mixed_routes(app, holder, models, config)
+    add_batch_routes(app, holder, models, config)
     add_word_routes(app, holder, models, config)
     add_explain_routes(app, holder, models, config)
     add_focus_routes(app, holder, models, config)
@@ -302,6 +338,9 @@ def _add_page_routes(
                 "max_upload_bytes": config.max_upload_bytes,
                 "accept": ",".join(UPLOAD_CONTENT_TYPES),
                 "q": "",
+                "filter": "",
+                "dedupe": True,
+                "filter_fields": bundle.filters.fields() if bundle.filters else {},
                 "title": None,
                 "result": None,
                 "reference": None,
@@ -321,22 +360,24 @@ def _add_page_routes(
         q: Annotated[str, Query(max_length=config.max_query_chars)] = "",
         similar: Annotated[str, Query(max_length=256)] = "",
         offset: Annotated[int, Query(ge=0, le=config.max_offset)] = 0,
+        filter: Annotated[str, Query(max_length=MAX_FILTER_CHARS)] = "",
+        dedupe: bool = True,
     ) -> HTMLResponse:
         bundle = holder.current
+        page = PageRequest(config.default_k, offset, None, filter or None, dedupe)
+        form = {"q": q, "filter": filter, "dedupe": dedupe}
         try:
             if similar:
-                result = queries.similar_query(bundle, similar, config.default_k, offset)
+                result = queries.similar_query(bundle, similar, page)
                 reference = queries.image_details(bundle, similar)
                 return render(request, bundle, result=result, reference=reference,
-                              title="More like this")  # fmt: skip
+                              title="More like this", **form)  # fmt: skip
             if q.strip():
-                result = queries.text_query(
-                    bundle, q, config.default_k, offset, models.text_off_reason
-                )
-                return render(request, bundle, q=q, result=result, title=f"Results for “{q}”")
+                result = queries.text_query(bundle, q, page, models.text_off_reason)
+                return render(request, bundle, result=result, title=f"Results for “{q}”", **form)
         except queries.QueryError as exc:
-            return render(request, bundle, q=q, error=exc.message, status=exc.status)
-        return render(request, bundle)
+            return render(request, bundle, error=exc.message, status=exc.status, **form)
+        return render(request, bundle, **form)
 
     @app.post("/upload", response_class=HTMLResponse, include_in_schema=False)
     async def upload_page(request: Request) -> HTMLResponse:
@@ -347,13 +388,14 @@ def _add_page_routes(
             return render(request, bundle, error=str(exc.detail), status=exc.status_code)
         # Decoding and encoding are CPU work: off the event loop, like the sync handlers.
         try:
+            page = PageRequest(config.default_k)
             if focus:
                 result = await run_in_threadpool(
-                    image_page, request.app, bundle, data, focus, config.default_k, 0, config
+                    image_page, request.app, bundle, data, focus, page, config
                 )
             else:
                 result = await run_in_threadpool(
-                    queries.image_query, bundle, data, config.default_k, 0, config.decode_limits
+                    queries.image_query, bundle, data, page, config.decode_limits
                 )
         except queries.QueryError as exc:
             return render(request, bundle, error=exc.message, status=exc.status, focus=focus)

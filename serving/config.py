@@ -67,6 +67,12 @@ class ServeConfig:
     events_dir: str | None = None
     event_limits: EventLimits = dataclasses.field(default_factory=EventLimits)
 
+    @property
+    def page_depth(self) -> int:
+        """The deepest result a page may reach (+1 to settle a tie at its end): every search
+        rescores this many ANN candidates, so all pages of a query come from one ranking."""
+        return self.max_offset + self.max_k + 1
+
     def __post_init__(self) -> None:
         if not self.index:
             raise ValueError("--index is required (an index output folder or a publish root)")

@@ -23,12 +23,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index.manifest import IndexManifest
+from index.metadata_columns import ATTRIBUTES, json_ready
 from storage.files import join_path, open_file
 
 # Columns shown as image details when the table has them (older tables may lack some).
 DETAIL_COLUMNS = ("width", "height", "num_bytes", "sha256", "duplicate_uris", "metadata")
-# What the tagging and captioning stages add (pipelines.types TAGS, CAPTION, CAPTION_SCORE).
-DESCRIPTION_COLUMNS = ("tags", "caption", "caption_score")
+# What the tagging and captioning stages add (pipelines.types TAGS, CAPTION, CAPTION_SCORE),
+# and the typed metadata columns (index.metadata_columns ATTRIBUTES).
+DESCRIPTION_COLUMNS = ("tags", "caption", "caption_score", ATTRIBUTES)
 
 
 class ImageDetails:
@@ -110,6 +112,7 @@ class ImageDetails:
             "image_id": image_id,
             "uri": self._uris[row],
             **values,
+            "metadata": json_ready(described.get(ATTRIBUTES) or {}),
             "source_metadata": source_metadata,
             "caption": described.get("caption"),
             "caption_score": described.get("caption_score"),
@@ -118,3 +121,8 @@ class ImageDetails:
 
     def image_ids(self) -> Sequence[str]:
         return self._image_ids
+
+    @property
+    def table(self) -> pa.Table:
+        """The small columns, one row per image in ``image_id`` order (read-only use)."""
+        return self._table

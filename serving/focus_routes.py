@@ -16,6 +16,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from serving import uploads
 from serving.config import ServeConfig
 from serving.focus_search import FocusService, focused_image_page, focused_similar_page
+from serving.paging import PageRequest
 from serving.reloader import VersionHolder
 from serving.state import IndexBundle, QueryModels
 
@@ -52,14 +53,15 @@ def add_focus_routes(
         return service.target(focus).to_json()  # QueryError 400 -> the app's handler
 
 
-def similar_page(app: FastAPI, bundle: IndexBundle, image_id: str, focus: str, k: int,
-                 offset: int) -> dict:  # fmt: skip
-    return focused_similar_page(app.state.focus, bundle, image_id, focus, k, offset)
+def similar_page(
+    app: FastAPI, bundle: IndexBundle, image_id: str, focus: str, page: PageRequest
+) -> dict:
+    return focused_similar_page(app.state.focus, bundle, image_id, focus, page)
 
 
-def image_page(app: FastAPI, bundle: IndexBundle, data: bytes, focus: str, k: int, offset: int,
+def image_page(app: FastAPI, bundle: IndexBundle, data: bytes, focus: str, page: PageRequest,
                config: ServeConfig) -> dict:  # fmt: skip
-    return focused_image_page(app.state.focus, bundle, data, focus, k, offset, config.decode_limits)
+    return focused_image_page(app.state.focus, bundle, data, focus, page, config.decode_limits)
 
 
 async def read_page_upload(request: Request, config: ServeConfig) -> tuple[bytes, str]:

@@ -27,6 +27,8 @@ from encoders.imaging import DecodeLimits, decode_image
 from encoders.tags import TagHead, check_tag_head, resolve_tag_head
 from serving import queries
 from serving.mixed_search import Found
+from serving.paging import PageRequest
+from serving.query_error import QueryError
 from serving.searcher import ImageSearcher, SearchHit
 from serving.state import IndexBundle
 from storage.files import open_file
@@ -130,6 +132,14 @@ def image_hits(
 ) -> tuple[list[SearchHit], FocusTarget, dict]:
     """An encoded image's ``n`` nearest indexed images focused on ``focus``, the target, and
     the image's echo (bytes, width, height)."""  # fmt: skip
+    vector, target, echo = focused_image_vector(service, bundle, data, focus, limits)
+    return bundle.images.search_vector(vector, n), target, echo
+
+
+def focused_image_vector(
+    service: FocusService, bundle: IndexBundle, data: bytes, focus: str, limits: DecodeLimits
+) -> tuple[np.ndarray, FocusTarget, dict]:
+    """An encoded image's query vector pooled towards ``focus``, the target and its echo."""
     _check_service(service, bundle)
     target = service.target(focus)
     try:
@@ -139,8 +149,7 @@ def image_hits(
     except ValueError as exc:  # ImageRejected: not an image, a bomb, too small, ...
         raise queries.QueryError(422, f"image rejected: {exc}") from exc
     vector = service.query_vector(bundle.images, pixels, target)
-    echo = {"bytes": len(data), "width": width, "height": height}
-    return bundle.images.search_vector(vector, n), target, echo
+    return vector, target, {"bytes": len(data), "width": width, "height": height}
 
 
 def _why(bundle: IndexBundle, target: FocusTarget, method: str, **extra) -> dict:
@@ -173,17 +182,23 @@ def similar_hits(
 
 
 def focused_similar_page(
-    service: FocusService, bundle: IndexBundle, image_id: str, focus: str, k: int, offset: int
+    service: FocusService, bundle: IndexBundle, image_id: str, focus: str, page: PageRequest
 ) -> dict:
     """``GET /api/similar/{image_id}?focus=...``: the page ``queries.similar_query`` gives."""
     started = time.perf_counter()
+    _no_filter(page)
 
-    def search() -> Found:
-        hits, target = similar_hits(service, bundle, image_id, focus, offset + k)
+    def search(n: int) -> Found:
+        hits, target = similar_hits(service, bundle, image_id, focus, n)
         why = _why(bundle, target, service.method, to=image_id)
         return Found({"similar_to": image_id, "focus": focus}, hits, [why] * len(hits))
 
-    return queries.combined_query(search, bundle, k, offset, started)
+    return queries.combined_query(search, bundle, page, started)
+
+
+def _no_filter(page: PageRequest) -> None:
+    if page.filter:
+        raise QueryError(400, "a focused search takes no filter")
 
 
 def focused_image_page(
@@ -191,19 +206,21 @@ def focused_image_page(
     bundle: IndexBundle,
     data: bytes,
     focus: str,
-    k: int,
-    offset: int,
+    page: PageRequest,
     limits: DecodeLimits,
 ) -> dict:
     """``POST /api/search/image?focus=...``: the page ``queries.image_query`` gives."""
     started = time.perf_counter()
+    _no_filter(page)
+    # Decoded and encoded once, however deep the page makes the search go.
+    vector, target, echo = focused_image_vector(service, bundle, data, focus, limits)
+    why = _why(bundle, target, service.method)
 
-    def search() -> Found:
-        hits, target, echo = image_hits(service, bundle, data, focus, offset + k, limits)
-        why = _why(bundle, target, service.method)
+    def search(n: int) -> Found:
+        hits = bundle.images.search_vector(vector, n)
         return Found({"image": echo, "focus": focus}, hits, [why] * len(hits))
 
-    return queries.combined_query(search, bundle, k, offset, started)
+    return queries.combined_query(search, bundle, page, started)
 
 
 def focused_search(
@@ -239,5 +256,4 @@ def focused_search(
             data = f.read()
         return image_hits(service, bundle, data, focus, k, DecodeLimits())[0]
     except queries.QueryError as exc:
-        error = {400: ValueError, 404: KeyError, 422: ValueError}.get(exc.status, RuntimeError)
-        raise error(exc.message) from exc
+        raise exc.as_user_error() from exc

@@ -135,7 +135,8 @@ class FusedSearcher:
     def part_scores(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
         return {name: scorer(list(queries)) for name, scorer in self._scorers.items()}
 
-    def search(self, query: str, k: int = 10) -> list[FusedHit]:
+    def search(self, query: str, k: int = 10, allowed: np.ndarray | None = None) -> list[FusedHit]:
+        """The top ``k`` by fused score (ties: lower row), of the ``allowed`` rows if given."""
         if not query.strip():
             raise ValueError("empty text query")
         parts = self.part_scores([query])
@@ -143,8 +144,11 @@ class FusedSearcher:
             fused = weighted_fusion(parts, self.weights)[0]
         else:
             fused = reciprocal_rank_fusion(parts)[0]
-        k = min(k, len(fused))
-        rows = np.argsort(-fused, kind="stable")[:k]
+        if allowed is not None:  # scoring is exact over every row: a filter is a mask here
+            rows = np.flatnonzero(allowed)
+            rows = rows[np.argsort(-fused[rows], kind="stable")[:k]]
+        else:
+            rows = np.argsort(-fused, kind="stable")[: min(k, len(fused))]
         hits = []
         for row in rows:
             hit = self.images.hit_for_row(int(row), float(fused[row]))

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from serving import mixed_search, queries, uploads
 from serving.config import ServeConfig
 from serving.mixed_search import MAX_FEEDBACK_IDS
+from serving.paging import PageRequest
 from serving.reloader import VersionHolder
 from serving.responses import json_response
 from serving.state import QueryModels
@@ -143,6 +144,9 @@ def add_mixed_routes(
     """Add the mixed-query and feedback routes (API and page) to ``app``."""
     K = Annotated[int, Query(ge=1, le=config.max_k, description="results per page")]
     Offset = Annotated[int, Query(ge=0, le=config.max_offset, description="results to skip")]
+    Dedupe = Annotated[
+        bool, Query(description="one result per near-duplicate group (false: show them all)")
+    ]
     text_off = models.text_off_reason
 
     @app.post(
@@ -159,7 +163,9 @@ def add_mixed_routes(
         ),
         openapi_extra={"requestBody": {"content": _MIXED_BODY}},
     )
-    async def search_mixed(request: Request, k: K = config.default_k, offset: Offset = 0):
+    async def search_mixed(
+        request: Request, k: K = config.default_k, offset: Offset = 0, dedupe: Dedupe = True
+    ):
         fields = await _read_form(request, config)
         q = _text_field(fields, "q", config.max_query_chars)
         image_id = _text_field(fields, "image_id", _MAX_ID_CHARS).strip() or None
@@ -167,17 +173,16 @@ def add_mixed_routes(
         upload = _upload(fields, config)
         bundle, started = holder.current, time.perf_counter()
 
-        def search() -> mixed_search.Found:
+        def search(n: int) -> mixed_search.Found:
             return mixed_search.mixed(
-                bundle, q, offset + k, text_off, upload=upload, image_id=image_id,
+                bundle, q, n, text_off, upload=upload, image_id=image_id,
                 image_weight=image_weight, limits=config.decode_limits,
             )  # fmt: skip
 
+        page = PageRequest(k, offset, dedupe=dedupe)
         # Decoding and encoding are CPU work: off the event loop, like the sync handlers.
         try:
-            result = await run_in_threadpool(
-                queries.combined_query, search, bundle, k, offset, started
-            )
+            result = await run_in_threadpool(queries.combined_query, search, bundle, page, started)
         except queries.QueryError as exc:
             raise _http(exc) from exc
         return json_response(result)
@@ -196,6 +201,7 @@ def add_mixed_routes(
         not_relevant: IdList = []
         k: Annotated[int, Field(ge=1, le=config.max_k)] = config.default_k
         offset: Annotated[int, Field(ge=0, le=config.max_offset)] = 0
+        dedupe: bool = True
 
     @app.post(
         "/api/feedback/search",
@@ -212,11 +218,12 @@ def add_mixed_routes(
     def feedback_search(body: FeedbackRequest) -> Response:
         bundle, started = holder.current, time.perf_counter()
 
-        def search() -> mixed_search.Found:
-            return mixed_search.feedback(bundle, body.q, body.relevant, body.not_relevant,
-                                         body.offset + body.k, text_off)  # fmt: skip
+        def search(n: int) -> mixed_search.Found:
+            return mixed_search.feedback(bundle, body.q, body.relevant, body.not_relevant, n,
+                                         text_off)  # fmt: skip
 
-        return json_response(queries.combined_query(search, bundle, body.k, body.offset, started))
+        page = PageRequest(body.k, body.offset, dedupe=body.dedupe)
+        return json_response(queries.combined_query(search, bundle, page, started))
 
     @app.get("/feedback", response_class=HTMLResponse, include_in_schema=False)
     def feedback_page(
@@ -231,11 +238,11 @@ def add_mixed_routes(
             return render(request, bundle, q=q, status=400,
                           error="tick the results you like, then search again")  # fmt: skip
 
-        def search() -> mixed_search.Found:
-            return mixed_search.feedback(bundle, q, relevant, [], config.default_k, text_off)
+        def search(n: int) -> mixed_search.Found:
+            return mixed_search.feedback(bundle, q, relevant, [], n, text_off)
 
         try:
-            result = queries.combined_query(search, bundle, config.default_k, 0, started)
+            result = queries.combined_query(search, bundle, PageRequest(config.default_k), started)
         except queries.QueryError as exc:
             return render(request, bundle, q=q, error=exc.message, status=exc.status)
         result["next_offset"] = None  # one refined page; tick again to refine further

@@ -17,6 +17,7 @@ from encoders.imaging import DecodeLimits, decode_image
 from ranking.query_syntax import is_plain
 from serving import mixed_search
 from serving.explain import embed_with_terms, image_vectors, term_contributions
+from serving.paging import CutPage, PageRequest, cut_page
 from serving.query_error import QueryError
 from serving.searcher import SearchHit
 from serving.state import IndexBundle
@@ -32,9 +33,9 @@ def image_links(image_id: str) -> dict[str, str]:
     }
 
 
-def _entry(bundle: IndexBundle, hit: SearchHit, rank: int, why: dict) -> dict:
+def _entry(bundle: IndexBundle, hit: SearchHit, rank: int, why: dict, hidden: int) -> dict:
     details = bundle.details.describe(hit.image_id) or {}
-    return {
+    entry = {
         "rank": rank,
         "image_id": hit.image_id,
         "uri": hit.uri,
@@ -44,41 +45,55 @@ def _entry(bundle: IndexBundle, hit: SearchHit, rank: int, why: dict) -> dict:
         "tags": details.get("tags", []),
         "width": details.get("width"),
         "height": details.get("height"),
+        "metadata": details.get("metadata", {}),
+        "near_duplicate_group": bundle.group_of(hit.image_id),
         "links": image_links(hit.image_id),
     }
+    if hidden:  # dedupe: this many near-duplicates of it were left out of the results
+        entry["near_duplicates_hidden"] = hidden
+    return entry
 
 
 def _page(
     bundle: IndexBundle,
     query: dict,
-    hits: list[SearchHit],
-    k: int,
-    offset: int,
-    whys: list[dict],
+    cut: CutPage,
+    page: PageRequest,
+    whys: Callable[[CutPage], list[dict]],
     started: float,
 ) -> dict:
-    page_hits = hits[offset : offset + k]
-    # There may be more when the search filled every slot it was asked for.
-    more = len(hits) == offset + k and offset + k < len(bundle.images)
+    """The JSON answer for the page ``cut``; ``whys`` explains its hits, in order."""
     return {
         "query": query,
         "version": bundle.version,
-        "k": k,
-        "offset": offset,
+        "k": page.k,
+        "offset": page.offset,
         "results": [
-            _entry(bundle, hit, offset + i + 1, why)
-            for i, (hit, why) in enumerate(zip(page_hits, whys[offset : offset + k], strict=True))
+            _entry(bundle, hit, page.offset + i + 1, why, cut.hidden.get(hit.image_id, 0))
+            for i, (hit, why) in enumerate(zip(cut.hits, whys(cut), strict=True))
         ],
-        "next_offset": offset + k if more else None,
+        "next_offset": page.end if cut.more else None,
         "took_ms": round((time.perf_counter() - started) * 1000, 3),
     }
+
+
+def _same_why(why: dict) -> Callable[[CutPage], list[dict]]:
+    return lambda cut: [why] * len(cut.hits)
+
+
+def _cut(
+    bundle: IndexBundle,
+    search: Callable[[int], list[SearchHit]],
+    page: PageRequest,
+    exclude: Callable[[SearchHit], bool] | None = None,
+) -> CutPage:
+    return cut_page(search, page, bundle.near_duplicates, len(bundle.images), exclude)
 
 
 def text_query(
     bundle: IndexBundle,
     text: str,
-    k: int,
-    offset: int,
+    page: PageRequest,
     text_off: str | None,
     mode: str | None = None,
 ) -> dict:
@@ -99,87 +114,164 @@ def text_query(
     if mode == "fused" and syntax:
         raise QueryError(400, "weights, quotes, + and - rank in the joint space: use mode=joint")
     if mode == "fused":
-        return _fused_text_query(bundle, text, k, offset, started)
+        return _fused_text_query(bundle, text, page, started)
     if mode != "joint":
         raise QueryError(400, f"mode must be 'joint' or 'fused', got {mode!r}")
+    allowed = bundle.allowed_rows(page.filter)
     if syntax:
+        if allowed is not None:
+            raise QueryError(400, "a filter applies to plain text queries (no weights or quotes)")
         return combined_query(
-            lambda: mixed_search.weighted_text(bundle, text, offset + k, text_off),
-            bundle, k, offset, started,
-        )  # fmt: skip
+            lambda n: mixed_search.weighted_text(bundle, text, n, text_off), bundle, page, started
+        )
     try:
         query_vector, terms, vectors, unknown = embed_with_terms(bundle.text, text)
     except ValueError as exc:  # no known word: the encoder cannot place the query
         raise QueryError(400, str(exc)) from exc
-    hits = bundle.text.search_embedded(query_vector, offset + k)[0]
-    page_hits = hits[offset : offset + k]
-    rows = [bundle.searcher_row(hit.image_id) for hit in page_hits]
-    contributions = term_contributions(terms, vectors, image_vectors(bundle.text, rows))
+    cut = _cut(bundle, lambda n: bundle.text.search_embedded(query_vector, n, allowed)[0], page)
     space = "joint-index" if bundle.text.uses_joint_index else "joint-model"
-    whys = [{} for _ in range(offset)] + [
-        {"match": "text", "space": space, "terms": terms_, "unknown_terms": unknown}
-        for terms_ in contributions
-    ]
-    return _page(bundle, {"text": text}, hits, k, offset, whys, started)
+
+    def whys(cut: CutPage) -> list[dict]:
+        rows = [bundle.searcher_row(hit.image_id) for hit in cut.hits]
+        contributions = term_contributions(terms, vectors, image_vectors(bundle.text, rows))
+        return [
+            {"match": "text", "space": space, "terms": terms_, "unknown_terms": unknown}
+            for terms_ in contributions
+        ]
+
+    query = {"text": text, **_filter_echo(page)}
+    return _page(bundle, query, cut, page, whys, started)
+
+
+def _filter_echo(page: PageRequest) -> dict:
+    return {"filter": page.filter} if page.filter else {}
 
 
 def combined_query(
-    search: Callable[[], mixed_search.Found],
+    search: Callable[[int], mixed_search.Found],
     bundle: IndexBundle,
-    k: int,
-    offset: int,
+    page: PageRequest,
     started: float,
 ) -> dict:
-    """The page of a combined query (``serving.mixed_search``; it refuses with QueryError)."""
-    found = search()
-    return _page(bundle, found.query, found.hits, k, offset, found.whys, started)
+    """The page of a combined query (``serving.mixed_search``; it refuses with QueryError).
+
+    ``search(n)`` gives the top ``n`` with a ``why`` each.
+    """
+    found: list[mixed_search.Found] = []
+
+    def hits(n: int) -> list[SearchHit]:
+        found[:] = [search(n)]
+        return found[0].hits
+
+    cut = _cut(bundle, hits, page)
+    return _page(
+        bundle, found[0].query, cut, page, lambda c: [found[0].whys[i] for i in c.positions],
+        started,
+    )  # fmt: skip
 
 
-def _fused_text_query(bundle: IndexBundle, text: str, k: int, offset: int, started: float) -> dict:
+def _fused_text_query(bundle: IndexBundle, text: str, page: PageRequest, started: float) -> dict:
     if bundle.fused is None:
         raise QueryError(400, "fused search is not enabled on this server (start with --fused)")
-    try:
-        fused = bundle.fused.search(text, offset + k)
-    except ValueError as exc:
-        raise QueryError(400, str(exc)) from exc
-    hits = [SearchHit(hit.image_id, hit.uri, hit.score) for hit in fused]
-    whys = [
-        {"match": "fused", "parts": hit.parts, "caption": hit.caption,
-         "matched_tags": hit.matched_tags}
-        for hit in fused
-    ]  # fmt: skip
-    return _page(bundle, {"text": text, "mode": "fused"}, hits, k, offset, whys, started)
+    allowed = bundle.allowed_rows(page.filter)
+    fused: list = []
+
+    def search(n: int) -> list[SearchHit]:
+        try:
+            fused[:] = bundle.fused.search(text, n, allowed)
+        except ValueError as exc:
+            raise QueryError(400, str(exc)) from exc
+        return [SearchHit(hit.image_id, hit.uri, hit.score) for hit in fused]
+
+    cut = _cut(bundle, search, page)
+
+    def whys(cut: CutPage) -> list[dict]:
+        return [
+            {"match": "fused", "parts": hit.parts, "caption": hit.caption,
+             "matched_tags": hit.matched_tags}
+            for hit in (fused[i] for i in cut.positions)
+        ]  # fmt: skip
+
+    query = {"text": text, "mode": "fused", **_filter_echo(page)}
+    return _page(bundle, query, cut, page, whys, started)
 
 
-def image_query(
-    bundle: IndexBundle, data: bytes, k: int, offset: int, limits: DecodeLimits
-) -> dict:
-    """An uploaded image -> its nearest indexed images (decoded and encoded as indexing does)."""
-    started = time.perf_counter()
+def image_vector(bundle: IndexBundle, data: bytes, limits: DecodeLimits) -> tuple[np.ndarray, dict]:
+    """An uploaded image -> its query vector (decoded and encoded as indexing does) and echo."""
     encoder = bundle.images.image_encoder()
     try:
         pixels, width, height = decode_image(data, size=encoder.input_size, limits=limits)
     except ValueError as exc:  # ImageRejected: not an image, a bomb, too small, ...
         raise QueryError(422, f"image rejected: {exc}") from exc
     vector = encoder.encode(pixels[np.newaxis])[0]
-    hits = bundle.images.search_vector(vector, offset + k)
-    why = {"match": "image", "encoder": bundle.images.encoder_id}
-    whys = [why] * len(hits)
-    query = {"image": {"bytes": len(data), "width": width, "height": height}}
-    return _page(bundle, query, hits, k, offset, whys, started)
+    return vector, {"bytes": len(data), "width": width, "height": height}
 
 
-def similar_query(bundle: IndexBundle, image_id: str, k: int, offset: int) -> dict:
-    """An indexed image -> the indexed images nearest to it (itself excluded)."""
+def image_query(bundle: IndexBundle, data: bytes, page: PageRequest, limits: DecodeLimits) -> dict:
+    """An uploaded image -> its nearest indexed images (decoded and encoded as indexing does)."""
     started = time.perf_counter()
-    try:
-        hits = bundle.images.similar_to_image_id(image_id, offset + k)
-    except KeyError as exc:
-        message = f"image {image_id!r} is not in index version {bundle.version}"
-        raise QueryError(404, message) from exc
+    vector, echo = image_vector(bundle, data, limits)
+    allowed = bundle.allowed_rows(page.filter)
+
+    def search(n: int) -> list[SearchHit]:
+        return bundle.images.search_vector(vector, n, allowed)
+
+    why = {"match": "image", "encoder": bundle.images.encoder_id}
+    return hits_page(bundle, {"image": echo}, search, page, why, started)
+
+
+def similar_query(bundle: IndexBundle, image_id: str, page: PageRequest) -> dict:
+    """An indexed image -> the indexed images nearest to it (itself excluded).
+
+    With near-duplicates collapsed, the image's own group is left out too: its crops and
+    re-encodes are not "more like this".
+    """
+    row = bundle.images.row_of(image_id)
+    if row is None:
+        raise QueryError(404, f"image {image_id!r} is not in index version {bundle.version}")
+    allowed = bundle.allowed_rows(page.filter)
+    vector = bundle.images.embeddings[row]
+
+    def search(n: int) -> list[SearchHit]:
+        return bundle.images.search_vector(vector, n, allowed)
+
+    return similar_page_of(bundle, image_id, search, page)
+
+
+def similar_page_of(
+    bundle: IndexBundle,
+    image_id: str,
+    search: Callable[[int], list[SearchHit]],
+    page: PageRequest,
+) -> dict:
+    """The page of the images nearest to ``image_id`` from ``search(n)``, its stored vector's
+    top ``n`` (the image itself among them, normally first)."""
+    started = time.perf_counter()
+    own_group = bundle.group_of(image_id) if page.dedupe else None
+
+    def not_shown(hit: SearchHit) -> bool:
+        # By id, not by position: an identical vector may tie with the image itself.
+        if hit.image_id == image_id:
+            return True
+        return own_group is not None and bundle.group_of(hit.image_id) == own_group
+
+    cut = _cut(bundle, search, page, not_shown)
     why = {"match": "similar", "to": image_id, "encoder": bundle.images.encoder_id}
-    whys = [why] * len(hits)
-    return _page(bundle, {"similar_to": image_id}, hits, k, offset, whys, started)
+    query = {"similar_to": image_id, **_filter_echo(page)}
+    return _page(bundle, query, cut, page, _same_why(why), started)
+
+
+def hits_page(
+    bundle: IndexBundle,
+    query: dict,
+    search: Callable[[int], list[SearchHit]],
+    page: PageRequest,
+    why: dict,
+    started: float,
+) -> dict:
+    """The page of ``search(n)``'s ranking, every hit with the same ``why``."""
+    cut = _cut(bundle, search, page)
+    return _page(bundle, {**query, **_filter_echo(page)}, cut, page, _same_why(why), started)
 
 
 def image_details(bundle: IndexBundle, image_id: str) -> dict:

@@ -14,3 +14,8 @@ class QueryError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+
+    def as_user_error(self) -> Exception:
+        """The exception a command line or library caller gets instead (KeyError: not found)."""
+        kind = {400: ValueError, 404: KeyError, 422: ValueError}.get(self.status, RuntimeError)
+        return kind(self.message)

@@ -11,16 +11,18 @@ import dataclasses
 import logging
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from encoders.base import EncoderSpec, ImageEncoder, l2_normalize
+from index.filtered_search import filtered_search
 from index.manifest import IndexManifest, manifest_location, read_manifest, verify_files
 from index.scann_index import ScannParams, load_searcher, search_batched
+from index.schema import JOINT_EMBEDDING
 from index.shards import download_shard, read_ids
-from index.table import EmbeddingTable, read_embedding_table
+from index.table import EmbeddingTable, read_embedding_table, read_table_columns
 from models.query_model import EncoderMismatchError
 from storage.files import join_path, open_file
 
@@ -97,6 +99,13 @@ def _as_shards(
     return shards
 
 
+def _tied_at(scores: np.ndarray, k: int) -> bool:
+    """Whether any row's k-th score (1-based) equals the next one: the cut falls in a tie."""
+    if scores.shape[1] <= k:
+        return False
+    return bool(np.any(scores[:, k - 1] == scores[:, k]))
+
+
 def merge_top_k(
     indices: Sequence[np.ndarray], scores: Sequence[np.ndarray], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +148,12 @@ class ImageSearcher:
         embeddings: np.ndarray,
         encoder: ImageEncoder | None = None,
         joint_searcher: ScannSearcher | Sequence[ScannSearcher] | None = None,
+        candidates: int = 0,
+        table_dir: str | None = None,
     ) -> None:
+        # Candidates ScaNN rescores for every query whatever its k (``search_batched``): the
+        # server sets the deepest page it allows, so every page is cut from one ranking.
+        self.candidates = int(candidates)
         shard_params = [ScannParams.from_json(manifest.shard_params(s)) for s in manifest.shards]
         self._shards = _as_shards(searcher, shard_params)
         total = sum(shard.size for shard in self._shards)
@@ -173,6 +187,8 @@ class ImageSearcher:
             self._joint_shards = joint
         self._encoder = None
         self._encoder_lock = threading.Lock()
+        self._table_dir = table_dir  # the version's folder, for columns read on demand
+        self._joint_embeddings: np.ndarray | None = None
         if encoder is not None:
             self._encoder = self._checked_encoder(encoder)
 
@@ -182,12 +198,14 @@ class ImageSearcher:
         out_dir_or_manifest: str,
         encoder: ImageEncoder | None = None,
         verify: bool = True,
+        candidates: int = 0,
     ) -> ImageSearcher:
         """Load the index version published at an output dir (or its ``manifest.json``).
 
         ``verify`` checks every file's size and SHA-256 against the manifest first (reads the
         whole table once more); ``encoder`` is used for image queries instead of building the
-        manifest's encoder lazily. Raises FileNotFoundError without a manifest,
+        manifest's encoder lazily; ``candidates``: see ``search_batched``. Raises
+        FileNotFoundError without a manifest,
         ManifestVerificationError on a damaged file, EncoderMismatchError for a wrong encoder.
         """
         out_dir, manifest_path = manifest_location(out_dir_or_manifest)
@@ -237,6 +255,8 @@ class ImageSearcher:
             embeddings,
             encoder=encoder,
             joint_searcher=joint_searchers,
+            candidates=candidates,
+            table_dir=out_dir,
         )
 
     def __len__(self) -> int:
@@ -257,21 +277,38 @@ class ImageSearcher:
         view.flags.writeable = False
         return view
 
+    def row_of(self, image_id: str) -> int | None:
+        """The global row of an indexed image, or None."""
+        return self._row_of.get(image_id)
+
     def hit_for_row(self, row: int, score: float) -> SearchHit:
         """The ``SearchHit`` of table row ``row`` (for searches over projected ``embeddings``)."""
         return SearchHit(self._image_ids[row], self._uris[row], float(score))
 
-    def search_vectors(self, queries: np.ndarray, k: int) -> list[list[SearchHit]]:
+    def search_vectors(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> list[list[SearchHit]]:
         """``(M, dim)`` query vectors -> per query, up to ``k`` hits, best first.
 
         Query rows are L2-normalised here, so callers may pass raw vectors; ``k`` is clipped
         to the number of indexed images. Every shard is searched for its own top ``k`` and the
-        lists are merged by score (``merge_top_k``).
+        lists are merged by score (``merge_top_k``). ``allowed``, a boolean mask over the
+        global rows (a metadata filter), keeps the hits to those rows
+        (``index.filtered_search``: exact over few rows, ANN with oversampling over many).
         """
-        return self._search(self._shards, queries, k, self.dim)
+        return self._search(self._shards, queries, k, self.dim, allowed, self._vectors_of)
+
+    def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        return self._embeddings[rows]
 
     def _search(
-        self, shards: Sequence[_Shard], queries: np.ndarray, k: int, dim: int
+        self,
+        shards: Sequence[_Shard],
+        queries: np.ndarray,
+        k: int,
+        dim: int,
+        allowed: np.ndarray | None = None,
+        vectors_of: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> list[list[SearchHit]]:
         k = _check_k(k)
         queries = np.asarray(queries, dtype=np.float32)
@@ -280,50 +317,96 @@ class ImageSearcher:
         if not np.isfinite(queries).all():
             raise ValueError("queries contain NaN or infinite values")
         queries = l2_normalize(queries)
-        if len(shards) == 1:
-            indices, scores = search_batched(shards[0].searcher, queries, k, shards[0].params)
-        else:
-            found = [search_batched(s.searcher, queries, k, s.params) for s in shards]
-            indices, scores = merge_top_k(
-                [
-                    np.where(i >= 0, i + s.offset, -1)
-                    for (i, _), s in zip(found, shards, strict=True)
-                ],
-                [scores for _, scores in found],
-                min(k, len(self)),
+        k = min(k, len(self))
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != (len(self),):
+                raise ValueError(f"allowed must be a ({len(self)},) mask, got {allowed.shape}")
+            found = filtered_search(
+                queries, allowed, k, lambda q, n: self._ranked(shards, q, n), vectors_of
             )
+            return self._hits(found.indices, found.scores, k)
+        # One more than asked: a tie between the k-th and the next result is settled by the
+        # lower row (searching deeper until the tie is inside the answer), so the top k is
+        # always a prefix of the top k + n and pages never repeat or skip a result.
+        depth = min(k + 1, len(self))
+        while True:
+            indices, scores = self._ranked(shards, queries, depth)
+            if depth >= len(self) or not _tied_at(scores, k):
+                break
+            depth = min(2 * depth, len(self))
+        return self._hits(indices, scores, k)
+
+    def _hits(self, indices: np.ndarray, scores: np.ndarray, k: int) -> list[list[SearchHit]]:
         return [
             [
                 SearchHit(self._image_ids[row], self._uris[row], float(score))
-                for row, score in zip(row_indices, row_scores, strict=True)
+                for row, score in zip(row_indices[:k], row_scores[:k], strict=True)
                 if row >= 0  # -1: ScaNN found fewer candidates than asked for
             ]
             for row_indices, row_scores in zip(indices, scores, strict=True)
         ]
+
+    def _ranked(
+        self, shards: Sequence[_Shard], queries: np.ndarray, depth: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each shard's top ``depth`` -> global rows and scores, by score then lower row."""
+        found = [
+            search_batched(s.searcher, queries, depth, s.params, self.candidates) for s in shards
+        ]
+        return merge_top_k(
+            [np.where(i >= 0, i + s.offset, -1) for (i, _), s in zip(found, shards, strict=True)],
+            [scores for _, scores in found],
+            depth,
+        )
 
     @property
     def joint_index(self) -> dict | None:
         """The manifest's joint index entry (model, model_version, dim, ...), or None."""
         return self.manifest.joint_index
 
-    def search_joint_vectors(self, queries: np.ndarray, k: int) -> list[list[SearchHit]]:
+    def search_joint_vectors(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> list[list[SearchHit]]:
         """``(M, joint dim)`` vectors in the joint model's space -> up to ``k`` hits each.
 
         Searches the joint ScaNN shard (the table's ``joint_embedding``); ValueError when this
-        index version has none.
+        index version has none. ``allowed``: as for ``search_vectors``.
         """
         if not self._joint_shards:
             raise ValueError(f"index version {self.manifest.version} has no joint index")
-        return self._search(self._joint_shards, queries, k, self.joint_index["dim"])
+        dim = self.joint_index["dim"]
+        return self._search(self._joint_shards, queries, k, dim, allowed, self._joint_vectors_of)
 
-    def search_vector(self, vector: np.ndarray, k: int) -> list[SearchHit]:
+    def _joint_vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """Stored joint vectors of ``rows``, for exact filtered search in the joint space.
+
+        Read from the table on the first filtered query that needs them, not at load: only
+        selective filters score rows exactly, and the joint column is N x joint dim floats.
+        """
+        with self._encoder_lock:
+            if self._joint_embeddings is None:
+                self._joint_embeddings = self._read_joint_embeddings()
+        return self._joint_embeddings[rows]
+
+    def _read_joint_embeddings(self) -> np.ndarray:
+        if self._table_dir is None:
+            raise ValueError("this searcher was not loaded from a folder: no joint vectors")
+        column = read_table_columns(self._table_dir, [JOINT_EMBEDDING], self._image_ids)
+        return l2_normalize(np.asarray(column[JOINT_EMBEDDING], dtype=np.float32))
+
+    def search_vector(
+        self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> list[SearchHit]:
         """One ``(dim,)`` query vector -> up to ``k`` hits, best first."""
         vector = np.asarray(vector, dtype=np.float32)
         if vector.shape != (self.dim,):
             raise ValueError(f"a query vector must have shape ({self.dim},), got {vector.shape}")
-        return self.search_vectors(vector[np.newaxis], k)[0]
+        return self.search_vectors(vector[np.newaxis], k, allowed)[0]
 
-    def similar_to_image_id(self, image_id: str, k: int) -> list[SearchHit]:
+    def similar_to_image_id(
+        self, image_id: str, k: int, allowed: np.ndarray | None = None
+    ) -> list[SearchHit]:
         """The ``k`` indexed images nearest to an indexed image, without the image itself."""
         k = _check_k(k)
         row = self._row_of.get(image_id)
@@ -334,7 +417,7 @@ class ImageSearcher:
             )
         # One extra result, because the image normally finds itself first; filter by id, not
         # by position, since an identical vector may tie with it.
-        hits = self.search_vector(self._embeddings[row], min(k + 1, len(self)))
+        hits = self.search_vector(self._embeddings[row], min(k + 1, len(self)), allowed)
         return [hit for hit in hits if hit.image_id != image_id][:k]
 
     def search_image_bytes(self, data: bytes, k: int) -> list[SearchHit]:

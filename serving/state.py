@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +22,8 @@ from encoders.joint import JointModel
 from index.manifest import manifest_location, read_manifest
 from serving.details import ImageDetails
 from serving.explain import padded_batch
+from serving.query_error import QueryError
+from serving.row_filters import RowFilters
 from serving.searcher import ImageSearcher
 from serving.text_search import TextSearcher
 
@@ -91,6 +94,20 @@ class IndexBundle:
     # details row -> ImageSearcher row, or None when both order rows alike (see ImageDetails).
     searcher_rows: np.ndarray | None = None
     fused: FusedSearcher | None = None  # --fused: joint + caption + tag scores in one ranking
+    # image id -> its near-duplicate group (index job's near_duplicates/); ungrouped ids absent.
+    near_duplicates: Mapping[str, str] | None = None
+    filters: RowFilters | None = None  # metadata filters over this version's rows
+
+    def group_of(self, image_id: str) -> str | None:
+        return self.near_duplicates.get(image_id) if self.near_duplicates else None
+
+    def allowed_rows(self, filter_text: str | None) -> np.ndarray | None:
+        """The searcher rows a metadata filter keeps (None: no filter); QueryError 400 if bad."""
+        if not filter_text or not filter_text.strip():
+            return None
+        if self.filters is None:
+            raise QueryError(400, f"index version {self.version} has no filterable columns")
+        return self.filters.allowed(filter_text)
 
     def searcher_row(self, image_id: str) -> int:
         row = self.details.row_of(image_id)
@@ -123,18 +140,22 @@ def load_bundle(
     version: str | None = None,
     verify: bool = True,
     fused_models_dir: str | None = None,
+    candidates: int = 0,
 ) -> IndexBundle:
     """Load (and by default verify) one index version into a bundle.
 
     Raises whatever ``ImageSearcher.load`` raises for a missing or damaged version, and
     ``EncoderMismatchError`` when the loaded joint model cannot query it: a version that would
-    lose text search is refused rather than served half-working.
+    lose text search is refused rather than served half-working. ``candidates``: how deep
+    the server pages (``ImageSearcher``), so every page is cut from one ranking.
     """
     started = time.perf_counter()
     out_dir, manifest_path = manifest_location(index_dir)
     manifest = read_manifest(manifest_path)
     encoder = models.image_encoder(manifest.encoder_spec, manifest.encoder_id)
-    images = ImageSearcher.load(manifest_path, encoder=encoder, verify=verify)
+    images = ImageSearcher.load(
+        manifest_path, encoder=encoder, verify=verify, candidates=candidates
+    )
     text = None
     if models.joint is not None:
         text = TextSearcher(images, models.joint, models.text_encoder, models.model_version)
@@ -145,6 +166,7 @@ def load_bundle(
             f"its index {len(images)}"
         )
     searcher_rows = details.searcher_rows(lambda row: images.hit_for_row(row, 0.0).image_id)
+    filters = RowFilters.from_details(details, searcher_rows)
     fused = None
     if fused_models_dir:
         from serving.fused_search import FusedSearcher
@@ -169,4 +191,5 @@ def load_bundle(
         loaded_at=time.time(),
         searcher_rows=searcher_rows,
         fused=fused,
+        filters=filters,
     )

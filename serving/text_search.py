@@ -19,6 +19,7 @@ import numpy as np
 
 from encoders.base import TextEncoder, l2_normalize
 from encoders.joint import KIND_W2VV, JointModel
+from index.filtered_search import filtered_search
 from index.scann_index import exact_top_k
 from models.artifacts import LATEST
 from models.query_model import check_query_encoders, load_query_model
@@ -101,20 +102,38 @@ class TextSearcher:
     def search_many(self, queries: list[str], k: int) -> list[list[SearchHit]]:
         return self.search_embedded(self.embed_queries(queries), k)
 
-    def search_embedded(self, vectors: np.ndarray, k: int) -> list[list[SearchHit]]:
+    def search_embedded(
+        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> list[list[SearchHit]]:
         """Search with query vectors already in the search space (``embed_queries`` rows).
 
         For callers that embed more than the query in one encoder call (the server embeds
-        the query and its words together, to explain each hit).
+        the query and its words together, to explain each hit). ``allowed``: a boolean mask
+        over the index's rows (a metadata filter); only those rows are results.
         """
         if self.uses_joint_index:
-            return self.images.search_joint_vectors(vectors, k)
+            return self.images.search_joint_vectors(vectors, k, allowed)
         if self._joint_images is None:
-            return self.images.search_vectors(vectors, k)
-        k = min(k, len(self._joint_images))
-        rows, scores = exact_top_k(self._joint_images, l2_normalize(vectors), k)
+            return self.images.search_vectors(vectors, k, allowed)
+        vectors = l2_normalize(vectors)
+        joint_images = self._joint_images
+        if allowed is None:
+            rows, scores = exact_top_k(joint_images, vectors, min(k, len(joint_images)))
+        else:  # the "ANN" of a loose filter is the exact search over every row, here
+            found = filtered_search(
+                vectors,
+                allowed,
+                k,
+                lambda q, n: exact_top_k(joint_images, q, n),
+                lambda rows: joint_images[rows],
+            )
+            rows, scores = found.indices, found.scores
         return [
-            [self.images.hit_for_row(int(r), float(s)) for r, s in zip(rr, ss, strict=True)]
+            [
+                self.images.hit_for_row(int(r), float(s))
+                for r, s in zip(rr, ss, strict=True)
+                if r >= 0  # -1: fewer allowed rows than asked for
+            ]
             for rr, ss in zip(rows, scores, strict=True)
         ]
 

@@ -124,16 +124,26 @@ def serve_models(tmp_path_factory, flickr_caption_rows) -> Path:
     return models
 
 
+SERVE_METADATA_COLUMNS = "site:string,taken:timestamp,rating:int"
+
+
 def _index(photos: list[Path], out: Path, models: Path, version: str) -> Path:
     # A manifest of uris, so both versions name the same files (image ids derive from uris)
     # and each row's extra fields become the image's source metadata.
     corpus = out.parent / f"{version}-corpus.jsonl"
-    corpus.write_text(
-        "".join(json.dumps({"uri": str(p), "title": f"photo {p.stem}"}) + "\n" for p in photos)
-    )
+    # Typed metadata columns (filters): a site per photo, a date, a rating; row 3 has no rating.
+    rows = [
+        {"uri": str(p), "title": f"photo {p.stem}", "site": ("flickr", "coco")[i % 2],
+         "taken": f"2020-0{1 + i % 9}-15", **({"rating": i} if i != 3 else {})}
+        for i, p in enumerate(photos)
+    ]  # fmt: skip
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in rows))
     index_job.run(
-        fake_index_args(corpus, out, version, "--models", str(models), "--joint_model", JOINT_MODEL)
-    )
+        fake_index_args(
+            corpus, out, version, "--models", str(models), "--joint_model", JOINT_MODEL,
+            "--metadata_columns", SERVE_METADATA_COLUMNS,
+        )
+    )  # fmt: skip
     return out
 
 

@@ -38,7 +38,7 @@ from tests.serving.conftest import publish
 from tests.serving.query_load import SEARCH, SIMILAR, UPLOAD, QueryLoad
 
 # What a Python stack trace or an internal path looks like inside a response body.
-FUZZ_EXAMPLES = 150  # per generation mode, over all operations (a few seconds)
+FUZZ_EXAMPLES = 250  # per generation mode, over all operations (a few seconds)
 _LEAKS = re.compile(r"Traceback \(most recent call last\)|File \"/|site-packages|\.py\", line")
 
 
