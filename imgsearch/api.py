@@ -59,6 +59,8 @@ class ImageInfo:
     sha256: str | None = None
     duplicate_uris: list[str] | None = None  # other uris with the same bytes (deduplicated)
     source_metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The typed metadata columns (``--metadata_columns``), timestamps as ISO-8601 strings.
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     caption: str | None = None
     caption_score: float | None = None
     tags: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # {label, score}

@@ -112,7 +112,9 @@ def test_similar_and_details(index: ImageIndex, inputs: Inputs) -> None:
     assert (info.image_id, info.uri, info.version) == (image_id, str(photo), "v1")
     assert (info.width, info.height) == size
     assert info.num_bytes == photo.stat().st_size
-    assert info.source_metadata == {"title": f"photo {photo.stem}"}
+    assert info.source_metadata["title"] == f"photo {photo.stem}"
+    # The fixture declares site, taken and rating typed (tests/conftest.py).
+    assert info.metadata == {k: info.source_metadata.get(k) for k in ("site", "taken", "rating")}
     assert (info.caption, info.tags) == (None, [])  # no captioning or tagging stage ran
 
 

@@ -209,3 +209,24 @@ def test_openapi_documents_the_new_parameters_and_route(client):
             p["name"] for p in schema["paths"][path][method]["parameters"]
         }
     assert "post" in schema["paths"]["/api/search/batch"]
+
+
+def test_the_command_line_filters_thresholds_and_pages_like_the_server(client, root, capsys):
+    import json
+
+    from imgsearch import cli
+
+    seed = ids(search(client, k=1))[0]
+    served = client.get(
+        f"/api/similar/{seed}", params={"k": 2, "offset": 1, "filter": 'site = "flickr"'}
+    ).json()
+    capsys.readouterr()
+    argv = ["search", "--index", str(root), "--image-id", seed, "-k", "2", "--offset", "1",
+            "--filter", 'site = "flickr"', "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [h["image_id"] for h in printed] == ids(served)
+    assert cli.main([*argv[:-1], "--min-score", "2"]) == 0
+    assert capsys.readouterr().out.strip() == ""
+    assert cli.main(["search", "--index", str(root), "--image-id", seed, "--filter", "x ="]) == 2
+    assert "bad filter" in capsys.readouterr().err
