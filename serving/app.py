@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -180,20 +180,27 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         bool, Query(description="one result per near-duplicate group (false: show them all)")
     ]
 
+    def page_request(
+        k: K = config.default_k,
+        offset: Offset = 0,
+        min_score: MinScore = None,
+        filter: Filter = None,
+        dedupe: Dedupe = True,
+    ) -> PageRequest:
+        """The page parameters every search route takes, as one ``PageRequest``."""
+        return PageRequest(k, offset, min_score, filter, dedupe)
+
+    Page = Annotated[PageRequest, Depends(page_request)]
+
     @app.get("/api/search", tags=["search"], summary="Text query", responses=_errors(400, 422, 503))
     def search_text(
         q: Annotated[str, Query(min_length=1, max_length=config.max_query_chars)],
-        k: K = config.default_k,
-        offset: Offset = 0,
+        page: Page,
         mode: Annotated[
             Literal["joint", "fused"] | None,
             Query(description="ranking: the joint model, or fused (default with --fused)"),
         ] = None,
-        min_score: MinScore = None,
-        filter: Filter = None,
-        dedupe: Dedupe = True,
     ) -> Response:
-        page = PageRequest(k, offset, min_score, filter, dedupe)
         current = holder.current
         return json_response(queries.text_query(current, q, page, models.text_off_reason, mode))
 
@@ -208,18 +215,9 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         ),
         openapi_extra={"requestBody": {"content": _BINARY_BODY}},
     )
-    async def search_image(
-        request: Request,
-        k: K = config.default_k,
-        offset: Offset = 0,
-        focus: Focus = None,
-        min_score: MinScore = None,
-        filter: Filter = None,
-        dedupe: Dedupe = True,
-    ):
+    async def search_image(request: Request, page: Page, focus: Focus = None):
         data = await _read_upload(request, config)
         current = holder.current
-        page = PageRequest(k, offset, min_score, filter, dedupe)
         if focus:  # serving.focus_routes: pooled towards a class before the search
             result = await run_in_threadpool(image_page, app, current, data, focus, page, config)
             return json_response(result)
@@ -235,16 +233,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         summary="More like an indexed image",
         responses=_errors(400, 404, 422, 503),
     )
-    def similar(
-        image_id: str,
-        k: K = config.default_k,
-        offset: Offset = 0,
-        focus: Focus = None,
-        min_score: MinScore = None,
-        filter: Filter = None,
-        dedupe: Dedupe = True,
-    ) -> Response:
-        page = PageRequest(k, offset, min_score, filter, dedupe)
+    def similar(image_id: str, page: Page, focus: Focus = None) -> Response:
         if focus:  # serving.focus_routes: pooled towards a class before the search
             return json_response(similar_page(app, holder.current, image_id, focus, page))
         return json_response(queries.similar_query(holder.current, image_id, page))

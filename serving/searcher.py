@@ -189,6 +189,7 @@ class ImageSearcher:
         self._encoder_lock = threading.Lock()
         self._table_dir = table_dir  # the version's folder, for columns read on demand
         self._joint_embeddings: np.ndarray | None = None
+        self._joint_lock = threading.Lock()
         if encoder is not None:
             self._encoder = self._checked_encoder(encoder)
 
@@ -384,7 +385,7 @@ class ImageSearcher:
         Read from the table on the first filtered query that needs them, not at load: only
         selective filters score rows exactly, and the joint column is N x joint dim floats.
         """
-        with self._encoder_lock:
+        with self._joint_lock:  # not the encoder's: a model build must not hold this up
             if self._joint_embeddings is None:
                 self._joint_embeddings = self._read_joint_embeddings()
         return self._joint_embeddings[rows]
