@@ -327,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
 
     breakdown = in_process_breakdown(root, models, _captions(assets, "dev")[:1000])
     report = render(args, results, startup_s, rss_mib, rss_after, swapped_s, final, breakdown)
-    Path(args.report).write_text(report)
+    report_path = Path(args.report)
+    # bench_batch_queries.py writes its own section at the end: keep it.
+    previous = report_path.read_text() if report_path.is_file() else ""
+    marker = previous.find("<!-- bench_batch_queries.py")
+    report_path.write_text(report + ("\n" + previous[marker:] if marker >= 0 else ""))
     print(report)
     return 0
 

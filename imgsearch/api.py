@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from index.manifest import MANIFEST_NAME
 from index.publish import read_pointer, resolve_index, version_dir
+from serving.paging import PageRequest
 from serving.searcher import SearchHit
 from serving.state import IndexBundle, QueryModels, load_bundle
 from storage.files import exists, join_path
@@ -146,16 +147,38 @@ class ImageIndex:
         """What ``/health`` reports as ``serving``: version, images, encoder, shards, ..."""
         return self._bundle.summary()
 
-    def search_text(self, query: str, k: int = 10) -> list[SearchHit] | list[FusedHit]:
+    def search_text(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        filter: str | None = None,
+        offset: int = 0,
+        min_score: float | None = None,
+        dedupe: bool = False,
+        hybrid: bool = False,
+        hybrid_weight: float | None = None,
+    ) -> list[SearchHit] | list[FusedHit]:
         """Text -> up to ``k`` images, best first (``FusedHit`` when opened with ``fused=True``).
 
-        ValueError when the index was opened without ``models_dir``, for an empty query, or for
-        one with no word the text encoder knows.
+        The keywords make it a page as ``GET /api/search`` cuts it (then plain ``SearchHit``):
+        ``filter`` (the filter language: ``'site = "flickr" AND width >= 800'``), ``offset``,
+        ``min_score``, ``dedupe`` (one hit per near-duplicate group), ``hybrid`` (BM25 over
+        each image's text fused with the joint cosine, ``hybrid_weight`` the keyword share;
+        works without ``models_dir``: keywords alone). ValueError when the index was opened
+        without ``models_dir`` (and no ``hybrid``), for an empty query, one with no word the
+        text encoder knows, or a bad filter.
         """
         k = check_k(k)
         if not isinstance(query, str):
             raise ValueError(f"a text query is a str, got {type(query).__name__}")
         bundle = self._bundle
+        if filter is not None or offset or min_score is not None or dedupe or hybrid:
+            return self._text_page(
+                query, PageRequest(k, offset, min_score, filter, dedupe), hybrid, hybrid_weight
+            )
+        if hybrid_weight is not None:
+            raise ValueError("hybrid_weight goes with hybrid=True")
         if bundle.text is None:
             raise ValueError(
                 "text search needs a joint model: open the index with models_dir=DIR "
@@ -165,6 +188,26 @@ class ImageIndex:
         if bundle.fused is not None:
             return bundle.fused.search(query, k)
         return bundle.text.search(query, k)
+
+    def _text_page(
+        self, query: str, page: PageRequest, hybrid: bool, weight: float | None
+    ) -> list[SearchHit]:
+        from serving import queries
+
+        if not hybrid and self._bundle.text is None:
+            raise ValueError(
+                "text search needs a joint model: open the index with models_dir=DIR "
+                f"(open_index({self._location!r}, models_dir=...)), or pass hybrid=True"
+            )
+        if isinstance(page.offset, bool) or not isinstance(page.offset, int) or page.offset < 0:
+            raise ValueError(f"offset must be an integer >= 0, got {page.offset!r}")
+        try:
+            answer = queries.text_query(
+                self._bundle, query, page, self._text_off, "hybrid" if hybrid else None, weight
+            )
+        except queries.QueryError as exc:
+            raise ValueError(exc.message) from None
+        return [SearchHit(r["image_id"], r["uri"], r["score"]) for r in answer["results"]]
 
     def search_image(self, image: str | os.PathLike | bytes, k: int = 10) -> list[SearchHit]:
         """An image -- a file path (local or gs://) or its encoded bytes -> up to ``k`` hits.

@@ -16,6 +16,7 @@
     imgsearch explain --index DIR --image-id ID (--text "..." --models M | --similar-to ID2)
                       --out heat.png                          (why this image: a heatmap)
     imgsearch words  --word dog [-k 10] | --analogy athens greece oslo   (GloVe neighbours)
+    imgsearch dupes  --index DIR [--html report.html] [--json]   (near-duplicate groups)
     imgsearch demo   [--out DIR] [--full]
     imgsearch quantize --calibration PHOTOS_DIR --out FILE.tflite   (the int8 CPU encoder)
     imgsearch doctor [--models DIR] [--json]     (what this machine has, and what is missing)
@@ -61,6 +62,7 @@ def _index(argv: Sequence[str]) -> int:
 
 def _index_parser() -> argparse.ArgumentParser:
     """Only for --help: the job parses its flags with Beam's options (pipelines.options)."""
+    from pipelines.near_duplicates import NearDuplicateOptions
     from pipelines.options import IndexOptions
 
     parser = command_parser(
@@ -77,6 +79,7 @@ def _index_parser() -> argparse.ArgumentParser:
         ],
     )
     IndexOptions._add_argparse_args(parser)
+    NearDuplicateOptions._add_argparse_args(parser)
     return show_defaults(parser)
 
 
@@ -114,6 +117,17 @@ def _search(argv: Sequence[str]) -> int:
         "weights from `imgsearch train fusion`, else reciprocal rank fusion); hits say why",
     )
     parser.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="--text: BM25 over each image's caption, tags and metadata text fused with the "
+        "joint cosine (without --models: keywords alone); hits say both parts",
+    )
+    parser.add_argument(
+        "--hybrid-weight",
+        type=float,
+        help="--hybrid: the keyword share of the score in [0, 1] (default: the learnt one)",
+    )
+    parser.add_argument(
         "--image-weight", type=float, default=1.0, help="the image's weight in a mixed query"
     )
     parser.add_argument(
@@ -147,10 +161,14 @@ def _search(argv: Sequence[str]) -> int:
     combined = (args.text is not None and (args.image or args.image_id)) or bool(
         args.relevant or args.not_relevant
     )
-    if (args.text is not None or combined) and not args.models:
+    if (args.text is not None or combined) and not args.models and not args.hybrid:
         parser.error("--text needs --models MODELS_DIR (see `imgsearch train joint`)")
     if args.fused and (args.text is None or combined):
         parser.error("--fused goes with --text alone")
+    if args.hybrid and (args.text is None or combined or args.fused):
+        parser.error("--hybrid goes with --text alone")
+    if args.hybrid_weight is not None and not args.hybrid:
+        parser.error("--hybrid-weight goes with --hybrid")
     if combined:
         return _combined_search(args)
     if args.focus:
@@ -197,26 +215,40 @@ def _search(argv: Sequence[str]) -> int:
                     f"       {match['word']!r} matched tag {match['tag']!r} ({match['score']:.3f})"
                 )
         return 0
-    _print_hits(_page_search(args, version), args.json, offset=args.offset)
+    answer = _page_search(args, version)
+    if args.json:
+        print(json.dumps(answer["results"], indent=2))
+        return 0
+    for result in answer["results"]:
+        print(f"{result['rank']:3d}  {result['score']:.4f}  {result['image_id']}  {result['uri']}")
+        why = result.get("why") or {}
+        if why.get("match") == "hybrid":
+            vector = "off" if why["vector"] is None else f"{why['vector']:.3f}"
+            terms = ", ".join(f"{t['term']} {t['score']:.2f}" for t in why["matched_terms"])
+            print(f"       vector {vector}, keyword {why['keyword']:.3f} (weight {why['weight']})"
+                  + (f"; matched {terms}" if terms else ""))  # fmt: skip
     return 0
 
 
-def _page_search(args: argparse.Namespace, version: str | None) -> list:
+def _page_search(args: argparse.Namespace, version: str | None) -> dict:
     """A text, image or image-id query cut as the server cuts its pages (``serving.queries``):
-    the filter, the threshold, near-duplicates collapsed, the offset."""
+    the filter, the threshold, near-duplicates collapsed, the offset. The server's answer."""
     from encoders.imaging import DecodeLimits
     from serving import queries
     from serving.paging import PageRequest
-    from serving.searcher import SearchHit
     from serving.state import QueryModels, load_bundle
     from storage.files import open_file
 
-    models = QueryModels.load(args.models, args.model) if args.text is not None else QueryModels()
+    text_models = args.text is not None and args.models
+    models = QueryModels.load(args.models, args.model) if text_models else QueryModels()
     bundle = load_bundle(args.index, models, version)
     page = PageRequest(args.k, args.offset, args.min_score, args.filter, not args.show_duplicates)
     try:
         if args.text is not None:
-            answer = queries.text_query(bundle, args.text, page, models.text_off_reason, "joint")
+            mode = "hybrid" if args.hybrid else "joint"
+            answer = queries.text_query(
+                bundle, args.text, page, models.text_off_reason, mode, args.hybrid_weight
+            )
         elif args.image:
             with open_file(args.image) as f:
                 data = f.read()
@@ -225,7 +257,7 @@ def _page_search(args: argparse.Namespace, version: str | None) -> list:
             answer = queries.similar_query(bundle, args.image_id, page)
     except queries.QueryError as exc:
         raise exc.as_user_error() from exc
-    return [SearchHit(r["image_id"], r["uri"], r["score"]) for r in answer["results"]]
+    return answer
 
 
 def _combined_search(args: argparse.Namespace) -> int:
@@ -352,6 +384,12 @@ def _explain(argv: Sequence[str]) -> int:
     return explain_cli.main(argv)
 
 
+def _dupes(argv: Sequence[str]) -> int:
+    from serving import dupes_cli
+
+    return dupes_cli.main(argv)
+
+
 def _quantize(argv: Sequence[str]) -> int:
     from encoders import quantize_cli
 
@@ -470,6 +508,7 @@ COMMANDS = {
     "words": _words,
     "quantize": _quantize,
     "explain": _explain,
+    "dupes": _dupes,
     "publish": _publish,
     "rollback": _rollback,
     "versions": _versions,

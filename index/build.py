@@ -40,6 +40,7 @@ from index.manifest import (
     split_model_id,
     write_manifest,
 )
+from index.near_duplicates import NearDuplicateStep, with_near_duplicates
 from index.scann_index import (
     QUANTIZE,
     ScannParams,
@@ -270,6 +271,7 @@ def build_index(
     config: BuildConfig,
     counts: dict[str, int],
     run_shards: ShardRunner | None = None,
+    near_duplicates: NearDuplicateStep | None = None,
 ) -> IndexManifest:
     """Build the ScaNN index of ``OUT/table`` into ``OUT/index`` and publish ``OUT/manifest.json``.
 
@@ -280,13 +282,15 @@ def build_index(
     measurements of autotuning are recorded in the manifest's ``tuning``.
 
     ``counts`` are the job's tallies (inputs, duplicates, dead_letters, ...); ``indexed`` is
-    taken from the table and, if given, must agree with it. Returns the manifest it wrote.
+    taken from the table and, if given, must agree with it. ``near_duplicates`` (the index
+    job's ``pipelines.near_duplicates`` step) runs over the built index before the manifest is
+    written, which then lists its files and counts. Returns the manifest it wrote.
     """
     paths = table_files(out_dir)
     if not paths:
         raise ValueError(f"empty table: no Parquet files match {out_dir}/{TABLE_DIR}/*.parquet")
     if config.num_shards > 1:
-        return _build_index_sharded(out_dir, paths, config, counts, run_shards)
+        return _build_index_sharded(out_dir, paths, config, counts, run_shards, near_duplicates)
     table = read_embedding_table(paths)
     num_rows = len(table)
     if "indexed" in counts and counts["indexed"] != num_rows:
@@ -340,6 +344,8 @@ def build_index(
         tuning=tuning,
         lineage=full_build_lineage(config.version, num_rows),
     )
+    del table  # the near-duplicate step loads the index it needs; the table is not held twice
+    manifest = with_near_duplicates(out_dir, manifest, near_duplicates)
     write_manifest(out_dir, manifest)
     return manifest
 
@@ -370,6 +376,7 @@ def _build_index_sharded(
     config: BuildConfig,
     counts: dict[str, int],
     run_shards: ShardRunner | None,
+    near_duplicates: NearDuplicateStep | None = None,
 ) -> IndexManifest:
     num_shards = config.num_shards
     _check_shard_sizes(paths, num_shards)
@@ -397,5 +404,6 @@ def _build_index_sharded(
         sharding={"assignment": SHARD_ASSIGNMENT, "num_shards": num_shards},
         lineage=full_build_lineage(config.version, num_rows),
     )
+    manifest = with_near_duplicates(out_dir, manifest, near_duplicates)
     write_manifest(out_dir, manifest)
     return manifest

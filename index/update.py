@@ -116,6 +116,10 @@ class UpdateResult:
     decision: UpdateDecision
     upserted: int
     deleted: int
+    # The ids themselves, where the caller knows them (pipelines.incremental.apply): what the
+    # near-duplicate step joins again after an in-place update.
+    upserted_ids: frozenset[str] = frozenset()
+    deleted_ids: frozenset[str] = frozenset()
 
     def summary(self) -> str:
         how = "rebuilt" if self.decision.rebuild else "updated in place (ScaNN upsert/delete)"

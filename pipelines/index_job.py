@@ -25,7 +25,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders.registry import check_image_encoder, image_encoder_dim
 from index.build import BuildConfig, build_index
-from index.manifest import IndexManifest
+from index.manifest import IndexManifest, read_manifest, write_manifest
+from index.near_duplicates import with_near_duplicates
 from index.update import UpdateResult
 from pipelines.build_shards import beam_shard_runner
 from pipelines.captions import AddCaptions
@@ -47,6 +48,12 @@ from pipelines.io import (
     dead_letter_reasons,
 )
 from pipelines.live_progress import live_progress
+from pipelines.near_duplicates import (
+    NearDuplicateConfig,
+    beam_near_duplicates,
+    carried_groups,
+    remove_near_duplicates,
+)
 from pipelines.options import IndexConfig, check_known_args
 from pipelines.transforms import (
     AddJointEmbeddings,
@@ -164,6 +171,14 @@ class IndexResult:
                 f"{self.update.upserted} upserted, {self.update.deleted} deleted "
                 f"({self.update.decision.reason})"
             )
+        m = self.manifest.counts
+        if "near_duplicate_groups" in m:
+            lines.append(
+                f"  near-duplicates {m['near_duplicate_images']} images in "
+                f"{m['near_duplicate_groups']} groups ({m['near_duplicate_singletons']} singletons)"
+                + (f", {m['near_duplicate_rows_joined']} rows joined again"
+                   if m.get("near_duplicate_rows_joined", m["indexed"]) != m["indexed"] else "")
+            )  # fmt: skip
         if c.get("hidden_files_skipped"):
             lines.append(f"  hidden files skipped (not inputs)  {c['hidden_files_skipped']}")
         lines.extend(f"    {n:6d}  {reason}" for reason, n in self.top_dead_letter_reasons)
@@ -219,9 +234,12 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
     check_known_args(flags)  # a typo is an error here, not a flag Beam drops with a log line
     options = PipelineOptions(flags)
     config = IndexConfig.from_options(options)
+    # None with --near_duplicates off; the default threshold is the one measured for the encoder.
+    near_duplicates = NearDuplicateConfig.from_options(options, config.encoder.name)
     check_corpus_exists(config.corpus, config.corpus_format)
     check_image_encoder(config.encoder)  # unknown names, missing weights: fail before any work
     clear_previous_output(config.out)
+    remove_near_duplicates(config.out)
     logger.info("indexing %s -> %s with %s", config.corpus, config.out, config.encoder)
     if config.reuse is not None:
         way = "in place" if config.updates_in_place else "by a rewrite"
@@ -248,7 +266,21 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
         )
         counts = {**counts, "indexed": update.manifest.counts["indexed"]}
         reasons = dead_letter_reasons(config.dead_letters_dir)
-        return IndexResult(config, counts, reasons, update.manifest, update)
+        manifest = update.manifest
+        if near_duplicates is not None:
+            # Every version has its groups, or serving would show near-duplicates side by side
+            # until the next full build. In place, only the changed rows and the members of
+            # the groups they touch are joined again (the self-join of every row costs about
+            # twice a +1% upsert at 100k rows: benchmarks/results/near_duplicates.md).
+            carried = None
+            if not update.decision.rebuild:
+                base = read_manifest(config.reuse.index_dir)
+                carried = carried_groups(config.reuse.index_dir, base, update.upserted_ids,
+                                         update.deleted_ids, near_duplicates)  # fmt: skip
+            step = beam_near_duplicates(near_duplicates, options, carried)
+            manifest = with_near_duplicates(config.out, manifest, step)
+            write_manifest(config.out, manifest)
+        return IndexResult(config, counts, reasons, manifest, update)
     manifest = build_index(
         config.out,
         BuildConfig(
@@ -261,6 +293,9 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
         ),
         counts,
         run_shards=beam_shard_runner(options),
+        near_duplicates=(
+            beam_near_duplicates(near_duplicates, options) if near_duplicates is not None else None
+        ),
     )
     return IndexResult(config, counts, dead_letter_reasons(config.dead_letters_dir), manifest)
 

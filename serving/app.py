@@ -35,6 +35,7 @@ from serving.focus_routes import (
     read_page_upload,
     similar_page,
 )
+from serving.hybrid_search import DEFAULT_HYBRID_WEIGHT
 from serving.metrics import ServerMetrics
 from serving.mixed_routes import add_mixed_routes
 from serving.paging import PageRequest
@@ -197,12 +198,27 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         q: Annotated[str, Query(min_length=1, max_length=config.max_query_chars)],
         page: Page,
         mode: Annotated[
-            Literal["joint", "fused"] | None,
-            Query(description="ranking: the joint model, or fused (default with --fused)"),
+            Literal["joint", "fused", "hybrid"] | None,
+            Query(
+                description="ranking: the joint model; fused (the default with --fused); "
+                "or hybrid: BM25 over each image's caption, tags and metadata text fused "
+                "with the joint cosine, 'why' giving both parts"
+            ),
+        ] = None,
+        hybrid_weight: Annotated[
+            float | None,
+            Query(
+                ge=0.0,
+                le=1.0,
+                description="mode=hybrid: the keyword share of the score "
+                f"(0: the vector alone, 1: BM25 alone; default {DEFAULT_HYBRID_WEIGHT})",
+            ),
         ] = None,
     ) -> Response:
         current = holder.current
-        return json_response(queries.text_query(current, q, page, models.text_off_reason, mode))
+        return json_response(
+            queries.text_query(current, q, page, models.text_off_reason, mode, hybrid_weight)
+        )
 
     @app.post(
         "/api/search/image",
@@ -329,6 +345,7 @@ def _add_page_routes(
                 "q": "",
                 "filter": "",
                 "dedupe": True,
+                "mode": "",
                 "filter_fields": bundle.filters.fields() if bundle.filters else {},
                 "title": None,
                 "result": None,
@@ -351,10 +368,11 @@ def _add_page_routes(
         offset: Annotated[int, Query(ge=0, le=config.max_offset)] = 0,
         filter: Annotated[str, Query(max_length=MAX_FILTER_CHARS)] = "",
         dedupe: bool = True,
+        mode: Literal["", "hybrid"] = "",
     ) -> HTMLResponse:
         bundle = holder.current
         page = PageRequest(config.default_k, offset, None, filter or None, dedupe)
-        form = {"q": q, "filter": filter, "dedupe": dedupe}
+        form = {"q": q, "filter": filter, "dedupe": dedupe, "mode": mode}
         try:
             if similar:
                 result = queries.similar_query(bundle, similar, page)
@@ -362,7 +380,7 @@ def _add_page_routes(
                 return render(request, bundle, result=result, reference=reference,
                               title="More like this", **form)  # fmt: skip
             if q.strip():
-                result = queries.text_query(bundle, q, page, models.text_off_reason)
+                result = queries.text_query(bundle, q, page, models.text_off_reason, mode or None)
                 return render(request, bundle, result=result, title=f"Results for “{q}”", **form)
         except queries.QueryError as exc:
             return render(request, bundle, error=exc.message, status=exc.status, **form)

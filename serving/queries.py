@@ -17,6 +17,7 @@ from encoders.imaging import DecodeLimits, decode_image
 from ranking.query_syntax import is_plain
 from serving import mixed_search
 from serving.explain import embed_with_terms, image_vectors, term_contributions
+from serving.hybrid_search import hybrid_search
 from serving.paging import CutPage, PageRequest, cut_page
 from serving.query_error import QueryError
 from serving.searcher import SearchHit
@@ -96,13 +97,21 @@ def text_query(
     page: PageRequest,
     text_off: str | None,
     mode: str | None = None,
+    hybrid_weight: float | None = None,
 ) -> dict:
     """Text -> images through the joint model; ``why`` gives each known word's cosine.
 
     ``mode`` "fused" (the default when the server runs with ``--fused``) ranks by the fused
     score instead, and ``why`` gives every part's score, the caption and the matched tags.
+    ``mode`` "hybrid" fuses BM25 over each row's text with the joint cosine
+    (``serving.hybrid_search``; ``hybrid_weight`` is the keyword share), and works without a
+    joint model too (keywords alone).
     """
     started = time.perf_counter()
+    if mode == "hybrid":
+        return _hybrid_text_query(bundle, text, page, started, hybrid_weight)
+    if hybrid_weight is not None:
+        raise QueryError(400, "hybrid_weight goes with mode=hybrid")
     if bundle.text is None:
         raise QueryError(503, text_off or "text search is not enabled on this server")
     text = text.strip()
@@ -116,7 +125,7 @@ def text_query(
     if mode == "fused":
         return _fused_text_query(bundle, text, page, started)
     if mode != "joint":
-        raise QueryError(400, f"mode must be 'joint' or 'fused', got {mode!r}")
+        raise QueryError(400, f"mode must be 'joint', 'fused' or 'hybrid', got {mode!r}")
     allowed = bundle.allowed_rows(page.filter)
     if syntax:
         if allowed is not None:
@@ -168,6 +177,17 @@ def combined_query(
         bundle, found[0].query, cut, page, lambda c: [found[0].whys[i] for i in c.positions],
         started,
     )  # fmt: skip
+
+
+def _hybrid_text_query(
+    bundle: IndexBundle, text: str, page: PageRequest, started: float, weight: float | None
+) -> dict:
+    if not is_plain(text):
+        raise QueryError(400, "weights, quotes, + and - rank in the joint space: use mode=joint")
+    allowed = bundle.allowed_rows(page.filter)
+    return combined_query(
+        lambda n: hybrid_search(bundle, text, n, weight, allowed=allowed), bundle, page, started
+    )
 
 
 def _fused_text_query(bundle: IndexBundle, text: str, page: PageRequest, started: float) -> dict:

@@ -20,8 +20,10 @@ import numpy as np
 from encoders.base import EncoderSpec, ImageEncoder, TextEncoder
 from encoders.joint import JointModel
 from index.manifest import manifest_location, read_manifest
+from index.near_duplicates import read_groups
 from serving.details import ImageDetails
 from serving.explain import padded_batch
+from serving.hybrid_search import LazyHybridIndex
 from serving.query_error import QueryError
 from serving.row_filters import RowFilters
 from serving.searcher import ImageSearcher
@@ -97,6 +99,7 @@ class IndexBundle:
     # image id -> its near-duplicate group (index job's near_duplicates/); ungrouped ids absent.
     near_duplicates: Mapping[str, str] | None = None
     filters: RowFilters | None = None  # metadata filters over this version's rows
+    keywords: LazyHybridIndex | None = None  # BM25 over the rows' text, for mode=hybrid
 
     def group_of(self, image_id: str) -> str | None:
         return self.near_duplicates.get(image_id) if self.near_duplicates else None
@@ -167,6 +170,8 @@ def load_bundle(
         )
     searcher_rows = details.searcher_rows(lambda row: images.hit_for_row(row, 0.0).image_id)
     filters = RowFilters.from_details(details, searcher_rows)
+    # None when the version has no groups (made with --near_duplicates off, or upserted).
+    near_duplicates = read_groups(out_dir, images.manifest)
     fused = None
     if fused_models_dir:
         from serving.fused_search import FusedSearcher
@@ -192,4 +197,6 @@ def load_bundle(
         searcher_rows=searcher_rows,
         fused=fused,
         filters=filters,
+        near_duplicates=near_duplicates,
+        keywords=LazyHybridIndex(details, searcher_rows),
     )

@@ -13,6 +13,8 @@ The other applier, for a rewrite, is no code of its own: the job wrote the whole
 
 from __future__ import annotations
 
+import dataclasses
+
 import apache_beam as beam
 import pyarrow.parquet as pq
 
@@ -90,4 +92,6 @@ def apply_in_place(
         )
     )
     delete_tree(folder)
-    return result
+    return dataclasses.replace(
+        result, upserted_ids=frozenset(upserted), deleted_ids=frozenset(deletes)
+    )

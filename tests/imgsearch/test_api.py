@@ -228,3 +228,27 @@ def test_import_imgsearch_stays_cheap() -> None:
         "'imgsearch.api') if m in sys.modules]; assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=True, timeout=120)
+
+
+def test_search_text_pages_filters_and_hybrid_as_the_server(
+    index: ImageIndex, images_only: ImageIndex
+) -> None:
+    everything = index.search_text(QUERY, k=6)
+    flickr = index.search_text(QUERY, k=6, filter='site = "flickr"')
+    sites = {hit.image_id: index.details(hit.image_id).metadata["site"] for hit in everything}
+    assert [h.image_id for h in flickr] == [h.image_id for h in everything
+                                           if sites[h.image_id] == "flickr"]  # fmt: skip
+    pages = index.search_text(QUERY, k=2) + index.search_text(QUERY, k=2, offset=2)
+    assert [h.image_id for h in pages] == [h.image_id for h in everything[:4]]
+    threshold = (everything[2].score + everything[3].score) / 2  # between the 3rd and the 4th
+    kept = index.search_text(QUERY, k=6, min_score=threshold)
+    assert [h.image_id for h in kept] == [h.image_id for h in everything[:3]]
+    # Keywords alone need no models: the title of each photo is "photo <file stem>".
+    stem = Path(everything[0].uri).stem
+    assert images_only.search_text(stem, k=3, hybrid=True)[0].image_id == everything[0].image_id
+    with pytest.raises(ValueError, match="bad filter"):
+        index.search_text(QUERY, filter="nope = 1")
+    with pytest.raises(ValueError, match="hybrid_weight goes with"):
+        index.search_text(QUERY, hybrid_weight=0.5)
+    with pytest.raises(ValueError, match="pass hybrid=True"):
+        images_only.search_text(QUERY, filter='site = "flickr"')

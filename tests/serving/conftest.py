@@ -27,6 +27,27 @@ def publish(root: Path, built: Path, version: str) -> Path:
     return target
 
 
+@pytest.fixture(scope="module")
+def v2_root(tmp_path_factory, built_versions) -> Path:
+    """A publish root serving v2 (all 8 photos), for one test module."""
+    root = tmp_path_factory.mktemp("v2-root")
+    publish(root, built_versions["v2"], "v2")
+    return root
+
+
+@pytest.fixture(scope="module")
+def v2_client(v2_root: Path, serve_models: Path):
+    """The app over ``v2_root`` with the suite's joint model, lifespan run (no polling)."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.config import ServeConfig
+
+    config = ServeConfig(index=str(v2_root), models_dir=str(serve_models), poll_interval_s=0)
+    with TestClient(create_app(config)) as test_client:
+        yield test_client
+
+
 @pytest.fixture()
 def publish_root(tmp_path: Path, built_versions) -> Path:
     """A fresh publish root serving v1."""

@@ -11,29 +11,20 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from serving.app import create_app
 from serving.batch_search import MAX_BATCH_QUERIES
-from serving.config import ServeConfig
 
 QUERY = "a dog running on the grass"
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory, built_versions) -> Path:
-    from tests.serving.conftest import publish
-
-    root = tmp_path_factory.mktemp("filters-root")
-    publish(root, built_versions["v2"], "v2")
-    return root
+def root(v2_root: Path) -> Path:
+    return v2_root
 
 
 @pytest.fixture(scope="module")
-def client(root: Path, serve_models: Path):
-    config = ServeConfig(index=str(root), models_dir=str(serve_models), poll_interval_s=0)
-    with TestClient(create_app(config)) as test_client:
-        yield test_client
+def client(v2_client):
+    return v2_client
 
 
 def search(client, **params) -> dict:
