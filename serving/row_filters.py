@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from index.metadata_columns import ATTRIBUTES
+from index.near_duplicates import NEAR_DUPLICATE_GROUP
 from ranking.filter_syntax import FilterError, parse_filter
 from serving.details import ImageDetails
 from serving.query_error import QueryError
@@ -52,8 +53,18 @@ class RowFilters:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_details(cls, details: ImageDetails, searcher_rows: np.ndarray | None) -> RowFilters:
-        """From the details' table (``image_id`` order), reordered to the searcher's rows."""
+    def from_details(
+        cls,
+        details: ImageDetails,
+        searcher_rows: np.ndarray | None,
+        groups: Mapping[str, str] | None = None,
+    ) -> RowFilters:
+        """From the details' table (``image_id`` order), reordered to the searcher's rows.
+
+        ``groups`` (image id -> near-duplicate group, ``IndexBundle.near_duplicates``) adds the
+        field ``near_duplicate_group``: ``= "ID"`` keeps one group, ``IS NULL`` the photos
+        without a near-duplicate.
+        """
         table = details.table
         if searcher_rows is not None:  # details row r is searcher row searcher_rows[r]
             order = np.empty(len(searcher_rows), np.int64)
@@ -69,6 +80,10 @@ class RowFilters:
             columns["tags"], types["tags"] = table["tags"], "string_list"
         if "caption" in table.column_names:
             columns["caption"], types["caption"] = table["caption"], "string"
+        if groups is not None:
+            ids = table["image_id"].to_pylist()
+            column = pa.chunked_array([pa.array([groups.get(i) for i in ids], pa.string())])
+            columns[NEAR_DUPLICATE_GROUP], types[NEAR_DUPLICATE_GROUP] = column, "string"
         if ATTRIBUTES in table.column_names:
             attributes = table[ATTRIBUTES].combine_chunks()
             for index in range(attributes.type.num_fields):

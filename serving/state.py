@@ -169,9 +169,9 @@ def load_bundle(
             f"its index {len(images)}"
         )
     searcher_rows = details.searcher_rows(lambda row: images.hit_for_row(row, 0.0).image_id)
-    filters = RowFilters.from_details(details, searcher_rows)
-    # None when the version has no groups (made with --near_duplicates off, or upserted).
+    # None when the version has no groups (the index job ran with --near_duplicates off).
     near_duplicates = read_groups(out_dir, images.manifest)
+    filters = RowFilters.from_details(details, searcher_rows, near_duplicates)
     fused = None
     if fused_models_dir:
         from serving.fused_search import FusedSearcher

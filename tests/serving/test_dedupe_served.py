@@ -105,6 +105,15 @@ def test_the_api_collapses_each_group_to_its_best_ranked_member(dupes_server, gr
     hidden = {r["image_id"]: r.get("near_duplicates_hidden", 0) for r in collapsed}
     assert sorted(hidden.values()) == _hidden(groups)
 
+    # A group is a filter field: one group's members, or the photos without a near-duplicate.
+    some_group = next(iter(groups.values()))
+    members = _search(dupes_server, dedupe="false", filter=f'near_duplicate_group = "{some_group}"')
+    assert sorted(r["image_id"] for r in members["results"]) == sorted(
+        i for i, g in groups.items() if g == some_group
+    )
+    alone = _search(dupes_server, filter="near_duplicate_group IS NULL")["results"]
+    assert {r["image_id"] for r in alone} == {r["image_id"] for r in everything} - set(groups)
+
     # Pages of the collapsed ranking neither repeat nor skip a group.
     pages = [_search(dupes_server, k=2, offset=o)["results"] for o in range(0, len(collapsed), 2)]
     assert [r["image_id"] for page in pages for r in page] == [r["image_id"] for r in collapsed]
@@ -142,6 +151,20 @@ def test_the_page_shows_one_result_per_group_until_asked_for_all(
     assert len(collapsed) == len({groups.get(i, i) for i in collapsed}) == _shown(groups)
     notes = page.locator("#grid .dupes").all_inner_texts()
     assert sorted(notes) == sorted(f"+{n} near-duplicate(s)" for n in _hidden(groups) if n)
+
+    # Each "+N" links to its whole group: the same query, filtered to the group, all shown.
+    figure = page.locator("#grid figure.result", has=page.locator(".dupes a")).first
+    grouped = figure.get_attribute("data-image-id")
+    figure.hover()  # the caption box (and its link) shows on hover or keyboard focus
+    figure.locator(".dupes a").click()
+    page.wait_for_load_state()
+    page.wait_for_selector("#grid figure.result")
+    group = groups[grouped]
+    assert sorted(_result_ids(page)) == sorted(i for i, g in groups.items() if g == group)
+    assert page.input_value("#filter") == f'near_duplicate_group = "{group}"'
+    page.goto(dupes_server.url + "/")
+    page.fill("#q", QUERY)
+    search()
 
     page.check("#show-dupes")
     if javascript:  # the grid is replaced: wait for the full one
