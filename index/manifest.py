@@ -133,6 +133,11 @@ class IndexManifest:
         """A shard's ScaNN params: its own entry's, else the manifest's (one-shard manifests)."""
         return shard.get("scann_params") or self.scann_params
 
+    @property
+    def shard_rows(self) -> int:
+        """Rows over all image shards (what the index holds)."""
+        return sum(int(shard["count"]) for shard in self.shards)
+
     def files_under(self, prefix: str) -> list[dict[str, Any]]:
         """The file entries whose path lies under the folder ``prefix`` (relative to OUT)."""
         folder = prefix.strip("/") + "/"

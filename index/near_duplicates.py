@@ -379,15 +379,9 @@ def carry_over(
 
 def group_settings(out_dir: str, manifest: IndexManifest) -> tuple[float, int] | None:
     """The (threshold, neighbours) the version's groups were made with, or None (no groups)."""
-    entries = near_duplicate_files(manifest)
-    if not entries:
-        return None
-    with open_file(join_path(out_dir, entries[0]["path"])) as handle:
-        metadata = pq.ParquetFile(handle).schema_arrow.metadata or {}
-    threshold, neighbours = (
-        metadata.get(b"imgsearch.threshold"),
-        metadata.get(b"imgsearch.neighbours"),
-    )
+    metadata = _group_file_metadata(out_dir, manifest)
+    threshold = metadata.get(b"imgsearch.threshold")
+    neighbours = metadata.get(b"imgsearch.neighbours")
     if threshold is None or neighbours is None:
         return None
     return float(threshold), int(neighbours)
@@ -457,13 +451,17 @@ def read_groups(out_dir: str, manifest: IndexManifest) -> dict[str, str] | None:
 
 def group_threshold(out_dir: str, manifest: IndexManifest) -> float | None:
     """The threshold the version's groups were made with (from their files), or None."""
+    value = _group_file_metadata(out_dir, manifest).get(b"imgsearch.threshold")
+    return float(value) if value is not None else None
+
+
+def _group_file_metadata(out_dir: str, manifest: IndexManifest) -> dict[bytes, bytes]:
+    """The schema metadata of the version's first groups file ({} when it has none)."""
     entries = near_duplicate_files(manifest)
     if not entries:
-        return None
+        return {}
     with open_file(join_path(out_dir, entries[0]["path"])) as handle:
-        metadata = pq.ParquetFile(handle).schema_arrow.metadata or {}
-    value = metadata.get(b"imgsearch.threshold")
-    return float(value) if value is not None else None
+        return pq.ParquetFile(handle).schema_arrow.metadata or {}
 
 
 # What finds the groups of a built index before its manifest is published: called with the

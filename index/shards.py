@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from index.manifest import MANIFEST_NAME, file_entry
+from index.manifest import MANIFEST_NAME, IndexManifest, file_entry
 from index.scann_index import (
+    load_searcher,
     save_searcher,
 )
 from storage.files import (
@@ -214,3 +215,27 @@ def download_shard(
         os.makedirs(os.path.dirname(target), exist_ok=True)
         copy_file(join_path(out_dir, entry["path"]), target)
     return local
+
+
+def load_shard(
+    out_dir: str, manifest: IndexManifest, shard: dict
+) -> tuple[Any, list[str], list[str]]:
+    """One shard of the manifest -> its ScaNN searcher, image ids and uris (row order).
+
+    ValueError when the searcher, the ids file and the manifest's count disagree.
+    """
+    index_dir = join_path(out_dir, shard["index_dir"])
+    if is_local(index_dir):
+        searcher = load_searcher(index_dir)
+    else:
+        # ScaNN reads everything into memory while loading, so the copy can go right after.
+        with tempfile.TemporaryDirectory(prefix="imgsearch-shard-") as local:
+            download_shard(out_dir, manifest.files, shard["index_dir"], local)
+            searcher = load_searcher(local)
+    image_ids, uris = read_ids(join_path(out_dir, shard["ids_file"]))
+    if not searcher.size() == len(image_ids) == shard["count"]:
+        raise ValueError(
+            f"shard {shard['index_dir']} holds {searcher.size()} vectors and "
+            f"{len(image_ids)} ids, manifest says {shard['count']}"
+        )
+    return searcher, image_ids, uris

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -50,10 +49,10 @@ from index.near_duplicates import (
     near_duplicates_schema,
     read_group_table,
 )
-from index.scann_index import ScannParams, load_searcher, search_batched
-from index.shards import download_shard, read_ids
+from index.scann_index import ScannParams, search_batched
+from index.shards import load_shard
 from index.table import TABLE_DIR, _decode_embeddings, parquet_files
-from storage.files import delete_tree, is_local, join_path, join_uri, open_file
+from storage.files import delete_tree, join_path, join_uri, open_file
 
 logger = logging.getLogger(__name__)
 
@@ -224,18 +223,7 @@ def load_index(out_dir: str, manifest: IndexManifest) -> LoadedIndex:
     """Every image shard of the (unpublished) version: searcher, params, row -> image id."""
     shards = []
     for shard in manifest.shards:
-        index_dir = join_path(out_dir, shard["index_dir"])
-        if is_local(index_dir):
-            searcher = load_searcher(index_dir)
-        else:  # ScaNN loads from local disk only; it holds everything once loaded
-            with tempfile.TemporaryDirectory(prefix="imgsearch-near-dupes-") as local:
-                download_shard(out_dir, manifest.files, shard["index_dir"], local)
-                searcher = load_searcher(local)
-        image_ids, _ = read_ids(join_path(out_dir, shard["ids_file"]))
-        if searcher.size() != len(image_ids):
-            raise ValueError(
-                f"shard {shard['index_dir']}: {searcher.size()} vectors, {len(image_ids)} ids"
-            )
+        searcher, image_ids, _ = load_shard(out_dir, manifest, shard)
         params = ScannParams.from_json(manifest.shard_params(shard))
         shards.append(LoadedShard(searcher, params, np.array(image_ids, dtype=object)))
     return LoadedIndex(shards)
@@ -493,7 +481,7 @@ def _account(
     """The step's counts; RuntimeError when a row that should have been queried was not (every
     row, or ``expected`` rows after an in-place update) or a member is not one of the table's
     rows: groups over part of the version would hide near-duplicates silently."""
-    indexed = sum(int(shard["count"]) for shard in manifest.shards)
+    indexed = manifest.shard_rows
     wanted = indexed if expected is None else expected
     if table_rows != indexed or (queried is not None and queried != wanted) or wanted > indexed:
         raise RuntimeError(

@@ -91,6 +91,10 @@ def _cut(
     return cut_page(search, page, bundle.near_duplicates, len(bundle.images), exclude)
 
 
+# Query syntax (ranking.query_syntax) weighs terms in the joint space: fused and hybrid refuse it.
+_JOINT_ONLY_SYNTAX = "weights, quotes, + and - rank in the joint space: use mode=joint"
+
+
 def text_query(
     bundle: IndexBundle,
     text: str,
@@ -121,7 +125,7 @@ def text_query(
     if mode is None:
         mode = "fused" if bundle.fused is not None and not syntax else "joint"
     if mode == "fused" and syntax:
-        raise QueryError(400, "weights, quotes, + and - rank in the joint space: use mode=joint")
+        raise QueryError(400, _JOINT_ONLY_SYNTAX)
     if mode == "fused":
         return _fused_text_query(bundle, text, page, started)
     if mode != "joint":
@@ -183,7 +187,7 @@ def _hybrid_text_query(
     bundle: IndexBundle, text: str, page: PageRequest, started: float, weight: float | None
 ) -> dict:
     if not is_plain(text):
-        raise QueryError(400, "weights, quotes, + and - rank in the joint space: use mode=joint")
+        raise QueryError(400, _JOINT_ONLY_SYNTAX)
     allowed = bundle.allowed_rows(page.filter)
     return combined_query(
         lambda n: hybrid_search(bundle, text, n, weight, allowed=allowed), bundle, page, started

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -19,9 +18,9 @@ import numpy as np
 from encoders.base import EncoderSpec, ImageEncoder, l2_normalize
 from index.filtered_search import filtered_search
 from index.manifest import IndexManifest, manifest_location, read_manifest, verify_files
-from index.scann_index import ScannParams, load_searcher, search_batched
+from index.scann_index import ScannParams, search_batched
 from index.schema import JOINT_EMBEDDING
-from index.shards import download_shard, read_ids
+from index.shards import load_shard
 from index.table import EmbeddingTable, read_embedding_table, read_table_columns
 from models.query_model import EncoderMismatchError
 from storage.files import join_path, open_file
@@ -41,35 +40,10 @@ class SearchHit:
     score: float
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path
-
-
 def _check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     return int(k)
-
-
-def _load_shard(
-    out_dir: str, manifest: IndexManifest, shard: dict
-) -> tuple[ScannSearcher, list[str], list[str]]:
-    """One shard of the manifest -> its ScaNN searcher, image ids and uris (row order)."""
-    index_dir = join_path(out_dir, shard["index_dir"])
-    if _is_local(index_dir):
-        searcher = load_searcher(index_dir)
-    else:
-        # ScaNN reads everything into memory while loading, so the copy can go right after.
-        with tempfile.TemporaryDirectory(prefix="imgsearch-shard-") as local:
-            download_shard(out_dir, manifest.files, shard["index_dir"], local)
-            searcher = load_searcher(local)
-    image_ids, uris = read_ids(join_path(out_dir, shard["ids_file"]))
-    if not searcher.size() == len(image_ids) == shard["count"]:
-        raise ValueError(
-            f"shard {shard['index_dir']} holds {searcher.size()} vectors and "
-            f"{len(image_ids)} ids, manifest says {shard['count']}"
-        )
-    return searcher, image_ids, uris
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +189,7 @@ class ImageSearcher:
             verify_files(out_dir, manifest)
         searchers, image_ids, uris = [], [], []
         for shard in manifest.shards:
-            searcher, shard_ids, shard_uris = _load_shard(out_dir, manifest, shard)
+            searcher, shard_ids, shard_uris = load_shard(out_dir, manifest, shard)
             searchers.append(searcher)
             image_ids.extend(shard_ids)
             uris.extend(shard_uris)
@@ -223,7 +197,7 @@ class ImageSearcher:
         if manifest.joint_index is not None:
             joint_searchers = []
             for shard, joint_shard in zip(manifest.shards, manifest.joint_shards, strict=True):
-                joint_searcher, joint_ids, _ = _load_shard(out_dir, manifest, joint_shard)
+                joint_searcher, joint_ids, _ = load_shard(out_dir, manifest, joint_shard)
                 start = sum(s.size() for s in searchers[: len(joint_searchers)])
                 if joint_ids != image_ids[start : start + len(joint_ids)]:
                     raise ValueError(
