@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from index.hash_codes import DEFAULT_RERANK
 from index.manifest import MANIFEST_NAME
 from index.publish import read_pointer, resolve_index, version_dir
 from serving.paging import PageRequest
@@ -313,6 +314,8 @@ def open_index(
     model: str | None = None,
     fused: bool = False,
     verify: bool = True,
+    image_search: str = "scann",
+    hamming_rerank: int = DEFAULT_RERANK,
 ) -> ImageIndex:
     """Load an index version for searching from Python.
 
@@ -322,7 +325,9 @@ def open_index(
     encoder, else Word2VisualVec) turns on text search; ``fused`` ranks text queries by the
     joint model, generated captions and tags together (``imgsearch train fusion`` weights in
     ``models_dir``, else reciprocal rank fusion). ``verify`` checks every file's SHA-256
-    against the manifest first, as the server does.
+    against the manifest first, as the server does. ``image_search="hamming"`` answers image
+    queries from the version's semantic-hashing codes (indexed with ``--hash_model``): the
+    ``hamming_rerank`` Hamming-nearest rows re-ranked exactly.
 
     Raises FileNotFoundError for a path that is neither, or a missing version or model;
     ``index.manifest.ManifestVerificationError`` for a damaged file;
@@ -338,6 +343,12 @@ def open_index(
     index_dir, resolved_version = resolve_location(location, version)
     models = QueryModels.load(models_path, model)
     bundle = load_bundle(
-        index_dir, models, resolved_version, verify, models_path if fused else None
+        index_dir,
+        models,
+        resolved_version,
+        verify,
+        models_path if fused else None,
+        image_search=image_search,
+        hamming_rerank=hamming_rerank,
     )
     return ImageIndex(bundle, location)

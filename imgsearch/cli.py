@@ -144,6 +144,7 @@ def _search(argv: Sequence[str]) -> int:
         help='metadata filter, e.g. \'site = "flickr" AND width >= 800 AND tags HAS "dog"\'',
     )
     parser.add_argument("--min-score", type=float, help="leave out results scoring below this")
+    _add_image_search_args(parser)
     parser.add_argument(
         "--show-duplicates",
         action="store_true",
@@ -241,7 +242,13 @@ def _page_search(args: argparse.Namespace, version: str | None) -> dict:
 
     text_models = args.text is not None and args.models
     models = QueryModels.load(args.models, args.model) if text_models else QueryModels()
-    bundle = load_bundle(args.index, models, version)
+    bundle = load_bundle(
+        args.index,
+        models,
+        version,
+        image_search=args.image_search,
+        hamming_rerank=args.hamming_rerank,
+    )
     page = PageRequest(args.k, args.offset, args.min_score, args.filter, not args.show_duplicates)
     try:
         if args.text is not None:
@@ -292,6 +299,24 @@ def _eval(argv: Sequence[str]) -> int:
     return eval_job.main(argv)
 
 
+def _add_image_search_args(parser: argparse.ArgumentParser) -> None:
+    from index.hash_codes import DEFAULT_RERANK
+
+    parser.add_argument(
+        "--image-search",
+        choices=("scann", "hamming"),
+        default="scann",
+        help="how image queries (similar, upload) find candidates: the ScaNN index, or a "
+        "Hamming scan of the version's hash codes (indexed with --hash_model) re-ranked exactly",
+    )
+    parser.add_argument(
+        "--hamming-rerank",
+        type=int,
+        default=DEFAULT_RERANK,
+        help="with --image-search hamming: how many Hamming-nearest rows are re-ranked exactly",
+    )
+
+
 def _serve(argv: Sequence[str]) -> int:
     parser = command_parser(
         "imgsearch serve",
@@ -318,6 +343,7 @@ def _serve(argv: Sequence[str]) -> int:
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="0: no hot reload")
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
     parser.add_argument("--no-verify", action="store_true", help="skip manifest checksums")
+    _add_image_search_args(parser)
     parser.add_argument(
         "--events", help="click log: a folder or gs:// prefix for POST /api/events Parquet files"
     )
@@ -353,6 +379,8 @@ def _serve(argv: Sequence[str]) -> int:
             poll_interval_s=args.poll_seconds,
             max_upload_bytes=int(args.max_upload_mb * 2**20),
             verify=not args.no_verify,
+            image_search=args.image_search,
+            hamming_rerank=args.hamming_rerank,
             glove=args.glove,
             events_dir=args.events,
             event_limits=EventLimits(

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from index.hash_codes import with_hash_model
 from index.manifest import (
     FORMAT_VERSION,
     IndexManifest,
@@ -345,6 +346,7 @@ def build_index(
         lineage=full_build_lineage(config.version, num_rows),
     )
     del table  # the near-duplicate step loads the index it needs; the table is not held twice
+    manifest = with_hash_model(out_dir, manifest)
     manifest = with_near_duplicates(out_dir, manifest, near_duplicates)
     write_manifest(out_dir, manifest)
     return manifest
@@ -404,6 +406,7 @@ def _build_index_sharded(
         sharding={"assignment": SHARD_ASSIGNMENT, "num_shards": num_shards},
         lineage=full_build_lineage(config.version, num_rows),
     )
+    manifest = with_hash_model(out_dir, manifest)
     manifest = with_near_duplicates(out_dir, manifest, near_duplicates)
     write_manifest(out_dir, manifest)
     return manifest

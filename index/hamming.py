@@ -144,26 +144,43 @@ def _top_r_of(distances: np.ndarray, r: int, max_distance: int) -> np.ndarray:
 
 
 def hamming_top_r(
-    database: np.ndarray | CodeColumns, queries: np.ndarray, r: int
+    database: np.ndarray | CodeColumns,
+    queries: np.ndarray,
+    r: int,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``r`` nearest rows of each packed query: ``(rows int64 (M, r'), distances int32)``.
 
     ``database``: packed ``(N, bytes)`` codes, or ``CodeColumns`` made once from them (what a
-    searcher should hold: the layout is rebuilt on every call otherwise). ``r' = min(r, N)``;
-    nearest first, equal distances by the lower row.
+    searcher should hold: the layout is rebuilt on every call otherwise). ``allowed``: a
+    ``(N,)`` boolean mask (a filter); only its rows are returned. ``r' = min(r, N)`` (or the
+    allowed rows); nearest first, equal distances by the lower row.
     """
     columns = _columns(database)
     queries = _as_codes("queries", queries, columns.width)
     if isinstance(r, bool) or not isinstance(r, int | np.integer) or r < 1:
         raise ValueError(f"r must be a positive integer, got {r!r}")
-    r = min(int(r), len(columns))
     max_distance = 8 * columns.width
+    allowed_rows = None
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (len(columns),):
+            raise ValueError(f"allowed must be a ({len(columns)},) mask, got {allowed.shape}")
+        allowed_rows = np.flatnonzero(allowed)  # ascending: ties still go to the lower row
+    r = min(int(r), len(columns) if allowed_rows is None else len(allowed_rows))
     rows = np.empty((queries.shape[0], r), dtype=np.int64)
     distances = np.empty((queries.shape[0], r), dtype=np.int32)
+    if r == 0:
+        return rows, distances
     for i, query in enumerate(queries):
         dist = columns.distances(query)
-        top = _top_r_of(dist, r, max_distance)
-        rows[i], distances[i] = top, dist[top]
+        if allowed_rows is None:
+            top = _top_r_of(dist, r, max_distance)
+            rows[i], distances[i] = top, dist[top]
+        else:
+            dist = dist[allowed_rows]
+            top = _top_r_of(dist, r, max_distance)
+            rows[i], distances[i] = allowed_rows[top], dist[top]
     return rows, distances
 
 

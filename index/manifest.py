@@ -74,10 +74,14 @@ class IndexManifest:
     # index.update reads it to decide when a rebuild is due. Optional (older
     # manifests have none and count as full builds).
     lineage: dict[str, Any] | None = None
+    # The semantic-hashing model whose codes the table's ``hash_code`` column holds, copied
+    # into the version (index.hash_codes): {"model", "model_version", "method", "bits", "dim",
+    # "encoder_id", "dir"}. Optional; None when the job ran without --hash_model.
+    hashing: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for optional in ("joint_index", "tuning", "sharding", "lineage"):
+        for optional in ("joint_index", "tuning", "sharding", "lineage", "hashing"):
             if data[optional] is None:
                 del data[optional]
         return data

@@ -93,6 +93,12 @@ CAPTION_SCORE = "caption_score"
 
 CAPTION_MODEL = "caption_model"
 
+# Semantic-hashing codes of ``embedding`` (``--hash_model``, ``index.hash_codes``): the packed
+# bits (``index.hamming.pack_bits``, bits / 8 bytes) and the hashing model's ``name/version``.
+HASH_CODE = "hash_code"
+
+HASH_MODEL = "hash_model"
+
 TAG_TYPE = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
 
 
@@ -104,6 +110,7 @@ def embedding_table_schema(
     tags: bool = False,
     captions: bool = False,
     attributes: Sequence[MetadataColumn] = (),
+    hash_bits: int | None = None,
 ) -> pa.Schema:
     """The Parquet embedding table: one row per unique image content.
 
@@ -117,7 +124,9 @@ def embedding_table_schema(
     ``list<struct<label, score>>``) and ``tag_model`` (the head's version); ``captions`` adds
     ``caption`` (a generated description), ``caption_score`` (its mean log-probability per
     token) and ``caption_model`` (the captioner's ``name/version``). ``attributes`` adds the
-    typed metadata columns as one struct column (``index.metadata_columns``). All are optional
+    typed metadata columns as one struct column (``index.metadata_columns``). ``hash_bits``
+    adds ``hash_code`` (the embedding's semantic-hashing code, ``hash_bits / 8`` bytes) and
+    ``hash_model`` (the hashing model's ``name/version``). All are optional
     columns after the others, so readers of older tables are unaffected.
     """
     if dim <= 0:
@@ -153,6 +162,14 @@ def embedding_table_schema(
     if attributes:
         joint_fields.append(pa.field(ATTRIBUTES, attributes_type(attributes), nullable=False))
         metadata[b"imgsearch.metadata_columns"] = columns_spec(attributes).encode()
+    if hash_bits is not None:
+        if hash_bits <= 0 or hash_bits % 8:
+            raise ValueError(f"hash code length must be a positive multiple of 8, got {hash_bits}")
+        joint_fields += [
+            pa.field(HASH_CODE, pa.binary(hash_bits // 8), nullable=False),
+            pa.field(HASH_MODEL, pa.string(), nullable=False),
+        ]
+        metadata[b"imgsearch.hash_bits"] = str(hash_bits).encode()
     return pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),

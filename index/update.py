@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index.build import BuildConfig, build_index
+from index.hash_codes import carry_hash_model, check_coded_rows, with_hash_model
 from index.manifest import (
     MANIFEST_NAME,
     IndexManifest,
@@ -253,6 +254,7 @@ def update_index(request: UpdateRequest) -> UpdateResult:
     verify_files(base_dir, manifest)
     new = read_embedding_table(new_rows) if new_rows else None
     _check_new_rows(manifest, new)
+    check_coded_rows(manifest, new_rows)
     upsert_ids = [] if new is None else list(new.image_ids)
 
     shard_ids = [read_ids(join_path(base_dir, s["ids_file"]))[0] for s in manifest.shards]
@@ -386,6 +388,8 @@ def update_index(request: UpdateRequest) -> UpdateResult:
         joint_index=joint_index,
         lineage={**lineage, "updates": [*lineage["updates"], update]},
     )
+    carry_hash_model(base_dir, out_dir, manifest)
+    updated = with_hash_model(out_dir, updated)
     write_manifest(out_dir, updated)
     return UpdateResult(updated, decision, len(upsert_ids), len(deletes))
 

@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders.registry import check_image_encoder, image_encoder_dim
 from index.build import BuildConfig, build_index
+from index.hash_codes import write_hash_model
 from index.manifest import IndexManifest, read_manifest, write_manifest
 from index.near_duplicates import with_near_duplicates
 from index.update import UpdateResult
@@ -136,6 +137,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IndexConfig) -> None:
         tags=config.tag_head is not None,
         captions=config.captioner is not None,
         attributes=config.metadata_columns,
+        hash_codes=config.hash_codes,
     )
     _ = outputs["duplicates"] | "WriteDuplicates" >> WriteDuplicates(config.duplicates_dir)
     _ = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letters_dir)
@@ -179,6 +181,12 @@ class IndexResult:
                 + (f", {m['near_duplicate_rows_joined']} rows joined again"
                    if m.get("near_duplicate_rows_joined", m["indexed"]) != m["indexed"] else "")
             )  # fmt: skip
+        if self.manifest.hashing is not None:
+            h = self.manifest.hashing
+            lines.append(
+                f"  hash codes    {h['bits']} bits ({h['method']}) by "
+                f"{h['model']}/{h['model_version']}"
+            )
         if c.get("hidden_files_skipped"):
             lines.append(f"  hidden files skipped (not inputs)  {c['hidden_files_skipped']}")
         lines.extend(f"    {n:6d}  {reason}" for reason, n in self.top_dead_letter_reasons)
@@ -240,6 +248,10 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
     check_image_encoder(config.encoder)  # unknown names, missing weights: fail before any work
     clear_previous_output(config.out)
     remove_near_duplicates(config.out)
+    if config.hash_codes is not None:
+        # Beside the table before the job writes it: build_index / update_index list it in the
+        # manifest, so the version codes its queries with the model that coded its rows.
+        write_hash_model(config.out, config.hash_codes)
     logger.info("indexing %s -> %s with %s", config.corpus, config.out, config.encoder)
     if config.reuse is not None:
         way = "in place" if config.updates_in_place else "by a rewrite"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import apache_beam as beam
 import pyarrow.parquet as pq
 
+from index.hash_codes import HashCodes
 from index.manifest import MANIFEST_NAME
 from index.metadata_columns import ATTRIBUTES, MetadataColumn, typed_values
 from index.schema import compact_row, embedding_table_schema
@@ -24,7 +25,7 @@ from storage.files import delete_file, delete_tree, join_uri, open_file
 logger = logging.getLogger(__name__)
 
 TABLE_PREFIX = "embeddings"
-OUTPUT_FOLDERS = ("table", "duplicates", "dead_letters", "index", "delta")
+OUTPUT_FOLDERS = ("table", "duplicates", "dead_letters", "index", "delta", "hash_model")
 
 
 class _WriteParquet(beam.PTransform):
@@ -64,18 +65,31 @@ class WriteEmbeddingTable(_WriteParquet):
         tags: bool = False,
         captions: bool = False,
         attributes: Sequence[MetadataColumn] = (),
+        hash_codes: HashCodes | None = None,
     ) -> None:
         schema = embedding_table_schema(
-            dim, joint_dim, storage, tags=tags, captions=captions, attributes=attributes
+            dim,
+            joint_dim,
+            storage,
+            tags=tags,
+            captions=captions,
+            attributes=attributes,
+            hash_bits=hash_codes.bits if hash_codes is not None else None,
         )
         super().__init__(table_dir, TABLE_PREFIX, schema, num_shards)
         self.storage = storage
         self.attributes = tuple(attributes)
+        self.hash_codes = hash_codes
 
     def expand(self, rows):
         if self.attributes:
             columns = self.attributes
             rows = rows | "Attributes" >> beam.Map(lambda row: with_attributes(row, columns))
+        if self.hash_codes is not None:
+            # Every row written, reused ones too: codes come from the stored embedding (a
+            # matrix-vector product), so a changed --hash_model never re-encodes an image.
+            codes, storage = self.hash_codes, self.storage
+            rows = rows | "HashCodes" >> beam.Map(lambda row: codes.coded_row(row, storage))
         if self.storage != "float32":
             storage = self.storage
             rows = rows | "Compact" >> beam.Map(lambda row: compact_row(row, storage))

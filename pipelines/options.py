@@ -23,10 +23,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from encoders.base import EncoderSpec
 from encoders.imaging import DecodeLimits
 from encoders.tags import check_tag_head, resolve_tag_head
+from index.hash_codes import HashCodes
 from index.metadata_columns import MetadataColumn, infer_from_schema, parse_metadata_columns
 from index.scann_index import QUANTIZE
 from index.schema import EMBEDDING_STORAGES
 from models.captioner import CaptionerRef, resolve_captioner
+from models.hashing import resolve_hash_model
 from models.image_encoder import is_fine_tuned
 from models.joint import (
     JointModelRef,
@@ -164,6 +166,14 @@ class IndexOptions(PipelineOptions):
             "adds the joint column (--joint_model none: captions only)",
         )
         parser.add_argument("--caption_beam", type=int, default=3)
+        parser.add_argument(
+            "--hash_model",
+            default="",
+            help="a hashing model in --models (`imgsearch train hashing`, trained on this "
+            "encoder's embeddings): adds hash_code (the embedding's binary code) and hash_model "
+            "columns and copies the model into the version, so `imgsearch serve --image-search "
+            "hamming` can search the codes",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +200,7 @@ class IndexConfig:
     tag_head: str | None = None  # resolved classifier-head file, or None: no tags column
     tags_top_k: int = 5
     captioner: CaptionerRef | None = None  # a pinned captioner, or None: no caption column
+    hash_codes: HashCodes | None = None  # a pinned hashing model, or None: no hash_code column
     # Typed, filterable manifest columns (index.metadata_columns), the table's ``attributes``.
     metadata_columns: tuple[MetadataColumn, ...] = ()
 
@@ -242,6 +253,8 @@ class IndexConfig:
             raise ValueError("--models and --joint_model go together (a dual model in a folder)")
         if opts.captioner and not opts.models:
             raise ValueError("--captioner needs --models (the folder that holds it)")
+        if opts.hash_model and not opts.models:
+            raise ValueError("--hash_model needs --models (the folder that holds it)")
         if opts.target_recall is not None and not 0.0 < opts.target_recall <= 1.0:
             raise ValueError(f"--target_recall must be in (0, 1], got {opts.target_recall}")
         version = opts.run_version or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -280,12 +293,18 @@ class IndexConfig:
                 )
             except ValueError as exc:
                 raise ValueError(f"{exc}{because}") from None
+        hash_codes = None
+        if opts.hash_model:
+            hash_codes = resolve_hash_model(opts.models, opts.hash_model, encoder)
         corpus_format = resolve_corpus_format(opts.corpus, opts.corpus_format)
         metadata_columns = _metadata_columns(opts.metadata_columns, opts.corpus, corpus_format)
         reuse = None
         if opts.previous:
-            reuse = _reuse_plan(opts, encoder, joint_model, tag_head, captioner, metadata_columns)
+            reuse = _reuse_plan(
+                opts, encoder, joint_model, tag_head, captioner, metadata_columns, hash_codes
+            )
         return cls(
+            hash_codes=hash_codes,
             metadata_columns=metadata_columns,
             captioner=captioner,
             tag_head=tag_head,
@@ -321,6 +340,7 @@ def _reuse_plan(
     tag_head: str | None = None,
     captioner: CaptionerRef | None = None,
     metadata_columns: tuple[MetadataColumn, ...] = (),
+    hash_codes: HashCodes | None = None,
 ) -> ReusePlan:
     """Resolve ``--previous`` to a complete version, pin what its rows must match, and decide
     (``pipelines.incremental.decide``) whether this run updates it in place or rewrites it.
@@ -341,12 +361,16 @@ def _reuse_plan(
         tags=tag_head is not None,
         captions=captioner is not None,
         attributes=metadata_columns,
+        hash_bits=hash_codes.bits if hash_codes is not None else None,
     )
     return build_plan(
         opts.previous,
         opts.out,
         encoder_id=image_encoder_id(encoder),
         joint_model_id=joint_model.model_id if joint_model is not None else None,
+        # Codes are recomputed for every row written (cheap, from the stored embedding), so
+        # they never stop a row's reuse; an in-place update needs the base coded the same way.
+        hash_model_id=hash_codes.model_id if hash_codes is not None else None,
         required=tuple(
             (column, value)
             for column, value in (
@@ -449,15 +473,16 @@ def resolve_corpus_format(corpus: str, corpus_format: str = "auto") -> str:
 def _joint_model_name(opts: Any) -> tuple[str, bool]:
     """The joint model the run adds (``""``: none) and whether it is ``--models``' default.
 
-    ``--models`` alone means its dual model; with ``--captioner`` too, its dual model if it has
-    one. ValueError, saying how to train one, when ``--models`` alone holds no dual model.
+    ``--models`` alone means its dual model; with ``--captioner`` or ``--hash_model`` too, its
+    dual model if it has one. ValueError, saying how to train one, when ``--models`` alone
+    holds no dual model.
     """
     if opts.joint_model == NO_JOINT_MODEL or not opts.models:
         return "", False
     if opts.joint_model:
         return opts.joint_model, False
     name = default_dual_model(opts.models)
-    if name is None and not opts.captioner:
+    if name is None and not (opts.captioner or opts.hash_model):
         raise ValueError(
             f"--models {opts.models} holds no published dual joint model, which the joint "
             f"column needs; train one with `imgsearch train joint --dataset DIR --split train "

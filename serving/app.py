@@ -122,7 +122,14 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
 
     def load(index_dir: str, version: str | None) -> IndexBundle:
         return load_bundle(
-            index_dir, models, version, config.verify, fused_models, config.page_depth
+            index_dir,
+            models,
+            version,
+            config.verify,
+            fused_models,
+            config.page_depth,
+            config.image_search,
+            config.hamming_rerank,
         )
 
     bundle = load(index_dir, version)
@@ -337,6 +344,7 @@ def _add_page_routes(
             {
                 "version": bundle.version,
                 "images": len(bundle.images),
+                "hamming": bundle.images.hamming,
                 "text_enabled": bundle.text is not None,
                 "text_off_reason": models.text_off_reason,
                 "k": config.default_k,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 
 from encoders.imaging import DecodeLimits
+from index.hash_codes import DEFAULT_RERANK
 from serving.event_log import EventLimits
+from serving.searcher import IMAGE_SEARCHES
 
 # Content types an upload may declare. The decoder checks the bytes themselves
 # (``encoders.imaging.ACCEPTED_FORMATS``); this only refuses obvious non-images early.
@@ -47,6 +49,10 @@ class ServeConfig:
     poll_interval_s: float = 5.0
     # Check every file's SHA-256 against the manifest before a version may serve.
     verify: bool = True
+    # Image-space queries (similar, upload): ScaNN, or "hamming": a scan of the version's
+    # semantic-hashing codes (indexed with --hash_model), top hamming_rerank re-ranked exactly.
+    image_search: str = "scann"
+    hamming_rerank: int = DEFAULT_RERANK
     # Request bounds: k per page, how deep pagination may go, the largest upload.
     default_k: int = 20
     max_k: int = 100
@@ -82,6 +88,12 @@ class ServeConfig:
             raise ValueError(f"default_k must be in [1, max_k={self.max_k}], got {self.default_k}")
         if self.max_offset < 0 or self.max_upload_bytes < 1 or self.max_query_chars < 1:
             raise ValueError("max_offset, max_upload_bytes and max_query_chars must be positive")
+        if self.image_search not in IMAGE_SEARCHES:
+            raise ValueError(
+                f"image_search must be one of {IMAGE_SEARCHES}, got {self.image_search!r}"
+            )
+        if self.hamming_rerank < 1:
+            raise ValueError(f"hamming_rerank must be >= 1, got {self.hamming_rerank}")
         if self.poll_interval_s < 0:
             raise ValueError(f"poll_interval_s must be >= 0, got {self.poll_interval_s}")
         if not 16 <= self.thumbnail_max_side <= 1024:

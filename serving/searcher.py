@@ -17,6 +17,7 @@ import numpy as np
 
 from encoders.base import EncoderSpec, ImageEncoder, l2_normalize
 from index.filtered_search import filtered_search
+from index.hash_codes import DEFAULT_RERANK, HammingIndex, read_hash_model
 from index.manifest import IndexManifest, manifest_location, read_manifest, verify_files
 from index.scann_index import ScannParams, search_batched
 from index.schema import JOINT_EMBEDDING
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from scann.scann_ops.py.scann_ops_pybind import ScannSearcher
 
 logger = logging.getLogger(__name__)
+
+# How image-space queries find candidates: ScaNN (the default), or a Hamming scan of the
+# version's semantic-hashing codes (--hash_model at index time) re-ranked exactly.
+IMAGE_SEARCHES = ("scann", "hamming")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +129,7 @@ class ImageSearcher:
         joint_searcher: ScannSearcher | Sequence[ScannSearcher] | None = None,
         candidates: int = 0,
         table_dir: str | None = None,
+        hamming: HammingIndex | None = None,
     ) -> None:
         # Candidates ScaNN rescores for every query whatever its k (``search_batched``): the
         # server sets the deepest page it allows, so every page is cut from one ranking.
@@ -159,6 +165,10 @@ class ImageSearcher:
                     f"over the same {len(image_ids)} images, shard by shard"
                 )
             self._joint_shards = joint
+        if hamming is not None and len(hamming.codes) != total:
+            raise ValueError(f"{len(hamming.codes)} hash codes for {total} indexed images")
+        # Image-space queries scan the version's hash codes instead of ScaNN when set.
+        self.hamming = hamming
         self._encoder = None
         self._encoder_lock = threading.Lock()
         self._table_dir = table_dir  # the version's folder, for columns read on demand
@@ -174,17 +184,25 @@ class ImageSearcher:
         encoder: ImageEncoder | None = None,
         verify: bool = True,
         candidates: int = 0,
+        image_search: str = "scann",
+        hamming_rerank: int = DEFAULT_RERANK,
     ) -> ImageSearcher:
         """Load the index version published at an output dir (or its ``manifest.json``).
 
         ``verify`` checks every file's size and SHA-256 against the manifest first (reads the
         whole table once more); ``encoder`` is used for image queries instead of building the
-        manifest's encoder lazily; ``candidates``: see ``search_batched``. Raises
+        manifest's encoder lazily; ``candidates``: see ``search_batched``. ``image_search``
+        ``"hamming"`` answers image-space queries from the version's hash codes (Hamming top
+        ``hamming_rerank``, re-ranked exactly; ValueError when it stores none). Raises
         FileNotFoundError without a manifest,
         ManifestVerificationError on a damaged file, EncoderMismatchError for a wrong encoder.
         """
+        if image_search not in IMAGE_SEARCHES:
+            raise ValueError(f"image_search must be one of {IMAGE_SEARCHES}, got {image_search!r}")
         out_dir, manifest_path = manifest_location(out_dir_or_manifest)
         manifest = read_manifest(manifest_path)
+        if image_search == "hamming" and manifest.hashing is None:
+            read_hash_model(out_dir, manifest)  # raises, saying how to index with codes
         if verify:
             verify_files(out_dir, manifest)
         searchers, image_ids, uris = [], [], []
@@ -214,13 +232,16 @@ class ImageSearcher:
                 f"the table under {out_dir} does not match index version {manifest.version} "
                 f"(encoder {table.encoder_id} vs {manifest.encoder_id})"
             )
+        hamming = None
+        if image_search == "hamming":
+            hamming = HammingIndex.load(out_dir, manifest, image_ids, hamming_rerank)
         logger.info(
             "loaded index version %s: %d images in %d shard(s), dim %d, %s",
             manifest.version,
             len(image_ids),
             len(searchers),
             manifest.dim,
-            manifest.scann_params.get("kind"),
+            manifest.scann_params.get("kind") if hamming is None else hamming.describe(),
         )
         return cls(
             manifest,
@@ -232,6 +253,7 @@ class ImageSearcher:
             joint_searcher=joint_searchers,
             candidates=candidates,
             table_dir=out_dir,
+            hamming=hamming,
         )
 
     def __len__(self) -> int:
@@ -270,7 +292,17 @@ class ImageSearcher:
         lists are merged by score (``merge_top_k``). ``allowed``, a boolean mask over the
         global rows (a metadata filter), keeps the hits to those rows
         (``index.filtered_search``: exact over few rows, ANN with oversampling over many).
+        With ``hamming`` set, the hash codes are scanned instead of ScaNN (filters included:
+        only allowed rows compete for the candidates re-ranked).
         """
+        if self.hamming is not None:
+            hamming, embeddings = self.hamming, self._embeddings
+            k = _check_k(k)
+            queries = self._checked_queries(queries, self.dim)
+            mask = self._checked_allowed(allowed)
+            return self._tie_settled(
+                lambda depth: hamming.ranked(queries, depth, embeddings, mask), k
+            )
         return self._search(self._shards, queries, k, self.dim, allowed, self._vectors_of)
 
     def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
@@ -286,27 +318,47 @@ class ImageSearcher:
         vectors_of: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> list[list[SearchHit]]:
         k = _check_k(k)
+        queries = self._checked_queries(queries, dim)
+        allowed = self._checked_allowed(allowed)
+        if allowed is not None:
+            k = min(k, len(self))
+            found = filtered_search(
+                queries, allowed, k, lambda q, n: self._ranked(shards, q, n), vectors_of
+            )
+            return self._hits(found.indices, found.scores, k)
+        return self._tie_settled(lambda depth: self._ranked(shards, queries, depth), k)
+
+    @staticmethod
+    def _checked_queries(queries: np.ndarray, dim: int) -> np.ndarray:
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != dim:
             raise ValueError(f"queries must have shape (M, {dim}), got {queries.shape}")
         if not np.isfinite(queries).all():
             raise ValueError("queries contain NaN or infinite values")
-        queries = l2_normalize(queries)
+        return l2_normalize(queries)
+
+    def _checked_allowed(self, allowed: np.ndarray | None) -> np.ndarray | None:
+        if allowed is None:
+            return None
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (len(self),):
+            raise ValueError(f"allowed must be a ({len(self)},) mask, got {allowed.shape}")
+        return allowed
+
+    def _tie_settled(
+        self, ranked: Callable[[int], tuple[np.ndarray, np.ndarray]], k: int
+    ) -> list[list[SearchHit]]:
+        """The top ``k`` of ``ranked(depth)`` (rows and scores, best first), searched deeper
+        while the ``k``-th score ties with the next.
+
+        One more than asked: a tie between the k-th and the next result is settled by the
+        lower row (searching deeper until the tie is inside the answer), so the top k is
+        always a prefix of the top k + n and pages never repeat or skip a result.
+        """
         k = min(k, len(self))
-        if allowed is not None:
-            allowed = np.asarray(allowed, dtype=bool)
-            if allowed.shape != (len(self),):
-                raise ValueError(f"allowed must be a ({len(self)},) mask, got {allowed.shape}")
-            found = filtered_search(
-                queries, allowed, k, lambda q, n: self._ranked(shards, q, n), vectors_of
-            )
-            return self._hits(found.indices, found.scores, k)
-        # One more than asked: a tie between the k-th and the next result is settled by the
-        # lower row (searching deeper until the tie is inside the answer), so the top k is
-        # always a prefix of the top k + n and pages never repeat or skip a result.
         depth = min(k + 1, len(self))
         while True:
-            indices, scores = self._ranked(shards, queries, depth)
+            indices, scores = ranked(depth)
             if depth >= len(self) or not _tied_at(scores, k):
                 break
             depth = min(2 * depth, len(self))

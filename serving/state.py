@@ -19,6 +19,7 @@ import numpy as np
 
 from encoders.base import EncoderSpec, ImageEncoder, TextEncoder
 from encoders.joint import JointModel
+from index.hash_codes import DEFAULT_RERANK
 from index.manifest import manifest_location, read_manifest
 from index.near_duplicates import read_groups
 from serving.details import ImageDetails
@@ -131,6 +132,11 @@ class IndexBundle:
             "encoder": manifest.encoder_id,
             "shards": len(manifest.shards),
             "joint_index": (manifest.joint_index or {}).get("model"),
+            "image_search": (
+                {"kind": "hamming", **self.images.hamming.describe()}
+                if self.images.hamming is not None
+                else {"kind": "scann"}
+            ),
             "text_search": self.text is not None,
             "fused_search": self.fused.methods if self.fused is not None else None,
             "loaded_at": self.loaded_at,
@@ -144,6 +150,8 @@ def load_bundle(
     verify: bool = True,
     fused_models_dir: str | None = None,
     candidates: int = 0,
+    image_search: str = "scann",
+    hamming_rerank: int = DEFAULT_RERANK,
 ) -> IndexBundle:
     """Load (and by default verify) one index version into a bundle.
 
@@ -151,13 +159,20 @@ def load_bundle(
     ``EncoderMismatchError`` when the loaded joint model cannot query it: a version that would
     lose text search is refused rather than served half-working. ``candidates``: how deep
     the server pages (``ImageSearcher``), so every page is cut from one ranking.
+    ``image_search``/``hamming_rerank``: how image-space queries find candidates (ScaNN or
+    the version's hash codes; ``ImageSearcher.load``).
     """
     started = time.perf_counter()
     out_dir, manifest_path = manifest_location(index_dir)
     manifest = read_manifest(manifest_path)
     encoder = models.image_encoder(manifest.encoder_spec, manifest.encoder_id)
     images = ImageSearcher.load(
-        manifest_path, encoder=encoder, verify=verify, candidates=candidates
+        manifest_path,
+        encoder=encoder,
+        verify=verify,
+        candidates=candidates,
+        image_search=image_search,
+        hamming_rerank=hamming_rerank,
     )
     text = None
     if models.joint is not None:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from index.manifest import MANIFEST_NAME, IndexManifest, read_manifest
 from index.publish import resolve_index
-from index.schema import JOINT_MODEL
+from index.schema import HASH_MODEL, JOINT_MODEL
 from index.table import TABLE_DIR
 from index.update_policy import IndexFacts, RunRequest, decide
 from pipelines.incremental.plan import ReusePlan, join_buckets_for
@@ -92,6 +92,7 @@ def build_plan(
     required: tuple[tuple[str, str], ...],
     wanted_schema: pa.Schema,
     request: RunRequest,
+    hash_model_id: str | None = None,
 ) -> ReusePlan:
     """Resolve ``--previous`` to a complete version and plan the run over it, way included.
 
@@ -109,6 +110,8 @@ def build_plan(
         expected = {"encoder": encoder_id, **dict(required)}
         if joint_model_id is not None:
             expected[JOINT_MODEL] = joint_model_id
+        if hash_model_id is not None:
+            expected[HASH_MODEL] = hash_model_id
         mismatch = table_mismatch(files, wanted_schema, expected)
         decision = decide(IndexFacts.of(manifest, mismatch), request)
     if decision.in_place:
