@@ -63,6 +63,20 @@ def test_no_evidence_pools_plainly_and_channels_keep_positive_weights():
         focused_vector(feature_map, kernel, [0], "gradcam")
 
 
+def test_channels_plus_class_adds_the_class_direction():
+    feature_map, kernel = _corner_map()
+    channels = focused_vector(feature_map, kernel, [0], "channels")
+    # Channel 0 only survives the positive weights: the channel pool is the unit e0.
+    np.testing.assert_allclose(channels, [1.0, 0.0, 0.0, 0.0], atol=1e-6)
+    both = focused_vector(feature_map, kernel, [0], "channels+class")
+    # e0 + (e0 - e2) / sqrt(2), normalised: it also points away from the class' counter-evidence.
+    expected = np.array([1 + 2**-0.5, 0.0, -(2**-0.5), 0.0])
+    np.testing.assert_allclose(both, expected / np.linalg.norm(expected), atol=1e-6)
+    against = np.array([0.0, 0.0, 1.0, 0.0], dtype=np.float32)  # an image of the counter-class
+    assert both @ against < 0
+    assert channels @ against == 0
+
+
 def test_several_classes_mix_by_probability_or_uniformly():
     kernel = np.eye(3, dtype=np.float32)
     np.testing.assert_allclose(class_vector(kernel, [0, 1]), [0.5, 0.5, 0.0])

@@ -72,7 +72,7 @@ def test_similar_focused_on_a_class(client, focus_photos):
     hits = answer["results"]
     assert len(hits) == min(7, indexed - 1) and image_id not in {h["image_id"] for h in hits}
     why = hits[0]["why"]
-    assert why["match"] == "focused" and why["method"] == "channels"
+    assert why["match"] == "focused" and why["method"] == "channels+class"
     assert "tabby" in why["focus"]["labels"]
     plain = client.get(f"/api/similar/{image_id}?k=7").json()["results"]
     assert [h["score"] for h in hits] != [h["score"] for h in plain]  # another query vector
