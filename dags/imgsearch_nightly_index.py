@@ -127,6 +127,9 @@ with DAG(
         "joint_model": Param("", type="string", description="dual joint model in models"),
         "tag_head": Param("", type="string", description="'auto' or an .npz: a tags column"),
         "captioner": Param("", type="string", description="captioner in models: captions"),
+        "hash_model": Param(
+            "", type="string", description="hashing model in models: hash_code column"
+        ),
         "index_shards": Param(1, type="integer", minimum=1),
         "embedding_storage": Param("float32", enum=["float32", "float16", "int8"]),
         "max_changed_fraction": Param(
@@ -185,6 +188,7 @@ with DAG(
             "joint_model": "{{ params.joint_model }}",
             "tag_head": "{{ params.tag_head }}",
             "captioner": "{{ params.captioner }}",
+            "hash_model": "{{ params.hash_model }}",
             "index_shards": "{{ params.index_shards }}",
             "embedding_storage": "{{ params.embedding_storage }}",
             "max_changed_fraction": "{{ params.max_changed_fraction }}",

@@ -63,8 +63,9 @@ def test_nightly_index_schedule_params_and_task(dagbag):
         "beam_options", "dataflow_project", "dataflow_region", "dataflow_temp_location",
         "dataflow_machine_type", "dataflow_max_workers", "eval_dataset", "gate_metrics",
         "gate_tolerance", "reload_url", "keep_versions", "tag_head", "captioner",
-        "index_shards", "embedding_storage", "max_changed_fraction",
+        "index_shards", "embedding_storage", "max_changed_fraction", "hash_model",
     }  # fmt: skip
+    assert dag.get_task("index_corpus").pipeline_options["hash_model"] == "{{ params.hash_model }}"
     assert dag.params["runner"] == "DirectRunner"
     assert dag.params["eval_dataset"] == ""  # no eval set by default: the gate passes
     task = dag.get_task("index_corpus")
