@@ -326,6 +326,7 @@ def _serve(argv: Sequence[str]) -> int:
             "imgsearch serve --index out/root --models models --port 8080",
             "imgsearch serve --index out/v1",
             "imgsearch serve --index out/root --models models --events gs://bucket/click-log",
+            "imgsearch serve --index out/v1 --image-search hamming --hamming-rerank 1000",
         ],
     )
     parser.add_argument(
