@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from index.hamming import CodeColumns, HashEncoder, hamming_top_r, rerank
+from index.hamming import CodeColumns, HashEncoder, hamming_top_r
+from index.hamming import rerank as rerank_rows
 from index.manifest import IndexManifest, file_entry
 from index.schema import HASH_CODE, HASH_MODEL, compact_row, expanded_row
 from index.table import read_table_columns
@@ -220,14 +221,18 @@ class HammingIndex:
         depth: int,
         embeddings: np.ndarray,
         allowed: np.ndarray | None = None,
+        rerank: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The top ``depth`` rows of each unit query by exact dot product among its Hamming
-        nearest ``max(rerank, depth)`` (of the ``allowed`` rows)."""
+        nearest ``max(rerank, depth)`` (of the ``allowed`` rows; ``rerank`` defaults to the
+        index's). A caller that pages passes the same ``rerank`` for every depth, so that the
+        top ``k`` is the prefix of the top ``k + n``."""
+        keep = max(self.rerank if rerank is None else rerank, depth)
         query_codes = self.encoder.encode(queries)
-        candidates, _ = hamming_top_r(self.codes, query_codes, max(self.rerank, depth), allowed)
+        candidates, _ = hamming_top_r(self.codes, query_codes, keep, allowed)
         rows = np.full((len(queries), depth), -1, dtype=np.int64)
         scores = np.full((len(queries), depth), np.nan, dtype=np.float32)
         for i, (query, found) in enumerate(zip(queries, candidates, strict=True)):
-            top, exact = rerank(embeddings, query, found, depth)
+            top, exact = rerank_rows(embeddings, query, found, depth)
             rows[i, : len(top)], scores[i, : len(top)] = top, exact
         return rows, scores

@@ -345,6 +345,7 @@ def _add_page_routes(
                 "version": bundle.version,
                 "images": len(bundle.images),
                 "hamming": bundle.images.hamming,
+                "hamming_rerank": bundle.images.hamming_rerank if bundle.images.hamming else 0,
                 "text_enabled": bundle.text is not None,
                 "text_off_reason": models.text_off_reason,
                 "k": config.default_k,

@@ -296,14 +296,23 @@ class ImageSearcher:
         only allowed rows compete for the candidates re-ranked).
         """
         if self.hamming is not None:
-            hamming, embeddings = self.hamming, self._embeddings
+            hamming, embeddings, rerank = self.hamming, self._embeddings, self.hamming_rerank
             k = _check_k(k)
             queries = self._checked_queries(queries, self.dim)
             mask = self._checked_allowed(allowed)
             return self._tie_settled(
-                lambda depth: hamming.ranked(queries, depth, embeddings, mask), k
+                lambda depth: hamming.ranked(queries, depth, embeddings, mask, rerank), k
             )
         return self._search(self._shards, queries, k, self.dim, allowed, self._vectors_of)
+
+    @property
+    def hamming_rerank(self) -> int:
+        """Rows each Hamming-searched query re-ranks: the index's R, or the server's page
+        depth (``candidates``) when deeper, so every page of a query is cut from one ranking
+        as it is with ScaNN."""
+        if self.hamming is None:
+            raise ValueError("this searcher does not search hash codes")
+        return max(self.hamming.rerank, self.candidates)
 
     def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
         return self._embeddings[rows]

@@ -133,7 +133,11 @@ class IndexBundle:
             "shards": len(manifest.shards),
             "joint_index": (manifest.joint_index or {}).get("model"),
             "image_search": (
-                {"kind": "hamming", **self.images.hamming.describe()}
+                {
+                    "kind": "hamming",
+                    **self.images.hamming.describe(),
+                    "rerank": self.images.hamming_rerank,
+                }
                 if self.images.hamming is not None
                 else {"kind": "scann"}
             ),

@@ -204,11 +204,18 @@ def test_the_server_answers_image_queries_from_the_codes(built, corpus):
     from serving.config import ServeConfig
 
     coded = str(built["coded"])
-    direct = ImageSearcher.load(coded, image_search="hamming", hamming_rerank=12)
-    config = ServeConfig(index=coded, poll_interval_s=0, image_search="hamming", hamming_rerank=12)
+    # A page depth below the corpus, so that R = 30 re-ranks fewer rows than there are.
+    config = ServeConfig(index=coded, poll_interval_s=0, image_search="hamming",
+                         hamming_rerank=30, default_k=5, max_k=8, max_offset=16)  # fmt: skip
+    assert config.page_depth == 25
+    direct = ImageSearcher.load(coded, image_search="hamming", hamming_rerank=30,
+                                candidates=config.page_depth)  # fmt: skip
+    # Pages re-rank the same rows however deep they ask: page 2 continues page 1.
+    assert ImageSearcher.load(coded, image_search="hamming", hamming_rerank=12,
+                              candidates=config.page_depth).hamming_rerank == 25  # fmt: skip
     with TestClient(create_app(config)) as client:
         assert client.get("/health").json()["serving"]["image_search"] == {
-            "kind": "hamming", "method": "itq", "bits": BITS, "rerank": 12
+            "kind": "hamming", "method": "itq", "bits": BITS, "rerank": 30
         }  # fmt: skip
         for row in (0, 31, 77):
             image_id = direct.hit_for_row(row, 0).image_id
@@ -216,6 +223,10 @@ def test_the_server_answers_image_queries_from_the_codes(built, corpus):
             assert answer.status_code == 200
             want = [h.image_id for h in direct.similar_to_image_id(image_id, 5)]
             assert [r["image_id"] for r in answer.json()["results"]] == want
+            second = client.get(f"/api/similar/{image_id}", params={"k": 5, "offset": 5})
+            ten = [h.image_id for h in direct.similar_to_image_id(image_id, 10)]
+            assert [r["image_id"] for r in second.json()["results"]] == ten[5:]
+            assert ten[:5] == want
         photo = sorted(corpus.iterdir())[5]
         upload = client.post(
             "/api/search/image", content=photo.read_bytes(), headers={"content-type": "image/jpeg"}
@@ -224,7 +235,7 @@ def test_the_server_answers_image_queries_from_the_codes(built, corpus):
         assert upload.json()["results"][0]["uri"].endswith(photo.name)
         page = client.get("/", params={"similar": direct.hit_for_row(0, 0).image_id})
         assert (
-            "Image queries scan 64-bit hash codes, the nearest 12 re-ranked exactly." in page.text
+            "Image queries scan 64-bit hash codes, the nearest 30 re-ranked exactly." in page.text
         )
     with pytest.raises(ValueError, match="hamming_rerank must be >= 1"):
         ServeConfig(index=coded, image_search="hamming", hamming_rerank=0)
