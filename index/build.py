@@ -58,6 +58,7 @@ from index.shards import (
     shard_entry,
     shard_of_ids,
 )
+from index.sources import with_sources
 from index.table import TABLE_DIR, EmbeddingTable, read_embedding_table, table_files
 from storage.files import (
     delete_tree,
@@ -346,7 +347,7 @@ def build_index(
         lineage=full_build_lineage(config.version, num_rows),
     )
     del table  # the near-duplicate step loads the index it needs; the table is not held twice
-    manifest = with_hash_model(out_dir, manifest)
+    manifest = with_sources(out_dir, with_hash_model(out_dir, manifest))
     manifest = with_near_duplicates(out_dir, manifest, near_duplicates)
     write_manifest(out_dir, manifest)
     return manifest
@@ -406,7 +407,7 @@ def _build_index_sharded(
         sharding={"assignment": SHARD_ASSIGNMENT, "num_shards": num_shards},
         lineage=full_build_lineage(config.version, num_rows),
     )
-    manifest = with_hash_model(out_dir, manifest)
+    manifest = with_sources(out_dir, with_hash_model(out_dir, manifest))
     manifest = with_near_duplicates(out_dir, manifest, near_duplicates)
     write_manifest(out_dir, manifest)
     return manifest

@@ -55,6 +55,7 @@ from index.shards import (
     shard_entry,
     shard_of_ids,
 )
+from index.sources import with_sources
 from index.table import TABLE_DIR, EmbeddingTable, read_embedding_table
 from index.update_policy import (
     DEFAULT_MAX_CHANGED_FRACTION,
@@ -389,7 +390,7 @@ def update_index(request: UpdateRequest) -> UpdateResult:
         lineage={**lineage, "updates": [*lineage["updates"], update]},
     )
     carry_hash_model(base_dir, out_dir, manifest)
-    updated = with_hash_model(out_dir, updated)
+    updated = with_sources(out_dir, with_hash_model(out_dir, updated))
     write_manifest(out_dir, updated)
     return UpdateResult(updated, decision, len(upsert_ids), len(deletes))
 

@@ -25,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from index.metadata_columns import MetadataColumn, json_ready, typed_values
+from index.sources import file_stamp
 from pipelines import live_progress
 from pipelines.types import STAGE_READ, DeadLetter, ImageRef, image_id_for_uri
 from storage.files import open_file
@@ -179,7 +180,9 @@ class _FileToRefFn(beam.DoFn):
             return
         self.inputs.inc()
         live_progress.bump("listed")
-        yield ImageRef(uri=metadata.path, image_id=image_id_for_uri(metadata.path))
+        # gs:// objects: size and the update time (a new generation is a new update time).
+        stamp = file_stamp(metadata.size_in_bytes, getattr(metadata, "last_updated_in_seconds", 0))
+        yield ImageRef(uri=metadata.path, image_id=image_id_for_uri(metadata.path), stamp=stamp)
 
 
 DANGLING = "dangling symlink (its target does not exist)"
@@ -193,14 +196,16 @@ def local_folder(corpus: str) -> str | None:
     return root if os.path.isdir(root) else None
 
 
-def local_folder_entries(root: str) -> Iterator[tuple[str, bool]]:
-    """``(path, dangling)`` for every non-folder entry below ``root``, as Beam's listing names it.
+def local_folder_entries(root: str) -> Iterator[tuple[str, bool, str]]:
+    """``(path, dangling, stamp)`` for every non-folder entry below ``root``, as Beam's listing
+    names it.
 
     Paths are ``root`` joined with the relative path, exactly as Beam's ``root/**`` match writes
     them, so image ids do not change between listings. Symlinked folders are not followed (as
-    with Beam's). A symlink whose target is gone comes out with ``dangling`` True: Beam's
-    listing would skip it without a trace. Entry types come from the directory itself, so a
-    regular file costs no stat call; pipes and devices are listed too (fetch refuses them).
+    with Beam's). A symlink whose target is gone comes out with ``dangling`` True (and no
+    stamp): Beam's listing would skip it without a trace. ``stamp`` is the file's (the link
+    target's) size and modification time, one stat each; pipes and devices are listed too
+    (fetch refuses them).
     """
     folders = [root]
     while folders:
@@ -208,11 +213,20 @@ def local_folder_entries(root: str) -> Iterator[tuple[str, bool]]:
             for entry in entries:
                 if entry.is_symlink():
                     if not entry.is_dir():  # a linked folder is neither walked nor a file
-                        yield entry.path, not os.path.exists(entry.path)
+                        dangling = not os.path.exists(entry.path)
+                        yield entry.path, dangling, "" if dangling else _entry_stamp(entry)
                 elif entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
                 else:
-                    yield entry.path, False
+                    yield entry.path, False, _entry_stamp(entry)
+
+
+def _entry_stamp(entry: os.DirEntry) -> str:
+    try:
+        stat = entry.stat()
+    except OSError:  # gone since the directory was read: fetch will say so
+        return ""
+    return file_stamp(stat.st_size, stat.st_mtime_ns / 1e9)
 
 
 class _ListLocalFolderFn(beam.DoFn):
@@ -227,7 +241,7 @@ class _ListLocalFolderFn(beam.DoFn):
         self.hidden = Metrics.counter("imgsearch", "hidden_files_skipped")
 
     def process(self, root: str) -> Iterable[Any]:
-        for path, dangling in local_folder_entries(root):
+        for path, dangling, stamp in local_folder_entries(root):
             if is_hidden(path, root):
                 self.hidden.inc()
                 continue
@@ -239,7 +253,7 @@ class _ListLocalFolderFn(beam.DoFn):
                     DEAD_LETTERS, DeadLetter(path, STAGE_READ, DANGLING, image_id)
                 )
             else:
-                yield ImageRef(uri=path, image_id=image_id)
+                yield ImageRef(uri=path, image_id=image_id, stamp=stamp)
 
 
 class ReadCorpus(beam.PTransform):

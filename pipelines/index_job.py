@@ -28,6 +28,7 @@ from index.build import BuildConfig, build_index
 from index.hash_codes import write_hash_model
 from index.manifest import IndexManifest, read_manifest, write_manifest
 from index.near_duplicates import with_near_duplicates
+from index.sources import sources_dir
 from index.update import UpdateResult
 from pipelines.build_shards import beam_shard_runner
 from pipelines.captions import AddCaptions
@@ -56,6 +57,7 @@ from pipelines.near_duplicates import (
     remove_near_duplicates,
 )
 from pipelines.options import IndexConfig, check_known_args
+from pipelines.sources import ReuseStoredHashes, WriteSources
 from pipelines.transforms import (
     AddJointEmbeddings,
     DecodeImages,
@@ -77,7 +79,14 @@ class IndexImages(beam.PTransform):
 
     def expand(self, refs):
         size = (self.config.encoder.image_size, self.config.encoder.image_size)
-        hashed, unreadable = refs | "Hash" >> HashImages(self.config.fetch_limits)
+        source_files = self.config.reuse.source_files if self.config.reuse is not None else ()
+        if source_files:
+            # Files whose listing stamp is unchanged keep their stored hash, unread.
+            to_hash, stored = refs | "StoredHashes" >> ReuseStoredHashes(source_files)
+            fresh, unreadable = to_hash | "Hash" >> HashImages(self.config.fetch_limits)
+            hashed = (fresh, stored) | "AllHashed" >> beam.Flatten()
+        else:
+            hashed, unreadable = refs | "Hash" >> HashImages(self.config.fetch_limits)
         reused = needs_joint = deleted = None
         if self.config.reuse is None:
             unique, duplicates = hashed | "Dedupe" >> DedupeImages()
@@ -113,6 +122,7 @@ class IndexImages(beam.PTransform):
             "duplicates": duplicates,
             "dead_letters": dead_letters,
             "deleted": deleted,  # image ids an in-place update removes, else None
+            "hashed": hashed,  # every readable input with its content hash (for sources/)
         }
 
 
@@ -140,6 +150,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IndexConfig) -> None:
         hash_codes=config.hash_codes,
     )
     _ = outputs["duplicates"] | "WriteDuplicates" >> WriteDuplicates(config.duplicates_dir)
+    _ = outputs["hashed"] | "WriteSources" >> WriteSources(sources_dir(config.out))
     _ = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letters_dir)
 
 
@@ -164,7 +175,8 @@ class IndexResult:
             lines.append(
                 f"  incremental over {self.config.reuse.previous_version}: "
                 f"{c['reused']} rows reused, {c['encoded']} encoded, "
-                f"{c['previous_dropped']} previous rows dropped (deleted or changed)"
+                f"{c['previous_dropped']} previous rows dropped (deleted or changed); "
+                f"{c.get('hashes_reused', 0)} files unchanged since then, not read"
             )
         if self.update is not None:
             how = "rebuilt" if self.update.decision.rebuild else "ScaNN upsert/delete in place"
@@ -227,6 +239,8 @@ def collect_counts(config: IndexConfig, result) -> dict[str, int]:
         counts["encoded"] = counts["indexed"] - counts["reused"]
         counts["joint_recomputed"] = _counter(result, "joint_recomputed") or 0
         counts["previous_dropped"] = _counter(result, "previous_dropped") or 0
+        # Inputs whose listing stamp matched the previous version's: their bytes were not read.
+        counts["hashes_reused"] = _counter(result, "hashes_reused") or 0
     if inputs is not None and inputs != accounted:
         raise RuntimeError(
             f"{inputs} inputs but {accounted} accounted for "

@@ -25,10 +25,12 @@ from storage.files import delete_file, delete_tree, join_uri, open_file
 logger = logging.getLogger(__name__)
 
 TABLE_PREFIX = "embeddings"
-OUTPUT_FOLDERS = ("table", "duplicates", "dead_letters", "index", "delta", "hash_model")
+OUTPUT_FOLDERS = (
+    "table", "duplicates", "dead_letters", "index", "delta", "hash_model", "sources"
+)  # fmt: skip
 
 
-class _WriteParquet(beam.PTransform):
+class WriteParquet(beam.PTransform):
     """PCollection[dict] -> Parquet files ``folder/prefix-SSSSS-of-NNNNN.parquet``."""
 
     def __init__(self, folder: str, prefix: str, schema, num_shards: int = 0) -> None:
@@ -48,7 +50,7 @@ class _WriteParquet(beam.PTransform):
         )
 
 
-class WriteEmbeddingTable(_WriteParquet):
+class WriteEmbeddingTable(WriteParquet):
     """PCollection[table row dict] -> ``OUT/table/embeddings-*.parquet``.
 
     ``storage`` (float32, float16, int8) is how the ``embedding`` column is stored
@@ -117,7 +119,7 @@ class WriteDeadLetters(beam.PTransform):
         return (
             dead_letters
             | "ToRows" >> beam.Map(lambda d: d.to_row())
-            | _WriteParquet(self.folder, "dead_letters", DEAD_LETTER_SCHEMA, num_shards=1)
+            | WriteParquet(self.folder, "dead_letters", DEAD_LETTER_SCHEMA, num_shards=1)
         )
 
 
@@ -132,7 +134,7 @@ class WriteDuplicates(beam.PTransform):
         return (
             duplicates
             | "ToRows" >> beam.Map(lambda d: d.to_row())
-            | _WriteParquet(self.folder, "duplicates", DUPLICATE_SCHEMA, num_shards=1)
+            | WriteParquet(self.folder, "duplicates", DUPLICATE_SCHEMA, num_shards=1)
         )
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,8 +51,23 @@ def pixels_problem(image: DecodedImage, image_size: int) -> str | None:
     return None
 
 
+class LazyEncoder:
+    """An encoder built by ``build`` on first ``get`` (thread-safe: RunInference may share it)."""
+
+    def __init__(self, build: Callable[[], ImageEncoder | FeatureEncoder]) -> None:
+        self._build = build
+        self._encoder: ImageEncoder | FeatureEncoder | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> ImageEncoder | FeatureEncoder:
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = self._build()
+            return self._encoder
+
+
 class ImageEncoderModelHandler(
-    ModelHandler[DecodedImage, dict[str, Any] | DeadLetter, ImageEncoder]
+    ModelHandler[DecodedImage, dict[str, Any] | DeadLetter, LazyEncoder]
 ):
     """``DecodedImage`` -> embedding-table row (``pipelines.types.embedding_row``) or DeadLetter.
 
@@ -87,8 +103,13 @@ class ImageEncoderModelHandler(
         self.tags_top_k = tags_top_k
         self.spatial = spatial
 
-    def load_model(self) -> ImageEncoder | FeatureEncoder:
-        """Build the encoder (TensorFlow and weights for Keras encoders): once per worker."""
+    def load_model(self) -> LazyEncoder:
+        """The encoder, built on its first batch (TensorFlow and weights for Keras encoders):
+        once per worker, and never by a run with nothing to encode (Beam sets the step up
+        whether or not an element reaches it)."""
+        return LazyEncoder(self._build_encoder)
+
+    def _build_encoder(self) -> ImageEncoder | FeatureEncoder:
         encoder = create_image_encoder(self.spec)
         if self.tag_head is not None or self.spatial:
             head = TagHead.load(self.tag_head) if self.tag_head is not None else None
@@ -102,7 +123,7 @@ class ImageEncoderModelHandler(
     def run_inference(
         self,
         batch: Sequence[DecodedImage],
-        model: ImageEncoder,
+        model: LazyEncoder | ImageEncoder,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[dict[str, Any] | DeadLetter]:
         """One ``encode`` call for the batch's usable images; results in input order.
@@ -111,6 +132,8 @@ class ImageEncoderModelHandler(
         that is not a ``DecodedImage`` raises TypeError, failing the batch: that is a wiring bug,
         not bad data.
         """
+        if isinstance(model, LazyEncoder):
+            model = model.get() if batch else model
         refused: dict[int, DeadLetter] = {}
         usable: list[DecodedImage] = []
         for position, image in enumerate(batch):

@@ -36,6 +36,11 @@ class ImageRef:
     uri: str
     image_id: str
     metadata_json: str = ""  # JSON object of a manifest's extra columns; "" when none
+    # What the listing saw of the file, "size:modified" (``index.sources.file_stamp``); "" when
+    # it saw nothing (manifest rows). An incremental run reuses the stored content hash of a
+    # uri whose stamp is unchanged instead of reading its bytes (``pipelines.sources``). Not
+    # part of the ref's identity: the same input listed twice is the same input.
+    stamp: str = dataclasses.field(default="", compare=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from index.manifest import MANIFEST_NAME, IndexManifest, read_manifest
 from index.publish import resolve_index
 from index.schema import HASH_MODEL, JOINT_MODEL
+from index.sources import source_files
 from index.table import TABLE_DIR
 from index.update_policy import IndexFacts, RunRequest, decide
 from pipelines.incremental.plan import ReusePlan, join_buckets_for
@@ -129,4 +130,5 @@ def build_plan(
         required=required,
         table_files=files,
         join_buckets=join_buckets_for(manifest.counts.get("indexed", 0)),
+        source_files=tuple(source_files(index_dir, manifest)),
     )

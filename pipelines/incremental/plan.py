@@ -59,12 +59,16 @@ class ReusePlan:
     required: tuple[tuple[str, str], ...] = ()
     table_files: tuple[str, ...] = ()  # the previous table's files, as its manifest lists them
     join_buckets: int = 1  # content-hash buckets of the join (``bucket_of``)
+    # The previous version's sources files (``index.sources``): stored hashes of files whose
+    # listing stamp is unchanged are reused, their bytes not read. Empty for older versions.
+    source_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.join_buckets < 1:
             raise ValueError(f"join_buckets must be >= 1, got {self.join_buckets}")
         object.__setattr__(self, "required", tuple(tuple(pair) for pair in self.required))
         object.__setattr__(self, "table_files", tuple(self.table_files))
+        object.__setattr__(self, "source_files", tuple(self.source_files))
 
     @property
     def in_place(self) -> bool:

@@ -12,6 +12,9 @@ at it only through the clients' own supported configuration, never through an em
   fixture records that outcome (no credentials) in Beam's per-process credentials cache up
   front, so the suite does not sleep through the retries; the clients still run unchanged.
 * pyarrow's ``GcsFileSystem`` takes the endpoint as ``endpoint_override`` + ``scheme``.
+
+The emulator logs every request line to a file (``gcs_request_log``), so a test can count the
+object reads a job made (``object_gets``).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -63,14 +68,31 @@ def _skip_beam_credential_retries(patch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def gcs_emulator() -> Iterator[str]:
+def gcs_request_log(tmp_path_factory) -> Path:
+    """The file the emulator writes its log to, a line per request among others."""
+    return tmp_path_factory.mktemp("gcs-emulator") / "requests.log"
+
+
+def object_gets(log: Path, bucket: str, prefix: str, since: int = 0) -> list[str]:
+    """Request lines after byte ``since`` of the log that GET an object under
+    ``gs://bucket/prefix`` (its bytes or its metadata; listings are not object GETs)."""
+    with log.open("rb") as handle:
+        handle.seek(since)
+        lines = handle.read().decode("utf-8", "replace").splitlines()
+    name = "/o/" + urllib.parse.quote(prefix.strip("/") + "/", safe="")
+    return [line for line in lines if '"GET ' in line and f"/b/{bucket}" in line and name in line]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(gcs_request_log: Path) -> Iterator[str]:
     """``http://127.0.0.1:PORT`` of a running emulator; the process ends with the session."""
     port = _free_port()
+    log = gcs_request_log.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-         "--port", str(port), "--in-memory", "--quiet"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+         "--port", str(port), "--in-memory"],
+        stdout=log,
+        stderr=log,
     )  # fmt: skip
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -83,6 +105,7 @@ def gcs_emulator() -> Iterator[str]:
             _skip_beam_credential_retries(patch)
             yield endpoint
     finally:
+        log.close()
         process.terminate()
         try:
             process.wait(timeout=10)

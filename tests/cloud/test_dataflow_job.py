@@ -198,8 +198,8 @@ def test_no_large_side_inputs_or_payloads(dataflow_job):
     # Only the file sinks' own bookkeeping (a handful of temp-file names) is a side input;
     # nothing on the image path reads one.
     assert side_input_readers, "expected the Parquet sinks' finalisation side inputs"
-    assert all(name.startswith(("WriteTable/", "WriteDuplicates/", "WriteDeadLetters/"))
-               for name in side_input_readers), side_input_readers  # fmt: skip
+    sinks = ("WriteTable/", "WriteDuplicates/", "WriteDeadLetters/", "WriteSources/")
+    assert all(name.startswith(sinks) for name in side_input_readers), side_input_readers
     # No model weights or data pickled into the graph: every transform's payload is small.
     largest = max(len(t.spec.payload) for t in proto.components.transforms.values())
     assert largest < 256 * 1024

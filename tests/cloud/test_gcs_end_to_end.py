@@ -7,6 +7,7 @@ google-cloud-storage client for the generation-matched pointer).
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from index.manifest import read_manifest, verify_files
 from index.publish import read_pointer, resolve_index, write_pointer
 from pipelines import index_job
 from serving.searcher import ImageSearcher
-from tests.cloud.conftest import upload_folder
+from tests.cloud.conftest import object_gets, upload_folder
 from tests.index_args import fake_index_args
 
 
@@ -118,3 +119,30 @@ def test_incremental_run_updates_a_gs_version_in_place(
     assert uris[0] not in {hit.uri for hit in searcher.search_image_path(uris[1], k=6)}
     hits = searcher.search_image_path(f"gs://{gcs_bucket}/corpus/added.jpg", k=1)
     assert hits[0].uri == f"gs://{gcs_bucket}/corpus/added.jpg"
+
+
+def test_a_no_change_run_on_gs_reads_no_image(
+    gcs_bucket: str, small_photo_dir: Path, gcs_request_log: Path
+):
+    """The stored content hashes stand for unchanged objects: not one GET of an image."""
+    uris = upload_folder(small_photo_dir, gcs_bucket, "corpus")
+    root = f"gs://{gcs_bucket}/out"
+    corpus = f"gs://{gcs_bucket}/corpus"
+    first = index_job.run(fake_index_args(corpus, f"{root}/versions/v1", "v1"))
+    write_pointer(root, "v1")
+    assert object_gets(gcs_request_log, gcs_bucket, "corpus")  # the first run read them all
+    since = gcs_request_log.stat().st_size
+    result = index_job.run(fake_index_args(corpus, f"{root}/versions/v2", "v2", "--previous", root))
+    assert object_gets(gcs_request_log, gcs_bucket, "corpus", since) == []
+    assert result.counts["hashes_reused"] == len(uris) == first.counts["inputs"]
+    assert (result.counts["encoded"], result.counts["indexed"]) == (0, first.counts["indexed"])
+    # An object written again (a new generation) is read again, and only that one.
+    bucket = storage.Client.create_anonymous_client().bucket(gcs_bucket)
+    name = uris[0].split(f"gs://{gcs_bucket}/", 1)[1]
+    bucket.blob(name).upload_from_string(bucket.blob(name).download_as_bytes())
+    write_pointer(root, "v2")
+    since = gcs_request_log.stat().st_size
+    again = index_job.run(fake_index_args(corpus, f"{root}/versions/v3", "v3", "--previous", root))
+    assert again.counts["hashes_reused"] == len(uris) - 1
+    read = object_gets(gcs_request_log, gcs_bucket, "corpus", since)
+    assert read and all(urllib.parse.quote(name, safe="") in line for line in read)

@@ -28,6 +28,7 @@ from tests.serving.conftest import JOINT_MODEL, publish
 # The GCS emulator's fixtures (tests/cloud/conftest.py), registered in this module by binding;
 # tests reach them through `inputs` (request.getfixturevalue), so no parameter shadows them.
 gcs_emulator, gcs_bucket = cloud_fixtures.gcs_emulator, cloud_fixtures.gcs_bucket
+gcs_request_log = cloud_fixtures.gcs_request_log
 
 REPO = Path(__file__).resolve().parents[2]
 QUERY = "a dog running on the grass"

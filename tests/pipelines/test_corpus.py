@@ -14,6 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from index.sources import file_stamp
 from pipelines.corpus import (
     DANGLING,
     ReadCorpus,
@@ -173,7 +174,14 @@ def test_a_local_folder_is_listed_as_beam_lists_it_with_dangling_links_as_dead_l
     (tmp_path / "alias.jpg").symlink_to(tmp_path / "ok.jpg")  # a working link is a file
     (tmp_path / "linked-dir").symlink_to(tmp_path / "sub")  # not followed, as Beam does not
     os.mkfifo(tmp_path / "pipe.jpg")  # listed: fetch refuses it with a reason
-    entries = dict(local_folder_entries(str(tmp_path)))
+    listed = list(local_folder_entries(str(tmp_path)))
+    entries = {path: dangling for path, dangling, _ in listed}
+    stamps = {path: stamp for path, _, stamp in listed}
+    # The stamp is the size and modification time (of a link's target); none for a dangling link.
+    ok = (tmp_path / "ok.jpg").stat()
+    assert stamps[str(tmp_path / "ok.jpg")] == file_stamp(1, ok.st_mtime_ns / 1e9)
+    assert stamps[str(tmp_path / "alias.jpg")] == stamps[str(tmp_path / "ok.jpg")]
+    assert stamps[str(tmp_path / "sub" / "gone.jpg")] == ""
     beam_listing = FileSystems.match([f"{tmp_path}/**"])[0].metadata_list
     # Every path Beam lists is listed the same way; the dangling links Beam drops are kept.
     assert {m.path for m in beam_listing} == {p for p, dangling in entries.items() if not dangling}
