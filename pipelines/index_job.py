@@ -55,6 +55,7 @@ from pipelines.near_duplicates import (
     beam_near_duplicates,
     carried_groups,
     remove_near_duplicates,
+    unchanged_near_duplicates,
 )
 from pipelines.options import IndexConfig, check_known_args
 from pipelines.sources import ReuseStoredHashes, WriteSources
@@ -303,7 +304,10 @@ def run(argv: Sequence[str] | None = None) -> IndexResult:
                 base = read_manifest(config.reuse.index_dir)
                 carried = carried_groups(config.reuse.index_dir, base, update.upserted_ids,
                                          update.deleted_ids, near_duplicates)  # fmt: skip
-            step = beam_near_duplicates(near_duplicates, options, carried)
+            if carried is not None and not carried.requery:
+                step = unchanged_near_duplicates(config.reuse.index_dir, base)
+            else:
+                step = beam_near_duplicates(near_duplicates, options, carried)
             manifest = with_near_duplicates(config.out, manifest, step)
             write_manifest(config.out, manifest)
         return IndexResult(config, counts, reasons, manifest, update)

@@ -52,7 +52,7 @@ from index.near_duplicates import (
 from index.scann_index import ScannParams, search_batched
 from index.shards import load_shard
 from index.table import TABLE_DIR, _decode_embeddings, parquet_files
-from storage.files import delete_tree, join_path, join_uri, open_file
+from storage.files import copy_file, delete_tree, join_path, join_uri, open_file
 
 logger = logging.getLogger(__name__)
 
@@ -466,6 +466,24 @@ def beam_near_duplicates(
             counts["near_duplicate_groups"],
             counts["near_duplicate_singletons"],
         )
+        return [file_entry(path, out_dir) for path in parquet_files(folder)], counts
+
+    return run
+
+
+def unchanged_near_duplicates(base_dir: str, base_manifest: IndexManifest) -> NearDuplicateStep:
+    """The step of an in-place update that changed no group (``CarriedGroups.requery`` empty:
+    nothing upserted, no deleted row was grouped): the base's groups file, copied as it is,
+    with no Beam job (a nightly run over an unchanged corpus would otherwise start one)."""
+
+    def run(out_dir: str, manifest: IndexManifest) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        folder = near_duplicates_dir(out_dir)
+        delete_tree(folder)
+        for entry in base_manifest.files_under(NEAR_DUPLICATES_DIR):
+            copy_file(join_path(base_dir, entry["path"]), join_path(out_dir, entry["path"]))
+        counts = _account(folder, manifest, manifest.shard_rows, 0, expected=0)
+        logger.info("near-duplicates unchanged: %d groups carried over without a join",
+                    counts["near_duplicate_groups"])  # fmt: skip
         return [file_entry(path, out_dir) for path in parquet_files(folder)], counts
 
     return run

@@ -168,7 +168,7 @@ def test_a_sharded_index_gives_the_groups_of_one_shard(fake_version, variant_cor
 
 
 def test_an_upsert_a_rebuild_and_a_rewrite_all_make_the_groups_of_a_fresh_build(
-    fake_version, variant_corpus, tmp_path
+    fake_version, variant_corpus, tmp_path, monkeypatch
 ):
     folder = tmp_path / "corpus"
     shutil.copytree(variant_corpus[0], folder)
@@ -214,6 +214,18 @@ def test_an_upsert_a_rebuild_and_a_rewrite_all_make_the_groups_of_a_fresh_build(
     )
     assert rewritten.update is None and rewritten.config.reuse is not None
     assert _groups_by_name(tmp_path / "v4") == full
+
+    # Nothing changed since v2: its groups are copied, no self-join runs.
+    def no_join(*args, **kwargs):
+        raise AssertionError("a no-change update started the near-duplicate Beam job")
+
+    monkeypatch.setattr(index_job, "beam_near_duplicates", no_join)
+    again = ("--previous", str(tmp_path / "v2"), *FAKE_THRESHOLD, "--max_changed_fraction", "2")
+    unchanged = index_job.run(fake_index_args(folder, tmp_path / "v5", "v5", *again))
+    assert unchanged.update is not None and unchanged.counts["encoded"] == 0
+    verify_files(str(tmp_path / "v5"), unchanged.manifest)
+    assert _groups_by_name(tmp_path / "v5") == full
+    assert unchanged.manifest.counts["near_duplicate_rows_joined"] == 0
 
 
 def _groups_by_name(out: Path) -> set[frozenset[str]]:
