@@ -101,5 +101,6 @@ class WriteSources(beam.PTransform):
             hashed
             | "Stamped" >> beam.Filter(lambda image: bool(image.ref.stamp))
             | "ToRows" >> beam.Map(source_row)
-            | WriteParquet(self.folder, SOURCES_PREFIX, SOURCES_SCHEMA, num_shards=1)
+            # The runner picks the file count: one writer would hold up a billion-file corpus.
+            | WriteParquet(self.folder, SOURCES_PREFIX, SOURCES_SCHEMA, num_shards=0)
         )

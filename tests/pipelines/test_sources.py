@@ -67,8 +67,8 @@ def test_unchanged_files_are_not_read_and_changed_ones_are(corpus: Path, tmp_pat
     first = index_job.run(fake_index_args(corpus, tmp_path / "v1", "v1"))
     manifest = read_manifest(str(tmp_path / "v1"))
     verify_files(str(tmp_path / "v1"), manifest)  # the sources file is listed and checksummed
-    (path,) = source_files(str(tmp_path / "v1"), manifest)
-    stored = pq.read_table(path).to_pylist()
+    paths = source_files(str(tmp_path / "v1"), manifest)
+    stored = [row for path in paths for row in pq.read_table(path).to_pylist()]
     assert len(stored) == PHOTOS and all(row["stamp"] for row in stored)
 
     photos = sorted(corpus.iterdir())
@@ -83,8 +83,8 @@ def test_unchanged_files_are_not_read_and_changed_ones_are(corpus: Path, tmp_pat
     # new.jpg was read, and is a duplicate of photos[3].
     assert (c["encoded"], c["duplicates"], c["indexed"]) == (0, 1, first.counts["indexed"])
     assert "11 files unchanged since then, not read" in second.summary()
-    rows = pq.read_table(source_files(str(tmp_path / "v2"), read_manifest(str(tmp_path / "v2")))[0])
-    by_uri = {row["uri"]: row for row in rows.to_pylist()}
+    paths = source_files(str(tmp_path / "v2"), read_manifest(str(tmp_path / "v2")))
+    by_uri = {row["uri"]: row for path in paths for row in pq.read_table(path).to_pylist()}
     assert len(by_uri) == PHOTOS + 1 and by_uri[str(corpus / "new.jpg")]["stamp"]
     old = {row["uri"]: row for row in stored}
     assert by_uri[str(photos[0])]["sha256"] == old[str(photos[0])]["sha256"]
