@@ -35,6 +35,7 @@ from serving.focus_routes import (
     read_page_upload,
     similar_page,
 )
+from serving.http_hygiene import HeadAsGet, SecurityHeaders
 from serving.hybrid_search import DEFAULT_HYBRID_WEIGHT
 from serving.metrics import ServerMetrics
 from serving.mixed_routes import add_mixed_routes
@@ -171,6 +172,9 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     app.state.config, app.state.holder, app.state.reloader = config, holder, reloader
     app.state.metrics, app.state.models, app.state.thumbnails = metrics, models, thumbnails
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    # Outermost (added last): every answer, errors and 404s included, carries the headers.
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(SecurityHeaders)
     app.add_exception_handler(queries.QueryError, _query_error)
 
     K = Annotated[int, Query(ge=1, le=config.max_k, description="results per page")]
