@@ -168,6 +168,9 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         summary="Semantic image search over a published index version",
         version="1",
         lifespan=lifespan,
+        # Starlette's slash redirect builds its Location from the request's Host header, so a
+        # forged Host is echoed back as a redirect target: an unknown path is a 404 instead.
+        redirect_slashes=False,
     )
     app.state.config, app.state.holder, app.state.reloader = config, holder, reloader
     app.state.metrics, app.state.models, app.state.thumbnails = metrics, models, thumbnails

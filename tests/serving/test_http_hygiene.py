@@ -35,3 +35,8 @@ def test_head_is_get_without_the_body(client):
     assert client.head("/api/images/not-an-id").status_code == 404
     # A route without GET still refuses HEAD: it is not a way around the method check.
     assert client.head("/api/search/image").status_code == 405
+
+
+def test_no_redirect_echoes_the_host_header(client):
+    response = client.get("/health/", headers={"host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 404 and "location" not in response.headers
