@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from index.publish import resolve_index
 from ranking.filter_syntax import MAX_FILTER_CHARS
@@ -68,6 +69,9 @@ def _errors(*codes: int) -> dict:
     return {code: {"description": _ERRORS[code]} for code in codes}
 
 
+CLIENT_CLOSED = 499
+
+
 class _MetricsMiddleware:
     """Counts and times every request by its route template (pure ASGI: no per-request task)."""
 
@@ -88,6 +92,13 @@ class _MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_and_record)
+        except ClientDisconnect:
+            # The client went away mid-request (an aborted upload): nobody to answer and nothing
+            # broken on this side, so one log line and 499 (nginx's "client closed request"),
+            # never a 5xx that anyone could fire alerts with.
+            status["code"] = CLIENT_CLOSED
+            logger.info("client closed %s %s before its request was read", scope["method"],
+                        scope.get("path", ""))  # fmt: skip
         finally:
             route = scope.get("route")
             # Unmatched paths share one label, so scanners cannot blow up the label set.

@@ -40,3 +40,38 @@ def test_head_is_get_without_the_body(client):
 def test_no_redirect_echoes_the_host_header(client):
     response = client.get("/health/", headers={"host": "evil.example"}, follow_redirects=False)
     assert response.status_code == 404 and "location" not in response.headers
+
+
+def test_an_upload_aborted_mid_body_is_one_log_line_and_no_5xx(client, serve_photos, caplog):
+    """The ASGI app is called as a server would, the client vanishing halfway through the body."""
+    import asyncio
+
+    app = client.app
+    data = serve_photos[0].read_bytes()
+    body = [
+        {"type": "http.request", "body": data[: len(data) // 2], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent = []
+
+    async def receive():
+        return body.pop(0) if body else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/api/search/image", "raw_path": b"/api/search/image",
+        "query_string": b"", "root_path": "", "server": ("127.0.0.1", 8080),
+        "client": ("127.0.0.1", 5000),
+        "headers": [(b"content-type", b"image/jpeg"), (b"content-length", str(len(data)).encode())],
+    }  # fmt: skip
+    metrics = client.get("/metrics").text
+    with caplog.at_level("INFO", logger="serving.app"):
+        asyncio.run(app(scope, receive, send))
+    assert not [m for m in sent if m["type"] == "http.response.start"]  # nobody to answer
+    assert any("client closed POST /api/search/image" in r.message for r in caplog.records)
+    after = client.get("/metrics").text
+    assert 'route="/api/search/image",status="499"' in after
+    assert after.count('status="500"') == metrics.count('status="500"')
