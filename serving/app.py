@@ -310,8 +310,10 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"}
         )
 
+    # The probes are coroutines: answered on the event loop, they never queue behind the worker
+    # threads that decode, encode and search (a busy server still says it is alive and ready).
     @app.get("/health", tags=["ops"], summary="Liveness and what is being served")
-    def health() -> dict:
+    async def health() -> dict:
         return {
             "status": "ok",
             "serving": holder.current.summary(),
@@ -328,7 +330,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         summary="Readiness: an index version is loaded",
         responses=_errors(503),
     )
-    def ready() -> JSONResponse:
+    async def ready() -> JSONResponse:
         current = holder.current
         ok = len(current.images) > 0
         return JSONResponse(
@@ -336,7 +338,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         )
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
-    def prometheus() -> Response:
+    async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     event_routes.add_event_routes(app, holder, config)

@@ -75,3 +75,47 @@ def test_an_upload_aborted_mid_body_is_one_log_line_and_no_5xx(client, serve_pho
     after = client.get("/metrics").text
     assert 'route="/api/search/image",status="499"' in after
     assert after.count('status="500"') == metrics.count('status="500"')
+
+
+def test_probes_answer_while_every_worker_thread_is_busy(client):
+    """With the worker-thread limiter exhausted (a server busy decoding and searching), a sync
+    route waits but /health, /ready and /metrics answer from the event loop."""
+    import threading
+
+    import anyio.to_thread
+
+    holders = []
+
+    async def take_every_thread() -> None:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        while limiter.available_tokens:
+            holder = object()
+            await limiter.acquire_on_behalf_of(holder)
+            holders.append(holder)
+
+    async def give_back() -> None:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        for holder in holders:
+            limiter.release_on_behalf_of(holder)
+
+    image_id = _image_id(client)
+    client.portal.call(take_every_thread)
+    try:
+        answers = {}
+
+        def probe() -> None:
+            for path in ("/health", "/ready", "/metrics"):
+                answers[path] = client.get(path).status_code
+
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        thread.join(timeout=10)
+        assert answers == {"/health": 200, "/ready": 200, "/metrics": 200}
+        waiting = threading.Thread(target=lambda: client.get(f"/api/images/{image_id}"))
+        waiting.start()
+        waiting.join(timeout=1)
+        assert waiting.is_alive()  # the sync route does queue: the limiter really is exhausted
+    finally:
+        client.portal.call(give_back)
+    waiting.join(timeout=10)
+    assert not waiting.is_alive()
