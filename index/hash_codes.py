@@ -20,7 +20,6 @@ run codes to the same bits it had.
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,9 +37,9 @@ from storage.files import (
     exists,
     join_uri,
     open_file,
-    read_bytes,
+    read_arrays,
     read_json,
-    write_bytes,
+    write_arrays,
     write_json,
 )
 
@@ -88,19 +87,16 @@ def write_hash_model(out_dir: str, codes: HashCodes) -> None:
     """Copy the model into ``OUT/hash_model`` (replacing whatever an earlier run left)."""
     folder = hash_model_dir(out_dir)
     delete_tree(folder)
-    buffer = io.BytesIO()
-    np.savez(buffer, **codes.encoder.weights())
-    write_bytes(join_uri(folder, _WEIGHTS), buffer.getvalue())
+    write_arrays(join_uri(folder, _WEIGHTS), codes.encoder.weights())
     write_json(join_uri(folder, _CONFIG), {**codes.encoder.config(), "model": codes.model_id})
 
 
 def with_hash_model(out_dir: str, manifest: IndexManifest) -> IndexManifest:
     """``manifest`` listing ``OUT/hash_model``'s files and its ``hashing`` entry; without that
     folder, the manifest with neither (a version indexed without ``--hash_model``)."""
-    kept = [e for e in manifest.files if not e["path"].startswith(HASH_MODEL_DIR + "/")]
     config_path = join_uri(hash_model_dir(out_dir), _CONFIG)
     if not exists(config_path):
-        return dataclasses.replace(manifest, files=kept, hashing=None)
+        return dataclasses.replace(manifest.with_files_under(HASH_MODEL_DIR, []), hashing=None)
     config = read_json(config_path)
     name, _, version = str(config["model"]).partition("/")
     entry = {
@@ -118,9 +114,7 @@ def with_hash_model(out_dir: str, manifest: IndexManifest) -> IndexManifest:
             f"version holds {manifest.dim}-d ones"
         )
     files = [file_entry(join_uri(hash_model_dir(out_dir), n), out_dir) for n in (_CONFIG, _WEIGHTS)]
-    return dataclasses.replace(
-        manifest, files=sorted(kept + files, key=lambda e: e["path"]), hashing=entry
-    )
+    return dataclasses.replace(manifest.with_files_under(HASH_MODEL_DIR, files), hashing=entry)
 
 
 def check_coded_rows(manifest: IndexManifest, paths: Sequence[str]) -> None:
@@ -164,9 +158,7 @@ def read_hash_model(out_dir: str, manifest: IndexManifest) -> HashEncoder:
         )
     folder = join_uri(out_dir, manifest.hashing["dir"])
     config = read_json(join_uri(folder, _CONFIG))
-    with np.load(io.BytesIO(read_bytes(join_uri(folder, _WEIGHTS))), allow_pickle=False) as arrays:
-        weights = {key: arrays[key] for key in arrays.files}
-    return HashEncoder.from_arrays(config, weights)
+    return HashEncoder.from_arrays(config, read_arrays(join_uri(folder, _WEIGHTS)))
 
 
 def read_codes(out_dir: str, image_ids: Sequence[str], width: int) -> np.ndarray:

@@ -147,6 +147,18 @@ class IndexManifest:
         folder = prefix.strip("/") + "/"
         return [entry for entry in self.files if entry["path"].startswith(folder)]
 
+    def with_files_under(self, prefix: str, entries: Iterable[dict[str, Any]]) -> IndexManifest:
+        """This manifest with ``entries`` as the only files under the folder ``prefix``
+        (what a step wrote there; none drops the folder's), sorted by path like all files.
+        ValueError for an entry outside ``prefix``."""
+        folder = prefix.strip("/") + "/"
+        entries = list(entries)
+        if any(not entry["path"].startswith(folder) for entry in entries):
+            raise ValueError(f"files listed for {folder} lie outside it")
+        kept = [entry for entry in self.files if not entry["path"].startswith(folder)]
+        files = sorted(kept + entries, key=lambda entry: entry["path"])
+        return dataclasses.replace(self, files=files)
+
 
 def _require_keys(what: str, entry: Any, keys: Iterable[str]) -> None:
     if not isinstance(entry, dict) or any(key not in entry for key in keys):

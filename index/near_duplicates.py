@@ -478,11 +478,5 @@ def with_near_duplicates(
     if step is None:
         return manifest
     files, counts = step(out_dir, manifest)
-    if any(not entry["path"].startswith(NEAR_DUPLICATES_DIR + "/") for entry in files):
-        raise ValueError(f"the near-duplicate step listed files outside {NEAR_DUPLICATES_DIR}/")
-    kept = [e for e in manifest.files if not e["path"].startswith(NEAR_DUPLICATES_DIR + "/")]
-    return dataclasses.replace(
-        manifest,
-        files=sorted(kept + list(files), key=lambda entry: entry["path"]),
-        counts={**manifest.counts, **counts},
-    )
+    listed = manifest.with_files_under(NEAR_DUPLICATES_DIR, files)
+    return dataclasses.replace(listed, counts={**manifest.counts, **counts})

@@ -19,7 +19,6 @@ The files are listed (and checksummed) in the manifest like the table's.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pyarrow as pa
@@ -64,6 +63,5 @@ def source_files(index_dir: str, manifest: IndexManifest) -> list[str]:
 
 def with_sources(out_dir: str, manifest: IndexManifest) -> IndexManifest:
     """``manifest`` listing the files under ``OUT/sources`` (none when the folder is absent)."""
-    kept = [e for e in manifest.files if not e["path"].startswith(SOURCES_DIR + "/")]
     files = [file_entry(path, out_dir) for path in list_files(sources_dir(out_dir), "*.parquet")]
-    return dataclasses.replace(manifest, files=sorted(kept + files, key=lambda e: e["path"]))
+    return manifest.with_files_under(SOURCES_DIR, files)

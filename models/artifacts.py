@@ -39,7 +39,7 @@ import numpy as np
 
 from encoders.joint import JOINT_KINDS, JointModel
 from index.hamming import KIND_HASHING, HashEncoder
-from storage.files import sha256_file
+from storage.files import read_arrays, sha256_file, write_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def save_joint_model(
             logger.warning("saving model %s without %r in its metadata", name, key)
 
     def write_weights(folder: Path) -> None:
-        np.savez(folder / WEIGHTS_FILE, **model.weights())
+        write_arrays(str(folder / WEIGHTS_FILE), model.weights())
 
     return save_model_version(models_dir, name, model.config(), metadata, write_weights, now)
 
@@ -268,14 +268,18 @@ def load_joint_model(models_dir: str | Path, name: str, version: str = LATEST) -
             f"model {name} ({folder.name}) is a {config.get('kind')!r} model, not a joint "
             f"embedding ({' or '.join(JOINT_KINDS)})"
         )
-    recorded = read_metadata(folder).get("files", {}).get(WEIGHTS_FILE)
-    if recorded is not None and recorded != sha256_file(str(folder / WEIGHTS_FILE)):
-        raise ValueError(f"{folder / WEIGHTS_FILE} does not match the sha256 in its metadata")
-    with np.load(folder / WEIGHTS_FILE, allow_pickle=False) as arrays:
-        weights = {key: arrays[key] for key in arrays.files}
-    model = JointModel.from_arrays(config, weights)
+    model = JointModel.from_arrays(config, _checked_weights(folder))
     logger.info("loaded %r from %s", model, folder)
     return model
+
+
+def _checked_weights(folder: Path) -> dict[str, np.ndarray]:
+    """A version's ``weights.npz`` arrays, once its bytes match the sha256 its metadata records."""
+    path = str(folder / WEIGHTS_FILE)
+    recorded = read_metadata(folder).get("files", {}).get(WEIGHTS_FILE)
+    if recorded is not None and recorded != sha256_file(path):
+        raise ValueError(f"{path} does not match the sha256 in its metadata")
+    return read_arrays(path)
 
 
 def save_hashing_model(
@@ -292,7 +296,7 @@ def save_hashing_model(
     """
 
     def write_weights(folder: Path) -> None:
-        np.savez(folder / WEIGHTS_FILE, **encoder.weights())
+        write_arrays(str(folder / WEIGHTS_FILE), encoder.weights())
 
     return save_model_version(models_dir, name, encoder.config(), metadata, write_weights, now)
 
@@ -305,12 +309,7 @@ def load_hashing_model(models_dir: str | Path, name: str, version: str = LATEST)
         raise ValueError(
             f"model {name} ({folder.name}) is a {config.get('kind')!r} model, not {KIND_HASHING!r}"
         )
-    recorded = read_metadata(folder).get("files", {}).get(WEIGHTS_FILE)
-    if recorded is not None and recorded != sha256_file(str(folder / WEIGHTS_FILE)):
-        raise ValueError(f"{folder / WEIGHTS_FILE} does not match the sha256 in its metadata")
-    with np.load(folder / WEIGHTS_FILE, allow_pickle=False) as arrays:
-        weights = {key: arrays[key] for key in arrays.files}
-    return HashEncoder.from_arrays(config, weights)
+    return HashEncoder.from_arrays(config, _checked_weights(folder))
 
 
 def list_models(models_dir: str | Path) -> list[ModelVersion]:

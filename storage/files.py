@@ -9,11 +9,14 @@ extension, and the checksums in a manifest are over the stored bytes.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from typing import IO, Any
 
+import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -39,6 +42,19 @@ def read_bytes(path: str) -> bytes:
 def write_bytes(path: str, payload: bytes) -> None:
     with create_file(path) as handle:
         handle.write(payload)
+
+
+def write_arrays(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """Named arrays as one ``.npz`` file (``np.savez``: plain arrays, no pickles)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(path, buffer.getvalue())
+
+
+def read_arrays(path: str) -> dict[str, np.ndarray]:
+    """The named arrays of a ``.npz`` file ``write_arrays`` made (pickles refused)."""
+    with np.load(io.BytesIO(read_bytes(path)), allow_pickle=False) as arrays:
+        return {key: arrays[key] for key in arrays.files}
 
 
 def read_json(path: str) -> Any:
