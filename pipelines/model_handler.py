@@ -51,8 +51,18 @@ def pixels_problem(image: DecodedImage, image_size: int) -> str | None:
     return None
 
 
+class EncoderUnavailable(RuntimeError):
+    """The encoder could not be built: a failure of the job, never a dead letter per image."""
+
+
 class LazyEncoder:
-    """An encoder built by ``build`` on first ``get`` (thread-safe: RunInference may share it)."""
+    """An encoder built by ``build`` on first ``get`` (thread-safe: RunInference may share it).
+
+    Built in Beam's setup, a model that cannot load fails the job; built here, inside a batch,
+    its error would reach RunInference's per-batch exception handling and turn every image
+    into a dead letter. So a build failure is raised as ``EncoderUnavailable``, which
+    ``encode_dead_letters`` raises again instead of writing dead letters.
+    """
 
     def __init__(self, build: Callable[[], ImageEncoder | FeatureEncoder]) -> None:
         self._build = build
@@ -62,7 +72,12 @@ class LazyEncoder:
     def get(self) -> ImageEncoder | FeatureEncoder:
         with self._lock:
             if self._encoder is None:
-                self._encoder = self._build()
+                try:
+                    self._encoder = self._build()
+                except Exception as exc:
+                    raise EncoderUnavailable(
+                        f"the image encoder could not be built: {exc}"
+                    ) from exc
             return self._encoder
 
 
@@ -132,8 +147,6 @@ class ImageEncoderModelHandler(
         that is not a ``DecodedImage`` raises TypeError, failing the batch: that is a wiring bug,
         not bad data.
         """
-        if isinstance(model, LazyEncoder):
-            model = model.get() if batch else model
         refused: dict[int, DeadLetter] = {}
         usable: list[DecodedImage] = []
         for position, image in enumerate(batch):
@@ -148,6 +161,8 @@ class ImageEncoderModelHandler(
         rows: Iterator[dict[str, Any] | DeadLetter] = iter(())
         live_progress.bump("encoded", len(usable))
         if usable:
+            if isinstance(model, LazyEncoder):
+                model = model.get()  # outside the try below: a build failure is not per image
             try:
                 vectors, extras = _embed(model, np.stack([image.pixels for image in usable]))
             except Exception as exc:  # a model error: narrowed down to the image(s) below
@@ -228,6 +243,10 @@ def encode_dead_letters(failure: tuple[Any, Any]) -> list[DeadLetter]:
     Elements that are not images (the TypeError case) are named by their repr.
     """
     failed, error = failure
+    if isinstance(error, EncoderUnavailable) or (
+        isinstance(error, tuple) and error and error[0] is EncoderUnavailable
+    ):
+        raise EncoderUnavailable(str(error if isinstance(error, BaseException) else error[1]))
     if isinstance(error, BaseException):
         reason = repr(error)
     elif isinstance(error, tuple) and len(error) >= 2:

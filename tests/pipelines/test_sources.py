@@ -123,3 +123,16 @@ def test_a_run_with_nothing_to_encode_builds_no_model(corpus: Path, tmp_path: Pa
     result = index_job.run(fake_index_args(corpus, tmp_path / "v2", "v2", "--previous",
                                            str(tmp_path / "v1")))  # fmt: skip
     assert result.counts["encoded"] == 0 and built == []
+
+
+def test_an_encoder_that_cannot_be_built_fails_the_job(corpus: Path, tmp_path: Path, monkeypatch):
+    """Built on its first batch, a broken model must still stop the job (as a failure in Beam's
+    setup did), not dead-letter every image under RunInference's per-batch handling."""
+    from pipelines.model_handler import EncoderUnavailable, ImageEncoderModelHandler
+
+    def broken(self):
+        raise OSError("weights file unreadable")
+
+    monkeypatch.setattr(ImageEncoderModelHandler, "_build_encoder", broken)
+    with pytest.raises(EncoderUnavailable, match="weights file unreadable"):
+        index_job.run(fake_index_args(corpus, tmp_path / "v1", "v1"))
