@@ -284,6 +284,21 @@ def run_sweep(
     return sweep
 
 
+def standard_filters(database: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The filters every filtered-search figure uses: 50%, 5% and 0.1% of the rows at random,
+    and the 5% of rows nearest one database row (correlated with the vectors)."""
+    n = len(database)
+    centre = database[rng.integers(n)]
+    near = np.zeros(n, bool)
+    near[np.argpartition(-(database @ centre), n // 20)[: n // 20]] = True
+    return {
+        "random 50%": rng.random(n) < 0.5,
+        "random 5%": rng.random(n) < 0.05,
+        "random 0.1%": rng.random(n) < 0.001,
+        "correlated 5% (nearest one row)": near,
+    }
+
+
 def random_masks(n: int, shares, rng: np.random.Generator) -> dict[float, np.ndarray]:
     return {share: rng.random(n) < share for share in shares}
 
@@ -383,15 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("ScaNN over %s built in %.0f s", index.describe(), build_s)
 
     rng = np.random.default_rng(args.seed + 1)
-    centre = database[rng.integers(n)]
-    near = np.zeros(n, bool)
-    near[np.argpartition(-(database @ centre), n // 20)[: n // 20]] = True
-    filters = {
-        "random 50%": rng.random(n) < 0.5,
-        "random 5%": rng.random(n) < 0.05,
-        "random 0.1%": rng.random(n) < 0.001,
-        "correlated 5% (nearest one row)": near,
-    }
+    filters = standard_filters(database, rng)
     sweep_masks = random_masks(n, SWEEP, rng)
     sweep_queries = queries[: args.sweep_queries]
     truths = oracle_answers(database, queries, filters)

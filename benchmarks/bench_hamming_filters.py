@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from ann_baselines import threads
 from bench_ann import DEFAULT_TABLE, load_images
-from bench_filters import Index, K, exact_filtered
+from bench_filters import Index, K, exact_filtered, standard_filters
 
 from benchmarks.machine import machine_line
 from index.filtered_search import FilterPolicy
@@ -102,16 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("ScaNN built in %.0f s; ITQ %d bits fit and coded in %.0f s", build_s,
                 args.bits, code_s)  # fmt: skip
 
-    centre = database[rng.integers(n)]
-    near = np.zeros(n, bool)
-    near[np.argpartition(-(database @ centre), n // 20)[: n // 20]] = True
-    filters = {
-        "none": None,
-        "random 50%": rng.random(n) < 0.5,
-        "random 5%": rng.random(n) < 0.05,
-        "random 0.1%": rng.random(n) < 0.001,
-        "correlated 5% (nearest one row)": near,
-    }
+    filters = {"none": None, **standard_filters(database, rng)}
     policy = FilterPolicy()
     rows = []
     for name, allowed in filters.items():

@@ -301,10 +301,11 @@ def _eval(argv: Sequence[str]) -> int:
 
 def _add_image_search_args(parser: argparse.ArgumentParser) -> None:
     from index.hash_codes import DEFAULT_RERANK
+    from serving.searcher import IMAGE_SEARCHES
 
     parser.add_argument(
         "--image-search",
-        choices=("scann", "hamming"),
+        choices=IMAGE_SEARCHES,
         default="scann",
         help="how image queries (similar, upload) find candidates: the ScaNN index, or a "
         "Hamming scan of the version's hash codes (indexed with --hash_model) re-ranked exactly",
