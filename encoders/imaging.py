@@ -4,8 +4,10 @@ Pure PIL + NumPy, no Beam and no TensorFlow: the index job and the serving query
 ``decode_image``, so a photo indexed in batch and the same photo sent as a query become the same
 pixels. Everything here is deterministic for a given Pillow/libjpeg build.
 
-The order of the checks matters: the header is read first (cheap), the pixel count and shape are
-judged on it, and only then is the image decoded, at a reduced scale for large JPEGs.
+The order of the checks matters: the header is read first (cheap), the pixel count, shape and
+the memory decoding will take are judged on it, and only then is the image decoded, at a reduced
+scale for large JPEGs. What a header cannot bound (time spent in a decoder, a plugin allocating
+more than predicted) ``encoders.decode_pool`` bounds by decoding in worker processes.
 """
 
 from __future__ import annotations
@@ -91,11 +93,19 @@ class DecodeLimits:
     ``max_pixels`` guards against decompression bombs (a tiny file declaring a huge canvas).
     Pillow's own guard (``Image.MAX_IMAGE_PIXELS``, about 8.9e7 by default) still applies on
     top, so limits above it only take effect if that global is raised by the application.
+
+    ``max_decode_bytes`` bounds the memory decoding takes, estimated from the mode, format and
+    size (``decode_bytes_estimate``): a 40 MP float TIFF needs ten times the memory of a
+    40 MP greyscale PNG although both pass ``max_pixels``. ``max_jpeg_scans`` refuses
+    progressive JPEGs that repeat their scans (each costs a pass over the whole image;
+    ordinary files have about ten).
     """
 
     max_pixels: int = 64_000_000
     min_side: int = 8
     max_aspect_ratio: float = 30.0  # longer side / shorter side
+    max_decode_bytes: int = 2**30
+    max_jpeg_scans: int = 100
 
     def __post_init__(self) -> None:
         if self.max_pixels <= 0:
@@ -104,6 +114,8 @@ class DecodeLimits:
             raise ValueError(f"min_side must be >= 1, got {self.min_side}")
         if self.max_aspect_ratio < 1:
             raise ValueError(f"max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
+        if self.max_decode_bytes < 2**20 or self.max_jpeg_scans < 1:
+            raise ValueError("max_decode_bytes must be >= 1 MiB and max_jpeg_scans >= 1")
 
 
 class ImageRejected(ValueError):
@@ -156,20 +168,26 @@ def decode_image(
         # Pixel count, shorter side and aspect ratio do not depend on orientation, so the header
         # is judged before EXIF is read (for a PNG, reading EXIF decodes the whole image).
         _check_shape(stored_size, limits)
+        if im.format in _JPEG_FORMATS:
+            _check_scans(data, limits)
         # The part of the (possibly drafted) image that holds the picture, in its own pixels:
         # a 333-wide JPEG drafted at 1/2 is 167 pixels wide but shows only 166.5 of them.
         extent: tuple[float, float] = stored_size
         if jpeg_draft and im.format in _JPEG_FORMATS:
             # A JPEG's EXIF block sits in its header, so reading it here decodes nothing.
             extent = _draft_jpeg(im, (out_height, out_width), _orientation(im))
+        _check_memory(im, stored_size, limits)  # after the draft: it shrinks what is decoded
         _load(im)
         orientation = _orientation(im)
         width, height = _upright_size(stored_size, orientation)
-        rgb = _to_rgb(im)
+        # Grey images stay one channel until resized: the same pixels (the resize works per
+        # channel), without a full-size RGB copy.
+        picture = _to_rgb_or_grey(im)
         if orientation in _TRANSPOSE_FOR_ORIENTATION:
-            rgb = rgb.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
+            picture = picture.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
             extent = _upright_size(extent, orientation)
-        pixels = np.array(_resize_cover(rgb, (out_height, out_width), extent), dtype=np.uint8)
+        resized = _resize_cover(picture, (out_height, out_width), extent)
+        pixels = np.array(resized.convert("RGB"), dtype=np.uint8)
     return pixels, width, height
 
 
@@ -228,6 +246,60 @@ def _check_shape(size: tuple[int, int], limits: DecodeLimits) -> None:
         )
 
 
+# Bytes per pixel a decode holds at its peak, by Pillow mode: the decoded image (Pillow keeps
+# RGB in 4 bytes), the conversion to RGB (transparency: an RGBA copy, a white canvas and the
+# alpha band) and a margin for the resize. Measured with ru_maxrss on Pillow 11, 3000x3000.
+_PEAK_BYTES_PER_PIXEL = {
+    "1": 6, "L": 2, "P": 6, "RGB": 5, "CMYK": 9, "YCbCr": 9, "LAB": 9, "HSV": 9,
+    "I;16": 7, "I;16L": 7, "I;16B": 7, "I;16N": 7, "I": 13, "F": 13,
+}  # fmt: skip
+_TRANSPARENT_BYTES_PER_PIXEL = 14  # RGBA, LA, PA, or a palette/grey image with tRNS
+# libwebp decodes into its own RGB(A) buffer before Pillow copies it.
+_WEBP_EXTRA_BYTES_PER_PIXEL = 11
+# A progressive JPEG keeps every DCT coefficient (2 bytes, up to 3 components at full
+# resolution) until its last scan, whatever scale it is drafted to.
+_PROGRESSIVE_BYTES_PER_PIXEL = 6
+
+_JPEG_SOS = b"\xff\xda"
+
+
+def decode_bytes_estimate(im: Image.Image, stored_size: tuple[int, int]) -> int:
+    """The peak memory decoding ``im`` takes, from its header: ``im`` is opened (and drafted,
+    for a JPEG) but not loaded; ``stored_size`` is its size before any draft."""
+    width, height = im.size
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    per_pixel = (
+        _TRANSPARENT_BYTES_PER_PIXEL
+        if has_alpha
+        else _PEAK_BYTES_PER_PIXEL.get(im.mode, _TRANSPARENT_BYTES_PER_PIXEL)
+    )
+    if im.format == "WEBP":
+        per_pixel += _WEBP_EXTRA_BYTES_PER_PIXEL
+    total = width * height * per_pixel
+    if im.format in _JPEG_FORMATS and (im.info.get("progressive") or im.info.get("progression")):
+        total += stored_size[0] * stored_size[1] * _PROGRESSIVE_BYTES_PER_PIXEL
+    return total
+
+
+def _check_memory(im: Image.Image, stored_size: tuple[int, int], limits: DecodeLimits) -> None:
+    needed = decode_bytes_estimate(im, stored_size)
+    if needed > limits.max_decode_bytes:
+        width, height = stored_size
+        raise ImageRejected(
+            f"needs about {needed / 2**20:.0f} MiB to decode ({width}x{height} {im.mode}"
+            f" {im.format}) > limit {limits.max_decode_bytes / 2**20:.0f} MiB"
+        )
+
+
+def _check_scans(data: bytes, limits: DecodeLimits) -> None:
+    """Count a JPEG's scans without decoding: in entropy-coded data a 0xFF byte is always
+    followed by 0x00 or a restart marker, so 0xFFDA only ever starts a scan (an embedded
+    thumbnail's few scans count too, which the margin of the limit absorbs)."""
+    scans = data.count(_JPEG_SOS)
+    if scans > limits.max_jpeg_scans:
+        raise ImageRejected(f"JPEG with {scans} scans > limit {limits.max_jpeg_scans}")
+
+
 def _draft_jpeg(im: Image.Image, size: tuple[int, int], orientation: int) -> tuple[float, float]:
     """Ask libjpeg to decode at 1/2, 1/4 or 1/8 scale when that still leaves enough pixels.
 
@@ -267,12 +339,13 @@ def _load(im: Image.Image) -> None:
         raise ImageRejected(f"corrupt {im.format} data: {message}") from None
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB; transparency is composited onto white."""
+def _to_rgb_or_grey(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, or 8-bit grey ("L") for a grey image without transparency;
+    transparency is composited onto white."""
     mode = im.mode
     try:
         if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-            return Image.fromarray(_high_depth_to_uint8(np.asarray(im)), mode="L").convert("RGB")
+            return Image.fromarray(_high_depth_to_uint8(np.asarray(im)), mode="L")
         has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
         if has_alpha:
             # Pillow applies palette / tRNS transparency when converting to RGBA.
@@ -280,9 +353,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
             background = Image.new("RGB", rgba.size, _WHITE)
             background.paste(rgba, mask=rgba.getchannel("A"))
             return background
-        return im.convert("RGB") if mode != "RGB" else im
+        return im.convert("RGB") if mode not in ("RGB", "L") else im
     except ValueError as exc:  # Pillow has no conversion from this mode (e.g. LAB)
         raise ImageRejected(f"unsupported color mode {mode}: {exc}") from None
+
+
+# Rows converted at a time from high-depth to 8 bits: the float temporaries stay a few MB.
+_BAND_ROWS = 256
 
 
 def _high_depth_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -290,19 +367,35 @@ def _high_depth_to_uint8(values: np.ndarray) -> np.ndarray:
 
     16-bit data (also 16-bit PNGs that Pillow hands over as 32-bit "I") maps 0..65535 to
     0..255; float data in [0, 1] maps to 0..255; anything else is stretched from its min to max.
+    Converted in bands of rows, so the only full-size array made is the uint8 result.
     """
     is_float = values.dtype.kind == "f"
+    out = np.empty(values.shape, dtype=np.uint8)
     if not is_float and values.min() >= 0 and values.max() <= 65535:
-        scaled = (values.astype(np.uint32) * 255 + 32767) // 65535
-        return scaled.astype(np.uint8)
-    values = values.astype(np.float64)
+        for start in range(0, values.shape[0], _BAND_ROWS):
+            band = values[start : start + _BAND_ROWS].astype(np.uint32)
+            band *= 255
+            band += 32767
+            band //= 65535
+            out[start : start + _BAND_ROWS] = band
+        return out
     low, high = float(np.nanmin(values)), float(np.nanmax(values))
     if is_float and low >= 0.0 and high <= 1.0:
         low, high = 0.0, 1.0
     if not math.isfinite(low) or not math.isfinite(high) or high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    stretched = np.nan_to_num((values - low) / (high - low))
-    return np.clip(np.round(stretched * 255.0), 0, 255).astype(np.uint8)
+        out.fill(0)
+        return out
+    for start in range(0, values.shape[0], _BAND_ROWS):
+        # float64 per band: int32 data keeps its precision, and the band is small.
+        band = values[start : start + _BAND_ROWS].astype(np.float64)
+        band -= low
+        band /= high - low
+        np.nan_to_num(band, copy=False)
+        band *= 255.0
+        np.round(band, out=band)
+        np.clip(band, 0, 255, out=band)
+        out[start : start + _BAND_ROWS] = band
+    return out
 
 
 def _resize_cover(

@@ -234,6 +234,7 @@ def _search(argv: Sequence[str]) -> int:
 def _page_search(args: argparse.Namespace, version: str | None) -> dict:
     """A text, image or image-id query cut as the server cuts its pages (``serving.queries``):
     the filter, the threshold, near-duplicates collapsed, the offset. The server's answer."""
+    from encoders.decode_pool import bound_decoder
     from encoders.imaging import DecodeLimits
     from serving import queries
     from serving.paging import PageRequest
@@ -259,7 +260,7 @@ def _page_search(args: argparse.Namespace, version: str | None) -> dict:
         elif args.image:
             with open_file(args.image) as f:
                 data = f.read()
-            answer = queries.image_query(bundle, data, page, DecodeLimits())
+            answer = queries.image_query(bundle, data, page, bound_decoder(DecodeLimits()))
         else:
             answer = queries.similar_query(bundle, args.image_id, page)
     except queries.QueryError as exc:
@@ -344,6 +345,15 @@ def _serve(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="0: no hot reload")
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
+    parser.add_argument(
+        "--decode-workers",
+        type=int,
+        default=2,
+        help="worker processes that decode uploads, each stopped past --decode-timeout-s or "
+        "--decode-memory-mb; a request finding all busy for 2 s gets 429 (0: decode in-process)",
+    )
+    parser.add_argument("--decode-timeout-s", type=float, default=5.0)
+    parser.add_argument("--decode-memory-mb", type=int, default=448)
     parser.add_argument("--no-verify", action="store_true", help="skip manifest checksums")
     _add_image_search_args(parser)
     parser.add_argument(
@@ -380,6 +390,9 @@ def _serve(argv: Sequence[str]) -> int:
             port=args.port,
             poll_interval_s=args.poll_seconds,
             max_upload_bytes=int(args.max_upload_mb * 2**20),
+            decode_workers=args.decode_workers,
+            decode_timeout_s=args.decode_timeout_s,
+            decode_memory_bytes=args.decode_memory_mb * 2**20,
             verify=not args.no_verify,
             image_search=args.image_search,
             hamming_rerank=args.hamming_rerank,

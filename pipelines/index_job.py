@@ -23,6 +23,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from encoders.decode_pool import GuardedDecoder
 from encoders.registry import check_image_encoder, image_encoder_dim
 from index.build import BuildConfig, build_index
 from index.hash_codes import write_hash_model
@@ -99,9 +100,11 @@ class IndexImages(beam.PTransform):
             reused, needs_joint = diff[REFRESHED], diff[NEEDS_JOINT]
             if self.config.updates_in_place:
                 deleted = diff[DELETED]
+        budget = self.config.decode_budget
         decoded, undecodable = unique | "Decode" >> DecodeImages(
-            size, self.config.decode_limits, self.config.fetch_limits
-        )
+            size, self.config.decode_limits, self.config.fetch_limits,
+            decode=None if budget is None else GuardedDecoder(budget),
+        )  # fmt: skip
         rows, unencodable = decoded | "Encode" >> EncodeImages(
             self.config.encoder,
             self.config.batch_size,

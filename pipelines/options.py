@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders.base import EncoderSpec
+from encoders.decode_pool import DecodeBudget
 from encoders.imaging import DecodeLimits
 from encoders.tags import check_tag_head, resolve_tag_head
 from index.hash_codes import HashCodes
@@ -113,6 +114,16 @@ class IndexOptions(PipelineOptions):
             "int8 (a quarter), at a small recall cost",
         )
         parser.add_argument("--max_pixels", type=int, default=DecodeLimits.max_pixels)
+        parser.add_argument(
+            "--decode_workers",
+            type=int,
+            default=DecodeBudget.workers,
+            help="decode images in this many worker processes per Beam worker, each stopped "
+            "past --decode_timeout_s or --decode_memory_mb (the file is a dead letter); "
+            "0 decodes in the Beam worker itself, unguarded",
+        )
+        parser.add_argument("--decode_timeout_s", type=float, default=_INDEX_DECODE_TIMEOUT_S)
+        parser.add_argument("--decode_memory_mb", type=int, default=_INDEX_DECODE_MEMORY_MB)
         parser.add_argument("--max_download_bytes", type=int, default=FetchLimits.max_bytes)
         parser.add_argument("--download_timeout_s", type=float, default=FetchLimits.read_timeout_s)
         parser.add_argument("--download_retries", type=int, default=FetchLimits.retries)
@@ -176,6 +187,12 @@ class IndexOptions(PipelineOptions):
         )
 
 
+# A batch job can wait longer than a query for one file (a 60 MP PNG takes a few seconds on
+# one core); each decode worker may take the decode memory limit plus room for the resize.
+_INDEX_DECODE_TIMEOUT_S = 30.0
+_INDEX_DECODE_MEMORY_MB = 1536
+
+
 @dataclasses.dataclass(frozen=True)
 class IndexConfig:
     """Everything the index job needs, validated."""
@@ -203,6 +220,9 @@ class IndexConfig:
     hash_codes: HashCodes | None = None  # a pinned hashing model, or None: no hash_code column
     # Typed, filterable manifest columns (index.metadata_columns), the table's ``attributes``.
     metadata_columns: tuple[MetadataColumn, ...] = ()
+    # Decoding in worker processes with a deadline and a memory cap (encoders.decode_pool);
+    # None decodes in the Beam worker.
+    decode_budget: DecodeBudget | None = None
 
     @property
     def updates_in_place(self) -> bool:
@@ -235,6 +255,13 @@ class IndexConfig:
         ):  # fmt: skip
             if getattr(opts, flag) is not None and getattr(opts, flag) <= 0:
                 raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
+        if opts.decode_workers < 0:
+            raise ValueError(f"--decode_workers must be >= 0, got {opts.decode_workers}")
+        decode_budget = None
+        if opts.decode_workers:
+            decode_budget = DecodeBudget(
+                opts.decode_workers, opts.decode_memory_mb * 2**20, opts.decode_timeout_s
+            )
         if opts.table_shards < 0:
             raise ValueError(f"--table_shards must be >= 0, got {opts.table_shards}")
         if opts.index_shards < 1:
@@ -314,6 +341,7 @@ class IndexConfig:
             corpus_format=corpus_format,
             encoder=encoder,
             decode_limits=DecodeLimits(max_pixels=opts.max_pixels),
+            decode_budget=decode_budget,
             fetch_limits=FetchLimits(
                 max_bytes=opts.max_download_bytes,
                 read_timeout_s=opts.download_timeout_s,

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from encoders.decode_pool import DecodeBusy
 from index.publish import resolve_index
 from ranking.filter_syntax import MAX_FILTER_CHARS
 from serving import event_routes, queries, uploads
@@ -61,6 +62,7 @@ _ERRORS = {
     413: "Upload too large",
     415: "Upload is not an image type",
     422: "Invalid parameter, or the image was rejected (bomb, too small, not an image)",
+    429: "Every image decoder is busy: retry after Retry-After seconds",
     503: "Not available on this server (text search without a model, no index loaded)",
 }
 
@@ -110,6 +112,12 @@ class _MetricsMiddleware:
 async def _query_error(request: Request, exc: queries.QueryError) -> Response:
     """A refused query (``serving.queries.QueryError``) answers like any HTTPException."""
     return await http_exception_handler(request, HTTPException(exc.status, exc.message))
+
+
+async def _decode_busy(request: Request, exc: DecodeBusy) -> Response:
+    """Every decode worker stayed busy for the request's whole wait: 429, retry later."""
+    headers = {"Retry-After": str(exc.retry_after_s)}
+    return await http_exception_handler(request, HTTPException(429, str(exc), headers=headers))
 
 
 async def _read_upload(request: Request, config: ServeConfig) -> bytes:
@@ -190,6 +198,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     app.add_middleware(HeadAsGet)
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(queries.QueryError, _query_error)
+    app.add_exception_handler(DecodeBusy, _decode_busy)
 
     K = Annotated[int, Query(ge=1, le=config.max_k, description="results per page")]
     Offset = Annotated[int, Query(ge=0, le=config.max_offset, description="results to skip")]
@@ -249,7 +258,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         "/api/search/image",
         tags=["search"],
         summary="Image query",
-        responses=_errors(400, 413, 415, 422, 503),
+        responses=_errors(400, 413, 415, 422, 429, 503),
         description=(
             "Send the image as the raw body (Content-Type image/jpeg, image/png, ...) or as the "
             f"'file' part of a multipart form; at most {config.max_upload_bytes} bytes."
@@ -264,7 +273,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             return json_response(result)
         # Decoding and encoding are CPU work: off the event loop, like the sync handlers.
         result = await run_in_threadpool(
-            queries.image_query, current, data, page, config.decode_limits
+            queries.image_query, current, data, page, config.query_decoder()
         )
         return json_response(result)
 
@@ -431,7 +440,7 @@ def _add_page_routes(
                 )
             else:
                 result = await run_in_threadpool(
-                    queries.image_query, bundle, data, page, config.decode_limits
+                    queries.image_query, bundle, data, page, config.query_decoder()
                 )
         except queries.QueryError as exc:
             return render(request, bundle, error=exc.message, status=exc.status, focus=focus)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from encoders.decode_pool import BoundDecoder, DecodeBudget, bound_decoder
 from encoders.imaging import DecodeLimits
 from index.hash_codes import DEFAULT_RERANK
 from serving.event_log import EventLimits
@@ -24,8 +25,9 @@ UPLOAD_CONTENT_TYPES = (
     "image/tiff",
 )
 
-# Uploaded queries: the indexing limits, with a lower pixel cap (a query is one photo, not a scan).
-_QUERY_LIMITS = DecodeLimits(max_pixels=40_000_000)
+# Uploaded queries: the indexing limits, with lower caps (a query is one photo, not a scan): at
+# most 384 MiB to decode (a 40 MP RGB photo needs about 200 MiB, a 40 MP float TIFF 500 MiB).
+_QUERY_LIMITS = DecodeLimits(max_pixels=40_000_000, max_decode_bytes=384 * 2**20)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,13 @@ class ServeConfig:
     max_query_chars: int = 500
     max_upload_bytes: int = 10 * 2**20
     decode_limits: DecodeLimits = _QUERY_LIMITS
+    # Decoding (uploads, explanations) runs in this many worker processes, each allowed
+    # decode_memory_bytes beyond its idle size and decode_timeout_s per file; a request that
+    # waits decode_wait_s for a free one is answered 429. 0 workers decodes in the server.
+    decode_workers: int = 2
+    decode_memory_bytes: int = 448 * 2**20
+    decode_timeout_s: float = 5.0
+    decode_wait_s: float = 2.0
     # Thumbnails: the longest side served and how many are kept in memory.
     thumbnail_max_side: int = 256
     thumbnail_cache_entries: int = 2048
@@ -72,6 +81,15 @@ class ServeConfig:
     # Parquet files; None turns it off (the route answers 503). Its bounds: EventLimits.
     events_dir: str | None = None
     event_limits: EventLimits = dataclasses.field(default_factory=EventLimits)
+
+    def query_decoder(self) -> BoundDecoder:
+        """How the server decodes an image: ``decode_limits`` and, unless ``decode_workers``
+        is 0, the worker processes (shared by every app in the process with this budget)."""
+        budget = None
+        if self.decode_workers:
+            budget = DecodeBudget(self.decode_workers, self.decode_memory_bytes,
+                                  self.decode_timeout_s, self.decode_wait_s)  # fmt: skip
+        return bound_decoder(self.decode_limits, budget)
 
     @property
     def page_depth(self) -> int:
@@ -100,5 +118,9 @@ class ServeConfig:
             raise ValueError(
                 f"thumbnail_max_side must be in [16, 1024], got {self.thumbnail_max_side}"
             )
+        if self.decode_workers < 0:
+            raise ValueError(f"decode_workers must be >= 0, got {self.decode_workers}")
+        if self.decode_workers:
+            self.query_decoder()  # DecodeBudget checks the rest
         if self.thumbnail_cache_entries < 0:
             raise ValueError("thumbnail_cache_entries must be >= 0")

@@ -31,7 +31,8 @@ from PIL import Image
 
 from encoders import saliency
 from encoders.base import l2_normalize
-from encoders.imaging import DecodeLimits, decode_image
+from encoders.decode_pool import BoundDecoder, bound_decoder
+from encoders.imaging import DecodeLimits
 from serving.config import ServeConfig
 from serving.query_error import QueryError
 from serving.reloader import VersionHolder
@@ -51,7 +52,7 @@ _ERRORS = {
     503: "The index encoder has no spatial map, or text needs a joint model that is not loaded",
 }
 MAPS = ("positive", "negative")
-_DEFAULT_LIMITS = DecodeLimits()
+_DEFAULT_DECODER = bound_decoder(DecodeLimits())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +161,7 @@ def explain(
     image_id: str,
     text: str | None = None,
     similar_to: str | None = None,
-    limits: DecodeLimits = _DEFAULT_LIMITS,
+    decode: BoundDecoder = _DEFAULT_DECODER,
     text_off: str | None = None,
     max_side: int = MAX_SIDE,
 ) -> Explanation:
@@ -181,10 +182,8 @@ def explain(
     target, layers = _target(bundle, text, similar_to, text_off)
     data = read_source(uri)
     try:
-        pixels, width, height = decode_image(data, size=encoder.input_size, limits=limits)
-        picture, _, _ = decode_image(
-            data, size=display_size(width, height, max_side), limits=limits
-        )
+        pixels, width, height = decode(data, encoder.input_size)
+        picture, _, _ = decode(data, display_size(width, height, max_side))
     except ValueError as exc:  # ImageRejected
         raise QueryError(422, f"the photo cannot be decoded: {exc}") from exc
     pooled, spatial = pooled_and_map(encode, pixels)
@@ -247,7 +246,7 @@ def add_explain_routes(
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         try:
-            found = explain(holder.current, image_id, q, similar_to, config.decode_limits,
+            found = explain(holder.current, image_id, q, similar_to, config.query_decoder(),
                             models.text_off_reason)  # fmt: skip
             data, headers = explanation_png(found, map)
         finally:  # a QueryError answers through the app's handler, like HTTPException

@@ -61,7 +61,7 @@ def similar_page(
 
 def image_page(app: FastAPI, bundle: IndexBundle, data: bytes, focus: str, page: PageRequest,
                config: ServeConfig) -> dict:  # fmt: skip
-    return focused_image_page(app.state.focus, bundle, data, focus, page, config.decode_limits)
+    return focused_image_page(app.state.focus, bundle, data, focus, page, config.query_decoder())
 
 
 async def read_page_upload(request: Request, config: ServeConfig) -> tuple[bytes, str]:
@@ -73,17 +73,18 @@ async def read_page_upload(request: Request, config: ServeConfig) -> tuple[bytes
         raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
     header = request.headers.get("content-type", "")
     try:
+        content_type = header.split(";")[0].strip().lower()
+        if content_type != "multipart/form-data":
+            uploads.check_image_type(content_type)  # before reading a body refused anyway
         body = await uploads.read_bounded(request.stream(), limit)
-
-        async def replay():
-            yield body
-
-        data = await uploads.read_upload(header, replay(), config.max_upload_bytes)
         focus = request.query_params.get("focus", "")
-        if header.split(";")[0].strip().lower() == "multipart/form-data":
-            for part in uploads.multipart_parts(body, header):
+        if content_type == "multipart/form-data":
+            parts = await uploads.parse_form(body, header)
+            content_type, body = uploads.file_part(parts)
+            for part in parts:
                 if part.name == "focus" and part.filename is None:
                     focus = part.data.decode("utf-8", "replace")
+        data = uploads.checked_image(content_type, body, config.max_upload_bytes)
     except uploads.UploadError as exc:
         raise HTTPException(exc.status, exc.message) from exc
     return data, focus.strip()[:MAX_FOCUS_CHARS]

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from encoders.base import EncoderSpec
+from encoders.decode_pool import BoundDecoder, bound_decoder
 from encoders.focus import (
     DEFAULT_METHOD,
     FOCUS_METHODS,
@@ -128,24 +129,22 @@ def image_hits(
     data: bytes,
     focus: str,
     n: int,
-    limits: DecodeLimits,
+    decode: BoundDecoder,
 ) -> tuple[list[SearchHit], FocusTarget, dict]:
     """An encoded image's ``n`` nearest indexed images focused on ``focus``, the target, and
     the image's echo (bytes, width, height)."""  # fmt: skip
-    vector, target, echo = focused_image_vector(service, bundle, data, focus, limits)
+    vector, target, echo = focused_image_vector(service, bundle, data, focus, decode)
     return bundle.images.search_vector(vector, n), target, echo
 
 
 def focused_image_vector(
-    service: FocusService, bundle: IndexBundle, data: bytes, focus: str, limits: DecodeLimits
+    service: FocusService, bundle: IndexBundle, data: bytes, focus: str, decode: BoundDecoder
 ) -> tuple[np.ndarray, FocusTarget, dict]:
     """An encoded image's query vector pooled towards ``focus``, the target and its echo."""
     _check_service(service, bundle)
     target = service.target(focus)
     try:
-        pixels, width, height = decode_image(
-            data, size=bundle.images.image_encoder().input_size, limits=limits
-        )
+        pixels, width, height = decode(data, bundle.images.image_encoder().input_size)
     except ValueError as exc:  # ImageRejected: not an image, a bomb, too small, ...
         raise queries.QueryError(422, f"image rejected: {exc}") from exc
     vector = service.query_vector(bundle.images, pixels, target)
@@ -207,13 +206,13 @@ def focused_image_page(
     data: bytes,
     focus: str,
     page: PageRequest,
-    limits: DecodeLimits,
+    decode: BoundDecoder,
 ) -> dict:
     """``POST /api/search/image?focus=...``: the page ``queries.image_query`` gives."""
     started = time.perf_counter()
     _no_filter(page)
     # Decoded and encoded once, however deep the page makes the search go.
-    vector, target, echo = focused_image_vector(service, bundle, data, focus, limits)
+    vector, target, echo = focused_image_vector(service, bundle, data, focus, decode)
     why = _why(bundle, target, service.method)
 
     def search(n: int) -> Found:
@@ -254,6 +253,6 @@ def focused_search(
             return similar_hits(service, bundle, image_id, focus, k)[0]
         with open_file(image) as f:
             data = f.read()
-        return image_hits(service, bundle, data, focus, k, DecodeLimits())[0]
+        return image_hits(service, bundle, data, focus, k, bound_decoder(DecodeLimits()))[0]
     except queries.QueryError as exc:
         raise exc.as_user_error() from exc

@@ -42,6 +42,7 @@ _ERRORS = {
     413: "Upload too large",
     415: "Upload is not an image type, or the body is not a form",
     422: "Invalid parameter, or the image was rejected (bomb, too small, not an image)",
+    429: "Every image decoder is busy: retry after Retry-After seconds",
     503: "Not available on this server (no joint model)",
 }
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -81,7 +82,7 @@ async def _read_form(request: Request, config: ServeConfig) -> dict[str, uploads
     try:
         body = await uploads.read_bounded(request.stream(), limit)
         if content_type == "multipart/form-data":
-            parts = uploads.multipart_parts(body, header)
+            parts = await uploads.parse_form(body, header)
         else:
             pairs = urllib.parse.parse_qsl(
                 body.decode("latin-1"), keep_blank_values=True, errors="replace"
@@ -153,7 +154,7 @@ def add_mixed_routes(
         "/api/search/mixed",
         tags=["search"],
         summary="Mixed query: an image and weighted text terms",
-        responses=_errors(400, 404, 413, 415, 422, 503),
+        responses=_errors(400, 404, 413, 415, 422, 429, 503),
         description=(
             "A multipart form (or a urlencoded one without a file): an image as 'file' (at most "
             f"{config.max_upload_bytes} bytes) or an indexed 'image_id', and/or 'q' in the "
@@ -176,7 +177,7 @@ def add_mixed_routes(
         def search(n: int) -> mixed_search.Found:
             return mixed_search.mixed(
                 bundle, q, n, text_off, upload=upload, image_id=image_id,
-                image_weight=image_weight, limits=config.decode_limits,
+                image_weight=image_weight, decode=config.query_decoder(),
             )  # fmt: skip
 
         page = PageRequest(k, offset, dedupe=dedupe)

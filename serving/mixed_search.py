@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from encoders.base import l2_normalize
-from encoders.imaging import DecodeLimits, decode_image
+from encoders.decode_pool import BoundDecoder, bound_decoder
+from encoders.imaging import DecodeLimits
 from encoders.joint import KIND_W2VV
 from ranking import query_mix, rocchio
 from ranking.query_syntax import MAX_TERMS, QuerySyntaxError, QueryTerm, parse_query
@@ -95,12 +96,12 @@ def _image_space(text: TextSearcher, features: np.ndarray) -> np.ndarray:
 
 
 def upload_part(
-    bundle: IndexBundle, text: TextSearcher, data: bytes, limits: DecodeLimits, weight: float
+    bundle: IndexBundle, text: TextSearcher, data: bytes, decode: BoundDecoder, weight: float
 ) -> tuple[Part, dict]:
     """An uploaded image as a part (decoded and encoded as indexing does) and its echo."""
     encoder = bundle.images.image_encoder()
     try:
-        pixels, width, height = decode_image(data, size=encoder.input_size, limits=limits)
+        pixels, width, height = decode(data, encoder.input_size)
     except ValueError as exc:  # ImageRejected: not an image, a bomb, too small, ...
         raise QueryError(422, f"image rejected: {exc}") from exc
     vector = _image_space(text, encoder.encode(pixels[np.newaxis]))[0]
@@ -175,7 +176,7 @@ def mixed(
     upload: bytes | None = None,
     image_id: str | None = None,
     image_weight: float = 1.0,
-    limits: DecodeLimits | None = None,
+    decode: BoundDecoder | None = None,
 ) -> Found:
     """An image (uploaded bytes or an indexed ``image_id``) and/or text terms, in one ranking.
 
@@ -192,7 +193,8 @@ def mixed(
     parts: list[Part] = []
     query: dict = {"text": text_query.strip() or None, "terms": [], "image": None}
     if upload is not None:
-        part, echo = upload_part(bundle, text, upload, limits or DecodeLimits(), image_weight)
+        decode = decode or bound_decoder(DecodeLimits())
+        part, echo = upload_part(bundle, text, upload, decode, image_weight)
         parts.append(part)
         query["image"] = {**echo, "weight": image_weight}
     elif image_id is not None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from encoders.imaging import DecodeLimits, decode_image
+from encoders.decode_pool import BoundDecoder
 from ranking.query_syntax import is_plain
 from serving import mixed_search
 from serving.explain import embed_with_terms, image_vectors, term_contributions
@@ -220,21 +220,21 @@ def _fused_text_query(bundle: IndexBundle, text: str, page: PageRequest, started
     return _page(bundle, query, cut, page, whys, started)
 
 
-def image_vector(bundle: IndexBundle, data: bytes, limits: DecodeLimits) -> tuple[np.ndarray, dict]:
+def image_vector(bundle: IndexBundle, data: bytes, decode: BoundDecoder) -> tuple[np.ndarray, dict]:
     """An uploaded image -> its query vector (decoded and encoded as indexing does) and echo."""
     encoder = bundle.images.image_encoder()
     try:
-        pixels, width, height = decode_image(data, size=encoder.input_size, limits=limits)
+        pixels, width, height = decode(data, encoder.input_size)
     except ValueError as exc:  # ImageRejected: not an image, a bomb, too small, ...
         raise QueryError(422, f"image rejected: {exc}") from exc
     vector = encoder.encode(pixels[np.newaxis])[0]
     return vector, {"bytes": len(data), "width": width, "height": height}
 
 
-def image_query(bundle: IndexBundle, data: bytes, page: PageRequest, limits: DecodeLimits) -> dict:
+def image_query(bundle: IndexBundle, data: bytes, page: PageRequest, decode: BoundDecoder) -> dict:
     """An uploaded image -> its nearest indexed images (decoded and encoded as indexing does)."""
     started = time.perf_counter()
-    vector, echo = image_vector(bundle, data, limits)
+    vector, echo = image_vector(bundle, data, decode)
     allowed = bundle.allowed_rows(page.filter)
 
     def search(n: int) -> list[SearchHit]:

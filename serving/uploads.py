@@ -5,6 +5,11 @@ the page's JavaScript and API clients send) or as the ``file`` part of a ``multi
 form (the page's plain HTML form). Starlette's form parser spools parts over 1 MB to a
 temporary file; the body here is already bounded and in memory, so the form is parsed in memory
 too and a query does no file I/O.
+
+The multipart parser is pure Python, so a body of many tiny parts is CPU work: forms are parsed
+in a worker thread (``parse_form``), never on the event loop, and stop at ``MAX_FORM_PARTS``
+parts, so an 8 MB body of 800k empty parts costs one short refusal instead of seconds of a
+blocked server.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ from collections.abc import AsyncIterator
 from typing import NamedTuple
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 
 from serving.config import UPLOAD_CONTENT_TYPES
 
 # Room for a form's boundaries and part headers on top of the image itself.
 _MULTIPART_OVERHEAD = 64 * 1024
+
+# The most parts a form may have: the page's forms send at most a file and three fields.
+MAX_FORM_PARTS = 16
 
 
 class UploadError(Exception):
@@ -56,7 +65,9 @@ class FormPart(NamedTuple):
 
 
 def multipart_parts(body: bytes, content_type_header: str) -> list[FormPart]:
-    """Every part of a multipart/form-data body, in order (parsed in memory)."""
+    """Every part of a multipart/form-data body, in order (parsed in memory); 400 for a
+    malformed body or one of more than ``MAX_FORM_PARTS`` parts (refused at the first extra
+    part, before the rest is parsed). Blocking: async code calls ``parse_form``."""
     _, options = parse_options_header(content_type_header.encode("latin-1"))
     boundary = options.get(b"boundary")
     if not boundary:
@@ -65,6 +76,8 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[FormPart]:
     current: dict = {}
 
     def on_part_begin() -> None:
+        if len(parts) >= MAX_FORM_PARTS:
+            raise UploadError(400, f"a form may have at most {MAX_FORM_PARTS} parts")
         current.clear()
         current.update(headers={}, data=bytearray(), name=b"", value=b"")
 
@@ -98,6 +111,8 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[FormPart]:
     try:
         parser.write(body)
         parser.finalize()
+    except UploadError:
+        raise
     except Exception as exc:  # python-multipart raises its own error types for bad bodies
         raise UploadError(400, f"malformed multipart body: {exc}") from exc
     found = []
@@ -116,12 +131,28 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[FormPart]:
     return found
 
 
-def multipart_file(body: bytes, content_type_header: str, field: str = "file") -> tuple[str, bytes]:
-    """``(content type, bytes)`` of the ``field`` part of a multipart/form-data body."""
-    for part in multipart_parts(body, content_type_header):
+async def parse_form(body: bytes, content_type_header: str) -> list[FormPart]:
+    """``multipart_parts`` in a worker thread, so parsing never stalls the event loop."""
+    return await run_in_threadpool(multipart_parts, body, content_type_header)
+
+
+def file_part(parts: list[FormPart], field: str = "file") -> tuple[str, bytes]:
+    """``(content type, bytes)`` of the form's ``field`` part."""
+    for part in parts:
         if part.name == field:
             return part.content_type, part.data
     raise UploadError(400, f"the form has no {field!r} part")
+
+
+def checked_image(content_type: str, data: bytes, max_bytes: int) -> bytes:
+    """``data`` if it may be decoded: 415 for a non-image type, 413 over ``max_bytes``, 400
+    empty."""
+    check_image_type(content_type)
+    if len(data) > max_bytes:
+        raise UploadError(413, f"upload larger than {max_bytes} bytes")
+    if not data:
+        raise UploadError(400, "empty upload")
+    return data
 
 
 async def read_upload(
@@ -131,13 +162,8 @@ async def read_upload(
     content_type = content_type_header.split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         body = await read_bounded(stream, max_bytes + _MULTIPART_OVERHEAD)
-        content_type, data = multipart_file(body, content_type_header)
+        content_type, data = file_part(await parse_form(body, content_type_header))
     else:
         check_image_type(content_type)  # before reading a body that would be refused anyway
         data = await read_bounded(stream, max_bytes)
-    check_image_type(content_type)
-    if len(data) > max_bytes:
-        raise UploadError(413, f"upload larger than {max_bytes} bytes")
-    if not data:
-        raise UploadError(400, "empty upload")
-    return data
+    return checked_image(content_type, data, max_bytes)

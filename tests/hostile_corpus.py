@@ -30,6 +30,7 @@ from pathlib import Path
 from PIL import Image
 
 from tests import corpus_factory as cf
+from tests import hostile_uploads
 
 TABLE = "table"
 DUPLICATE = "duplicate"
@@ -102,6 +103,21 @@ def gif_bomb(folder: Path) -> Path:
 def moderate_png_bomb(folder: Path) -> Path:
     """9000x9000 (8.1e7 pixels): under Pillow's guard, over the job's own --max_pixels."""
     return cf.png_bomb(folder, 9000, 9000)
+
+
+def repeated_scans_jpeg(folder: Path) -> Path:
+    """38 KB whose 1010 scans would take seconds of CPU: refused on counting them."""
+    path = folder / "repeated_scans.jpg"
+    path.write_bytes(hostile_uploads.repeated_scans_jpeg())
+    return path
+
+
+def slow_png(folder: Path) -> Path:
+    """873k empty chunks (10 MB, about 3 s to open): stopped by the decode deadline the test
+    runs the job with (--decode_timeout_s 1), the worker process replaced."""
+    path = folder / "slow_chunks.png"
+    path.write_bytes(hostile_uploads.chunky_png())
+    return path
 
 
 def truncated_png(folder: Path) -> Path:
@@ -190,6 +206,8 @@ _LOCAL_DEAD: dict[str, tuple[Callable[[Path], Path], str, str]] = {
     "jpeg_bomb": (jpeg_bomb, "decode", r"^decompression bomb: 4\.2e9 pixels"),
     "gif_bomb": (gif_bomb, "decode", r"^decompression bomb"),
     "corrupt_png": (cf.corrupt_png, "decode", r"^corrupt PNG data"),
+    "repeated_scans_jpeg": (repeated_scans_jpeg, "decode", r"^JPEG with 1010 scans > limit 100$"),
+    "slow_png": (slow_png, "decode", r"^decoding took longer than 1 s \(stopped\)$"),
     "tiny_1x1": (cf.tiny_png, "decode", r"^too small: 1x1"),
     "extreme_aspect": (cf.extreme_aspect_png, "decode", r"^extreme aspect ratio 100:1"),
     "directory_named_jpg": (named_directory, "fetch", r"^not a regular file \(a directory\)"),

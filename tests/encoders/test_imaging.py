@@ -16,6 +16,7 @@ from PIL import Image, ImageFile
 
 from encoders.imaging import DecodeLimits, ImageRejected, decode_image, sha256_hex
 from tests import corpus_factory as cf
+from tests import hostile_uploads as hostile
 
 # The reason each bad kind must be rejected with (prefixes, so details may follow).
 EXPECTED_REASONS = {
@@ -242,3 +243,63 @@ def test_decode_is_deterministic_and_thread_safe(coco_photos: list[Path]) -> Non
 def test_sha256_hex() -> None:
     assert sha256_hex(b"abc") == hashlib.sha256(b"abc").hexdigest()
     assert sha256_hex(b"abc").startswith("ba7816bf")
+
+
+# Files of a few hundred KB at most whose decode would take hundreds of MB (issue 24's attacks):
+# each is refused on its header, before any pixel is decoded.
+_QUERY_LIMITS = DecodeLimits(max_pixels=40_000_000, max_decode_bytes=384 * 2**20)
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (hostile.float_tiff,
+         r"needs about 492 MiB to decode \(6300x6300 F TIFF\) > limit 384 MiB"),
+        (hostile.lossless_webp,
+         r"needs about 606 MiB to decode \(6300x6300 RGB WEBP\) > limit 384 MiB"),
+        (hostile.rgba_png,
+         r"needs about 481 MiB to decode \(6000x6000 RGBA PNG\) > limit 384 MiB"),
+    ],
+)  # fmt: skip
+def test_decode_memory_is_judged_on_the_header(make, reason) -> None:
+    data = make()
+    assert len(data) < 1_000_000
+    with pytest.raises(ImageRejected, match=reason):
+        decode_image(data, limits=_QUERY_LIMITS)
+
+
+def test_a_jpeg_repeating_its_scans_is_refused_before_decoding() -> None:
+    with pytest.raises(ImageRejected, match="JPEG with 1010 scans > limit 100"):
+        decode_image(hostile.repeated_scans_jpeg(2000, 1000))
+    ordinary = hostile.encoded(Image.new("RGB", (300, 200), (9, 9, 9)), "JPEG", progressive=True)
+    assert decode_image(ordinary)[1:] == (300, 200)
+
+
+def _reference_high_depth(values: np.ndarray) -> np.ndarray:
+    """The conversion written the plain way (whole-array float64): what the banded one keeps."""
+    values = values.astype(np.float64)
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    if values.dtype.kind == "f" and low >= 0 and high <= 1:
+        low, high = 0.0, 1.0
+    stretched = np.nan_to_num((values - low) / (high - low))
+    return np.clip(np.round(stretched * 255.0), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["unit_float", "wide_float", "nan_float", "int32"])
+def test_high_depth_is_converted_in_bands_to_the_same_pixels(kind: str) -> None:
+    from encoders.imaging import _high_depth_to_uint8
+
+    rng = np.random.default_rng(3)
+    values = {
+        "unit_float": rng.random((700, 90), dtype=np.float32),
+        "wide_float": (rng.random((700, 90)) * 4000 - 1000).astype(np.float32),
+        "nan_float": np.where(rng.random((700, 90)) < 0.1, np.nan, rng.random((700, 90))).astype(
+            np.float32
+        ),
+        "int32": rng.integers(-(2**31), 2**31 - 1, (700, 90), dtype=np.int32),
+    }[kind]
+    np.testing.assert_array_equal(_high_depth_to_uint8(values), _reference_high_depth(values))
+    grey = rng.integers(0, 65536, (600, 40)).astype(np.uint16)
+    np.testing.assert_array_equal(
+        _high_depth_to_uint8(grey), ((grey.astype(np.uint32) * 255 + 32767) // 65535)
+    )

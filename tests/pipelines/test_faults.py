@@ -221,7 +221,8 @@ def test_unexpected_decoder_error_on_one_file_is_a_dead_letter(
     from pipelines import transforms
 
     # The whole job builds its own DecodeImages, out of this test's reach: patch the decoder
-    # it picks up when constructed (the DoFn-level test below passes one in instead).
+    # it picks up when constructed (the DoFn-level test below passes one in instead), and
+    # decode in-process, where the patch applies.
 
     poison = small_photo_dir / "poison.png"
     Image.new("RGB", (120, 90), MAGENTA).save(poison)
@@ -236,7 +237,10 @@ def test_unexpected_decoder_error_on_one_file_is_a_dead_letter(
     monkeypatch.setattr(transforms, "decode_image", decode)
     out = tmp_path / "out"
 
-    result = index_job.run(fake_index_args(small_photo_dir, out, "fault-1"))
+    # In-process decoding (--decode_workers 0): a patch cannot reach the decode workers.
+    result = index_job.run(
+        fake_index_args(small_photo_dir, out, "fault-1", "--decode_workers", "0")
+    )
 
     assert (result.counts["indexed"], result.counts["dead_letters"]) == (6, 1)
     [letter] = _rows(out / "dead_letters").to_pylist()

@@ -56,12 +56,16 @@ def run_index_job_measured(corpus: Path, out: Path, *extra: str) -> dict:
         corpus,
         out,
         "hostile-1",
-        # Small enough that the endless body stops early, large enough for every real photo.
+        # Small enough that the endless body stops early, large enough for every real photo
+        # and the 10 MB slow PNG.
         "--max_download_bytes",
-        str(4 * 2**20),
+        str(12 * 2**20),
         "--download_timeout_s",
         "0.5",
         "--download_retries",
+        "1",
+        # Real photos decode in milliseconds; the slow PNG takes seconds (tests/hostile_corpus).
+        "--decode_timeout_s",
         "1",
         *extra,
     )
@@ -171,7 +175,9 @@ def test_folder_corpus_lists_every_local_file_once(tmp_path, coco_photos) -> Non
     from pipelines import index_job
 
     out = tmp_path / "out"
-    result = index_job.run(fake_index_args(corpus.photos_dir, out, "hostile-folder"))
+    result = index_job.run(
+        fake_index_args(corpus.photos_dir, out, "hostile-folder", "--decode_timeout_s", "1")
+    )
     seen = collections.Counter(
         row["uri"]
         for folder in ("table", "duplicates", "dead_letters")

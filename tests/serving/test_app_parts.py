@@ -13,7 +13,7 @@ from serving.config import ServeConfig
 from serving.details import ImageDetails
 from serving.explain import MAX_TERMS, padded_batch, query_terms
 from serving.thumbnails import ThumbnailCache, ThumbnailError
-from serving.uploads import UploadError, multipart_file
+from serving.uploads import MAX_FORM_PARTS, UploadError, file_part, multipart_parts
 
 
 def _photo(path: Path, size: tuple[int, int], color: str) -> Path:
@@ -73,12 +73,17 @@ def test_multipart_file_in_memory() -> None:
         b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
         b"Content-Type: image/png\r\n\r\n\x89PNG-bytes\r\n--XyZ--\r\n"
     )
-    assert multipart_file(body, "multipart/form-data; boundary=XyZ") == (
+    parts = multipart_parts(body, "multipart/form-data; boundary=XyZ")
+    assert file_part(parts) == (
         "image/png",
         b"\x89PNG-bytes",
     )
     with pytest.raises(UploadError, match="no 'photo' part"):
-        multipart_file(body, "multipart/form-data; boundary=XyZ", field="photo")
+        file_part(parts, field="photo")
+    many = b"--XyZ\r\n\r\n\r\n" * (MAX_FORM_PARTS + 1) + b"--XyZ--\r\n"
+    with pytest.raises(UploadError, match=f"at most {MAX_FORM_PARTS} parts"):
+        multipart_parts(many, "multipart/form-data; boundary=XyZ")
+    assert len(multipart_parts(many[9:], "multipart/form-data; boundary=XyZ")) == MAX_FORM_PARTS
 
 
 @pytest.mark.parametrize(
