@@ -205,6 +205,9 @@ class DecodePool:
             self._replace(worker)
             reason = f"the decoder process died on this file (exit code {code})"
             raise ImageRejected(reason) from None
+        except RuntimeError:  # it never started: replaced, so the pool keeps its size
+            self._replace(worker)
+            raise
         self._idle.put(worker)
         kind = answer[0]
         if kind == "ok":
@@ -246,8 +249,6 @@ class GuardedDecoder:
     def __call__(
         self, data: bytes, size: tuple[int, int], limits: DecodeLimits
     ) -> tuple[np.ndarray, int, int]:
-        if not data:  # answered here: not worth a round trip
-            raise ImageRejected("empty file")
         return shared_pool(self.budget).decode(data, size, limits)
 
 

@@ -262,15 +262,23 @@ _PROGRESSIVE_BYTES_PER_PIXEL = 6
 
 _JPEG_SOS = b"\xff\xda"
 
+# Grey modes deeper than 8 bits (converted by ``_high_depth_to_uint8``) and modes with alpha.
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _has_transparency(im: Image.Image) -> bool:
+    """An alpha band, or palette / grey transparency (tRNS) that Pillow applies as alpha."""
+    return im.mode in _ALPHA_MODES or "transparency" in im.info
+
 
 def decode_bytes_estimate(im: Image.Image, stored_size: tuple[int, int]) -> int:
     """The peak memory decoding ``im`` takes, from its header: ``im`` is opened (and drafted,
     for a JPEG) but not loaded; ``stored_size`` is its size before any draft."""
     width, height = im.size
-    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
     per_pixel = (
         _TRANSPARENT_BYTES_PER_PIXEL
-        if has_alpha
+        if _has_transparency(im)
         else _PEAK_BYTES_PER_PIXEL.get(im.mode, _TRANSPARENT_BYTES_PER_PIXEL)
     )
     if im.format == "WEBP":
@@ -344,10 +352,9 @@ def _to_rgb_or_grey(im: Image.Image) -> Image.Image:
     transparency is composited onto white."""
     mode = im.mode
     try:
-        if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        if mode in _HIGH_DEPTH_MODES:
             return Image.fromarray(_high_depth_to_uint8(np.asarray(im)), mode="L")
-        has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
-        if has_alpha:
+        if _has_transparency(im):
             # Pillow applies palette / tRNS transparency when converting to RGBA.
             rgba = im.convert("RGBA")
             background = Image.new("RGB", rgba.size, _WHITE)

@@ -73,18 +73,13 @@ async def read_page_upload(request: Request, config: ServeConfig) -> tuple[bytes
         raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
     header = request.headers.get("content-type", "")
     try:
-        content_type = header.split(";")[0].strip().lower()
-        if content_type != "multipart/form-data":
-            uploads.check_image_type(content_type)  # before reading a body refused anyway
-        body = await uploads.read_bounded(request.stream(), limit)
-        focus = request.query_params.get("focus", "")
-        if content_type == "multipart/form-data":
-            parts = await uploads.parse_form(body, header)
-            content_type, body = uploads.file_part(parts)
-            for part in parts:
-                if part.name == "focus" and part.filename is None:
-                    focus = part.data.decode("utf-8", "replace")
-        data = uploads.checked_image(content_type, body, config.max_upload_bytes)
+        data, parts = await uploads.read_upload_form(
+            header, request.stream(), config.max_upload_bytes
+        )
     except uploads.UploadError as exc:
         raise HTTPException(exc.status, exc.message) from exc
+    focus = request.query_params.get("focus", "")
+    for part in parts:
+        if part.name == "focus" and part.filename is None:
+            focus = part.data.decode("utf-8", "replace")
     return data, focus.strip()[:MAX_FOCUS_CHARS]

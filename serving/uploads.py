@@ -144,26 +144,30 @@ def file_part(parts: list[FormPart], field: str = "file") -> tuple[str, bytes]:
     raise UploadError(400, f"the form has no {field!r} part")
 
 
-def checked_image(content_type: str, data: bytes, max_bytes: int) -> bytes:
-    """``data`` if it may be decoded: 415 for a non-image type, 413 over ``max_bytes``, 400
-    empty."""
+async def read_upload(
+    content_type_header: str, stream: AsyncIterator[bytes], max_bytes: int
+) -> bytes:
+    """The uploaded image's bytes: 415 for a non-image type, 413 over ``max_bytes``, 400 empty."""
+    data, _ = await read_upload_form(content_type_header, stream, max_bytes)
+    return data
+
+
+async def read_upload_form(
+    content_type_header: str, stream: AsyncIterator[bytes], max_bytes: int
+) -> tuple[bytes, list[FormPart]]:
+    """``read_upload``'s bytes and the form's parts, for routes that read other fields of the
+    form too ([] for a raw-body upload)."""
+    content_type = content_type_header.split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        body = await read_bounded(stream, max_bytes + _MULTIPART_OVERHEAD)
+        parts = await parse_form(body, content_type_header)
+        content_type, data = file_part(parts)
+    else:
+        check_image_type(content_type)  # before reading a body that would be refused anyway
+        data, parts = await read_bounded(stream, max_bytes), []
     check_image_type(content_type)
     if len(data) > max_bytes:
         raise UploadError(413, f"upload larger than {max_bytes} bytes")
     if not data:
         raise UploadError(400, "empty upload")
-    return data
-
-
-async def read_upload(
-    content_type_header: str, stream: AsyncIterator[bytes], max_bytes: int
-) -> bytes:
-    """The uploaded image's bytes: 415 for a non-image type, 413 over ``max_bytes``, 400 empty."""
-    content_type = content_type_header.split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        body = await read_bounded(stream, max_bytes + _MULTIPART_OVERHEAD)
-        content_type, data = file_part(await parse_form(body, content_type_header))
-    else:
-        check_image_type(content_type)  # before reading a body that would be refused anyway
-        data = await read_bounded(stream, max_bytes)
-    return checked_image(content_type, data, max_bytes)
+    return data, parts
