@@ -37,6 +37,7 @@ setup(
         "gcsfs",
         "fastapi",
         "uvicorn",
+        "httptools",
         "jinja2",
         "python-multipart",
         "prometheus-client",

@@ -49,6 +49,11 @@ GRAPH_VERSION = "v1"
 # Texts per traced call in ``encode``: bounds the (batch, length, length) attention tensors
 # when indexing a large corpus. Batches are sorted by length first so little is padding.
 CHUNK_SIZE = 64
+# A call pads every text to its longest, so one long text among short ones costs its length
+# times the batch (a 500-character query beside its 12 words: 13 x 110 tokens, 0.3 s instead of
+# 40 ms). A chunk therefore holds texts of at most twice its shortest length (in characters, a
+# proxy for tokens, and never less than this floor, below which padding costs little).
+SHORT_CHARS = 32
 
 # Added to attention logits of padding positions: exp() of it is exactly 0 in float32, like the
 # reference's finfo(float32).min, without overflowing when added to a logit.
@@ -188,6 +193,21 @@ def load_hf_weights(model: keras.Model, tensors: dict[str, np.ndarray]) -> None:
         layer.set_weights(arrays)
 
 
+def length_chunks(lengths: Sequence[int]) -> list[np.ndarray]:
+    """Positions of texts of these ``lengths`` in encode calls: sorted by length, at most
+    ``CHUNK_SIZE`` per call, and a new call where a text is longer than twice the call's first
+    (shortest) text or ``SHORT_CHARS``, whichever is more."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    chunks: list[list[int]] = []
+    ceiling = -1
+    for position in order.tolist():
+        if not chunks or len(chunks[-1]) == CHUNK_SIZE or lengths[position] > ceiling:
+            chunks.append([])
+            ceiling = 2 * max(lengths[position], SHORT_CHARS)
+        chunks[-1].append(position)
+    return [np.asarray(chunk, dtype=np.int64) for chunk in chunks]
+
+
 class MiniLMEncoder(TextEncoder):
     """all-MiniLM-L6-v2 as a ``TextEncoder``: ``encode(texts) -> (N, 384)`` unit float32 rows.
 
@@ -318,21 +338,21 @@ class MiniLMEncoder(TextEncoder):
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """``N`` strings -> ``(N, dim)`` float32 unit rows.
 
-        More than ``CHUNK_SIZE`` texts are sorted by length and run in chunks (less padding,
-        bounded memory); rows come back in input order. Padding never changes a row: a text
-        gives the same vector alone or in any batch (to float32 rounding).
+        Texts run in ``length_chunks`` (sorted by length, at most ``CHUNK_SIZE`` each, none
+        padded to more than twice its own length: bounded memory and work that grows with the
+        texts, not with the longest one); rows come back in input order. Padding never changes
+        a row: a text gives the same vector alone or in any batch (to float32 rounding).
         """
         texts = check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if len(texts) <= CHUNK_SIZE:
+        chunks = length_chunks([len(text) for text in texts])
+        if len(chunks) == 1:
             return self._embed(np.asarray(texts, dtype=object)).numpy()
-        order = np.argsort([len(text) for text in texts], kind="stable")
-        ordered = np.asarray(texts, dtype=object)[order]
+        array = np.asarray(texts, dtype=object)
         vectors = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), CHUNK_SIZE):
-            chunk = order[start : start + CHUNK_SIZE]
-            vectors[chunk] = self._embed(ordered[start : start + CHUNK_SIZE]).numpy()
+        for chunk in chunks:
+            vectors[chunk] = self._embed(array[chunk]).numpy()
         return vectors
 
     def __repr__(self) -> str:

@@ -355,6 +355,12 @@ def _serve(argv: Sequence[str]) -> int:
     parser.add_argument("--decode-timeout-s", type=float, default=5.0)
     parser.add_argument("--decode-memory-mb", type=int, default=448)
     parser.add_argument("--no-verify", action="store_true", help="skip manifest checksums")
+    parser.add_argument(
+        "--expose-uris",
+        action="store_true",
+        help="answers show local source paths in full (default: the file name only); URL "
+        "credentials (user:password@, signed-URL parameters) are stripped either way",
+    )
     _add_image_search_args(parser)
     parser.add_argument(
         "--events", help="click log: a folder or gs:// prefix for POST /api/events Parquet files"
@@ -394,6 +400,7 @@ def _serve(argv: Sequence[str]) -> int:
             decode_timeout_s=args.decode_timeout_s,
             decode_memory_bytes=args.decode_memory_mb * 2**20,
             verify=not args.no_verify,
+            expose_uris=args.expose_uris,
             image_search=args.image_search,
             hamming_rerank=args.hamming_rerank,
             glove=args.glove,

@@ -6,6 +6,9 @@ are ``serving.app``'s: ``GET /api/search``, ``POST /api/search/image`` (raw body
 ``GET /api/similar/{id}``, ``GET /api/images/{id}``. A 4xx/5xx answer raises ``ServerError``
 with the server's ``detail`` message; a 404 for an image id raises ``UnknownImageOnServer``,
 which is also the local API's ``UnknownImageError``, so one ``except`` serves both.
+
+A hit's ``uri`` is what the server shows: a local source path only as its file name unless
+the server runs with ``--expose-uris`` (``serving.redaction``), URLs without credentials.
 """
 
 from __future__ import annotations

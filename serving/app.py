@@ -16,11 +16,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from encoders.decode_pool import DecodeBusy
@@ -37,11 +42,12 @@ from serving.focus_routes import (
     read_page_upload,
     similar_page,
 )
-from serving.http_hygiene import HeadAsGet, SecurityHeaders
+from serving.http_hygiene import BodyBudget, HeadAsGet, SecurityHeaders
 from serving.hybrid_search import DEFAULT_HYBRID_WEIGHT
 from serving.metrics import ServerMetrics
 from serving.mixed_routes import add_mixed_routes
 from serving.paging import PageRequest
+from serving.redaction import public_text, public_uri
 from serving.reloader import Reloader, VersionHolder
 from serving.responses import json_response
 from serving.row_filters import FILTER_HELP
@@ -57,7 +63,7 @@ TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 # The error answers each route may give ({"detail": "..."}), so the OpenAPI schema tells clients
 # (and schema fuzzers) every status they can get, not only 200 and FastAPI's own 422.
 _ERRORS = {
-    400: "Bad request (empty query or upload, malformed form)",
+    400: "Bad request (empty query or upload, malformed form, a query past the length limit)",
     404: "No such image in the serving index version",
     413: "Upload too large",
     415: "Upload is not an image type",
@@ -109,9 +115,33 @@ class _MetricsMiddleware:
             self.metrics.requests.labels(route=name, status=str(status["code"])).inc()
 
 
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Starlette's answer to an HTTPException, its detail first made fit for the public
+    (``serving.redaction``: no local paths, URL credentials or heap addresses)."""
+    if isinstance(exc.detail, str):
+        detail = public_text(exc.detail, request.app.state.config.expose_uris)
+        exc = StarletteHTTPException(exc.status_code, detail, headers=exc.headers)
+    return await http_exception_handler(request, exc)
+
+
 async def _query_error(request: Request, exc: queries.QueryError) -> Response:
     """A refused query (``serving.queries.QueryError``) answers like any HTTPException."""
-    return await http_exception_handler(request, HTTPException(exc.status, exc.message))
+    return await _http_error(request, HTTPException(exc.status, exc.message))
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422 for an invalid parameter -- except a query text past the server's length
+    limit, which is a 400 naming the limit: the request is well-formed but asks for more than
+    this server does (``--max-query-chars``; the schema shows it as the parameter's maxLength)."""
+    errors = exc.errors()
+    if errors and all(
+        error.get("type") == "string_too_long" and tuple(error.get("loc", ()))[-1:] == ("q",)
+        for error in errors
+    ):
+        limit = errors[0].get("ctx", {}).get("max_length")
+        detail = f"the query is longer than {limit} characters, this server's limit"
+        return JSONResponse({"detail": detail}, status_code=400)
+    return await request_validation_exception_handler(request, exc)
 
 
 async def _decode_busy(request: Request, exc: DecodeBusy) -> Response:
@@ -121,10 +151,8 @@ async def _decode_busy(request: Request, exc: DecodeBusy) -> Response:
 
 
 async def _read_upload(request: Request, config: ServeConfig) -> bytes:
-    """The uploaded image (``serving.uploads``), refused early on a too-large Content-Length."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > config.max_upload_bytes + 64 * 1024:
-        raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
+    """The uploaded image (``serving.uploads``; a Content-Length past any upload form was
+    refused before the route, by ``BodyBudget``)."""
     try:
         return await uploads.read_upload(
             request.headers.get("content-type", ""), request.stream(), config.max_upload_bytes
@@ -150,6 +178,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             config.page_depth,
             config.image_search,
             config.hamming_rerank,
+            config.expose_uris,
         )
 
     bundle = load(index_dir, version)
@@ -193,12 +222,17 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     )
     app.state.config, app.state.holder, app.state.reloader = config, holder, reloader
     app.state.metrics, app.state.models, app.state.thumbnails = metrics, models, thumbnails
+    limits = config.connection_limits
+    app.add_middleware(BodyBudget, max_body_bytes=config.max_body_bytes,
+                       max_buffered_bytes=limits.max_buffered_bytes)  # fmt: skip
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     # Outermost (added last): every answer, errors and 404s included, carries the headers.
     app.add_middleware(HeadAsGet)
     app.add_middleware(SecurityHeaders)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(queries.QueryError, _query_error)
     app.add_exception_handler(DecodeBusy, _decode_busy)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
 
     K = Annotated[int, Query(ge=1, le=config.max_k, description="results per page")]
     Offset = Annotated[int, Query(ge=0, le=config.max_offset, description="results to skip")]
@@ -323,14 +357,24 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     # threads that decode, encode and search (a busy server still says it is alive and ready).
     @app.get("/health", tags=["ops"], summary="Liveness and what is being served")
     async def health() -> dict:
+        expose = config.expose_uris
+        serving = holder.current.summary()
+        serving["index_dir"] = public_uri(serving["index_dir"], expose)
+        reload = reloader.status().to_json() if reloader is not None else None
+        if reload is not None:
+            reload["watching"] = public_uri(reload["watching"], expose)
+            reload["refused"] = {
+                v: public_text(why, expose) for v, why in reload["refused"].items()
+            }
+        reason = models.text_off_reason
         return {
             "status": "ok",
-            "serving": holder.current.summary(),
+            "serving": serving,
             "text_search": {
                 "enabled": holder.current.text is not None,
-                "reason": models.text_off_reason,
+                "reason": public_text(reason, expose) if reason else reason,
             },
-            "reload": reloader.status().to_json() if reloader is not None else None,
+            "reload": reload,
         }
 
     @app.get(
@@ -367,6 +411,9 @@ def _add_page_routes(
 
     def render(request: Request, bundle: IndexBundle, **context) -> HTMLResponse:
         status = context.pop("status", 200)
+        if context.get("error"):
+            context["error"] = public_text(context["error"], config.expose_uris)
+        reason = models.text_off_reason
         return TEMPLATES.TemplateResponse(
             request,
             "search.html",
@@ -376,7 +423,7 @@ def _add_page_routes(
                 "hamming": bundle.images.hamming,
                 "hamming_rerank": bundle.images.hamming_rerank if bundle.images.hamming else 0,
                 "text_enabled": bundle.text is not None,
-                "text_off_reason": models.text_off_reason,
+                "text_off_reason": public_text(reason, config.expose_uris) if reason else reason,
                 "k": config.default_k,
                 "max_upload_bytes": config.max_upload_bytes,
                 "accept": ",".join(UPLOAD_CONTENT_TYPES),

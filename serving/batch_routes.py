@@ -55,7 +55,7 @@ def add_batch_routes(
         tags=["search"],
         summary="Batch of text and image-id queries",
         responses={
-            400: {"description": "Empty batch or a bad filter"},
+            400: {"description": "Empty batch, a bad filter, or a q past the length limit"},
             422: {"description": f"Malformed body, or more than {MAX_BATCH_QUERIES} queries"},
         },
         description=(

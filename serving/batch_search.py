@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from serving import queries
-from serving.explain import MAX_TERMS, padded_batch
 from serving.paging import PageRequest
 from serving.query_error import QueryError
 from serving.searcher import SearchHit
@@ -67,14 +66,7 @@ def _answer_texts(bundle, items, positions, page, allowed, text_off, answers) ->
         return
     text = bundle.text
     strings = [items[i].q.strip() for i in positions]
-    # Batches of the size the encoder's TensorFlow function was traced for at start-up.
-    size = 1 + MAX_TERMS
-    features = np.concatenate(
-        [
-            text.text_encoder.encode(padded_batch(strings[s : s + size]))[: len(strings[s:s+size])]
-            for s in range(0, len(strings), size)
-        ]
-    )  # fmt: skip
+    features = text.text_encoder.encode(strings)  # one call: the encoder chunks by length
     known = [bool(s) and bool(np.any(row)) for s, row in zip(strings, features, strict=True)]
     rows = [j for j, ok in enumerate(known) if ok]
     vectors = np.asarray(text.joint.embed_text_features(features[rows]), np.float32) if rows else []

@@ -25,9 +25,39 @@ UPLOAD_CONTENT_TYPES = (
     "image/tiff",
 )
 
+# A multipart form's boundaries, part headers and text fields, beyond the upload itself.
+FORM_OVERHEAD = 64 * 1024
+
 # Uploaded queries: the indexing limits, with lower caps (a query is one photo, not a scan): at
 # most 384 MiB to decode (a 40 MP RGB photo needs about 200 MiB, a 40 MP float TIFF 500 MiB).
 _QUERY_LIMITS = DecodeLimits(max_pixels=40_000_000, max_decode_bytes=384 * 2**20)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionLimits:
+    """How long a client may take and how much it may hold (``serving.connection_guard``,
+    ``serving.http_hygiene.BodyBudget``).
+
+    A request's line and headers must arrive within ``head_timeout_s`` of the connection opening
+    (or of the previous response) and be at most ``max_head_bytes``; its body within
+    ``body_timeout_s`` of the head. A keep-alive connection idle ``keep_alive_s`` after a
+    response is closed. Past ``max_connections`` the connection idle for longest is closed for a
+    newcomer. Request bodies the server holds at once total at most ``max_buffered_bytes``
+    (beyond, 429 with Retry-After); one body is at most ``ServeConfig.max_body_bytes``.
+    """
+
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: int = 5
+    max_head_bytes: int = 32 * 1024
+    max_connections: int = 512
+    max_buffered_bytes: int = 256 * 2**20
+
+    def __post_init__(self) -> None:
+        for name in ("head_timeout_s", "body_timeout_s", "keep_alive_s", "max_head_bytes",
+                     "max_connections", "max_buffered_bytes"):  # fmt: skip
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +99,10 @@ class ServeConfig:
     decode_memory_bytes: int = 448 * 2**20
     decode_timeout_s: float = 5.0
     decode_wait_s: float = 2.0
+    # Answers show a local source path as its file name, and never a URL's userinfo or signing
+    # parameters (serving.redaction); True shows local paths in full (a trusted network, or the
+    # library's client, which opens the files).
+    expose_uris: bool = False
     # Thumbnails: the longest side served and how many are kept in memory.
     thumbnail_max_side: int = 256
     thumbnail_cache_entries: int = 2048
@@ -81,6 +115,8 @@ class ServeConfig:
     # Parquet files; None turns it off (the route answers 503). Its bounds: EventLimits.
     events_dir: str | None = None
     event_limits: EventLimits = dataclasses.field(default_factory=EventLimits)
+    # Timeouts and caps on connections and request bodies (see ConnectionLimits).
+    connection_limits: ConnectionLimits = dataclasses.field(default_factory=ConnectionLimits)
 
     def query_decoder(self) -> BoundDecoder:
         """How the server decodes an image: ``decode_limits`` and, unless ``decode_workers``
@@ -90,6 +126,11 @@ class ServeConfig:
             budget = DecodeBudget(self.decode_workers, self.decode_memory_bytes,
                                   self.decode_timeout_s, self.decode_wait_s)  # fmt: skip
         return bound_decoder(self.decode_limits, budget)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body of any route: an upload and its form around it."""
+        return self.max_upload_bytes + FORM_OVERHEAD
 
     @property
     def page_depth(self) -> int:
@@ -124,3 +165,9 @@ class ServeConfig:
             self.query_decoder()  # DecodeBudget checks the rest
         if self.thumbnail_cache_entries < 0:
             raise ValueError("thumbnail_cache_entries must be >= 0")
+        if self.connection_limits.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"connection_limits.max_buffered_bytes "
+                f"({self.connection_limits.max_buffered_bytes}) cannot hold one upload form of "
+                f"{self.max_body_bytes} bytes"
+            )

@@ -28,31 +28,24 @@ def query_terms(query: str) -> list[str]:
     return list(seen)[:MAX_TERMS]
 
 
-def padded_batch(texts: list[str]) -> list[str]:
-    """``texts`` padded with empty strings to ``1 + MAX_TERMS`` rows.
-
-    Text encoders tokenize with a TensorFlow function, which is traced anew for every batch
-    size it sees (about a second each); one fixed size means one trace, done at start-up.
-    """
-    return texts + [""] * (1 + MAX_TERMS - len(texts))
-
-
 def embed_with_terms(
     text: TextSearcher, query: str
 ) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
     """``(query vector (1, dim), known terms, their vectors, unknown terms)`` in one encoder call.
 
     The text encoders pay a fixed cost per call (tokenization runs as a TensorFlow op), so the
-    query and its words go through together. ValueError, as ``TextSearcher.embed_queries``
-    raises, when no word of the query is known.
+    query and its words go through together; the encoder keeps a long query from padding its
+    short words to its own length (``encoders.minilm.length_chunks``), so the explanation costs
+    about as much as the query itself. ValueError, as ``TextSearcher.embed_queries`` raises,
+    when no word of the query is known.
     """
     terms = query_terms(query)
-    features = text.text_encoder.encode(padded_batch([query, *terms]))
+    features = text.text_encoder.encode([query, *terms])
     if not np.any(features[0]):
         raise ValueError(
             f"no word of {query!r} is known to text encoder {text.text_encoder.encoder_id}"
         )
-    known = [bool(np.any(row)) for row in features[1 : 1 + len(terms)]]
+    known = [bool(np.any(row)) for row in features[1:]]
     rows = [0] + [i + 1 for i, k in enumerate(known) if k]
     vectors = l2_normalize(np.asarray(text.joint.embed_text_features(features[rows]), np.float32))
     kept = [t for t, k in zip(terms, known, strict=True) if k]

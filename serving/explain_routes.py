@@ -45,7 +45,7 @@ RETRY_AFTER_S = 1
 _MAX_SOURCE_BYTES = 64 * 2**20
 _MAX_ID_CHARS = 256
 _ERRORS = {
-    400: "Neither or both of q and similar_to, or no word of q is known",
+    400: "Neither or both of q and similar_to, no word of q is known, or q past the length limit",
     404: "No such image in the serving index version (or its photo cannot be read)",
     422: "Invalid parameter, or the photo cannot be decoded",
     429: "Too many explanations running: retry after Retry-After seconds",

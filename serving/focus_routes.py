@@ -67,10 +67,6 @@ def image_page(app: FastAPI, bundle: IndexBundle, data: bytes, focus: str, page:
 async def read_page_upload(request: Request, config: ServeConfig) -> tuple[bytes, str]:
     """The search page's upload: the image (as ``uploads.read_upload`` checks it) and the
     form's ``focus`` field ("" when absent; a raw-body upload may pass ``?focus=``)."""
-    declared = request.headers.get("content-length", "")
-    limit = config.max_upload_bytes + 64 * 1024
-    if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
     header = request.headers.get("content-type", "")
     try:
         data, parts = await uploads.read_upload_form(

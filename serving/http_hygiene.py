@@ -1,4 +1,5 @@
-"""Response headers every answer carries, and HEAD wherever GET is allowed (pure ASGI).
+"""Response headers every answer carries, HEAD wherever GET is allowed, and a budget for request
+bodies (pure ASGI).
 
 - ``X-Content-Type-Options: nosniff``: a browser never guesses a type the server did not
   send (a thumbnail is a JPEG, an error is JSON).
@@ -9,11 +10,19 @@
 FastAPI routes declared for GET answer HEAD with 405; HTTP says HEAD is GET without the body
 (load balancers and uptime probes send it), so ``HeadAsGet`` runs the GET and drops the body,
 keeping its status and headers (``Content-Length`` included).
+
+``BodyBudget`` bounds what clients can make the server hold: no request body past the largest
+any route accepts (413, refused on its ``Content-Length`` before a byte is read, or when the
+stream passes it), and all bodies held at once within a server-wide total (429 with
+``Retry-After``): slow uploads from many connections cannot add up to the machine's memory.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from starlette.exceptions import HTTPException
 
 SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
@@ -63,3 +72,60 @@ class HeadAsGet:
             await send(message)
 
         await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
+class BodyRefused(HTTPException):
+    """A request body over a bound, raised from ``receive``: Starlette answers it, and FastAPI's
+    body parsing re-raises it (it turns other errors into a 400)."""
+
+
+_RETRY_AFTER_S = 2
+
+
+class BodyBudget:
+    """At most ``max_body_bytes`` per request body and ``max_buffered_bytes`` in all the bodies
+    of requests in progress (counted as they arrive, released when the request ends)."""
+
+    def __init__(self, app: Any, max_body_bytes: int, max_buffered_bytes: int) -> None:
+        self.app, self.max_body_bytes, self.max_buffered_bytes = (
+            app, max_body_bytes, max_buffered_bytes
+        )  # fmt: skip
+        self.buffered = 0  # only touched on the event loop: no lock needed
+
+    def _too_large(self) -> str:
+        return f"request body larger than {self.max_body_bytes} bytes"
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            body = json.dumps({"detail": self._too_large()}).encode()
+            await send({"type": "http.response.start", "status": 413, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                (b"connection", b"close")]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+            return
+        held = 0
+
+        async def counted() -> dict:
+            nonlocal held
+            message = await receive()
+            size = len(message.get("body", b"")) if message["type"] == "http.request" else 0
+            if held + size > self.max_body_bytes:
+                raise BodyRefused(413, self._too_large())
+            if self.buffered + size > self.max_buffered_bytes:
+                raise BodyRefused(
+                    429,
+                    "the server holds as many uploads as it may: retry shortly",
+                    headers={"Retry-After": str(_RETRY_AFTER_S)},
+                )
+            held += size
+            self.buffered += size
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            self.buffered -= held

@@ -39,7 +39,7 @@ from encoders.base import l2_normalize
 from encoders.text_match import content_words
 from ranking.bm25 import BM25Index
 from serving.details import ImageDetails
-from serving.explain import image_vectors, padded_batch
+from serving.explain import image_vectors
 from serving.query_error import QueryError
 from serving.searcher import ImageSearcher, SearchHit
 from serving.text_search import TextSearcher
@@ -243,7 +243,7 @@ def fused_order(fused: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def _query_vector(text: TextSearcher, query: str) -> np.ndarray | None:
     """The query's unit vector in the search space, or None when no word of it is known."""
-    features = text.text_encoder.encode(padded_batch([query]))[:1]
+    features = text.text_encoder.encode([query])
     if not np.any(features):
         return None
     return l2_normalize(np.asarray(text.joint.embed_text_features(features), np.float32))

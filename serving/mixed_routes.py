@@ -34,7 +34,6 @@ from serving.state import QueryModels
 
 MAX_IMAGE_WEIGHT = 100.0
 _MAX_ID_CHARS = 256
-_FORM_OVERHEAD = 64 * 1024  # a form's boundaries, part headers and text fields
 # As serving.app's: that module imports this one, so they cannot be shared from there.
 _ERRORS = {
     400: "Bad request (malformed query syntax, nothing to search for, a malformed form)",
@@ -71,16 +70,12 @@ def _http(exc: queries.QueryError) -> HTTPException:
 
 async def _read_form(request: Request, config: ServeConfig) -> dict[str, uploads.FormPart]:
     """The form's fields by name (the first of each), bounded like image uploads."""
-    limit = config.max_upload_bytes + _FORM_OVERHEAD
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
     header = request.headers.get("content-type", "")
     content_type = header.split(";")[0].strip().lower()
     if content_type not in _FORM_TYPES:
         raise HTTPException(415, f"send a form ({' or '.join(_FORM_TYPES)}), not {content_type!r}")
     try:
-        body = await uploads.read_bounded(request.stream(), limit)
+        body = await uploads.read_bounded(request.stream(), config.max_body_bytes)
         if content_type == "multipart/form-data":
             parts = await uploads.parse_form(body, header)
         else:
@@ -105,7 +100,7 @@ def _text_field(fields: dict[str, uploads.FormPart], name: str, max_chars: int) 
     except UnicodeDecodeError as exc:
         raise HTTPException(400, f"form field {name!r} is not UTF-8") from exc
     if len(value) > max_chars:
-        raise HTTPException(422, f"form field {name!r} is longer than {max_chars} characters")
+        raise HTTPException(400, f"form field {name!r} is longer than {max_chars} characters")
     return value
 
 

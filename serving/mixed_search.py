@@ -29,7 +29,7 @@ from encoders.imaging import DecodeLimits
 from encoders.joint import KIND_W2VV
 from ranking import query_mix, rocchio
 from ranking.query_syntax import MAX_TERMS, QuerySyntaxError, QueryTerm, parse_query
-from serving.explain import image_vectors, padded_batch
+from serving.explain import image_vectors
 from serving.query_error import QueryError
 from serving.searcher import SearchHit
 from serving.state import IndexBundle
@@ -72,9 +72,8 @@ def parse_terms(text: str) -> list[QueryTerm]:
 
 
 def term_parts(text: TextSearcher, terms: Sequence[QueryTerm]) -> list[Part]:
-    """Each term's unit vector, all in one encoder call (one batch size: one TF trace)."""
-    features = text.text_encoder.encode(padded_batch([term.text for term in terms]))
-    features = features[: len(terms)]
+    """Each term's unit vector, all in one encoder call."""
+    features = text.text_encoder.encode([term.text for term in terms])
     for term, row in zip(terms, features, strict=True):
         if not np.any(row):  # the towers would map it to their biases: refuse, as text search
             raise QueryError(

@@ -20,6 +20,7 @@ from serving.explain import embed_with_terms, image_vectors, term_contributions
 from serving.hybrid_search import hybrid_search
 from serving.paging import CutPage, PageRequest, cut_page
 from serving.query_error import QueryError
+from serving.redaction import public_uri
 from serving.searcher import SearchHit
 from serving.state import IndexBundle
 
@@ -39,7 +40,7 @@ def _entry(bundle: IndexBundle, hit: SearchHit, rank: int, why: dict, hidden: in
     entry = {
         "rank": rank,
         "image_id": hit.image_id,
-        "uri": hit.uri,
+        "uri": public_uri(hit.uri, bundle.expose_uris),
         "score": round(hit.score, 6),
         "why": why,
         "caption": details.get("caption"),
@@ -302,4 +303,8 @@ def image_details(bundle: IndexBundle, image_id: str) -> dict:
     details = bundle.details.describe(image_id)
     if details is None:
         raise QueryError(404, f"image {image_id!r} is not in index version {bundle.version}")
-    return {**details, "version": bundle.version, "links": image_links(image_id)}
+    expose = bundle.expose_uris
+    shown = {"uri": public_uri(details["uri"], expose)}
+    if details.get("duplicate_uris"):
+        shown["duplicate_uris"] = [public_uri(uri, expose) for uri in details["duplicate_uris"]]
+    return {**details, **shown, "version": bundle.version, "links": image_links(image_id)}

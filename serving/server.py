@@ -11,7 +11,8 @@ from fastapi import FastAPI
 from threadpoolctl import threadpool_limits
 
 from serving.app import create_app
-from serving.config import ServeConfig
+from serving.config import ConnectionLimits, ServeConfig
+from serving.connection_guard import protocol_class
 
 
 def serve(config: ServeConfig) -> None:
@@ -24,14 +25,19 @@ def serve(config: ServeConfig) -> None:
     app = create_app(config)
     # log_config=None: uvicorn's lines ("Uvicorn running on ...") go through the process's own
     # handler and format (runtime.log_setup), JSON included, instead of uvicorn's.
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        log_level="info",
-        log_config=None,
-        access_log=False,
-    )
+    uvicorn.run(app, **uvicorn_settings(config.connection_limits), host=config.host,
+                port=config.port, log_level="info", log_config=None, access_log=False)  # fmt: skip
+
+
+def uvicorn_settings(limits: ConnectionLimits) -> dict:
+    """uvicorn's own settings for ``limits``, and the protocol that adds what it lacks."""
+    return {
+        "http": protocol_class(limits),
+        "timeout_keep_alive": limits.keep_alive_s,
+        # Connections past the cap are shed by the protocol; the listen backlog only queues
+        # handshakes the event loop has not accepted yet.
+        "backlog": 2048,
+    }
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -59,9 +65,21 @@ class BackgroundServer:
     For tests and benchmarks: ``with BackgroundServer(app) as server: server.url``.
     """
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
+        """``limits`` default to those of the app's ``ServeConfig``, as ``serve`` runs it."""
+        if limits is None:
+            limits = app.state.config.connection_limits
+        settings = uvicorn_settings(limits)
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+            uvicorn.Config(
+                app, **settings, host=host, port=port, log_level="warning", access_log=False
+            )
         )
         self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)
         self.url = ""

@@ -23,7 +23,6 @@ from index.hash_codes import DEFAULT_RERANK
 from index.manifest import manifest_location, read_manifest
 from index.near_duplicates import read_groups
 from serving.details import ImageDetails
-from serving.explain import padded_batch
 from serving.hybrid_search import LazyHybridIndex
 from serving.query_error import QueryError
 from serving.row_filters import RowFilters
@@ -65,7 +64,7 @@ class QueryModels:
 
         query = load_query_model(models_dir, model)
         # Trace the encoder's TensorFlow functions now, not in the first user's request.
-        query.text_encoder.encode(padded_batch(["warm up"]))
+        query.text_encoder.encode(["warm up"])
         return cls(query.joint, query.text_encoder, query.model_version)
 
     def add_image_encoder(self, encoder: ImageEncoder) -> None:
@@ -101,6 +100,9 @@ class IndexBundle:
     near_duplicates: Mapping[str, str] | None = None
     filters: RowFilters | None = None  # metadata filters over this version's rows
     keywords: LazyHybridIndex | None = None  # BM25 over the rows' text, for mode=hybrid
+    # Answers show local paths in full (the library, the CLIs); the server shows file names
+    # unless --expose-uris (serving.redaction: credentials in URLs are stripped either way).
+    expose_uris: bool = True
 
     def group_of(self, image_id: str) -> str | None:
         return self.near_duplicates.get(image_id) if self.near_duplicates else None
@@ -156,6 +158,7 @@ def load_bundle(
     candidates: int = 0,
     image_search: str = "scann",
     hamming_rerank: int = DEFAULT_RERANK,
+    expose_uris: bool = True,
 ) -> IndexBundle:
     """Load (and by default verify) one index version into a bundle.
 
@@ -218,4 +221,5 @@ def load_bundle(
         filters=filters,
         near_duplicates=near_duplicates,
         keywords=LazyHybridIndex(details, searcher_rows),
+        expose_uris=expose_uris,
     )

@@ -20,10 +20,7 @@ from typing import NamedTuple
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from serving.config import UPLOAD_CONTENT_TYPES
-
-# Room for a form's boundaries and part headers on top of the image itself.
-_MULTIPART_OVERHEAD = 64 * 1024
+from serving.config import FORM_OVERHEAD, UPLOAD_CONTENT_TYPES
 
 # The most parts a form may have: the page's forms send at most a file and three fields.
 MAX_FORM_PARTS = 16
@@ -159,7 +156,7 @@ async def read_upload_form(
     form too ([] for a raw-body upload)."""
     content_type = content_type_header.split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        body = await read_bounded(stream, max_bytes + _MULTIPART_OVERHEAD)
+        body = await read_bounded(stream, max_bytes + FORM_OVERHEAD)
         parts = await parse_form(body, content_type_header)
         content_type, data = file_part(parts)
     else:

@@ -64,6 +64,7 @@ MAX_SUGGESTIONS = 8
 _SCANN_NEIGHBOURS = 128
 
 _ERRORS = {
+    400: "A query past the server's length limit",
     404: "Unknown word (detail: message, word, spelling hints) or image",
     422: "Invalid parameter (blank word, k out of range)",
     503: "Not available on this server (words off, GloVe missing, no joint model)",
@@ -308,7 +309,7 @@ def add_word_routes(
         "/api/words/suggestions",
         tags=["words"],
         summary="Related words for a text query (the search page's suggestions)",
-        responses=_errors(422),
+        responses=_errors(400, 422),
     )
     def suggestions(
         q: Annotated[str, Query(max_length=config.max_query_chars, description="a text query")],

@@ -26,7 +26,14 @@ import pytest
 from safetensors.numpy import load_file
 from scipy.special import erf
 
-from encoders.minilm import CHUNK_SIZE, MiniLMEncoder, build_bert_model, load_hf_weights
+from encoders.minilm import (
+    CHUNK_SIZE,
+    SHORT_CHARS,
+    MiniLMEncoder,
+    build_bert_model,
+    length_chunks,
+    load_hf_weights,
+)
 from encoders.minilm_files import BertConfig, locate_minilm
 from encoders.text_registry import TextEncoderSpec, check_text_encoder
 from imgsearch import settings
@@ -190,6 +197,48 @@ def test_encode_is_independent_of_batching(encoder: MiniLMEncoder, captions: lis
     assert encoder.encode([]).shape == (0, 384)
     with pytest.raises(ValueError, match="wrap a single text"):
         encoder.encode("a dog")
+
+
+def test_length_chunks_pad_no_text_past_twice_its_length() -> None:
+    lengths = [500, 3, 5, 4, 40, 70, 2, 12, 65, 3]
+    chunks = length_chunks(lengths)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(len(lengths)))  # each once
+    for chunk in chunks:
+        sizes = [lengths[i] for i in chunk]
+        assert sizes == sorted(sizes)
+        assert max(sizes) <= 2 * max(min(sizes), SHORT_CHARS)
+    # The short words share one call; the 500-character query runs alone.
+    assert [lengths[i] for i in chunks[0]] == [2, 3, 3, 4, 5, 12, 40]
+    assert [lengths[i] for i in chunks[-1]] == [500]
+    assert [len(c) for c in length_chunks([10] * (2 * CHUNK_SIZE + 1))] == [CHUNK_SIZE] * 2 + [1]
+    assert len(length_chunks([7, 30, 64])) == 1  # short texts: one call whatever their spread
+    assert length_chunks([]) == []
+
+
+def test_a_long_text_does_not_pad_short_ones(
+    encoder: MiniLMEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 500-character query with its words (the explanation's batch) costs about the query
+    alone: the encoder never runs the words at the query's token length."""
+    long_query = " ".join(["a dog in glasses in a basket on a bike"] * 13)[:500]
+    words = sorted(set(long_query.split()))
+    expected = encoder.encode([long_query])[0], encoder.encode(words)
+    shapes: list[tuple[int, int]] = []
+    embed = encoder._embed
+
+    def recording(texts):
+        ids, _ = encoder.tokenize(list(texts.tolist()))
+        shapes.append(ids.shape)
+        return embed(texts)
+
+    monkeypatch.setattr(encoder, "_embed", recording)
+    vectors = encoder.encode([long_query, *words])
+
+    query_tokens = encoder.tokenize([long_query])[0].shape[1]
+    assert query_tokens > 100
+    assert sorted(shapes) == [(1, query_tokens), (len(words), 3)]  # [CLS] word [SEP]
+    np.testing.assert_allclose(vectors[0], expected[0], atol=2e-5)
+    np.testing.assert_allclose(vectors[1:], expected[1], atol=2e-5)
 
 
 # ------------------------------------------------------------------------------- tokenisation

@@ -30,6 +30,8 @@ def inputs(request, tmp_path_factory) -> Inputs:
 
 
 def _serve(inputs: Inputs, **config):
+    """A server as the library client expects one: local paths shown (`--expose-uris`)."""
+    config = {"expose_uris": True, **config}
     app = create_app(ServeConfig(index=str(inputs.root), poll_interval_s=0, **config))
     return BackgroundServer(app)
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from serving.config import ServeConfig
 from serving.details import ImageDetails
-from serving.explain import MAX_TERMS, padded_batch, query_terms
+from serving.explain import MAX_TERMS, query_terms
 from serving.thumbnails import ThumbnailCache, ThumbnailError
 from serving.uploads import MAX_FORM_PARTS, UploadError, file_part, multipart_parts
 
@@ -52,7 +52,7 @@ def test_details_map_rows_when_a_searcher_orders_them_otherwise() -> None:
         details.searcher_rows(lambda r: "xyz"[r])
 
 
-def test_query_terms_and_fixed_batches() -> None:
+def test_query_terms() -> None:
     assert query_terms("A dog, a DOG and the dog's ball!") == [
         "a",
         "dog",
@@ -63,8 +63,6 @@ def test_query_terms_and_fixed_batches() -> None:
     ]
     many = " ".join(f"w{i}" for i in range(40))
     assert len(query_terms(many)) == MAX_TERMS
-    assert len(padded_batch(["q", *query_terms(many)])) == 1 + MAX_TERMS
-    assert padded_batch(["q"]) == ["q"] + [""] * MAX_TERMS
 
 
 def test_multipart_file_in_memory() -> None:
