@@ -36,6 +36,7 @@ setup(
         "requests",
         "gcsfs",
         "fastapi",
+        "fastapi-offline",
         "uvicorn",
         "httptools",
         "jinja2",

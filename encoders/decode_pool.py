@@ -1,4 +1,5 @@
-"""``decode_image`` in worker processes that can be stopped: a memory cap and a deadline per file.
+"""``decode_image`` (and ``thumbnail_jpeg``) in worker processes that can be stopped: a memory cap
+and a deadline per file.
 
 A header can only estimate what decoding will cost (``DecodeLimits.max_decode_bytes``): a
 progressive JPEG that repeats its scans thousands of times is small, its header honest, and it
@@ -39,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from encoders.imaging import DecodeLimits, ImageRejected, decode_image
+from encoders.imaging import DecodeLimits, ImageRejected, decode_image, thumbnail_jpeg
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,13 @@ class DecodePool:
         self, data: bytes, size: tuple[int, int], limits: DecodeLimits
     ) -> tuple[np.ndarray, int, int]:
         """``decode_image(data, size, limits)`` in a worker; ImageRejected or DecodeBusy."""
+        return self._run("decode", (data, tuple(size), limits))
+
+    def thumbnail(self, data: bytes, max_side: int, limits: DecodeLimits) -> bytes:
+        """``thumbnail_jpeg(data, max_side, limits)`` in a worker; ImageRejected or DecodeBusy."""
+        return self._run("thumbnail", (data, max_side, limits))
+
+    def _run(self, task: str, args: tuple) -> Any:
         if self._closed:
             raise RuntimeError("the decode pool is closed")
         try:
@@ -194,7 +202,7 @@ class DecodePool:
         except queue.Empty:
             raise DecodeBusy(max(1, round(self.budget.timeout_s))) from None
         try:
-            answer = worker.call((data, tuple(size), limits), self.budget.timeout_s)
+            answer = worker.call((task, args), self.budget.timeout_s)
         except TimeoutError:
             self._replace(worker)
             raise ImageRejected(
@@ -211,7 +219,7 @@ class DecodePool:
         self._idle.put(worker)
         kind = answer[0]
         if kind == "ok":
-            return answer[1], answer[2], answer[3]
+            return answer[1]
         if kind == "rejected":
             raise ImageRejected(answer[1])
         # A bug in decode_image: the caller's own unexpected-error handling takes it from here.
@@ -263,6 +271,19 @@ def bound_decoder(limits: DecodeLimits, budget: DecodeBudget | None = None) -> B
     return functools.partial(decode, limits=limits)
 
 
+def bound_thumbnailer(
+    limits: DecodeLimits, budget: DecodeBudget | None = None
+) -> Callable[[bytes, int], bytes]:
+    """``thumbnail_jpeg`` with ``limits``: in this process, or in the workers for ``budget``."""
+    if budget is None:
+        return functools.partial(thumbnail_jpeg, limits=limits)
+    return lambda data, max_side: shared_pool(budget).thumbnail(data, max_side, limits)
+
+
+# What a worker can be asked to do: ``(task, args)`` in, ``task(*args)`` out.
+_TASKS: dict[str, Callable[..., Any]] = {"decode": decode_image, "thumbnail": thumbnail_jpeg}
+
+
 def _limit_memory(allowance: int) -> None:
     """Cap this process's address space at what it holds now plus ``allowance`` (Linux)."""
     try:
@@ -295,17 +316,16 @@ def _serve(allowance: int) -> None:
         if len(header) < _FRAME.size:
             return  # the pool closed the pipe
         (length,) = _FRAME.unpack(header)
-        data, size, limits = pickle.loads(source.read(length))
+        task, args = pickle.loads(source.read(length))
         try:
-            pixels, width, height = decode_image(data, size, limits)
-            answer: tuple = ("ok", pixels, width, height)
+            answer: tuple = ("ok", _TASKS[task](*args))
         except ImageRejected as exc:
             answer = ("rejected", exc.reason)
         except MemoryError:
             answer = ("rejected", f"needs more than {_mib(allowance)} of memory to decode")
         except Exception as exc:  # a decoder bug: reported, and the worker carries on
             answer = ("error", f"{type(exc).__name__}: {exc}")
-        del data
+        del args
         try:
             _send(sink, answer)
         except MemoryError:

@@ -191,6 +191,34 @@ def decode_image(
     return pixels, width, height
 
 
+def thumbnail_jpeg(data: bytes, max_side: int, limits: DecodeLimits = DecodeLimits()) -> bytes:
+    """Encoded image -> a JPEG of it whose longer side is at most ``max_side`` (upright, RGB,
+    transparency on white), under ``decode_image``'s checks: the header is judged (pixels,
+    shape, JPEG scans, decode memory) before a pixel is decoded, and a large JPEG is decoded at
+    a reduced DCT scale. ImageRejected with the reason, as ``decode_image``."""
+    if max_side < 1:
+        raise ValueError(f"max_side must be positive, got {max_side}")
+    if not data:
+        raise ImageRejected("empty file")
+    im = _open_header(data, limits)
+    with im:
+        stored_size = im.size
+        _check_shape(stored_size, limits)
+        if im.format in _JPEG_FORMATS:
+            _check_scans(data, limits)
+            im.draft("RGB", (max_side, max_side))  # the largest scale still >= max_side
+        _check_memory(im, stored_size, limits)
+        _load(im)
+        orientation = _orientation(im)
+        picture = _to_rgb_or_grey(im)
+        if orientation in _TRANSPOSE_FOR_ORIENTATION:
+            picture = picture.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
+        picture.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+        out = io.BytesIO()
+        picture.convert("RGB").save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
 def _open_header(data: bytes, limits: DecodeLimits) -> Image.Image:
     """Identify the format and read the header only; Pillow decodes nothing yet."""
     try:

@@ -344,6 +344,12 @@ def _serve(argv: Sequence[str]) -> int:
         "--fused", action="store_true", help="rank text queries by joint + caption + tag scores"
     )
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="0: no hot reload")
+    parser.add_argument(
+        "--ready-grace-s",
+        type=float,
+        default=600.0,
+        help="/ready turns 503 once the published version has not been served this long",
+    )
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
     parser.add_argument(
         "--decode-workers",
@@ -360,6 +366,11 @@ def _serve(argv: Sequence[str]) -> int:
         action="store_true",
         help="answers show local source paths in full (default: the file name only); URL "
         "credentials (user:password@, signed-URL parameters) are stripped either way",
+    )
+    parser.add_argument(
+        "--api-key-file",
+        help="API keys, one per line: every route but /health, /ready and /metrics needs one "
+        "(Authorization: Bearer KEY or X-API-Key: KEY)",
     )
     _add_image_search_args(parser)
     parser.add_argument(
@@ -395,12 +406,14 @@ def _serve(argv: Sequence[str]) -> int:
             host=args.host,
             port=args.port,
             poll_interval_s=args.poll_seconds,
+            ready_grace_s=args.ready_grace_s,
             max_upload_bytes=int(args.max_upload_mb * 2**20),
             decode_workers=args.decode_workers,
             decode_timeout_s=args.decode_timeout_s,
             decode_memory_bytes=args.decode_memory_mb * 2**20,
             verify=not args.no_verify,
             expose_uris=args.expose_uris,
+            api_key_file=args.api_key_file,
             image_search=args.image_search,
             hamming_rerank=args.hamming_rerank,
             glove=args.glove,
@@ -512,7 +525,11 @@ def _rollback(argv: Sequence[str]) -> int:
         ["imgsearch rollback --root out/root", "imgsearch rollback --root out/root --to 20260101"],
     )
     parser.add_argument("--root", required=True, help="publish root (holds latest.json)")
-    parser.add_argument("--to", help="version to serve (default: the previously published one)")
+    parser.add_argument(
+        "--to",
+        help="version to serve (default: the newest version a server has served, other than "
+        "the current one; else the previously published one)",
+    )
     args = parser.parse_args(argv)
     from index.manifest import ManifestVerificationError
     from index.publish import rollback
@@ -535,15 +552,26 @@ def _versions(argv: Sequence[str]) -> int:
     parser.add_argument("--prune", action="store_true", help="apply retention (--keep)")
     parser.add_argument("--keep", type=int, default=7, help="complete versions to keep")
     args = show_defaults(parser).parse_args(argv)
-    from index.publish import list_versions, prune_versions, read_pointer
+    from index.publish import list_versions, prune_versions, read_pointer, served_versions
 
+    try:
+        pointer = read_pointer(args.root)
+    except ValueError as exc:
+        pointer = None
+        print(
+            f"latest.json cannot be read ({exc}); `imgsearch rollback --root {args.root}` "
+            f"points it at the newest version a server served, or `imgsearch publish`"
+        )
     if args.prune:
         for name in prune_versions(args.root, args.keep):
             print(f"deleted {name}")
-    pointer = read_pointer(args.root)
+    served = set(served_versions(args.root))
     for info in list_versions(args.root):
         mark = "*" if pointer is not None and pointer.version == info.version else " "
-        print(f"{mark} {info.version}{'' if info.complete else '  (incomplete)'}")
+        notes = ("" if info.complete else "  (incomplete)") + (
+            "  (served)" if info.version in served else ""
+        )
+        print(f"{mark} {info.version}{notes}")
     return 0
 
 

@@ -5,6 +5,9 @@ Layout of a publish root (local or gs://)::
     ROOT/versions/<version>/manifest.json   one complete index output per version (immutable)
     ROOT/latest.json                        {"version": "<version>", "path": "versions/<version>",
                                              "published_at": "...", "previous": "<version>|null"}
+    ROOT/served/<version>.json              written by the first server that served the version
+                                             (``mark_served``): what ``rollback`` and a server
+                                             starting on a bad pointer fall back to
 
 The pointer is the only mutable object. It is written whole and swapped in one step (a rename
 on local disk; on gs:// one object write conditioned on the generation that was read, so of two
@@ -12,12 +15,17 @@ concurrent publishers one wins and the other gets ``PointerConflictError``), so 
 the old version or the new one, never a mix. Serving and the
 nightly DAG resolve what to load through ``resolve_index``, which also accepts a plain index
 output folder (one with ``manifest.json``) so every command works on either.
+
+A corrupt ``latest.json`` never blocks the way out: ``publish`` and ``rollback`` replace it
+(``previous`` is then unknown), and plain ``rollback`` picks the newest version a server has
+verified and served, which needs no pointer at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 from typing import Any
@@ -25,13 +33,23 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from index.manifest import MANIFEST_NAME
-from storage.files import delete_tree, json_bytes, read_bytes, replace_by_rename
+from storage.files import (
+    delete_tree,
+    exists,
+    json_bytes,
+    read_bytes,
+    read_json,
+    replace_by_rename,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
 POINTER_NAME = "latest.json"
 
 VERSIONS_DIR = "versions"
+
+SERVED_DIR = "served"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +110,16 @@ def read_pointer(root: str) -> Pointer | None:
         raise ValueError(f"{path} is not a valid publish pointer: {exc}") from exc
 
 
+def _readable_pointer(root: str) -> Pointer | None:
+    """The pointer, or None when there is none or it cannot be parsed (said in the log): for
+    the commands that replace it, which must work precisely when it is broken."""
+    try:
+        return read_pointer(root)
+    except ValueError as exc:
+        logger.warning("replacing an unreadable pointer (%s); its previous version is lost", exc)
+        return None
+
+
 def resolve_index(root_or_index_dir: str) -> tuple[str, str | None]:
     """``(index_dir, version)`` for a publish root (follows ``latest.json``) or an index dir.
 
@@ -124,7 +152,7 @@ def write_pointer(root: str, version: str) -> Pointer:
     if FileSystems.get_scheme(final_path) == "gs":
         pointer = _swap_gcs_pointer(final_path, version)
     else:
-        pointer = _next_pointer(version, read_pointer(root))
+        pointer = _next_pointer(version, _readable_pointer(root))
         replace_by_rename(_root(root), POINTER_NAME, _pointer_bytes(pointer))
     logger.info("published %s -> %s (previous %s)", final_path, version, pointer.previous)
     return pointer
@@ -165,8 +193,8 @@ def _swap_gcs_pointer(final_path: str, version: str) -> Pointer:
         raw = blob.download_as_bytes(if_generation_match=generation)
         try:
             current = Pointer.from_json(json.loads(raw.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{final_path} is not a valid publish pointer: {exc}") from exc
+        except (UnicodeDecodeError, ValueError) as exc:  # replaced whole, by generation
+            logger.warning("replacing %s, not a valid publish pointer: %s", final_path, exc)
     pointer = _next_pointer(version, current)
     try:
         bucket.blob(name).upload_from_string(
@@ -224,7 +252,7 @@ def publish_version(root: str, version: str, verify: bool = True) -> Pointer:
     target = version_dir(root, version)
     if verify:
         verify_files(target, read_manifest(target))  # ManifestVerificationError names the damage
-    current = read_pointer(root)
+    current = _readable_pointer(root)
     if current is not None and current.version == version:
         logger.info("%s already serves %s; pointer left as it is", root, version)
         return current
@@ -232,26 +260,93 @@ def publish_version(root: str, version: str, verify: bool = True) -> Pointer:
 
 
 def rollback(root: str, to: str | None = None) -> Pointer:
-    """Point ``root`` back at version ``to``, or at the version published before the current one.
+    """Point ``root`` back at version ``to``; by default at the newest version a server has
+    served (``served_versions``) other than the pointer's -- a version published but refused
+    by every server is skipped -- or, where no server has left a record, at the pointer's
+    ``previous``. Works on a corrupt pointer (it is replaced).
 
     One pointer swap, like a publish: the versions themselves are immutable and still there
     (``prune_versions`` never deletes the pointer's current or previous version).
     """
-    current = read_pointer(root)
+    current = _readable_pointer(root)
     if to is None:
-        if current is None or not current.previous:
-            raise ValueError(f"{root} has no previous version to roll back to; pass --to VERSION")
-        to = current.previous
+        others = [v for v in served_versions(root) if current is None or v != current.version]
+        if others:
+            to = others[-1]
+        elif current is not None and current.previous:
+            to = current.previous
+        else:
+            raise ValueError(
+                f"{root} has no version a server has served (besides the current one) and no "
+                f"previous version to roll back to; pass --to VERSION"
+            )
     if current is not None and current.version == to:
         raise ValueError(f"{root} already serves {to}")
     return publish_version(root, to)
 
 
+def _served_path(root: str, version: str) -> str:
+    version_dir(root, version)  # checks the name
+    return FileSystems.join(_root(root), SERVED_DIR, f"{version}.json")
+
+
+def mark_served(root: str, version: str, verified: bool) -> bool:
+    """Record that a server has loaded ``version`` and serves it (once: True when this call
+    wrote the record). Markers live beside the versions, never inside them (immutable)."""
+    path = _served_path(root, version)
+    if exists(path):
+        return False
+    write_json(path, {
+        "version": version,
+        "first_served_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "verified": verified,
+    })  # fmt: skip
+    return True
+
+
+def served_versions(root: str) -> list[str]:
+    """The complete versions some server has served (``mark_served``), oldest first."""
+    served_root = FileSystems.join(_root(root), SERVED_DIR)
+    names = set()
+    for meta in FileSystems.match([FileSystems.join(served_root, "*.json")])[0].metadata_list:
+        name = meta.path.rsplit("/", 1)[-1].removesuffix(".json")
+        try:
+            if read_json(meta.path).get("version") == name:
+                names.add(name)
+        except (OSError, ValueError, AttributeError):
+            logger.warning("ignoring an unreadable served marker %s", meta.path)
+    return [v.version for v in list_versions(root) if v.complete and v.version in names]
+
+
+def fallback_versions(root: str, refused: str | None) -> list[str]:
+    """What a server whose pointer is unreadable or names a version it refused (``refused``)
+    may serve instead, best first: the versions servers have served, newest first, then the
+    pointer's ``previous``. Never a version that was not published or served."""
+    pointer = _readable_pointer(root)
+    candidates = [v for v in reversed(served_versions(root)) if v != refused]
+    if pointer is not None and pointer.previous and pointer.previous not in candidates:
+        if pointer.previous != refused:
+            candidates.append(pointer.previous)
+    return candidates
+
+
+def version_fingerprint(root: str, version: str) -> str:
+    """A digest of the names, sizes and modification times of a version's files: it changes
+    when a file is replaced, so a refused version is retried once repaired (one listing)."""
+    target = version_dir(root, version)
+    entries = sorted(
+        (meta.path[len(target) :], meta.size_in_bytes, meta.last_updated_in_seconds)
+        for meta in FileSystems.match([FileSystems.join(target, "**")])[0].metadata_list
+    )
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
 def prune_versions(root: str, keep: int) -> list[str]:
     """Delete complete versions beyond the ``keep`` newest; returns the deleted names.
 
-    Never deleted: the version the pointer serves and its ``previous`` (the rollback target),
-    and incomplete folders (no manifest), which may be a job still writing. ``keep`` >= 1.
+    Never deleted: the version the pointer serves, its ``previous`` and the newest other
+    version a server has served (the rollback targets), and incomplete folders (no manifest),
+    which may be a job still writing. ``keep`` >= 1. A deleted version's served marker goes too.
     """
     if keep < 1:
         raise ValueError(f"retention must keep at least 1 version, got {keep}")
@@ -259,11 +354,16 @@ def prune_versions(root: str, keep: int) -> list[str]:
     protected = set()
     if pointer is not None:
         protected = {pointer.version, pointer.previous} - {None}
+    served = set(served_versions(root))
+    others = sorted(served - {pointer.version if pointer else None})
+    protected |= set(others[-1:])
     complete = [v for v in list_versions(root) if v.complete]
     doomed = [v for v in complete[:-keep] if v.version not in protected]
     for info in doomed:
         # The manifest goes first: a half-deleted folder is then "incomplete", never "complete".
         FileSystems.delete([FileSystems.join(info.path, MANIFEST_NAME)])
         delete_tree(info.path)
+        if info.version in served:
+            FileSystems.delete([_served_path(root, info.version)])
         logger.info("retention: deleted version %s of %s", info.version, root)
     return [info.version for info in doomed]

@@ -38,7 +38,7 @@ from models.joint import (
     resolve_joint_model,
 )
 from storage.fetch import FetchLimits
-from storage.files import join_uri, open_file
+from storage.files import absolute_if_local, join_uri, open_file
 
 if TYPE_CHECKING:
     from pipelines.incremental.plan import ReusePlan
@@ -323,8 +323,11 @@ class IndexConfig:
         hash_codes = None
         if opts.hash_model:
             hash_codes = resolve_hash_model(opts.models, opts.hash_model, encoder)
-        corpus_format = resolve_corpus_format(opts.corpus, opts.corpus_format)
-        metadata_columns = _metadata_columns(opts.metadata_columns, opts.corpus, corpus_format)
+        # Uris are stored as listed (and manifest rows relative to the manifest's folder), so a
+        # relative corpus would give uris that only resolve from this working directory.
+        corpus = absolute_if_local(opts.corpus)
+        corpus_format = resolve_corpus_format(corpus, opts.corpus_format)
+        metadata_columns = _metadata_columns(opts.metadata_columns, corpus, corpus_format)
         reuse = None
         if opts.previous:
             reuse = _reuse_plan(
@@ -336,7 +339,7 @@ class IndexConfig:
             captioner=captioner,
             tag_head=tag_head,
             tags_top_k=opts.tags_top_k,
-            corpus=opts.corpus,
+            corpus=corpus,
             out=opts.out.rstrip("/"),
             corpus_format=corpus_format,
             encoder=encoder,

@@ -29,11 +29,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from encoders.decode_pool import DecodeBusy
-from index.publish import resolve_index
 from ranking.filter_syntax import MAX_FILTER_CHARS
 from serving import event_routes, queries, uploads
 from serving.batch_routes import add_batch_routes
 from serving.config import UPLOAD_CONTENT_TYPES, ServeConfig
+from serving.docs_routes import add_docs_routes
 from serving.explain_routes import add_explain_routes
 from serving.focus_routes import (
     Focus,
@@ -42,13 +42,21 @@ from serving.focus_routes import (
     read_page_upload,
     similar_page,
 )
-from serving.http_hygiene import BodyBudget, HeadAsGet, SecurityHeaders
+from serving.http_hygiene import (
+    ApiKeyAuth,
+    BodyBudget,
+    HeadAsGet,
+    SecurityHeaders,
+    new_nonce,
+    page_csp,
+    read_api_keys,
+)
 from serving.hybrid_search import DEFAULT_HYBRID_WEIGHT
 from serving.metrics import ServerMetrics
 from serving.mixed_routes import add_mixed_routes
 from serving.paging import PageRequest
 from serving.redaction import public_text, public_uri
-from serving.reloader import Reloader, VersionHolder
+from serving.reloader import Reloader, VersionHolder, load_first_version
 from serving.responses import json_response
 from serving.row_filters import FILTER_HELP
 from serving.state import IndexBundle, QueryModels, load_bundle
@@ -165,7 +173,6 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     """Load the models and the index ``config.index`` names, and build the app around them."""
     if models is None:
         models = QueryModels.load(config.models_dir, config.joint_model)
-    index_dir, version = resolve_index(config.index)
     fused_models = config.models_dir if config.fused else None
 
     def load(index_dir: str, version: str | None) -> IndexBundle:
@@ -181,12 +188,14 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             config.expose_uris,
         )
 
-    bundle = load(index_dir, version)
+    # The pointer's version, or the newest one servers have served when that cannot load.
+    first = load_first_version(config.index, load)
+    bundle = first.bundle
     holder = VersionHolder(bundle)
     metrics = ServerMetrics()
     metrics.serving(bundle.version, len(bundle.images))
     thumbnails = ThumbnailCache(
-        config.thumbnail_max_side, config.thumbnail_cache_entries, config.decode_limits
+        config.thumbnail_max_side, config.thumbnail_cache_entries, make=config.thumbnailer()
     )
 
     def on_reload(result: str) -> None:
@@ -195,11 +204,12 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             metrics.serving(holder.current.version, len(holder.current.images))
 
     # Only a publish root has a pointer to follow; a plain index folder is served as is.
-    reloader = (
-        Reloader(config.index, holder, load, config.poll_interval_s, on_reload)
-        if version is not None
-        else None
-    )
+    reloader = None
+    if first.publish_root:
+        reloader = Reloader(config.index, holder, load, config.poll_interval_s, on_reload,
+                            first, config.verify)  # fmt: skip
+        reloader.record_served(bundle.version)
+        metrics.follow(reloader)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -219,12 +229,19 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         # Starlette's slash redirect builds its Location from the request's Host header, so a
         # forged Host is echoed back as a redirect target: an unknown path is a 404 instead.
         redirect_slashes=False,
+        # FastAPI's pages load their scripts from a CDN: /docs is served locally instead
+        # (serving.docs_routes), ReDoc not at all.
+        docs_url=None,
+        redoc_url=None,
     )
+    add_docs_routes(app)
     app.state.config, app.state.holder, app.state.reloader = config, holder, reloader
     app.state.metrics, app.state.models, app.state.thumbnails = metrics, models, thumbnails
     limits = config.connection_limits
     app.add_middleware(BodyBudget, max_body_bytes=config.max_body_bytes,
                        max_buffered_bytes=limits.max_buffered_bytes)  # fmt: skip
+    if config.api_key_file:  # before any body is buffered; its 401s counted in /metrics
+        app.add_middleware(ApiKeyAuth, keys=read_api_keys(config.api_key_file))
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     # Outermost (added last): every answer, errors and 404s included, carries the headers.
     app.add_middleware(HeadAsGet)
@@ -260,6 +277,12 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         return PageRequest(k, offset, min_score, filter, dedupe)
 
     Page = Annotated[PageRequest, Depends(page_request)]
+
+    # Image ids may hold "/" (a manifest's own ids): links quote it, the server decodes it, so
+    # id routes take the rest of the path ({image_id:path}). /api/images/{id}/words is added
+    # first, so it is tried before /api/images/{id} (an id ending in "/words" is the one
+    # ambiguity).
+    add_word_routes(app, holder, models, config)
 
     @app.get("/api/search", tags=["search"], summary="Text query", responses=_errors(400, 422, 503))
     def search_text(
@@ -312,7 +335,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         return json_response(result)
 
     @app.get(
-        "/api/similar/{image_id}",
+        "/api/similar/{image_id:path}",
         tags=["search"],
         summary="More like an indexed image",
         responses=_errors(400, 404, 422, 503),
@@ -323,7 +346,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         return json_response(queries.similar_query(holder.current, image_id, page))
 
     @app.get(
-        "/api/images/{image_id}",
+        "/api/images/{image_id:path}",
         tags=["images"],
         summary="Details of an indexed image",
         responses=_errors(404),
@@ -332,7 +355,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
         return json_response(queries.image_details(holder.current, image_id))
 
     @app.get(
-        "/thumbnails/{image_id}",
+        "/thumbnails/{image_id:path}",
         tags=["images"],
         summary="Thumbnail of an indexed image (JPEG); ids only, never paths",
         responses=_errors(404),
@@ -366,6 +389,8 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             reload["refused"] = {
                 v: public_text(why, expose) for v, why in reload["refused"].items()
             }
+            for key in ("pointer_error", "marker_error"):
+                reload[key] = public_text(reload[key], expose) if reload[key] else None
         reason = models.text_off_reason
         return {
             "status": "ok",
@@ -385,10 +410,22 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     )
     async def ready() -> JSONResponse:
         current = holder.current
-        ok = len(current.images) > 0
-        return JSONResponse(
-            {"ready": ok, "version": current.version}, status_code=200 if ok else 503
-        )
+        answer = {"ready": len(current.images) > 0, "version": current.version}
+        if reloader is not None:
+            status = reloader.status()
+            answer["published"] = status.published
+            behind = reloader.behind_s()
+            if behind is not None and behind > config.ready_grace_s:
+                # Serving an old version long after a new one was published (refused, or a
+                # pointer that cannot be read): not ready, so it shows instead of hiding.
+                why = status.refused.get(status.published or "") or status.pointer_error
+                answer["ready"] = False
+                answer["reason"] = public_text(
+                    f"serving {current.version}, {status.published or 'the pointer'} "
+                    f"published {behind:.0f} s ago is not served: {why}",
+                    config.expose_uris,
+                )[:500]
+        return JSONResponse(answer, status_code=200 if answer["ready"] else 503)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
@@ -397,7 +434,6 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     event_routes.add_event_routes(app, holder, config)
     add_mixed_routes(app, holder, models, config)
     add_batch_routes(app, holder, models, config)
-    add_word_routes(app, holder, models, config)
     add_explain_routes(app, holder, models, config)
     add_focus_routes(app, holder, models, config)
     _add_page_routes(app, config, holder, models)
@@ -414,10 +450,12 @@ def _add_page_routes(
         if context.get("error"):
             context["error"] = public_text(context["error"], config.expose_uris)
         reason = models.text_off_reason
+        nonce = new_nonce()  # the page's inline script and styles carry it (page_csp)
         return TEMPLATES.TemplateResponse(
             request,
             "search.html",
             {
+                "csp_nonce": nonce,
                 "version": bundle.version,
                 "images": len(bundle.images),
                 "hamming": bundle.images.hamming,
@@ -441,6 +479,7 @@ def _add_page_routes(
                 **context,
             },
             status_code=status,
+            headers={"Content-Security-Policy": page_csp(nonce)},
         )
 
     app.state.render_page = render  # for page routes added elsewhere (serving.mixed_routes)

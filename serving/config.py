@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
-from encoders.decode_pool import BoundDecoder, DecodeBudget, bound_decoder
+from encoders.decode_pool import BoundDecoder, DecodeBudget, bound_decoder, bound_thumbnailer
 from encoders.imaging import DecodeLimits
 from index.hash_codes import DEFAULT_RERANK
 from serving.event_log import EventLimits
@@ -77,8 +78,11 @@ class ServeConfig:
     fused: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
-    # Hot reload: how often the publish pointer is read; 0 turns polling off.
+    # Hot reload: how often the publish pointer is read; 0 turns polling off. /ready turns red
+    # (503) when the published version has not been served for ready_grace_s (refused, or an
+    # unreadable pointer): long enough to load the largest version.
     poll_interval_s: float = 5.0
+    ready_grace_s: float = 600.0
     # Check every file's SHA-256 against the manifest before a version may serve.
     verify: bool = True
     # Image-space queries (similar, upload): ScaNN, or "hamming": a scan of the version's
@@ -103,6 +107,9 @@ class ServeConfig:
     # parameters (serving.redaction); True shows local paths in full (a trusted network, or the
     # library's client, which opens the files).
     expose_uris: bool = False
+    # A file of API keys (one per line): every route but /health, /ready and /metrics then
+    # needs one (serving.http_hygiene.ApiKeyAuth). None: open, as behind an authenticating proxy.
+    api_key_file: str | None = None
     # Thumbnails: the longest side served and how many are kept in memory.
     thumbnail_max_side: int = 256
     thumbnail_cache_entries: int = 2048
@@ -118,14 +125,20 @@ class ServeConfig:
     # Timeouts and caps on connections and request bodies (see ConnectionLimits).
     connection_limits: ConnectionLimits = dataclasses.field(default_factory=ConnectionLimits)
 
+    def _decode_budget(self) -> DecodeBudget | None:
+        if not self.decode_workers:
+            return None
+        return DecodeBudget(self.decode_workers, self.decode_memory_bytes,
+                            self.decode_timeout_s, self.decode_wait_s)  # fmt: skip
+
     def query_decoder(self) -> BoundDecoder:
         """How the server decodes an image: ``decode_limits`` and, unless ``decode_workers``
         is 0, the worker processes (shared by every app in the process with this budget)."""
-        budget = None
-        if self.decode_workers:
-            budget = DecodeBudget(self.decode_workers, self.decode_memory_bytes,
-                                  self.decode_timeout_s, self.decode_wait_s)  # fmt: skip
-        return bound_decoder(self.decode_limits, budget)
+        return bound_decoder(self.decode_limits, self._decode_budget())
+
+    def thumbnailer(self) -> Callable[[bytes, int], bytes]:
+        """How the server makes a thumbnail of a source: as ``query_decoder`` decodes."""
+        return bound_thumbnailer(self.decode_limits, self._decode_budget())
 
     @property
     def max_body_bytes(self) -> int:
@@ -155,6 +168,8 @@ class ServeConfig:
             raise ValueError(f"hamming_rerank must be >= 1, got {self.hamming_rerank}")
         if self.poll_interval_s < 0:
             raise ValueError(f"poll_interval_s must be >= 0, got {self.poll_interval_s}")
+        if self.ready_grace_s < 0:
+            raise ValueError(f"ready_grace_s must be >= 0, got {self.ready_grace_s}")
         if not 16 <= self.thumbnail_max_side <= 1024:
             raise ValueError(
                 f"thumbnail_max_side must be in [16, 1024], got {self.thumbnail_max_side}"

@@ -130,17 +130,16 @@ def render_html(report: DupesReport, thumb_size: int) -> str:
     """The report as one HTML page, every member's thumbnail inline (base64 JPEG)."""
     import jinja2
 
-    from serving.thumbnails import ThumbnailError, make_thumbnail
-    from storage.files import open_file
+    from serving.thumbnails import ThumbnailCache, ThumbnailError
+
+    thumbnails = ThumbnailCache(thumb_size, entries=0)
 
     def figure(member: Member) -> dict[str, Any]:
         entry = dataclasses.asdict(member)
         try:
-            with open_file(member.uri) as handle:
-                data = handle.read()
-            jpeg = make_thumbnail(data, thumb_size)
+            jpeg = thumbnails.get(member.uri)
             entry["thumbnail"], entry["error"] = base64.b64encode(jpeg).decode("ascii"), ""
-        except (OSError, ThumbnailError) as exc:  # a source moved or broken since indexing
+        except ThumbnailError as exc:  # a source moved or broken since indexing
             entry["thumbnail"], entry["error"] = "", f"no thumbnail: {exc}"
         return entry
 

@@ -225,7 +225,7 @@ def add_explain_routes(
     app.state.explain_slots = running  # tests hold slots to see the 429
 
     @app.get(
-        "/api/explain/{image_id}",
+        "/api/explain/{image_id:path}",
         tags=["images"],
         summary="Why this image: a heatmap (PNG) of the regions that raised its score",
         responses={code: {"description": text} for code, text in _ERRORS.items()},

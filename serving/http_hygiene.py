@@ -6,6 +6,9 @@ bodies (pure ASGI).
 - ``X-Frame-Options: DENY``: the search page cannot be framed by another site (clickjacking).
 - ``Referrer-Policy: same-origin``: a query in the page's address does not leak to the image
   hosts the page links to.
+- ``Content-Security-Policy``: nothing at all for answers that are not pages (a JSON body
+  opened in a browser runs nothing); the search page and /docs set their own (``page_csp``):
+  only their own nonce-tagged inline scripts and styles, images and requests to this origin.
 
 FastAPI routes declared for GET answer HEAD with 405; HTTP says HEAD is GET without the body
 (load balancers and uptime probes send it), so ``HeadAsGet`` runs the GET and drops the body,
@@ -20,6 +23,7 @@ stream passes it), and all bodies held at once within a server-wide total (429 w
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -28,7 +32,28 @@ SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
 )
+
+
+def new_nonce() -> str:
+    """A fresh CSP nonce: one per page served."""
+    return secrets.token_urlsafe(16)
+
+
+def page_csp(nonce: str, scripts_from_self: bool = False) -> str:
+    """The CSP of an HTML page whose inline ``<script>`` and ``<style>`` carry ``nonce``:
+    nothing else runs (no injected markup, no ``on*=`` handlers, no other origin's scripts);
+    images, requests and form posts go to this origin only. ``scripts_from_self``: the page
+    also loads script and style files from this server (/docs' Swagger UI, which styles its
+    elements inline as well)."""
+    scripts = f"'nonce-{nonce}'" + (" 'self'" if scripts_from_self else "")
+    styles = "'self' 'unsafe-inline'" if scripts_from_self else f"'nonce-{nonce}'"
+    return (
+        f"default-src 'none'; script-src {scripts}; style-src {styles}; "
+        "img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'"
+    )
 
 
 class SecurityHeaders:
@@ -129,3 +154,50 @@ class BodyBudget:
             await self.app(scope, counted, send)
         finally:
             self.buffered -= held
+
+
+def read_api_keys(path: str) -> tuple[bytes, ...]:
+    """The keys in ``path``: one per line, blank lines and ``#`` comments ignored; ValueError
+    when it holds none (a server meant to be closed must not start open)."""
+    with open(path, encoding="utf-8") as lines:
+        keys = tuple(
+            line.strip().encode() for line in lines if line.strip() and not line.startswith("#")
+        )
+    if not keys:
+        raise ValueError(f"{path} holds no API key (one per line)")
+    if any(len(key) < 16 for key in keys):
+        raise ValueError(f"{path}: every API key must be at least 16 characters")
+    return keys
+
+
+# Probes and scrapers do not carry keys; they learn nothing but versions and counts.
+OPEN_PATHS = ("/health", "/ready", "/metrics")
+
+
+class ApiKeyAuth:
+    """Every request but ``OPEN_PATHS`` carries one of ``keys``, as ``Authorization: Bearer
+    KEY`` or ``X-API-Key: KEY``; otherwise 401. Keys are compared in constant time."""
+
+    def __init__(self, app: Any, keys: tuple[bytes, ...]) -> None:
+        self.app, self.keys = app, keys
+
+    def _allowed(self, headers: dict[bytes, bytes]) -> bool:
+        given = headers.get(b"x-api-key", b"")
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer":
+            given = given or token.strip()
+        # Every key is compared, whether or not one matched: the time says nothing.
+        return bool(given) and sum(secrets.compare_digest(given, key) for key in self.keys) > 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self._allowed(dict(scope["headers"])):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"detail": "an API key is required (Authorization: Bearer KEY)"})
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+            (b"www-authenticate", b"Bearer")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body.encode()})

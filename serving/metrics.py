@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from serving.reloader import Reloader
 
 # Search latency is a few milliseconds; thumbnails and uploads take longer.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -26,8 +31,24 @@ class ServerMetrics:
         )
         self.reloads = Counter(
             "imgsearch_index_reloads",
-            "Hot reload attempts by result (swapped, refused)",
+            "Hot reload attempts by result (swapped, refused, pointer-error)",
             ["result"],
+            registry=self.registry,
+        )
+        # Read from the reloader at each scrape (``follow``): alerts need no polling of /health.
+        self.refused_versions = Gauge(
+            "imgsearch_index_refused_versions",
+            "Index versions this server refused to load (and has not served since)",
+            registry=self.registry,
+        )
+        self.behind_seconds = Gauge(
+            "imgsearch_index_behind_seconds",
+            "Seconds since the published version stopped being the one served (0: it is)",
+            registry=self.registry,
+        )
+        self.pointer_ok = Gauge(
+            "imgsearch_index_pointer_ok",
+            "1 when the publish pointer could be read at the last check, else 0",
             registry=self.registry,
         )
         self.index_images = Gauge(
@@ -68,6 +89,12 @@ class ServerMetrics:
             "Click-log events accepted and not yet written",
             registry=self.registry,
         )
+
+    def follow(self, reloader: Reloader) -> None:
+        """Report ``reloader``'s refusals, lag and pointer state at each scrape."""
+        self.refused_versions.set_function(lambda: len(reloader.status().refused))
+        self.behind_seconds.set_function(lambda: reloader.behind_s() or 0.0)
+        self.pointer_ok.set_function(lambda: 0.0 if reloader.status().pointer_error else 1.0)
 
     def serving(self, version: str, images: int) -> None:
         self.index_version.clear()

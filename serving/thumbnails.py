@@ -1,55 +1,50 @@
 """Thumbnails of indexed images, looked up by image id only.
 
 The uri comes from the loaded index version (``ImageDetails``), never from the request, so no
-request can make the server read a path of its choosing. Sources are read through Beam's
-``FileSystems`` (local or gs://), decoded under the same header limits as queries, shrunk with
-Pillow and kept in a bounded LRU cache of JPEG bytes.
+request can make the server read a source of its choosing. Sources are read through the index
+job's guarded reader (``storage.fetch``: local paths, gs://, http(s) with timeouts and a size
+cap), shrunk by ``encoders.imaging.thumbnail_jpeg`` under the query limits -- in the decode
+worker processes when the server has them, since a source may have changed since it was
+indexed -- and kept in a bounded LRU cache of JPEG bytes.
 """
 
 from __future__ import annotations
 
 import collections
-import io
 import threading
+from collections.abc import Callable
 
-from PIL import Image, ImageOps
+from encoders.imaging import ImageRejected, thumbnail_jpeg
+from storage.fetch import FetchError, FetchLimits, read_bytes
 
-from encoders.imaging import DecodeLimits
-from storage.files import open_file
-
-_MAX_SOURCE_BYTES = 64 * 2**20
-_DEFAULT_LIMITS = DecodeLimits()
+# A thumbnail is asked for by a page being rendered: a slow source is given up quickly.
+SOURCE_LIMITS = FetchLimits(
+    max_bytes=64 * 2**20, connect_timeout_s=5.0, read_timeout_s=10.0, total_timeout_s=15.0,
+    retries=0,
+)  # fmt: skip
 
 
 class ThumbnailError(Exception):
     """The source of an indexed image cannot be read or decoded now."""
 
 
-def make_thumbnail(data: bytes, max_side: int, limits: DecodeLimits = _DEFAULT_LIMITS) -> bytes:
-    """Encoded image -> JPEG whose longer side is at most ``max_side`` (upright, RGB)."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            if width * height > limits.max_pixels:
-                raise ThumbnailError(f"source has {width}x{height} pixels, over the limit")
-            if im.format == "JPEG":
-                im.draft("RGB", (max_side, max_side))  # decode at a reduced DCT scale
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-            out = io.BytesIO()
-            im.save(out, format="JPEG", quality=85)
-            return out.getvalue()
-    except ThumbnailError:
-        raise
-    except Exception as exc:  # Pillow raises many types for bad data
-        raise ThumbnailError(f"source is not a decodable image: {exc}") from exc
-
-
 class ThumbnailCache:
-    """``uri`` -> thumbnail JPEG bytes, at most ``entries`` kept (least recently used dropped)."""
+    """``uri`` -> thumbnail JPEG bytes, at most ``entries`` kept (least recently used dropped).
 
-    def __init__(self, max_side: int, entries: int, limits: DecodeLimits = _DEFAULT_LIMITS) -> None:
-        self.max_side, self.entries, self.limits = max_side, entries, limits
+    ``make`` is ``(bytes, max_side) -> JPEG`` (``encoders.decode_pool.bound_thumbnailer``;
+    by default ``thumbnail_jpeg`` in this process under the default limits).
+    """
+
+    def __init__(
+        self,
+        max_side: int,
+        entries: int,
+        make: Callable[[bytes, int], bytes] = thumbnail_jpeg,
+        source_limits: FetchLimits = SOURCE_LIMITS,
+    ) -> None:
+        self.max_side, self.entries = max_side, entries
+        self._make = make
+        self._source_limits = source_limits
         self._cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -62,7 +57,14 @@ class ThumbnailCache:
                 return self._cache[uri]
             self.misses += 1
         # Read and resize outside the lock: two concurrent misses may both do the work once.
-        thumbnail = make_thumbnail(self._read(uri), self.max_side, self.limits)
+        try:
+            data = read_bytes(uri, self._source_limits)
+        except FetchError as exc:
+            raise ThumbnailError(f"source {uri} cannot be read: {exc.reason}") from exc
+        try:
+            thumbnail = self._make(data, self.max_side)
+        except ImageRejected as exc:
+            raise ThumbnailError(f"source is not a decodable image: {exc.reason}") from exc
         with self._lock:
             if self.entries:
                 self._cache[uri] = thumbnail
@@ -70,13 +72,3 @@ class ThumbnailCache:
                 while len(self._cache) > self.entries:
                     self._cache.popitem(last=False)
         return thumbnail
-
-    def _read(self, uri: str) -> bytes:
-        try:
-            with open_file(uri) as f:
-                data = f.read(_MAX_SOURCE_BYTES + 1)
-        except Exception as exc:  # local and gs:// raise different errors
-            raise ThumbnailError(f"source {uri} cannot be read: {exc}") from exc
-        if len(data) > _MAX_SOURCE_BYTES:
-            raise ThumbnailError(f"source {uri} is larger than {_MAX_SOURCE_BYTES} bytes")
-        return data

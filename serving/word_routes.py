@@ -317,7 +317,7 @@ def add_word_routes(
         return json_response({"q": q, "suggestions": service.suggestions(q)})
 
     @app.get(
-        "/api/images/{image_id}/words",
+        "/api/images/{image_id:path}/words",
         tags=["words"],
         summary="Words nearest to an indexed image in the joint model's space",
         responses=_errors(404, 422, 503),

@@ -84,6 +84,13 @@ def is_local(path: str) -> bool:
     return FileSystems.get_scheme(path) is None
 
 
+def absolute_if_local(path: str) -> str:
+    """A local path made absolute (against this process's working directory); any
+    ``scheme://`` uri as it is. For inputs whose paths are stored: a relative path would later
+    be resolved against whichever directory the reader runs in."""
+    return os.path.abspath(path) if is_local(path) else path
+
+
 def file_name(path: str) -> str:
     return FileSystems.split(path)[1]
 

@@ -6,6 +6,7 @@ Pure PIL + NumPy in worker processes (``python -m encoders.decode_pool``); no Te
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import signal
@@ -22,8 +23,9 @@ from encoders.decode_pool import (
     DecodePool,
     GuardedDecoder,
     bound_decoder,
+    bound_thumbnailer,
 )
-from encoders.imaging import DecodeLimits, ImageRejected, decode_image
+from encoders.imaging import DecodeLimits, ImageRejected, decode_image, thumbnail_jpeg
 from tests.hostile_uploads import encoded, repeated_scans_jpeg
 
 # Every header check off, so only the pool's own guards can stop these files.
@@ -128,3 +130,19 @@ def test_a_decoder_bug_in_a_worker_reaches_the_caller_as_an_error(pool, coco_pho
     with pytest.raises(RuntimeError, match="decode worker error: ValueError: output size"):
         pool.decode(coco_photos[0].read_bytes(), (0, 0), DecodeLimits())
     pool.decode(coco_photos[0].read_bytes(), (64, 64), DecodeLimits())  # the worker carries on
+
+
+def test_thumbnails_come_from_the_workers_under_the_same_guards(pool, coco_photos) -> None:
+    """A thumbnail is made in a worker (a source may have changed since it was indexed): the
+    bytes of an in-process ``thumbnail_jpeg``, and a pathological source is stopped."""
+    data = coco_photos[0].read_bytes()
+    jpeg = pool.thumbnail(data, 96, DecodeLimits())
+    assert jpeg == thumbnail_jpeg(data, 96)
+    with Image.open(io.BytesIO(jpeg)) as thumb, Image.open(coco_photos[0]) as photo:
+        assert max(thumb.size) == 96 and thumb.format == "JPEG"
+        assert abs(thumb.width / thumb.height - photo.width / photo.height) < 0.05
+    with pytest.raises(ImageRejected, match=r"took longer than 1 s \(stopped\)"):
+        pool.thumbnail(repeated_scans_jpeg(2000, 1000), 96, _NO_HEADER_LIMITS)
+    with pytest.raises(ImageRejected, match="scans"):
+        pool.thumbnail(repeated_scans_jpeg(2000, 1000), 96, DecodeLimits())
+    assert bound_thumbnailer(DecodeLimits())(data, 96) == jpeg  # in-process, same bytes

@@ -72,6 +72,22 @@ def test_index_run_writes_table_index_and_manifest(corpus, tmp_path):
         assert hits[0].score == pytest.approx(1.0, abs=1e-4)
 
 
+def test_relative_corpus_paths_are_stored_absolute(small_photo_dir, tmp_path, monkeypatch):
+    """Issue 24: a relative corpus (a folder, and a manifest of paths relative to it) gave
+    relative uris, which the server resolved against its own working directory."""
+    photos = sorted(small_photo_dir.glob("*.jpg"))[:2]
+    (small_photo_dir / "m.jsonl").write_text(
+        "".join(json.dumps({"uri": p.name}) + "\n" for p in photos)
+    )
+    every = {str(p) for p in small_photo_dir.glob("*.jpg")}
+    monkeypatch.chdir(small_photo_dir.parent)
+    relative = Path(small_photo_dir.name)
+    for corpus, expected in ((relative, every), (relative / "m.jsonl", {str(p) for p in photos})):
+        out = tmp_path / corpus.name
+        index_job.run(fake_index_args(corpus, out, "v1"))
+        assert set(_read_table(out)["uri"].to_pylist()) == expected
+
+
 def test_rerun_is_idempotent(corpus, tmp_path):
     out = tmp_path / "out"
     index_job.run(fake_index_args(corpus, out, "test-1", "--table_shards", "3"))

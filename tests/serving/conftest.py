@@ -8,6 +8,7 @@ session fixtures in ``tests/conftest.py``, shared with the library API and clien
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,21 @@ from index.publish import version_dir, write_pointer
 JOINT_MODEL = "dual-serve-test"
 FAKE_IMAGE_ID = "fake/v1"
 FAKE_DIM = 64
+
+
+def rewrite_column(version: Path, column: str, new_value) -> None:
+    """Replace ``column`` in every Parquet file of a version folder that has it (the table, the
+    index shards' ids, near-duplicate groups) by ``new_value(old)``: one mapping, so the files
+    still agree. The manifest's checksums then fail: serve it with ``verify=False``."""
+    import pyarrow.parquet as pq
+
+    for path in sorted(version.rglob("*.parquet")):
+        table = pq.read_table(path)
+        if column not in table.column_names:
+            continue
+        values = [None if v is None else new_value(v) for v in table[column].to_pylist()]
+        index = table.schema.get_field_index(column)
+        pq.write_table(table.set_column(index, column, [values]), path)
 
 
 def publish(root: Path, built: Path, version: str) -> Path:
@@ -67,6 +83,19 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
+
+
+def wait_until(page, expression: str, arg=None, timeout_s: float = 30.0) -> None:
+    """Poll ``expression`` (a JS expression, or a function of ``arg``) in ``page`` until truthy.
+
+    Playwright's ``wait_for_function`` compiles its predicate with eval inside the page, which
+    the search page's CSP forbids (no 'unsafe-eval', as it should be); ``page.evaluate`` goes
+    through DevTools, outside the page's policy.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression, arg):
+        assert time.monotonic() < deadline, f"timed out waiting for: {expression}"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

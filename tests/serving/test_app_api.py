@@ -207,7 +207,7 @@ def test_health_ready_metrics_openapi(client: TestClient, api_root: Path) -> Non
     assert health["serving"]["version"] == "v1" == read_pointer(str(api_root)).version
     assert health["serving"]["images"] == 6 and health["text_search"]["enabled"]
     assert health["reload"]["watching"] == api_root.name and health["reload"]["refused"] == {}
-    assert client.get("/ready").json() == {"ready": True, "version": "v1"}
+    assert client.get("/ready").json() == {"ready": True, "version": "v1", "published": "v1"}
     client.get("/api/search", params={"q": "dog"})
     metrics = client.get("/metrics").text
     assert 'imgsearch_requests_total{route="/api/search",status="200"}' in metrics

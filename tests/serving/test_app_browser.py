@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.serving.conftest import wait_until
+
 
 def _loaded_thumbnails(page) -> int:
     """Result images the browser actually decoded (naturalWidth > 0)."""
@@ -18,14 +20,17 @@ def test_type_a_query_see_thumbnails_more_like_this(page_server, browser, serve_
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Anything the page's Content-Security-Policy blocks is reported on the console.
+    page.on("console", lambda m: errors.append(m.text) if "Content Security" in m.text else None)
     page.goto(page_server.url + "/")
     page.fill("#q", "a dog playing in the park")
     page.press("#q", "Enter")
-    page.wait_for_function("document.querySelector('#grid').dataset.renderedBy === 'js'")
-    page.wait_for_function(
+    wait_until(page, "document.querySelector('#grid').dataset.renderedBy === 'js'")
+    wait_until(
+        page,
         "document.querySelectorAll('#grid figure.result img').length === 8 && "
         "[...document.querySelectorAll('#grid figure.result img')]"
-        ".every(img => img.complete && img.naturalWidth > 0)"
+        ".every(img => img.complete && img.naturalWidth > 0)",
     )
     assert _loaded_thumbnails(page) == 8
     assert page.url.endswith("/?q=a%20dog%20playing%20in%20the%20park")
@@ -45,11 +50,12 @@ def test_type_a_query_see_thumbnails_more_like_this(page_server, browser, serve_
 
     clicked = first.get_attribute("data-image-id")
     first.locator("a.more").click()
-    page.wait_for_function("document.querySelector('#title').textContent === 'More like this'")
-    page.wait_for_function(
+    wait_until(page, "document.querySelector('#title').textContent === 'More like this'")
+    wait_until(
+        page,
         "document.querySelectorAll('#grid figure.result img').length === 7 && "
         "[...document.querySelectorAll('#grid figure.result img')]"
-        ".every(img => img.complete && img.naturalWidth > 0)"
+        ".every(img => img.complete && img.naturalWidth > 0)",
     )
     ids = page.eval_on_selector_all("#grid figure.result", "els => els.map(e => e.dataset.imageId)")
     assert clicked not in ids and len(ids) == 7
@@ -57,7 +63,7 @@ def test_type_a_query_see_thumbnails_more_like_this(page_server, browser, serve_
     # Image upload through the file input.
     page.set_input_files("#file", str(serve_photos[3]))
     page.click("#upload-form button")
-    page.wait_for_function("document.querySelector('#title').textContent.includes('upload')")
+    wait_until(page, "document.querySelector('#title').textContent.includes('upload')")
     top = page.locator("#grid figure.result").first.inner_text()
     assert "score 1.000" in top
     assert errors == []
@@ -85,3 +91,24 @@ def test_plain_form_search_without_javascript(page_server, browser) -> None:
     assert page.locator("#grid figure.result").count() == 7
     assert "More like this" in page.inner_text("#title")
     context.close()
+
+
+@pytest.mark.slow
+def test_api_docs_render_from_the_server_alone(page_server, browser) -> None:
+    """/docs: Swagger UI from the server's own assets (no CDN: this machine has no internet)
+    renders every route, under its CSP, without asking any other origin for anything."""
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on(
+        "request", lambda r: None if r.url.startswith(page_server.url) else problems.append(r.url)
+    )
+    page.goto(page_server.url + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock-summary-path", timeout=30_000)
+    paths = page.eval_on_selector_all(
+        ".opblock-summary-path", "els => els.map(e => e.dataset.path || e.textContent)"
+    )
+    assert "/api/search" in paths and "/api/images/{image_id}" in paths
+    assert problems == []
+    page.close()

@@ -40,6 +40,29 @@ def test_thumbnail_cache_is_bounded_and_reads_only_on_a_miss(tmp_path: Path) -> 
         cache.get(str(tmp_path / "junk.jpg"))
 
 
+def test_thumbnails_of_http_sources_go_through_the_guarded_reader(tmp_path: Path) -> None:
+    """An http(s) corpus gets thumbnails too (the index job's reader: timeouts, a size cap)."""
+    import functools
+    import http.server
+    import threading
+
+    _photo(tmp_path / "p.jpg", (600, 300), "red")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        cache = ThumbnailCache(max_side=100, entries=4)
+        with Image.open(io.BytesIO(cache.get(f"{base}/p.jpg"))) as thumb:
+            assert thumb.size == (100, 50)
+        with pytest.raises(ThumbnailError, match="cannot be read: HTTP 404"):
+            cache.get(f"{base}/missing.jpg")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_details_map_rows_when_a_searcher_orders_them_otherwise() -> None:
     table = pa.table({"image_id": ["c", "a", "b"], "uri": ["/c", "/a", "/b"], "width": [3, 1, 2]})
     details = ImageDetails(table)

@@ -79,7 +79,8 @@ def test_cli_serve(built_versions, serve_models: Path, tmp_path: Path) -> None:
             match = re.search(r"Uvicorn running on (http://\S+)", line)
             url = match.group(1) if match else None
         assert url, "the server never said where it listens"
-        assert httpx.get(url + "/ready").json() == {"ready": True, "version": "v1"}
+        ready = httpx.get(url + "/ready").json()
+        assert ready == {"ready": True, "version": "v1", "published": "v1"}
         hits = httpx.get(url + "/api/search", params={"q": "a dog", "k": 3}).json()["results"]
         assert len(hits) == 3
     finally:

@@ -12,6 +12,7 @@ from serving.config import ServeConfig
 from serving.event_log import EventLimits
 from serving.event_writer import read_events
 from serving.server import BackgroundServer
+from tests.serving.conftest import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_views_and_clicks_reach_the_log(logged, browser, serve_photos: list[Path
     first = page.locator("#grid figure.result").first
     reference = first.get_attribute("data-image-id")
     first.locator("a.more").click()
-    page.wait_for_function("document.querySelector('#title').textContent === 'More like this'")
+    wait_until(page, "document.querySelector('#title').textContent === 'More like this'")
     more, similar = _logged_events(writer, folder, 4)[2:]
     assert (more["kind"], more["image_id"], more["rank"]) == ("click", reference, 1)
     assert (similar["kind"], similar["query_kind"], similar["query"]) == (
@@ -82,10 +83,10 @@ def test_views_and_clicks_reach_the_log(logged, browser, serve_photos: list[Path
     # A text search drawn in place, then an image upload: one view each, with the right kind.
     page.fill("#q", "two people walking")
     page.press("#q", "Enter")
-    page.wait_for_function("document.querySelector('#title').textContent.includes('people')")
+    wait_until(page, "document.querySelector('#title').textContent.includes('people')")
     page.set_input_files("#file", str(serve_photos[3]))
     page.click("#upload-form button")
-    page.wait_for_function("document.querySelector('#title').textContent.includes('upload')")
+    wait_until(page, "document.querySelector('#title').textContent.includes('upload')")
     text_view, image_view = _logged_events(writer, folder, 6)[4:]
     assert (text_view["query_kind"], text_view["query"]) == ("text", "two people walking")
     assert (image_view["kind"], image_view["query_kind"]) == ("view", "image")

@@ -16,7 +16,7 @@ from index.near_duplicates import read_groups
 from index.publish import version_dir
 from pipelines import index_job
 from tests.index_args import fake_index_args
-from tests.serving.conftest import JOINT_MODEL
+from tests.serving.conftest import JOINT_MODEL, wait_until
 
 QUERY = "a dog running on the grass"
 PHOTOS, VARIANTS = 3, (2, 4)  # even variants are not mirrored: the fake encoder keeps them close
@@ -138,9 +138,10 @@ def test_the_page_shows_one_result_per_group_until_asked_for_all(
     def search() -> list[str]:
         page.press("#q", "Enter")
         if javascript:
-            page.wait_for_function(
+            wait_until(
+                page,
                 "document.querySelector('#grid').dataset.renderedBy === 'js'"
-                " && document.querySelectorAll('#grid figure.result').length > 0"
+                " && document.querySelectorAll('#grid figure.result').length > 0",
             )
         page.wait_for_selector("#grid figure.result")
         return _result_ids(page)
@@ -169,9 +170,7 @@ def test_the_page_shows_one_result_per_group_until_asked_for_all(
     page.check("#show-dupes")
     if javascript:  # the grid is replaced: wait for the full one
         page.press("#q", "Enter")
-        page.wait_for_function(
-            f"document.querySelectorAll('#grid figure.result').length === {IMAGES}"
-        )
+        wait_until(page, f"document.querySelectorAll('#grid figure.result').length === {IMAGES}")
         shown = _result_ids(page)
     else:
         shown = search()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.serving.conftest import wait_until
+
 QUERY = "a dog playing in the park"
 
 
@@ -25,7 +27,7 @@ def test_the_filter_box_keeps_only_matching_results(page_server, browser, javasc
     page.fill("#filter", 'site = "coco"')
     page.press("#q", "Enter")
     if javascript:
-        page.wait_for_function("document.querySelector('#grid').dataset.renderedBy === 'js'")
+        wait_until(page, "document.querySelector('#grid').dataset.renderedBy === 'js'")
     page.wait_for_selector("#grid figure.result")
     ids = _result_ids(page)
     assert len(ids) == 4  # the fixture alternates flickr / coco over 8 photos
@@ -35,7 +37,7 @@ def test_the_filter_box_keeps_only_matching_results(page_server, browser, javasc
     # A bad filter says why, in the page.
     page.fill("#filter", "nope >= 3")
     page.press("#q", "Enter")
-    page.wait_for_function("document.querySelector('#error').textContent.includes('bad filter')")
+    wait_until(page, "document.querySelector('#error').textContent.includes('bad filter')")
     assert "unknown field 'nope'" in page.inner_text("#error")
     assert errors == []
     context.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from serving.http_hygiene import SECURITY_HEADERS
@@ -16,11 +18,37 @@ def _image_id(client) -> str:
     return client.get("/api/search", params={"q": "a dog", "k": 1}).json()["results"][0]["image_id"]
 
 
-@pytest.mark.parametrize("path", ["/", "/health", "/api/search?q=dog", "/no/such/page"])
+@pytest.mark.parametrize("path", ["/health", "/api/search?q=dog", "/no/such/page"])
 def test_every_answer_has_the_security_headers(client, path):
     response = client.get(path)
     for name, value in SECURITY_HEADERS:
         assert response.headers[name.decode()] == value.decode(), (path, name)
+
+
+def test_pages_allow_only_their_own_nonce_tagged_scripts(client):
+    """The page's CSP: its inline script and styles carry this answer's nonce, nothing else
+    runs; a new nonce every answer (an attacker cannot learn one to reuse)."""
+    first, second = client.get("/"), client.get("/", params={"q": "dog"})
+    policies = [r.headers["content-security-policy"] for r in (first, second)]
+    nonces = [re.search(r"'nonce-([\w-]+)'", p).group(1) for p in policies]
+    assert nonces[0] != nonces[1]
+    for response, nonce in zip((first, second), nonces, strict=True):
+        policy = response.headers["content-security-policy"]
+        assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+        assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+        tags = re.findall(r"<(script|style)\b([^>]*)>", response.text)
+        assert tags and all(f'nonce="{nonce}"' in attrs for _, attrs in tags), tags
+        assert not re.search(r"\s(on[a-z]+|style)=", response.text)  # no inline handlers/styles
+    for name, value in SECURITY_HEADERS[:-1]:  # the rest of the headers as everywhere
+        assert first.headers[name.decode()] == value.decode()
+
+
+def test_docs_are_served_from_this_server(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "cdn." not in docs.text and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/redoc").status_code == 404  # its page would load from a CDN
 
 
 def test_head_is_get_without_the_body(client):

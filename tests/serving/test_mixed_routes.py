@@ -395,7 +395,7 @@ def _ticks(html: str) -> list[tuple[str, bool]]:
 def test_the_page_offers_checkboxes_and_renders_refined_results(client: TestClient) -> None:
     page = client.get("/", params={"q": "a dog on the grass"})
     assert page.status_code == 200
-    assert 'id="feedback-form" action="/feedback" method="get"' in page.text
+    assert 'id="feedback-form" class="full-row" action="/feedback" method="get"' in page.text
     assert 'name="q" value="a dog on the grass"' in page.text
     ticks = _ticks(page.text)
     assert len(ticks) == 6 and not any(checked for _, checked in ticks)

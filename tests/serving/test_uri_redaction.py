@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from serving.config import ServeConfig
-from tests.serving.conftest import publish
+from tests.serving.conftest import publish, rewrite_column
 
 SECRETS = ("hunter2", "SIGNATURE-SECRET", "TOKEN-SECRET")
 
@@ -31,24 +30,20 @@ def _rewritten(name: str, row: int, gone: Path) -> str:
     )[row % 4]
 
 
-def _rewrite_uris(version: Path, gone: Path) -> None:
-    """Every Parquet file's uri column (the table, the index shards' ids), one new uri per
-    photo whichever file names it."""
-    files = [p for p in version.rglob("*.parquet") if "uri" in pq.read_schema(p).names]
-    names = sorted({Path(u).name for p in files for u in pq.read_table(p)["uri"].to_pylist()})
-    new = {name: _rewritten(name, row, gone) for row, name in enumerate(names)}
-    for path in files:
-        table = pq.read_table(path)
-        uris = [new[Path(u).name] for u in table["uri"].to_pylist()]
-        column = table.schema.get_field_index("uri")
-        pq.write_table(table.set_column(column, "uri", [uris]), path)
-
-
 @pytest.fixture(scope="module")
 def leaky_root(tmp_path_factory, built_versions) -> Path:
     root = tmp_path_factory.mktemp("leaky-root")
     target = publish(root, built_versions["v2"], "v2")
-    _rewrite_uris(target, tmp_path_factory.mktemp("deleted-corpus"))
+    gone = tmp_path_factory.mktemp("deleted-corpus")
+    new = {}
+
+    def rewritten(uri: str) -> str:  # one new uri per photo, whichever file names it
+        name = Path(uri).name
+        if name not in new:
+            new[name] = _rewritten(name, len(new), gone)
+        return new[name]
+
+    rewrite_column(target, "uri", rewritten)
     return root
 
 

@@ -7,6 +7,7 @@ import urllib.parse
 import pytest
 
 from encoders.glove import locate_glove
+from tests.serving.conftest import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,9 @@ def test_a_search_in_place_refreshes_the_related_words(server, browser) -> None:
     before = _suggested(page)
     page.fill("#q", "grass")
     page.press("#q", "Enter")
-    page.wait_for_function("document.querySelector('#grid').dataset.renderedBy === 'js'")
-    page.wait_for_function(
+    wait_until(page, "document.querySelector('#grid').dataset.renderedBy === 'js'")
+    wait_until(
+        page,
         "words => { const now = [...document.querySelectorAll('#words a.word')]"
         ".map(a => a.textContent); return now.length > 0 && now.join() !== words.join(); }",
         arg=before,
