@@ -36,13 +36,12 @@ from encoders.imaging import DecodeLimits
 from serving.config import ServeConfig
 from serving.query_error import QueryError
 from serving.reloader import VersionHolder
+from serving.sources import SourceUnavailable, read_source
 from serving.state import IndexBundle, QueryModels
-from storage.files import open_file
 
 MAX_SIDE = 512  # the PNG's longer side, at most
 MAX_CONCURRENT = 2  # explanations running at once (each is one CNN pass, ~50 ms of 2 cores)
 RETRY_AFTER_S = 1
-_MAX_SOURCE_BYTES = 64 * 2**20
 _MAX_ID_CHARS = 256
 _ERRORS = {
     400: "Neither or both of q and similar_to, no word of q is known, or q past the length limit",
@@ -97,18 +96,6 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(rgb, "RGB").save(out, format="PNG", compress_level=1)  # speed over size
     return out.getvalue()
-
-
-def read_source(uri: str) -> bytes:
-    """The bytes of an indexed photo (QueryError 404 when it cannot be read)."""
-    try:
-        with open_file(uri) as f:
-            data = f.read(_MAX_SOURCE_BYTES + 1)
-    except Exception as exc:  # local and gs:// raise different errors
-        raise QueryError(404, f"the photo at {uri} cannot be read: {exc}") from exc
-    if len(data) > _MAX_SOURCE_BYTES:
-        raise QueryError(404, f"the photo at {uri} is larger than {_MAX_SOURCE_BYTES} bytes")
-    return data
 
 
 def display_size(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[int, int]:
@@ -180,7 +167,10 @@ def explain(
         raise QueryError(503, f"image encoder {encoder.encoder_id} gives no spatial feature "
                                 "map to explain with")  # fmt: skip
     target, layers = _target(bundle, text, similar_to, text_off)
-    data = read_source(uri)
+    try:
+        data = read_source(uri)
+    except SourceUnavailable as exc:
+        raise QueryError(404, str(exc)) from exc
     try:
         pixels, width, height = decode(data, encoder.input_size)
         picture, _, _ = decode(data, display_size(width, height, max_side))

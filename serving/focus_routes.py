@@ -56,7 +56,9 @@ def add_focus_routes(
 def similar_page(
     app: FastAPI, bundle: IndexBundle, image_id: str, focus: str, page: PageRequest
 ) -> dict:
-    return focused_similar_page(app.state.focus, bundle, image_id, focus, page)
+    return focused_similar_page(
+        app.state.focus, bundle, image_id, focus, page, app.state.config.query_decoder()
+    )
 
 
 def image_page(app: FastAPI, bundle: IndexBundle, data: bytes, focus: str, page: PageRequest,

@@ -24,17 +24,17 @@ from encoders.focus import (
     FocusVocabulary,
     focused_vector,
 )
-from encoders.imaging import DecodeLimits, decode_image
+from encoders.imaging import DecodeLimits, ImageRejected
 from encoders.tags import TagHead, check_tag_head, resolve_tag_head
 from serving import queries
 from serving.mixed_search import Found
 from serving.paging import PageRequest
 from serving.query_error import QueryError
 from serving.searcher import ImageSearcher, SearchHit
+from serving.sources import SourceUnavailable, read_source
 from serving.state import IndexBundle
 from storage.files import open_file
 
-_MAX_SOURCE_BYTES = 64 * 2**20  # an indexed photo re-read for its feature map
 _INDEXED_LIMITS = DecodeLimits()  # the indexing defaults: the photo passed them once already
 
 
@@ -157,9 +157,15 @@ def _why(bundle: IndexBundle, target: FocusTarget, method: str, **extra) -> dict
 
 
 def similar_hits(
-    service: FocusService, bundle: IndexBundle, image_id: str, focus: str, n: int
+    service: FocusService,
+    bundle: IndexBundle,
+    image_id: str,
+    focus: str,
+    n: int,
+    decode: BoundDecoder,
 ) -> tuple[list[SearchHit], FocusTarget]:
-    """The ``n`` indexed images nearest to an indexed image focused on ``focus`` (itself out)."""
+    """The ``n`` indexed images nearest to an indexed image focused on ``focus`` (itself out);
+    its source is read again (``serving.sources``) and decoded by ``decode``."""
     _check_service(service, bundle)
     uri = bundle.details.uri_of(image_id)
     if uri is None:
@@ -168,27 +174,28 @@ def similar_hits(
         )
     target = service.target(focus)
     try:
-        with open_file(uri) as f:
-            data = f.read(_MAX_SOURCE_BYTES + 1)
-        pixels, _, _ = decode_image(data, size=bundle.images.image_encoder().input_size,
-                                    limits=_INDEXED_LIMITS)  # fmt: skip
-    except Exception as exc:  # local and gs:// raise different errors; so does a changed file
-        raise queries.QueryError(404, f"image {image_id!r}: its source {uri} cannot be read "
-                                      f"now ({exc})") from exc  # fmt: skip
+        pixels, _, _ = decode(read_source(uri), bundle.images.image_encoder().input_size)
+    except (SourceUnavailable, ImageRejected) as exc:  # moved, or changed since indexed
+        raise queries.QueryError(404, f"image {image_id!r}: {exc}") from exc
     vector = service.query_vector(bundle.images, pixels, target)
     hits = bundle.images.search_vector(vector, min(n + 1, len(bundle.images)))
     return [hit for hit in hits if hit.image_id != image_id][:n], target
 
 
 def focused_similar_page(
-    service: FocusService, bundle: IndexBundle, image_id: str, focus: str, page: PageRequest
+    service: FocusService,
+    bundle: IndexBundle,
+    image_id: str,
+    focus: str,
+    page: PageRequest,
+    decode: BoundDecoder,
 ) -> dict:
     """``GET /api/similar/{image_id}?focus=...``: the page ``queries.similar_query`` gives."""
     started = time.perf_counter()
     _no_filter(page)
 
     def search(n: int) -> Found:
-        hits, target = similar_hits(service, bundle, image_id, focus, n)
+        hits, target = similar_hits(service, bundle, image_id, focus, n, decode)
         why = _why(bundle, target, service.method, to=image_id)
         return Found({"similar_to": image_id, "focus": focus}, hits, [why] * len(hits))
 
@@ -250,7 +257,9 @@ def focused_search(
     service = FocusService(glove=glove, method=method)
     try:
         if image_id is not None:
-            return similar_hits(service, bundle, image_id, focus, k)[0]
+            return similar_hits(service, bundle, image_id, focus, k, bound_decoder(DecodeLimits()))[
+                0
+            ]
         with open_file(image) as f:
             data = f.read()
         return image_hits(service, bundle, data, focus, k, bound_decoder(DecodeLimits()))[0]

@@ -1,11 +1,11 @@
 """Thumbnails of indexed images, looked up by image id only.
 
 The uri comes from the loaded index version (``ImageDetails``), never from the request, so no
-request can make the server read a source of its choosing. Sources are read through the index
-job's guarded reader (``storage.fetch``: local paths, gs://, http(s) with timeouts and a size
-cap), shrunk by ``encoders.imaging.thumbnail_jpeg`` under the query limits -- in the decode
-worker processes when the server has them, since a source may have changed since it was
-indexed -- and kept in a bounded LRU cache of JPEG bytes.
+request can make the server read a source of its choosing. Sources are read as
+``serving.sources`` reads them (local, gs://, http(s): timeouts and a size cap), shrunk by
+``encoders.imaging.thumbnail_jpeg`` under the query limits -- in the decode worker processes
+when the server has them, since a source may have changed since it was indexed -- and kept in
+a bounded LRU cache of JPEG bytes.
 """
 
 from __future__ import annotations
@@ -15,13 +15,7 @@ import threading
 from collections.abc import Callable
 
 from encoders.imaging import ImageRejected, thumbnail_jpeg
-from storage.fetch import FetchError, FetchLimits, read_bytes
-
-# A thumbnail is asked for by a page being rendered: a slow source is given up quickly.
-SOURCE_LIMITS = FetchLimits(
-    max_bytes=64 * 2**20, connect_timeout_s=5.0, read_timeout_s=10.0, total_timeout_s=15.0,
-    retries=0,
-)  # fmt: skip
+from serving.sources import SourceUnavailable, read_source
 
 
 class ThumbnailError(Exception):
@@ -40,11 +34,9 @@ class ThumbnailCache:
         max_side: int,
         entries: int,
         make: Callable[[bytes, int], bytes] = thumbnail_jpeg,
-        source_limits: FetchLimits = SOURCE_LIMITS,
     ) -> None:
         self.max_side, self.entries = max_side, entries
         self._make = make
-        self._source_limits = source_limits
         self._cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -58,9 +50,9 @@ class ThumbnailCache:
             self.misses += 1
         # Read and resize outside the lock: two concurrent misses may both do the work once.
         try:
-            data = read_bytes(uri, self._source_limits)
-        except FetchError as exc:
-            raise ThumbnailError(f"source {uri} cannot be read: {exc.reason}") from exc
+            data = read_source(uri)
+        except SourceUnavailable as exc:
+            raise ThumbnailError(str(exc)) from exc
         try:
             thumbnail = self._make(data, self.max_side)
         except ImageRejected as exc:
