@@ -3,7 +3,9 @@
 A text query is embedded whole for the search; to explain a hit, each distinct word of the query
 is embedded alone through the same text encoder and joint model, and scored against the hit's
 image vector in the space the search ran in. Words the text encoder does not know contribute
-nothing and are reported as ``unknown_terms``.
+nothing and are reported as ``unknown_terms``, as are "words" longer than ``MAX_TERM_CHARS``
+(a run of letters without spaces, e.g. CJK text): they are not scored, so the explanation's work
+is bounded whatever the query (at most ``MAX_TERMS`` short texts in one encoder call).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from serving.text_search import TextSearcher
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 MAX_TERMS = 12
+MAX_TERM_CHARS = 32
 
 
 def query_terms(query: str) -> list[str]:
@@ -40,16 +43,17 @@ def embed_with_terms(
     when no word of the query is known.
     """
     terms = query_terms(query)
-    features = text.text_encoder.encode([query, *terms])
+    scored = [t for t in terms if len(t) <= MAX_TERM_CHARS]
+    features = text.text_encoder.encode([query, *scored])
     if not np.any(features[0]):
         raise ValueError(
             f"no word of {query!r} is known to text encoder {text.text_encoder.encoder_id}"
         )
-    known = [bool(np.any(row)) for row in features[1:]]
-    rows = [0] + [i + 1 for i, k in enumerate(known) if k]
+    known = {t for t, row in zip(scored, features[1:], strict=True) if np.any(row)}
+    rows = [0] + [i + 1 for i, t in enumerate(scored) if t in known]
     vectors = l2_normalize(np.asarray(text.joint.embed_text_features(features[rows]), np.float32))
-    kept = [t for t, k in zip(terms, known, strict=True) if k]
-    unknown = [t for t, k in zip(terms, known, strict=True) if not k]
+    kept = [t for t in scored if t in known]
+    unknown = [t for t in terms if t not in known]
     return vectors[:1], kept, vectors[1:], unknown
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
 
 from serving.config import ServeConfig
 from serving.details import ImageDetails
-from serving.explain import MAX_TERMS, query_terms
+from serving.explain import MAX_TERM_CHARS, MAX_TERMS, embed_with_terms, query_terms
 from serving.thumbnails import ThumbnailCache, ThumbnailError
 from serving.uploads import MAX_FORM_PARTS, UploadError, file_part, multipart_parts
 
@@ -86,6 +87,30 @@ def test_query_terms() -> None:
     ]
     many = " ".join(f"w{i}" for i in range(40))
     assert len(query_terms(many)) == MAX_TERMS
+
+
+def test_the_explanation_encodes_only_short_words_whatever_the_query() -> None:
+    """Its work is bounded by MAX_TERMS words of at most MAX_TERM_CHARS, not by the query: a
+    500-character query of two space-less runs (CJK) sends the encoder the query alone."""
+    import types
+
+    seen: list[list[str]] = []
+
+    def encode(texts):
+        seen.append(list(texts))
+        return np.ones((len(texts), 4), np.float32) * np.arange(1, len(texts) + 1)[:, None]
+
+    searcher = types.SimpleNamespace(
+        text_encoder=types.SimpleNamespace(encode=encode, encoder_id="stub/v1"),
+        joint=types.SimpleNamespace(embed_text_features=lambda f: f),
+    )
+    cjk = "狗在篮子里骑自行车戴眼镜" * 21
+    query = f"{cjk[:250]} dog {cjk[:245]}"
+    vector, kept, vectors, unknown = embed_with_terms(searcher, query)
+    assert seen == [[query, "dog"]]
+    assert kept == ["dog"] and vectors.shape == (1, 4) and vector.shape == (1, 4)
+    assert unknown == [cjk[:250], cjk[:245]]
+    assert all(len(t) <= MAX_TERM_CHARS for t in seen[0][1:])
 
 
 def test_multipart_file_in_memory() -> None:

@@ -42,7 +42,11 @@ def _rss_with_workers() -> int:
     child between fork and exec still reports its parent's pages."""
     total = _rss_bytes(os.getpid())
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        for child in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # the thread ended since the listing
+            continue
+        for child in children:
             try:
                 command = Path(f"/proc/{child}/cmdline").read_bytes()
             except (FileNotFoundError, ProcessLookupError):
