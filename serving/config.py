@@ -40,22 +40,27 @@ class ConnectionLimits:
     ``serving.http_hygiene.BodyBudget``).
 
     A request's line and headers must arrive within ``head_timeout_s`` of the connection opening
-    (or of the previous response) and be at most ``max_head_bytes``; its body within
-    ``body_timeout_s`` of the head. A keep-alive connection idle ``keep_alive_s`` after a
-    response is closed. Past ``max_connections`` the connection idle for longest is closed for a
-    newcomer. Request bodies the server holds at once total at most ``max_buffered_bytes``
-    (beyond, 429 with Retry-After); one body is at most ``ServeConfig.max_body_bytes``.
+    (or of the previous response) and be at most ``max_head_bytes``; its body must keep coming:
+    no pause longer than ``body_idle_s``, and from ``body_idle_s`` on at least
+    ``min_body_bytes_per_s`` on average (a slow uplink passes, a drip does not; a deadline on
+    the whole body would cut honest slow uploads). A keep-alive connection idle
+    ``keep_alive_s`` after a response is closed. Past ``max_connections`` the connection idle
+    for longest is closed for a newcomer. Request bodies the server holds at once total at most
+    ``max_buffered_bytes`` (beyond, 429 with Retry-After); one body is at most
+    ``ServeConfig.max_body_bytes``.
     """
 
     head_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
+    body_idle_s: float = 10.0
+    min_body_bytes_per_s: int = 8 * 1024
     keep_alive_s: int = 5
     max_head_bytes: int = 32 * 1024
     max_connections: int = 512
     max_buffered_bytes: int = 256 * 2**20
 
     def __post_init__(self) -> None:
-        for name in ("head_timeout_s", "body_timeout_s", "keep_alive_s", "max_head_bytes",
+        for name in ("head_timeout_s", "body_idle_s", "min_body_bytes_per_s", "keep_alive_s",
+                     "max_head_bytes",
                      "max_connections", "max_buffered_bytes"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -9,10 +9,12 @@ and memory. ``GuardedHttpToolsProtocol`` is uvicorn's httptools protocol with:
 
 - a **head deadline**: the request line and headers must arrive within ``head_timeout_s`` of
   the connection opening or of the previous response (408 and close, otherwise);
-- a **body deadline**: the body must arrive within ``body_timeout_s`` of the head (close,
-  otherwise; the application sees a disconnect). Time during which the server itself stopped
-  reading (flow control, while the application has not taken what came) is not the client's
-  fault and does not count;
+- a **body pace**: once the head is in, the body must keep coming -- no pause longer than
+  ``body_idle_s`` and, from then on, at least ``min_body_bytes_per_s`` on average -- or the
+  connection is closed (the application sees a disconnect). A stalled body goes in
+  ``body_idle_s``; a dripped one once its average falls behind; an honest slow uplink is never
+  cut, as a deadline on the whole body would. Time during which the server itself stopped
+  reading (flow control, while the application has not taken what came) does not count;
 - a **head size cap**: more than ``max_head_bytes`` of request line and headers is a 431;
 - a **connection cap**: past ``max_connections`` open connections, the connection idle for
   longest (between requests or still sending its head) is closed to make room, and when none
@@ -48,6 +50,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
+        self._body_started = self._body_seen = 0.0  # monotonic: head complete, last body bytes
+        self._body_bytes = 0
         self._head_bytes = 0
         self._head_too_large = False
         self._idle_since = time.monotonic()
@@ -102,14 +106,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write(_simple_response(b"408 Request Timeout"))
             self.transport.close()
 
-    def _body_timed_out(self) -> None:
+    def _check_body(self) -> None:
+        """Every second while a body is coming: close a stalled or dripping one."""
         self._timer = None
         if self.transport.is_closing():
             return
+        now = time.monotonic()
         if self.flow.read_paused:  # the server is not reading: not the client's delay
-            self._arm(self.limits.body_timeout_s, self._body_timed_out)
-            return
-        self.transport.close()
+            self._body_started += 1.0
+            self._body_seen = now
+        else:
+            limits = self.limits
+            running = now - self._body_started
+            stalled = now - self._body_seen > limits.body_idle_s
+            dripping = (
+                running > limits.body_idle_s
+                and self._body_bytes < limits.min_body_bytes_per_s * running
+            )
+            if stalled or dripping:
+                self.transport.close()
+                return
+        self._arm(1.0, self._check_body)
 
     # --------------------------------------------------------------- parser callbacks
 
@@ -140,8 +157,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
-        self._arm(self.limits.body_timeout_s, self._body_timed_out)
+        self._body_started = self._body_seen = time.monotonic()
+        self._body_bytes = 0
+        self._arm(1.0, self._check_body)
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        self._body_seen = time.monotonic()
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._disarm()

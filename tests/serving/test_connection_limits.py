@@ -20,7 +20,8 @@ from serving.config import ConnectionLimits
 
 LIMITS = ConnectionLimits(
     head_timeout_s=1.0,
-    body_timeout_s=1.5,
+    body_idle_s=1.5,
+    min_body_bytes_per_s=20_000,
     keep_alive_s=1,
     max_head_bytes=8192,
     max_connections=16,
@@ -123,7 +124,7 @@ def test_a_stalled_body_is_cut_and_counted_as_the_client_closing(server) -> None
                      b"content-length: 90000\r\n\r\n" + b"\x89PNG" + b"\0" * 996)  # fmt: skip
         answer, took = _until_closed(sock)
     assert answer == b""  # nothing to answer: the body never came
-    assert LIMITS.body_timeout_s - 0.2 <= took <= LIMITS.body_timeout_s + SLACK_S
+    assert LIMITS.body_idle_s - 0.2 <= took <= LIMITS.body_idle_s + SLACK_S
     assert _metrics_5xx(server) == before
     assert (
         'imgsearch_requests_total{route="/api/search/image",status="499"}'
@@ -131,18 +132,41 @@ def test_a_stalled_body_is_cut_and_counted_as_the_client_closing(server) -> None
     )
 
 
-def test_a_slow_but_steady_upload_within_the_deadline_is_answered(server, serve_photos) -> None:
+def test_a_dripped_body_is_cut_once_it_falls_behind_the_minimum_pace(server) -> None:
+    """A byte every 0.2 s never pauses long enough to stall, but averages 5 B/s: cut once the
+    idle allowance has passed, not left to hold its buffer for ever."""
+    with _connect(server) as sock:
+        sock.sendall(b"POST /api/search/image HTTP/1.1\r\nHost: x\r\ncontent-type: image/png\r\n"
+                     b"content-length: 90000\r\n\r\n")  # fmt: skip
+        started, closed = time.monotonic(), False
+        while not closed and time.monotonic() - started < LIMITS.body_idle_s + 2 * SLACK_S:
+            try:
+                sock.sendall(b"\0")
+                sock.settimeout(0.2)
+                closed = sock.recv(65536) == b""
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+        took = time.monotonic() - started
+    assert closed and LIMITS.body_idle_s <= took <= LIMITS.body_idle_s + 2 * SLACK_S
+
+
+def test_a_slow_but_steady_upload_is_answered_however_long_it_takes(server, serve_photos) -> None:
     data = serve_photos[0].read_bytes()
     assert len(data) <= MAX_UPLOAD
     with _connect(server) as sock:
         sock.sendall(b"POST /api/search/image?k=1 HTTP/1.1\r\nHost: x\r\n"
                      b"content-type: image/jpeg\r\nconnection: close\r\n"
                      b"content-length: %d\r\n\r\n" % len(data))  # fmt: skip
-        step = len(data) // 5 + 1
+        # Ten pieces 0.4 s apart: over twice the idle allowance in all, never a stall, about
+        # 40 kB/s (above the minimum pace): an honest slow uplink is not cut.
+        started, step = time.monotonic(), len(data) // 10 + 1
         for start in range(0, len(data), step):
             sock.sendall(data[start : start + step])
-            time.sleep(0.15)
+            time.sleep(0.4)
         answer, _ = _until_closed(sock)
+    assert time.monotonic() - started > 2 * LIMITS.body_idle_s
     assert _status(answer) == 200, answer[:300]
 
 
