@@ -12,6 +12,7 @@ more than predicted) ``encoders.decode_pool`` bounds by decoding in worker proce
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -21,6 +22,7 @@ import re
 import struct
 import threading
 import warnings
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import numpy as np
@@ -84,6 +86,7 @@ _OPEN_LOCK = threading.Lock()
 _PIXELS_IN_PIL_MESSAGE = re.compile(r"\((\d+) pixels\)")
 
 _Side = TypeVar("_Side", int, float)
+_Drafted = TypeVar("_Drafted")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,32 +162,18 @@ def decode_image(
     out_height, out_width = size
     if out_height < 1 or out_width < 1:
         raise ValueError(f"output size must be positive, got {size}")
-    if not data:
-        raise ImageRejected("empty file")
 
-    im = _open_header(data, limits)
-    with im:  # releases the BytesIO; the decoded pixels stay valid
-        stored_size = im.size
-        # Pixel count, shorter side and aspect ratio do not depend on orientation, so the header
-        # is judged before EXIF is read (for a PNG, reading EXIF decodes the whole image).
-        _check_shape(stored_size, limits)
-        if im.format in _JPEG_FORMATS:
-            _check_scans(data, limits)
+    def draft(im: Image.Image) -> tuple[float, float]:
         # The part of the (possibly drafted) image that holds the picture, in its own pixels:
         # a 333-wide JPEG drafted at 1/2 is 167 pixels wide but shows only 166.5 of them.
-        extent: tuple[float, float] = stored_size
         if jpeg_draft and im.format in _JPEG_FORMATS:
             # A JPEG's EXIF block sits in its header, so reading it here decodes nothing.
-            extent = _draft_jpeg(im, (out_height, out_width), _orientation(im))
-        _check_memory(im, stored_size, limits)  # after the draft: it shrinks what is decoded
-        _load(im)
-        orientation = _orientation(im)
+            return _draft_jpeg(im, (out_height, out_width), _orientation(im))
+        return im.size
+
+    with _upright_picture(data, limits, draft) as (picture, stored_size, orientation, extent):
         width, height = _upright_size(stored_size, orientation)
-        # Grey images stay one channel until resized: the same pixels (the resize works per
-        # channel), without a full-size RGB copy.
-        picture = _to_rgb_or_grey(im)
         if orientation in _TRANSPOSE_FOR_ORIENTATION:
-            picture = picture.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
             extent = _upright_size(extent, orientation)
         resized = _resize_cover(picture, (out_height, out_width), extent)
         pixels = np.array(resized.convert("RGB"), dtype=np.uint8)
@@ -198,25 +187,47 @@ def thumbnail_jpeg(data: bytes, max_side: int, limits: DecodeLimits = DecodeLimi
     a reduced DCT scale. ImageRejected with the reason, as ``decode_image``."""
     if max_side < 1:
         raise ValueError(f"max_side must be positive, got {max_side}")
-    if not data:
-        raise ImageRejected("empty file")
-    im = _open_header(data, limits)
-    with im:
-        stored_size = im.size
-        _check_shape(stored_size, limits)
+
+    def draft(im: Image.Image) -> None:
         if im.format in _JPEG_FORMATS:
-            _check_scans(data, limits)
             im.draft("RGB", (max_side, max_side))  # the largest scale still >= max_side
-        _check_memory(im, stored_size, limits)
-        _load(im)
-        orientation = _orientation(im)
-        picture = _to_rgb_or_grey(im)
-        if orientation in _TRANSPOSE_FOR_ORIENTATION:
-            picture = picture.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
+
+    with _upright_picture(data, limits, draft) as (picture, _, _, _):
         picture.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         out = io.BytesIO()
         picture.convert("RGB").save(out, format="JPEG", quality=85)
     return out.getvalue()
+
+
+@contextlib.contextmanager
+def _upright_picture(
+    data: bytes, limits: DecodeLimits, draft: Callable[[Image.Image], _Drafted]
+) -> Iterator[tuple[Image.Image, tuple[int, int], int, _Drafted]]:
+    """The checks and decode every caller shares, in their one order: the header is judged,
+    ``draft(im)`` may ask for a reduced JPEG scale (its result is passed on), the memory is
+    judged, and only then are pixels decoded, converted (``_to_rgb_or_grey``) and turned
+    upright. Yields ``(picture, stored size, EXIF orientation, draft's result)``, valid inside
+    the ``with`` (the opened image is closed after it)."""
+    if not data:
+        raise ImageRejected("empty file")
+    im = _open_header(data, limits)
+    with im:  # releases the BytesIO; pixels copied out inside the block stay valid
+        stored_size = im.size
+        # Pixel count, shorter side and aspect ratio do not depend on orientation, so the header
+        # is judged before EXIF is read (for a PNG, reading EXIF decodes the whole image).
+        _check_shape(stored_size, limits)
+        if im.format in _JPEG_FORMATS:
+            _check_scans(data, limits)
+        drafted = draft(im)
+        _check_memory(im, stored_size, limits)  # after the draft: it shrinks what is decoded
+        _load(im)
+        orientation = _orientation(im)
+        # Grey images stay one channel until resized: the same pixels (the resize works per
+        # channel), without a full-size RGB copy.
+        picture = _to_rgb_or_grey(im)
+        if orientation in _TRANSPOSE_FOR_ORIENTATION:
+            picture = picture.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
+        yield picture, stored_size, orientation, drafted
 
 
 def _open_header(data: bytes, limits: DecodeLimits) -> Image.Image:
