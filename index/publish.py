@@ -112,11 +112,12 @@ def read_pointer(root: str) -> Pointer | None:
 
 def _readable_pointer(root: str) -> Pointer | None:
     """The pointer, or None when there is none or it cannot be parsed (said in the log): for
-    the commands that replace it, which must work precisely when it is broken."""
+    the commands that replace it or look past it, which must work precisely when it is broken
+    (its ``previous`` is then unknown)."""
     try:
         return read_pointer(root)
     except ValueError as exc:
-        logger.warning("replacing an unreadable pointer (%s); its previous version is lost", exc)
+        logger.warning("taking the publish pointer as absent: %s (its previous is unknown)", exc)
         return None
 
 
@@ -324,9 +325,9 @@ def fallback_versions(root: str, refused: str | None) -> list[str]:
     pointer's ``previous``. Never a version that was not published or served."""
     pointer = _readable_pointer(root)
     candidates = [v for v in reversed(served_versions(root)) if v != refused]
-    if pointer is not None and pointer.previous and pointer.previous not in candidates:
-        if pointer.previous != refused:
-            candidates.append(pointer.previous)
+    previous = pointer.previous if pointer is not None else None
+    if previous and previous != refused and previous not in candidates:
+        candidates.append(previous)
     return candidates
 
 

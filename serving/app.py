@@ -140,7 +140,8 @@ async def _query_error(request: Request, exc: queries.QueryError) -> Response:
 async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
     """FastAPI's 422 for an invalid parameter -- except a query text past the server's length
     limit, which is a 400 naming the limit: the request is well-formed but asks for more than
-    this server does (``--max-query-chars``; the schema shows it as the parameter's maxLength)."""
+    this server does (``ServeConfig.max_query_chars``; the schema shows it as the parameter's
+    maxLength)."""
     errors = exc.errors()
     if errors and all(
         error.get("type") == "string_too_long" and tuple(error.get("loc", ()))[-1:] == ("q",)
@@ -376,6 +377,9 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"}
         )
 
+    # Why text search is off (a models folder that failed to load), as answers may show it.
+    text_off = models.text_off_reason and public_text(models.text_off_reason, config.expose_uris)
+
     # The probes are coroutines: answered on the event loop, they never queue behind the worker
     # threads that decode, encode and search (a busy server still says it is alive and ready).
     @app.get("/health", tags=["ops"], summary="Liveness and what is being served")
@@ -391,14 +395,10 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             }
             for key in ("pointer_error", "marker_error"):
                 reload[key] = public_text(reload[key], expose) if reload[key] else None
-        reason = models.text_off_reason
         return {
             "status": "ok",
             "serving": serving,
-            "text_search": {
-                "enabled": holder.current.text is not None,
-                "reason": public_text(reason, expose) if reason else reason,
-            },
+            "text_search": {"enabled": holder.current.text is not None, "reason": text_off},
             "reload": reload,
         }
 
@@ -436,20 +436,24 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     add_batch_routes(app, holder, models, config)
     add_explain_routes(app, holder, models, config)
     add_focus_routes(app, holder, models, config)
-    _add_page_routes(app, config, holder, models)
+    _add_page_routes(app, config, holder, models, text_off)
     return app
 
 
 def _add_page_routes(
-    app: FastAPI, config: ServeConfig, holder: VersionHolder, models: QueryModels
+    app: FastAPI,
+    config: ServeConfig,
+    holder: VersionHolder,
+    models: QueryModels,
+    text_off: str | None,
 ) -> None:
-    """The HTML search page: server-rendered results, so it works without JavaScript."""
+    """The HTML search page: server-rendered results, so it works without JavaScript.
+    ``text_off``: why text search is off, as the page may show it."""
 
     def render(request: Request, bundle: IndexBundle, **context) -> HTMLResponse:
         status = context.pop("status", 200)
         if context.get("error"):
             context["error"] = public_text(context["error"], config.expose_uris)
-        reason = models.text_off_reason
         nonce = new_nonce()  # the page's inline script and styles carry it (page_csp)
         return TEMPLATES.TemplateResponse(
             request,
@@ -461,7 +465,7 @@ def _add_page_routes(
                 "hamming": bundle.images.hamming,
                 "hamming_rerank": bundle.images.hamming_rerank if bundle.images.hamming else 0,
                 "text_enabled": bundle.text is not None,
-                "text_off_reason": public_text(reason, config.expose_uris) if reason else reason,
+                "text_off_reason": text_off,
                 "k": config.default_k,
                 "max_upload_bytes": config.max_upload_bytes,
                 "accept": ",".join(UPLOAD_CONTENT_TYPES),

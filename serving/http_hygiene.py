@@ -99,6 +99,16 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, without_body)
 
 
+async def _send_error(send, status: int, detail: str, *headers: tuple[bytes, bytes]) -> None:
+    """A ``{"detail": ...}`` answer sent from a middleware, before the app (and its exception
+    handlers) is reached: the same shape as the app's own errors."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+        *headers]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodyRefused(HTTPException):
     """A request body over a bound, raised from ``receive``: Starlette answers it, and FastAPI's
     body parsing re-raises it (it turns other errors into a 400)."""
@@ -126,11 +136,7 @@ class BodyBudget:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            body = json.dumps({"detail": self._too_large()}).encode()
-            await send({"type": "http.response.start", "status": 413, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-                (b"connection", b"close")]})  # fmt: skip
-            await send({"type": "http.response.body", "body": body})
+            await _send_error(send, 413, self._too_large(), (b"connection", b"close"))
             return
         held = 0
 
@@ -196,8 +202,5 @@ class ApiKeyAuth:
         if self._allowed(dict(scope["headers"])):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"detail": "an API key is required (Authorization: Bearer KEY)"})
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-            (b"www-authenticate", b"Bearer")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body.encode()})
+        detail = "an API key is required (Authorization: Bearer KEY)"
+        await _send_error(send, 401, detail, (b"www-authenticate", b"Bearer"))

@@ -35,6 +35,17 @@ def rewrite_column(version: Path, column: str, new_value) -> None:
         pq.write_table(table.set_column(index, column, [values]), path)
 
 
+def corrupt_a_table_file(version: Path) -> tuple[Path, bytes]:
+    """Flip one byte of a version's table file (its manifest checksum then refuses the
+    version); returns the file and its good bytes, to repair it with."""
+    table_file = sorted((version / "table").glob("*.parquet"))[0]
+    good = table_file.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF
+    table_file.write_bytes(bytes(data))
+    return table_file, good
+
+
 def publish(root: Path, built: Path, version: str) -> Path:
     """Copy a built index into ``root`` as ``version`` and point ``latest.json`` at it."""
     target = Path(version_dir(str(root), version))

@@ -13,7 +13,7 @@ from index.publish import write_pointer
 from serving.app import create_app
 from serving.config import ServeConfig
 from serving.server import BackgroundServer
-from tests.serving.conftest import publish
+from tests.serving.conftest import corrupt_a_table_file, publish
 from tests.serving.query_load import SEARCH, SIMILAR, QueryLoad
 
 
@@ -22,13 +22,6 @@ def _wait_for(predicate, timeout_s: float = 60.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
-
-
-def _corrupt_a_table_file(version: Path) -> None:
-    table_file = sorted((version / "table").glob("*.parquet"))[0]
-    data = bytearray(table_file.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    table_file.write_bytes(bytes(data))
 
 
 @pytest.mark.slow
@@ -52,7 +45,7 @@ def test_swap_under_load_then_refuse_a_broken_version(
             # v3: a complete-looking version with a damaged file; the manifest check refuses it.
             broken = publish_root / "versions" / "v3"
             shutil.copytree(publish_root / "versions" / "v2", broken)
-            _corrupt_a_table_file(broken)
+            corrupt_a_table_file(broken)
             write_pointer(str(publish_root), "v3")
             _wait_for(lambda: "v3" in health()["reload"]["refused"])
             refused_at = hammer.ok

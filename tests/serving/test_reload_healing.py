@@ -26,7 +26,7 @@ from index.publish import (
 from serving.app import create_app
 from serving.config import ServeConfig
 from serving.state import QueryModels
-from tests.serving.conftest import publish
+from tests.serving.conftest import corrupt_a_table_file, publish
 
 
 def _app(root: Path, **config):
@@ -37,16 +37,6 @@ def _gauge(metrics: str, name: str) -> float:
     return float(
         next(line for line in metrics.splitlines() if line.startswith(name + " ")).split()[1]
     )
-
-
-def _damage(version: Path) -> tuple[Path, bytes]:
-    """Flip a byte of a table file (the manifest's checksum refuses it); returns what to restore."""
-    table_file = sorted((version / "table").glob("*.parquet"))[0]
-    good = table_file.read_bytes()
-    data = bytearray(good)
-    data[len(data) // 2] ^= 0xFF
-    table_file.write_bytes(bytes(data))
-    return table_file, good
 
 
 def _verifies_but_cannot_load(root: Path, source: Path, version: str) -> None:
@@ -65,7 +55,7 @@ def test_a_refused_version_is_served_once_repaired_under_the_same_name(
     app = _app(publish_root, ready_grace_s=0)
     reloader = app.state.reloader
     broken = publish(publish_root, built_versions["v2"], "v2")
-    damaged, good = _damage(broken)
+    damaged, good = corrupt_a_table_file(broken)
     assert reloader.check_once() == "refused"
     assert reloader.check_once() == "unchanged"  # same files: not loaded again at every poll
     with TestClient(app) as client:
@@ -90,7 +80,7 @@ def test_a_refused_version_is_served_once_repaired_under_the_same_name(
 
 def test_ready_stays_green_within_the_grace_period(publish_root: Path, built_versions) -> None:
     app = _app(publish_root)  # the default grace: ten minutes
-    _damage(publish(publish_root, built_versions["v2"], "v2"))
+    corrupt_a_table_file(publish(publish_root, built_versions["v2"], "v2"))
     assert app.state.reloader.check_once() == "refused"
     with TestClient(app) as client:
         ready = client.get("/ready")
@@ -142,7 +132,7 @@ def test_a_fresh_server_on_a_bad_pointer_serves_the_version_before(
     publish_root: Path, built_versions, caplog
 ) -> None:
     """The probe: latest.json names a damaged version; a restarted pod used to exit 2."""
-    _damage(publish(publish_root, built_versions["v2"], "v2"))
+    corrupt_a_table_file(publish(publish_root, built_versions["v2"], "v2"))
     with caplog.at_level("ERROR"):
         app = _app(publish_root, ready_grace_s=0)
     assert app.state.holder.current.version == "v1"  # the pointer's previous, and served
@@ -170,7 +160,7 @@ def test_a_fresh_server_on_an_unreadable_pointer_serves_the_newest_served(
 def test_with_nothing_to_fall_back_to_the_server_does_not_start(publish_root: Path) -> None:
     from index.manifest import ManifestVerificationError
 
-    _damage(publish_root / "versions" / "v1")
+    corrupt_a_table_file(publish_root / "versions" / "v1")
     with pytest.raises(ManifestVerificationError):
         _app(publish_root)
 
