@@ -76,23 +76,12 @@ def build_bert_model(config: BertConfig) -> keras.Model:
     import keras
     from keras import ops
 
-    hidden, heads, head_size = config.hidden_size, config.num_attention_heads, config.head_size
-    approximate_gelu = _ACTIVATIONS[config.hidden_act]
-
-    def dense(units: int, name: str) -> keras.layers.Dense:
-        return keras.layers.Dense(units, name=name)
-
-    def layer_norm(name: str) -> keras.layers.LayerNormalization:
-        return keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name=name)
-
-    def split_heads(x: Any) -> Any:  # (B, L, hidden) -> (B, heads, L, head_size)
-        return ops.transpose(keras.layers.Reshape((-1, heads, head_size))(x), (0, 2, 1, 3))
-
     token_ids = keras.Input((None,), dtype="int32", name="token_ids")
     attention_mask = keras.Input((None,), dtype="int32", name="attention_mask")
 
     # Positions 0..L-1 as a cumulative sum, which needs no static sequence length.
     positions = ops.cumsum(ops.ones_like(token_ids), axis=1) - 1
+    hidden = config.hidden_size
     x = (
         keras.layers.Embedding(config.vocab_size, hidden, name="embeddings.word_embeddings")(
             token_ids
@@ -104,14 +93,57 @@ def build_bert_model(config: BertConfig) -> keras.Model:
             config.type_vocab_size, hidden, name="embeddings.token_type_embeddings"
         )(ops.zeros_like(token_ids))
     )
-    x = layer_norm("embeddings.LayerNorm")(x)
+    x = _layer_norm(config, "embeddings.LayerNorm")(x)
+    x = bert_layers(config, x, attention_mask, range(config.num_hidden_layers))
+    return keras.Model(
+        [token_ids, attention_mask],
+        {"token_embeddings": x, "sentence_embedding": mean_pooled(x, attention_mask)},
+        name="all_minilm_l6_v2",
+    )
+
+
+def build_bert_top(config: BertConfig, first_layer: int) -> keras.Model:
+    """The layers ``first_layer ..`` of ``build_bert_model``'s BERT and its pooling, as a model
+    of ``states`` (``(B, L, hidden)``, the output of layer ``first_layer - 1``) and
+    ``attention_mask`` -> the same dict. Its layers carry the same names, so weights move
+    between the two by name (``copy_weights_by_name``): a fine-tuning trainer runs the top on
+    cached states of the frozen bottom, which never change."""
+    import keras
+
+    if not 0 < first_layer < config.num_hidden_layers:
+        raise ValueError(
+            f"first_layer must be in 1..{config.num_hidden_layers - 1}, got {first_layer}"
+        )
+    states = keras.Input((None, config.hidden_size), dtype="float32", name="states")
+    attention_mask = keras.Input((None,), dtype="int32", name="attention_mask")
+    x = bert_layers(config, states, attention_mask, range(first_layer, config.num_hidden_layers))
+    return keras.Model(
+        [states, attention_mask],
+        {"token_embeddings": x, "sentence_embedding": mean_pooled(x, attention_mask)},
+        name=f"all_minilm_l6_v2_from_{first_layer}",
+    )
+
+
+def bert_layers(config: BertConfig, x: Any, attention_mask: Any, indices: Sequence[int]) -> Any:
+    """Transformer layers ``indices`` (post-LayerNorm, as BERT) applied to states ``x``."""
+    import keras
+    from keras import ops
+
+    hidden, heads, head_size = config.hidden_size, config.num_attention_heads, config.head_size
+    approximate_gelu = _ACTIVATIONS[config.hidden_act]
+
+    def dense(units: int, name: str) -> keras.layers.Dense:
+        return keras.layers.Dense(units, name=name)
+
+    def split_heads(x: Any) -> Any:  # (B, L, hidden) -> (B, heads, L, head_size)
+        return ops.transpose(keras.layers.Reshape((-1, heads, head_size))(x), (0, 2, 1, 3))
 
     mask = ops.cast(attention_mask, "float32")
     # (B, 1, 1, L): every query position ignores padded key positions.
     logit_bias = ops.expand_dims(ops.expand_dims((1.0 - mask) * _MASKED_LOGIT, 1), 1)
     scale = 1.0 / math.sqrt(head_size)
 
-    for index in range(config.num_hidden_layers):
+    for index in indices:
         prefix = f"encoder.layer.{index}"
         query = split_heads(dense(hidden, f"{prefix}.attention.self.query")(x))
         key = split_heads(dense(hidden, f"{prefix}.attention.self.key")(x))
@@ -120,23 +152,61 @@ def build_bert_model(config: BertConfig) -> keras.Model:
         context = ops.matmul(ops.softmax(logits, axis=-1), value)
         context = keras.layers.Reshape((-1, hidden))(ops.transpose(context, (0, 2, 1, 3)))
         attended = dense(hidden, f"{prefix}.attention.output.dense")(context)
-        x = layer_norm(f"{prefix}.attention.output.LayerNorm")(attended + x)
+        x = _layer_norm(config, f"{prefix}.attention.output.LayerNorm")(attended + x)
         inner = dense(config.intermediate_size, f"{prefix}.intermediate.dense")(x)
         inner = ops.gelu(inner, approximate=approximate_gelu)
-        x = layer_norm(f"{prefix}.output.LayerNorm")(
+        x = _layer_norm(config, f"{prefix}.output.LayerNorm")(
             dense(hidden, f"{prefix}.output.dense")(inner) + x
         )
+    return x
 
-    # Mean over real tokens (sentence-transformers clamps the count at 1e-9), then unit length
-    # (torch.nn.functional.normalize clamps the norm at 1e-12).
+
+def mean_pooled(x: Any, attention_mask: Any) -> Any:
+    """Mean over real tokens (sentence-transformers clamps the count at 1e-9), then unit length
+    (torch.nn.functional.normalize clamps the norm at 1e-12)."""
+    from keras import ops
+
+    mask = ops.cast(attention_mask, "float32")
     summed = ops.sum(x * ops.expand_dims(mask, -1), axis=1)
     pooled = summed / ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1e-9)
-    embedding = pooled / ops.maximum(ops.norm(pooled, axis=-1, keepdims=True), 1e-12)
-    return keras.Model(
-        [token_ids, attention_mask],
-        {"token_embeddings": x, "sentence_embedding": embedding},
-        name="all_minilm_l6_v2",
-    )
+    return pooled / ops.maximum(ops.norm(pooled, axis=-1, keepdims=True), 1e-12)
+
+
+def _layer_norm(config: BertConfig, name: str) -> Any:
+    import keras
+
+    return keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name=name)
+
+
+def copy_weights_by_name(source: keras.Model, target: keras.Model) -> int:
+    """Set every weighted layer of ``target`` from ``source``'s layer of the same name (the
+    Hugging Face names both carry); -> how many layers were copied."""
+    copied = 0
+    for layer in target.layers:
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+            copied += 1
+    return copied
+
+
+def hf_tensors(model: keras.Model) -> dict[str, np.ndarray]:
+    """The inverse of ``load_hf_weights``: ``model``'s parameters under their Hugging Face
+    names and layouts (Dense kernels transposed back), for writing a ``model.safetensors``."""
+    import keras
+
+    tensors: dict[str, np.ndarray] = {}
+    for layer in model.layers:
+        weights = [np.asarray(w, dtype=np.float32) for w in layer.get_weights()]
+        if isinstance(layer, keras.layers.Dense):
+            tensors[f"{layer.name}.weight"] = np.ascontiguousarray(weights[0].T)
+            tensors[f"{layer.name}.bias"] = weights[1]
+        elif isinstance(layer, keras.layers.LayerNormalization):
+            tensors[f"{layer.name}.weight"], tensors[f"{layer.name}.bias"] = weights
+        elif isinstance(layer, keras.layers.Embedding):
+            tensors[f"{layer.name}.weight"] = weights[0]
+        elif weights:
+            raise TypeError(f"no Hugging Face mapping for layer {layer.name} ({type(layer)})")
+    return tensors
 
 
 def load_hf_weights(model: keras.Model, tensors: dict[str, np.ndarray]) -> None:

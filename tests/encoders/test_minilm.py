@@ -31,6 +31,9 @@ from encoders.minilm import (
     SHORT_CHARS,
     MiniLMEncoder,
     build_bert_model,
+    build_bert_top,
+    copy_weights_by_name,
+    hf_tensors,
     length_chunks,
     load_hf_weights,
 )
@@ -398,11 +401,11 @@ def test_locate_minilm_says_what_to_provide(
     assert "config.json, vocab.txt, model.safetensors" in message
 
 
-def test_weight_loading_refuses_tensors_that_do_not_fit() -> None:
-    tiny = BertConfig(
+def _tiny_config(layers: int) -> BertConfig:
+    return BertConfig(
         vocab_size=10,
         hidden_size=8,
-        num_hidden_layers=1,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=16,
         hidden_act="gelu",
@@ -410,7 +413,10 @@ def test_weight_loading_refuses_tensors_that_do_not_fit() -> None:
         max_position_embeddings=16,
         type_vocab_size=2,
     )
-    model = build_bert_model(tiny)
+
+
+def test_weight_loading_refuses_tensors_that_do_not_fit() -> None:
+    model = build_bert_model(_tiny_config(layers=1))
     rng = np.random.default_rng(0)
     tensors = {}
     for layer in model.layers:
@@ -440,3 +446,47 @@ def test_weight_loading_refuses_tensors_that_do_not_fit() -> None:
     assert "encoder.layer.0.intermediate.dense.weight: shape (9, 16)" in message
     assert "unexpected encoder.layer.7.output.dense.weight" in message
     assert "pooler" not in message
+
+
+def test_the_top_on_cached_states_gives_the_whole_models_outputs() -> None:
+    # A fine-tuning trainer runs layers 2.. on the states layer 1 gave once: the split must not
+    # change a number, padding included.
+    import keras
+
+    config = _tiny_config(layers=3)
+    model = build_bert_model(config)
+    rng = np.random.default_rng(1)
+    load_hf_weights(
+        model,
+        {
+            name: rng.standard_normal(t.shape).astype(np.float32)
+            for name, t in hf_tensors(model).items()
+        },
+    )
+    top = build_bert_top(config, first_layer=2)
+    assert copy_weights_by_name(model, top) == 8  # layer 2 only: 8 weighted Keras layers
+    ids = np.array([[1, 4, 5, 2, 0], [1, 6, 2, 0, 0]], dtype=np.int32)
+    mask = (ids > 0).astype(np.int32)
+    bottom = keras.Model(model.inputs, model.get_layer("encoder.layer.1.output.LayerNorm").output)
+    states = bottom([ids, mask]).numpy()
+    whole, split = model([ids, mask]), top([states, mask])
+    np.testing.assert_allclose(
+        split["sentence_embedding"], whole["sentence_embedding"], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(split["token_embeddings"], whole["token_embeddings"], atol=1e-5)
+    with pytest.raises(ValueError, match=r"first_layer must be in 1\.\.2"):
+        build_bert_top(config, first_layer=3)
+
+
+def test_hf_tensors_is_the_inverse_of_loading_them() -> None:
+    model = build_bert_model(_tiny_config(layers=1))
+    rng = np.random.default_rng(2)
+    tensors = {
+        name: rng.standard_normal(t.shape).astype(np.float32)
+        for name, t in hf_tensors(model).items()
+    }
+    load_hf_weights(model, dict(tensors))
+    back = hf_tensors(model)
+    assert sorted(back) == sorted(tensors)
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(back[name], array, err_msg=name)
