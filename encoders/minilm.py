@@ -189,26 +189,6 @@ def copy_weights_by_name(source: keras.Model, target: keras.Model) -> int:
     return copied
 
 
-def hf_tensors(model: keras.Model) -> dict[str, np.ndarray]:
-    """The inverse of ``load_hf_weights``: ``model``'s parameters under their Hugging Face
-    names and layouts (Dense kernels transposed back), for writing a ``model.safetensors``."""
-    import keras
-
-    tensors: dict[str, np.ndarray] = {}
-    for layer in model.layers:
-        weights = [np.asarray(w, dtype=np.float32) for w in layer.get_weights()]
-        if isinstance(layer, keras.layers.Dense):
-            tensors[f"{layer.name}.weight"] = np.ascontiguousarray(weights[0].T)
-            tensors[f"{layer.name}.bias"] = weights[1]
-        elif isinstance(layer, keras.layers.LayerNormalization):
-            tensors[f"{layer.name}.weight"], tensors[f"{layer.name}.bias"] = weights
-        elif isinstance(layer, keras.layers.Embedding):
-            tensors[f"{layer.name}.weight"] = weights[0]
-        elif weights:
-            raise TypeError(f"no Hugging Face mapping for layer {layer.name} ({type(layer)})")
-    return tensors
-
-
 def load_hf_weights(model: keras.Model, tensors: dict[str, np.ndarray]) -> None:
     """Fill ``model`` (from ``build_bert_model``) with Hugging Face BERT parameters.
 

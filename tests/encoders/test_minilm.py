@@ -33,7 +33,6 @@ from encoders.minilm import (
     build_bert_model,
     build_bert_top,
     copy_weights_by_name,
-    hf_tensors,
     length_chunks,
     load_hf_weights,
 )
@@ -456,13 +455,7 @@ def test_the_top_on_cached_states_gives_the_whole_models_outputs() -> None:
     config = _tiny_config(layers=3)
     model = build_bert_model(config)
     rng = np.random.default_rng(1)
-    load_hf_weights(
-        model,
-        {
-            name: rng.standard_normal(t.shape).astype(np.float32)
-            for name, t in hf_tensors(model).items()
-        },
-    )
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.weights])
     top = build_bert_top(config, first_layer=2)
     assert copy_weights_by_name(model, top) == 8  # layer 2 only: 8 weighted Keras layers
     ids = np.array([[1, 4, 5, 2, 0], [1, 6, 2, 0, 0]], dtype=np.int32)
@@ -476,17 +469,3 @@ def test_the_top_on_cached_states_gives_the_whole_models_outputs() -> None:
     np.testing.assert_allclose(split["token_embeddings"], whole["token_embeddings"], atol=1e-5)
     with pytest.raises(ValueError, match=r"first_layer must be in 1\.\.2"):
         build_bert_top(config, first_layer=3)
-
-
-def test_hf_tensors_is_the_inverse_of_loading_them() -> None:
-    model = build_bert_model(_tiny_config(layers=1))
-    rng = np.random.default_rng(2)
-    tensors = {
-        name: rng.standard_normal(t.shape).astype(np.float32)
-        for name, t in hf_tensors(model).items()
-    }
-    load_hf_weights(model, dict(tensors))
-    back = hf_tensors(model)
-    assert sorted(back) == sorted(tensors)
-    for name, array in tensors.items():
-        np.testing.assert_array_equal(back[name], array, err_msg=name)
