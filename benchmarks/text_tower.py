@@ -60,7 +60,8 @@ class Split:
             str(t): encoder.model.get_layer(f"encoder.layer.{t}.output.LayerNorm").output
             for t in taps
         }
-        outputs["sentence"] = encoder.model.get_layer("encoder.layer.5.output.LayerNorm").output
+        # The frozen sentence vector from the same pass (the encoder's own pooling).
+        outputs["sentence"] = encoder.model.output["sentence_embedding"]
         bottom = keras.Model(encoder.model.inputs, outputs)
         ids_spec = tf.TensorSpec([None, None], tf.int32)
         run = tf.function(  # one trace for every chunk shape
@@ -79,10 +80,7 @@ class Split:
                 states = result[tap].numpy()
                 for row, position in enumerate(chunk):
                     per_text[tap][position] = states[row, : count[row]].astype(np.float16)
-            # The frozen sentence vector: the last layer's mean over real tokens, unit length.
-            last = result["sentence"].numpy()
-            pooled = (last * mask[..., None]).sum(axis=1) / count[:, None]
-            self.minilm[chunk] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+            self.minilm[chunk] = result["sentence"].numpy()
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
         self.states = {tap: np.concatenate(rows) for tap, rows in per_text.items()}
         pixels = []
