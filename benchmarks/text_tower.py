@@ -31,13 +31,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.datasets import add_flickr8k_arg, flickr8k_dir
 from benchmarks.machine import machine_line
 from encoders.base import EncoderSpec
 from encoders.bow import TfidfEncoder
 from encoders.imaging import decode_image
 from encoders.keras_image import KerasImageEncoder
 from encoders.minilm import MiniLMEncoder, build_bert_top, copy_weights_by_name, length_chunks
-from imgsearch import settings
 from ranking.metrics import image_to_text_ranks, retrieval_metrics, text_to_image_ranks
 from training.captions import load_captioned_dataset
 from training.joint_losses import contrastive_losses
@@ -257,7 +257,7 @@ def render(results: list[dict], args, cache_seconds: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default=None, help="Flickr8k folder (default: the assets)")
+    add_flickr8k_arg(parser)
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -267,10 +267,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    assets = settings.assets_dir()
-    dataset_dir = args.dataset or (assets and str(assets / "datasets" / "flickr8k"))
-    if not dataset_dir:
-        parser.error("no assets folder found: pass --dataset")
+    dataset_dir = flickr8k_dir(parser, args)
     started = time.monotonic()
     train_set = load_captioned_dataset(dataset_dir, "train")
     dev_set = load_captioned_dataset(dataset_dir, "dev")

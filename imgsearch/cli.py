@@ -320,6 +320,8 @@ def _add_image_search_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(argv: Sequence[str]) -> int:
+    from serving.text_batcher import TextBatching
+
     parser = command_parser(
         "imgsearch serve",
         "The HTTP search API (/docs) and search page, on a publish root (hot-reloaded when a "
@@ -362,6 +364,21 @@ def _serve(argv: Sequence[str]) -> int:
     parser.add_argument("--decode-memory-mb", type=int, default=448)
     parser.add_argument("--no-verify", action="store_true", help="skip manifest checksums")
     parser.add_argument(
+        "--text-batch-wait-ms",
+        type=float,
+        default=TextBatching.max_wait_s * 1000,
+        help="concurrent text queries are encoded in one call: how long a batch waits for more",
+    )
+    parser.add_argument(
+        "--text-cache-mb",
+        type=float,
+        default=TextBatching.cache_mib,
+        help="memory for the encoder rows of recent query texts and words (0: no cache)",
+    )
+    parser.add_argument(
+        "--no-text-batching", action="store_true", help="encode every text query on its own"
+    )
+    parser.add_argument(
         "--expose-uris",
         action="store_true",
         help="answers show local source paths in full (default: the file name only); URL "
@@ -397,6 +414,13 @@ def _serve(argv: Sequence[str]) -> int:
     from serving.event_log import EventLimits
     from serving.server import serve
 
+    batching = None
+    if not args.no_text_batching:
+        try:
+            batching = TextBatching(max_wait_s=args.text_batch_wait_ms / 1000,
+                                    cache_mib=args.text_cache_mb)  # fmt: skip
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
         config = ServeConfig(
             index=args.index,
@@ -417,6 +441,7 @@ def _serve(argv: Sequence[str]) -> int:
             image_search=args.image_search,
             hamming_rerank=args.hamming_rerank,
             glove=args.glove,
+            text_batching=batching,
             events_dir=args.events,
             event_limits=EventLimits(
                 flush_interval_s=args.events_flush_seconds,

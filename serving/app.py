@@ -60,6 +60,7 @@ from serving.reloader import Reloader, VersionHolder, load_first_version
 from serving.responses import json_response
 from serving.row_filters import FILTER_HELP
 from serving.state import IndexBundle, QueryModels, load_bundle
+from serving.text_batcher import BatchingTextEncoder
 from serving.thumbnails import ThumbnailCache, ThumbnailError
 from serving.word_routes import add_word_routes, word_suggestions
 
@@ -173,7 +174,7 @@ async def _read_upload(request: Request, config: ServeConfig) -> bytes:
 def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAPI:
     """Load the models and the index ``config.index`` names, and build the app around them."""
     if models is None:
-        models = QueryModels.load(config.models_dir, config.joint_model)
+        models = QueryModels.load(config.models_dir, config.joint_model, config.text_batching)
     fused_models = config.models_dir if config.fused else None
 
     def load(index_dir: str, version: str | None) -> IndexBundle:
@@ -194,6 +195,8 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
     bundle = first.bundle
     holder = VersionHolder(bundle)
     metrics = ServerMetrics()
+    if isinstance(models.text_encoder, BatchingTextEncoder):
+        metrics.follow_text_batching(models.text_encoder.stats)
     metrics.serving(bundle.version, len(bundle.images))
     thumbnails = ThumbnailCache(
         config.thumbnail_max_side, config.thumbnail_cache_entries, make=config.thumbnailer()

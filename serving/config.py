@@ -14,6 +14,7 @@ from encoders.imaging import DecodeLimits
 from index.hash_codes import DEFAULT_RERANK
 from serving.event_log import EventLimits
 from serving.searcher import IMAGE_SEARCHES
+from serving.text_batcher import TextBatching
 
 # Content types an upload may declare. The decoder checks the bytes themselves
 # (``encoders.imaging.ACCEPTED_FORMATS``); this only refuses obvious non-images early.
@@ -118,6 +119,9 @@ class ServeConfig:
     # Thumbnails: the longest side served and how many are kept in memory.
     thumbnail_max_side: int = 256
     thumbnail_cache_entries: int = 2048
+    # Text encoding: concurrent queries batched into one encoder call, recent texts cached
+    # (serving.text_batcher); None encodes every request on its own.
+    text_batching: TextBatching | None = dataclasses.field(default_factory=TextBatching)
     # Similar words, analogies and image words (serving.word_routes): GloVe "auto" (the
     # installed package; off when missing), a path, or "none"; and how many of the most
     # frequent words a joint model's text encoder knows are embedded for image words.

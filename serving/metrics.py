@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from serving.reloader import Reloader
+    from serving.text_batcher import BatchingStats
 
 # Search latency is a few milliseconds; thumbnails and uploads take longer.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -95,6 +96,19 @@ class ServerMetrics:
         self.refused_versions.set_function(lambda: len(reloader.status().refused))
         self.behind_seconds.set_function(lambda: reloader.behind_s() or 0.0)
         self.pointer_ok.set_function(lambda: 0.0 if reloader.status().pointer_error else 1.0)
+
+    def follow_text_batching(self, stats: BatchingStats) -> None:
+        """Report the text batcher's counts (``serving.text_batcher``) at each scrape: texts
+        per encoder call is ``encoded_texts / encoder_calls``."""
+        for field, help_text in (
+            ("requests", "Text-encoding requests (one per text query)"),
+            ("encoder_calls", "Batched calls of the text encoder"),
+            ("encoded_texts", "Texts the text encoder encoded"),
+            ("cache_hits", "Query texts and words answered from the LRU"),
+            ("direct_calls", "Large requests encoded outside the batcher"),
+        ):
+            gauge = Gauge(f"imgsearch_text_batching_{field}", help_text, registry=self.registry)
+            gauge.set_function(lambda field=field: getattr(stats, field))
 
     def serving(self, version: str, images: int) -> None:
         self.index_version.clear()

@@ -27,6 +27,7 @@ from serving.hybrid_search import LazyHybridIndex
 from serving.query_error import QueryError
 from serving.row_filters import RowFilters
 from serving.searcher import ImageSearcher
+from serving.text_batcher import BatchingTextEncoder, TextBatching
 from serving.text_search import TextSearcher
 
 if TYPE_CHECKING:
@@ -57,7 +58,13 @@ class QueryModels:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, models_dir: str | None, model: str | None = None) -> QueryModels:
+    def load(
+        cls, models_dir: str | None, model: str | None = None,
+        batching: TextBatching | None = None,
+    ) -> QueryModels:  # fmt: skip
+        """``batching``: the server's (``serving.text_batcher``) -- concurrent requests share
+        text-encoder calls and recent texts are cached; None encodes each call directly (the
+        CLI's one-shot queries)."""
         if not models_dir:
             return cls()
         from models.query_model import load_query_model
@@ -65,7 +72,10 @@ class QueryModels:
         query = load_query_model(models_dir, model)
         # Trace the encoder's TensorFlow functions now, not in the first user's request.
         query.text_encoder.encode(["warm up"])
-        return cls(query.joint, query.text_encoder, query.model_version)
+        text_encoder = query.text_encoder
+        if batching is not None:
+            text_encoder = BatchingTextEncoder(text_encoder, batching)
+        return cls(query.joint, text_encoder, query.model_version)
 
     def add_image_encoder(self, encoder: ImageEncoder) -> None:
         with self._lock:

@@ -75,6 +75,37 @@ def test_text_search_equals_the_searcher(
     assert first["links"]["thumbnail"] == f"/thumbnails/{first['image_id']}"
 
 
+def test_concurrent_text_queries_share_the_batcher_and_answer_as_alone(
+    client: TestClient, direct: TextSearcher
+) -> None:
+    """The server's text encoder is the batcher (serving.text_batcher): queries sent at once
+    get the answers each gets alone, and /metrics counts the requests and encoder calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = ["a dog", "two dogs on the grass", "a man on a bike", "children playing",
+               "a dog in the water", "a red car", "people on the beach", "a black dog"]  # fmt: skip
+
+    def ask(query: str) -> list[str]:
+        response = client.get("/api/search", params={"q": query, "k": 3})
+        assert response.status_code == 200, response.text
+        return [r["image_id"] for r in response.json()["results"]]
+
+    before = _metric(client, "imgsearch_text_batching_requests")
+    with ThreadPoolExecutor(len(queries)) as pool:
+        answers = list(pool.map(ask, queries))
+    assert answers == [[h.image_id for h in direct.search(q, 3)] for q in queries]
+    assert _metric(client, "imgsearch_text_batching_requests") - before == len(queries)
+    calls = _metric(client, "imgsearch_text_batching_encoder_calls")
+    assert 1 <= calls <= _metric(client, "imgsearch_text_batching_requests")
+
+
+def _metric(client: TestClient, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
 def test_unknown_words_are_reported(client: TestClient) -> None:
     body = client.get("/api/search", params={"q": "dog zzqxv", "k": 2}).json()
     assert body["results"][0]["why"]["unknown_terms"] == ["zzqxv"]

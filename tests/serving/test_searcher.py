@@ -207,6 +207,40 @@ def test_merge_of_tree_ah_shards_keeps_recall() -> None:
     assert np.all(np.diff(merged_scores, axis=1) <= 1e-6)  # best first
 
 
+def test_shards_searched_on_threads_answer_as_one_after_the_other(monkeypatch) -> None:
+    """search_shards above PARALLEL_SHARD_WORK runs the shards on the shard threads, with the
+    same answers, in shard order, as the sequential path below it."""
+    import threading
+
+    from serving import searcher as searcher_module
+
+    rng = np.random.default_rng(3)
+    params = ScannParams(kind="brute_force", num_neighbors=10)
+    shards = []
+    for offset in (0, 300, 600):
+        part = rng.standard_normal((300, 8)).astype(np.float32)
+        part /= np.linalg.norm(part, axis=1, keepdims=True)
+        shards.append(searcher_module._Shard(build_searcher(part, params), params, offset))
+    queries = rng.standard_normal((5, 8)).astype(np.float32)
+    threads: list[str] = []
+    real = searcher_module.search_batched
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(searcher_module, "search_batched", spy)
+    sequential = searcher_module.search_shards(shards, queries, 4, 0)
+    assert all(not name.startswith("shard-search") for name in threads)
+    threads.clear()
+    monkeypatch.setattr(searcher_module, "PARALLEL_SHARD_WORK", 1)
+    parallel = searcher_module.search_shards(shards, queries, 4, 0)
+    assert len(threads) == 3 and all(name.startswith("shard-search") for name in threads)
+    for (i, s), (pi, ps) in zip(sequential, parallel, strict=True):
+        np.testing.assert_array_equal(i, pi)
+        np.testing.assert_array_equal(s, ps)
+
+
 def test_merge_top_k_handles_missing_candidates() -> None:
     indices = [np.array([[0, -1]]), np.array([[5, 6]])]
     scores = [np.array([[0.9, np.nan]], np.float32), np.array([[0.95, 0.1]], np.float32)]
