@@ -53,6 +53,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "finetune2": ("fine-tune the top two blocks (block_16, Conv_1)",
                   {"finetune": dataclasses.replace(_FT, trainable_blocks=2)}),
     "default": ("default: fine-tune the top three blocks (block_15, block_16, Conv_1)", {}),
+    "finetune5": ("fine-tune the top five blocks (from block_13) for 15 epochs",
+                  {"finetune": dataclasses.replace(_FT, trainable_blocks=5, epochs=15)}),
     "hard": ("default + VSE++ hardest negatives after half the fine-tuning epochs",
              {"finetune": dataclasses.replace(_FT, hard_negatives_from=0.5)}),
     "no_crops": ("default without random crops (photo and mirror only)",

@@ -2,10 +2,11 @@
 
 Fine-tuning the whole MobileNetV2 on two CPU cores would take hours an epoch; its top blocks are
 where ImageNet features turn into object-level ones, and they are what pays to adapt to
-captions (VSE++, Faghri et al. 2018). So the network is split at ``CUT_LAYERS`` (the output
-of ``block_14_add``, 7x7x160 at 224 px): the bottom's activations for every training view are
-computed once and cached (they never change, the bottom is frozen), and each step runs only the
-top (``block_15``, ``block_16`` and ``Conv_1``) on a cached batch.
+captions (VSE++, Faghri et al. 2018). So the network is split below its first trainable
+block (``cut_layer``: for the top one to three blocks the output of ``block_14_add``, 7x7x160 at
+224 px): the bottom's activations for every training view are computed once and cached (they
+never change, the bottom is frozen), and each step runs only the top (by default ``block_15``,
+``block_16`` and ``Conv_1``) on a cached batch.
 
 The top is not a copy: it replays the backbone's own layer objects after the cut, so training
 it updates the backbone, and ``save_backbone`` writes an ordinary Keras ``.weights.h5`` that
@@ -38,12 +39,29 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Where each fine-tunable architecture is cut: the last activation of the frozen bottom.
-CUT_LAYERS = {"MobileNetV2": "block_14_add"}
-# The first layer of the trainable top for ``trainable_blocks`` = 1, 2, 3 (counted from the top).
+# The first layer of the trainable top for ``trainable_blocks`` blocks (counted from the top).
 FIRST_TRAINABLE = {
-    "MobileNetV2": {1: "Conv_1", 2: "block_16_expand", 3: "block_15_expand"},
-}
+    "MobileNetV2": {
+        1: "Conv_1", 2: "block_16_expand", 3: "block_15_expand", 4: "block_14_expand",
+        5: "block_13_expand",
+    },
+}  # fmt: skip
+# Where the network is cut for that many trainable blocks: the last activation of the frozen
+# bottom. One to three blocks share a cut (and so one cache of activations); the frozen blocks
+# between it and the first trainable one are replayed, and cost little at 7x7.
+CUTS = {
+    "MobileNetV2": {
+        1: "block_14_add", 2: "block_14_add", 3: "block_14_add", 4: "block_13_project_BN",
+        5: "block_12_add",
+    },
+}  # fmt: skip
+
+
+def cut_layer(architecture: str, trainable_blocks: int) -> str:
+    """The layer whose output the frozen bottom ends with, for ``trainable_blocks``."""
+    return CUTS[architecture][trainable_blocks]
+
+
 # Images per bottom call while caching: bounds peak memory.
 _CACHE_CHUNK = 64
 
@@ -58,17 +76,32 @@ class SplitBackbone:
     bottom: keras.Model
     top: keras.Model
     trainable_variables: list[Any]
+    cut: str  # the layer the bottom ends with (``cut_layer``)
+    # None: global average pooling (the stock encoder's); else a Keras layer over the spatial
+    # map, e.g. ``encoders.grid_pooling.GeneralizedPooling``, trained with the towers.
+    pooling: Any = None
 
     @property
     def activation_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.bottom.output.shape[1:])
 
     def pooled(self, activations: Any) -> Any:
-        """Cut activations -> globally average-pooled features (the encoder's own pooling)."""
+        """Cut activations -> pooled features (by default the encoder's global average)."""
         import keras
 
         spatial = self.top(activations, training=False)
+        if self.pooling is not None:
+            return self.pooling(spatial)
         return keras.ops.mean(keras.ops.cast(spatial, "float32"), axis=(1, 2))
+
+    @property
+    def pooling_variables(self) -> list[Any]:
+        """The pooling layer's trainable weights (none for the average)."""
+        if self.pooling is None:
+            return []
+        if not self.pooling.built:
+            self.pooling.build(tuple(self.top.output.shape))
+        return list(self.pooling.trainable_weights)
 
     def save_backbone(self, path: str) -> None:
         """The whole fine-tuned backbone as a Keras ``.weights.h5`` (what the encoder loads)."""
@@ -77,7 +110,7 @@ class SplitBackbone:
 
 def fine_tunable(name: str) -> bool:
     """Whether ``name``'s architecture has a known cut (MobileNetV2 and its mirrored variant)."""
-    return architecture_for(name).application in CUT_LAYERS
+    return architecture_for(name).application in CUTS
 
 
 def build_split_backbone(spec: EncoderSpec, trainable_blocks: int) -> SplitBackbone:
@@ -90,9 +123,9 @@ def build_split_backbone(spec: EncoderSpec, trainable_blocks: int) -> SplitBackb
     from encoders.keras_image import build_preprocessing
 
     architecture = architecture_for(spec.name)
-    if architecture.application not in CUT_LAYERS:
+    if architecture.application not in CUTS:
         raise ValueError(
-            f"fine-tuning knows where to cut {sorted(CUT_LAYERS)}, not {architecture.application} "
+            f"fine-tuning knows where to cut {sorted(CUTS)}, not {architecture.application} "
             f"({spec.name}); train on frozen features instead (--finetune-blocks 0)"
         )
     first_names = FIRST_TRAINABLE[architecture.application]
@@ -110,7 +143,8 @@ def build_split_backbone(spec: EncoderSpec, trainable_blocks: int) -> SplitBackb
         kwargs["alpha"] = 1.0
     backbone = getattr(keras.applications, architecture.application)(**kwargs)
     preprocessing = build_preprocessing(spec.name, spec.image_size)
-    cut = backbone.get_layer(CUT_LAYERS[architecture.application])
+    cut_name = cut_layer(architecture.application, trainable_blocks)
+    cut = backbone.get_layer(cut_name)
     bottom_backbone = keras.Model(backbone.input, cut.output)
     bottom = keras.Model(
         preprocessing.input, bottom_backbone(preprocessing.output), name="frozen_bottom"
@@ -124,7 +158,7 @@ def build_split_backbone(spec: EncoderSpec, trainable_blocks: int) -> SplitBackb
         # Batch norm keeps its ImageNet statistics and affine terms (see the module docstring).
         layer.trainable = trainable and not isinstance(layer, keras.layers.BatchNormalization)
     variables = [v for layer in top.layers for v in layer.trainable_weights]
-    return SplitBackbone(spec, backbone, bottom, top, variables)
+    return SplitBackbone(spec, backbone, bottom, top, variables, cut_name)
 
 
 def _replay_after(backbone: keras.Model, cut: Any) -> keras.Model:

@@ -92,7 +92,10 @@ def fine_tune_dual_encoder(
     )
     log_scale = keras.Variable(math.log(1.0 / config.temperature), name="log_logit_scale")
     max_log_scale = math.log(1.0 / config.min_temperature)
-    tower_variables = [*text_tower.trainable_variables, *image_tower.trainable_variables]
+    tower_variables = [
+        *text_tower.trainable_variables, *image_tower.trainable_variables,
+        *split.pooling_variables,
+    ]  # fmt: skip
     backbone_variables = list(split.trainable_variables)
     steps_per_epoch = max(1, len(train_images) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs

@@ -72,14 +72,11 @@ def frozen_image_side(
     )
 
 
-def activations_dir(models_dir: str, dataset: CaptionedDataset, spec: EncoderSpec, views: int,
-                    seed: int) -> Path:  # fmt: skip
-    """Where the cached bottom activations of ``dataset`` live: named by what they hold."""
-    from training.finetune_backbone import CUT_LAYERS
-
+def activations_dir(models_dir: str, dataset: CaptionedDataset, spec: EncoderSpec, cut: str,
+                    views: int, seed: int) -> Path:  # fmt: skip
+    """Where the cached activations of ``dataset`` below ``cut`` live: named by what they hold."""
     digest = hashlib.sha256()
-    architecture = architecture_for(spec.name).application
-    digest.update(f"{spec}|{CUT_LAYERS[architecture]}|views={views}|seed={seed}\n".encode())
+    digest.update(f"{spec}|{cut}|views={views}|seed={seed}\n".encode())
     for name, uri in dataset.images:
         digest.update(f"{name}\t{uri}\n".encode())
     split = dataset.split or "all"
@@ -120,7 +117,7 @@ def fine_tuned_image_side(
     from training.image_finetune import fine_tune_dual_encoder
 
     split = build_split_backbone(base, config.trainable_blocks)
-    cache = activations_dir(models_dir, dataset, base, config.views, config.seed)
+    cache = activations_dir(models_dir, dataset, base, split.cut, config.views, config.seed)
     path = cache / ACTIVATIONS_FILE
     if path.is_file():
         progress(f"reusing the cached image activations in {cache}")

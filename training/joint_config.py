@@ -159,8 +159,8 @@ class ImageFineTuneConfig(TrainingSchedule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.trainable_blocks <= 3:
-            raise ValueError(f"trainable_blocks must be 0 to 3, got {self.trainable_blocks}")
+        if not 0 <= self.trainable_blocks <= 5:
+            raise ValueError(f"trainable_blocks must be 0 to 5, got {self.trainable_blocks}")
         if self.views < 1:
             raise ValueError(f"views must be at least 1, got {self.views}")
         if self.dim < 1:

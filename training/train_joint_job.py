@@ -142,7 +142,7 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
         "--finetune-blocks",
         type=int,
         default=finetune.trainable_blocks,
-        choices=[0, 1, 2, 3],
+        choices=[0, 1, 2, 3, 4, 5],
         help="train the image CNN's top N blocks first, saved as a new image encoder "
         "(0: keep the encoder frozen)",
     )

@@ -51,7 +51,7 @@ def test_captions_by_image_lists_each_photo_s_captions():
 
 @pytest.mark.parametrize(
     "change",
-    [{"trainable_blocks": 4}, {"views": 0}, {"backbone_learning_rate": 0.0},
+    [{"trainable_blocks": 6}, {"views": 0}, {"backbone_learning_rate": 0.0},
      {"hard_negatives_from": 1.0}, {"min_temperature": 1.0}],
 )  # fmt: skip
 def test_bad_fine_tune_settings_are_refused(change):
