@@ -10,8 +10,6 @@ routes ask for the same one), a few at a time: each is one byte per indexed imag
 
 from __future__ import annotations
 
-import collections
-import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -21,6 +19,7 @@ from index.metadata_columns import ATTRIBUTES
 from index.near_duplicates import NEAR_DUPLICATE_GROUP
 from ranking.filter_syntax import FilterError, parse_filter
 from serving.details import ImageDetails
+from serving.lru import LRU
 from serving.query_error import QueryError
 
 FILTER_HELP = (
@@ -49,8 +48,7 @@ class RowFilters:
     def __init__(self, columns: Mapping[str, pa.ChunkedArray | pa.Array], types: Mapping[str, str]):
         self._columns = dict(columns)
         self._types = dict(types)
-        self._masks: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._masks: LRU[np.ndarray] = LRU(_CACHED_MASKS)
 
     @classmethod
     def from_details(
@@ -105,15 +103,10 @@ class RowFilters:
         except FilterError as exc:
             raise QueryError(400, f"bad filter: {exc}") from exc
         key = str(parsed)
-        with self._lock:
-            mask = self._masks.get(key)
-            if mask is not None:
-                self._masks.move_to_end(key)
-                return mask
+        mask = self._masks.get(key)
+        if mask is not None:
+            return mask
         mask = np.asarray(parsed.mask(self._columns), dtype=bool)
         mask.flags.writeable = False
-        with self._lock:
-            self._masks[key] = mask
-            while len(self._masks) > _CACHED_MASKS:
-                self._masks.popitem(last=False)
+        self._masks.put(key, mask)
         return mask

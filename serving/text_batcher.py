@@ -24,7 +24,6 @@ the batch route) are encoded directly and not cached: they are their own batch a
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import queue
 import threading
@@ -34,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from encoders.base import TextEncoder
+from serving.lru import LRU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,35 +87,6 @@ class BatchingStats:
     direct_calls: int = 0
 
 
-class _LRU:
-    """Text -> feature row, the least recently used dropped first (thread-safe)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._rows: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, text: str) -> np.ndarray | None:
-        with self._lock:
-            row = self._rows.get(text)
-            if row is not None:
-                self._rows.move_to_end(text)
-            return row
-
-    def put(self, texts: Sequence[str], rows: np.ndarray) -> None:
-        if self.capacity == 0:
-            return
-        with self._lock:
-            for text, row in zip(texts, rows, strict=True):
-                self._rows[text] = row.copy()  # not a view keeping the whole batch alive
-                self._rows.move_to_end(text)
-            while len(self._rows) > self.capacity:
-                self._rows.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-
 class BatchingTextEncoder(TextEncoder):
     """``inner`` behind a batching queue and an LRU; the same ``encoder_id`` and vectors."""
 
@@ -124,7 +95,7 @@ class BatchingTextEncoder(TextEncoder):
         self.batching = batching or TextBatching()
         self.name, self.version, self.dim = inner.name, inner.version, inner.dim
         self.stats = BatchingStats()
-        self._cache = _LRU(self.batching.cache_entries(inner.dim))
+        self._cache: LRU[np.ndarray] = LRU(self.batching.cache_entries(inner.dim))
         self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._stats_lock = threading.Lock()
         self._busy, self._busy_lock = 0, threading.Lock()  # workers between a get and a reply
@@ -190,7 +161,8 @@ class BatchingTextEncoder(TextEncoder):
                 request.error = exc
                 request.done.set()
             return
-        self._cache.put(texts, features)
+        for text, row in zip(texts, features, strict=True):
+            self._cache.put(text, row.copy())  # not a view keeping the whole batch alive
         self._count(encoder_calls=1, encoded_texts=len(texts))
         position = {t: i for i, t in enumerate(texts)}
         for request in batch:

@@ -10,11 +10,10 @@ a bounded LRU cache of JPEG bytes.
 
 from __future__ import annotations
 
-import collections
-import threading
 from collections.abc import Callable
 
 from encoders.imaging import ImageRejected, thumbnail_jpeg
+from serving.lru import LRU
 from serving.sources import SourceUnavailable, read_source
 
 
@@ -37,17 +36,20 @@ class ThumbnailCache:
     ) -> None:
         self.max_side, self.entries = max_side, entries
         self._make = make
-        self._cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self._cache: LRU[bytes] = LRU(entries)
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self._cache.misses
 
     def get(self, uri: str) -> bytes:
-        with self._lock:
-            if uri in self._cache:
-                self._cache.move_to_end(uri)
-                self.hits += 1
-                return self._cache[uri]
-            self.misses += 1
+        cached = self._cache.get(uri)
+        if cached is not None:
+            return cached
         # Read and resize outside the lock: two concurrent misses may both do the work once.
         try:
             data = read_source(uri)
@@ -57,10 +59,5 @@ class ThumbnailCache:
             thumbnail = self._make(data, self.max_side)
         except ImageRejected as exc:
             raise ThumbnailError(f"source is not a decodable image: {exc.reason}") from exc
-        with self._lock:
-            if self.entries:
-                self._cache[uri] = thumbnail
-                self._cache.move_to_end(uri)
-                while len(self._cache) > self.entries:
-                    self._cache.popitem(last=False)
+        self._cache.put(uri, thumbnail)
         return thumbnail
