@@ -52,28 +52,19 @@ from training.train_joint_job import DEFAULT_TEXT_ENCODER, encode_texts
 
 RESULTS = REPO / "benchmarks" / "results" / "image_finetune_levers.md"
 SPEC = EncoderSpec(name="mobilenet_v2_flip")
-VARIANTS = {
-    "default": "the recipe: top 3 blocks, global average pooling",
-    "default_long": "the recipe with 15 epochs instead of 10",
-    "gpo": "learned pooling (GPO) over the 7x7 grid instead of the average",
-    "blocks4": "top 4 blocks trainable (from block_14)",
-    "blocks5": "top 5 blocks trainable (from block_13, the last 14x14 block)",
-    "blocks5_slow": "top 5 blocks trainable, the CNN at a third of the recipe's rate (1e-4)",
-    "blocks5_long": "top 5 blocks trainable, 15 epochs instead of 10",
-}
-
-
-def variant_config(variant: str, config: ImageFineTuneConfig) -> tuple[ImageFineTuneConfig, bool]:
-    """-> (the recipe's config with the variant's change, learned pooling)."""
-    if variant == "blocks5_slow":
-        return dataclasses.replace(config, trainable_blocks=5, backbone_learning_rate=1e-4), False
-    if variant == "blocks5_long":
-        return dataclasses.replace(config, trainable_blocks=5, epochs=15), False
-    if variant == "default_long":
-        return dataclasses.replace(config, epochs=15), False
-    if variant.startswith("blocks"):
-        return dataclasses.replace(config, trainable_blocks=int(variant[6:])), False
-    return config, variant == "gpo"
+# Variant -> (what it changes, ImageFineTuneConfig overrides, learned pooling).
+VARIANTS: dict[str, tuple[str, dict, bool]] = {
+    "default": ("the recipe: top 3 blocks, global average pooling", {}, False),
+    "default_long": ("the recipe with 15 epochs instead of 10", {"epochs": 15}, False),
+    "gpo": ("learned pooling (GPO) over the 7x7 grid instead of the average", {}, True),
+    "blocks4": ("top 4 blocks trainable (from block_14)", {"trainable_blocks": 4}, False),
+    "blocks5": ("top 5 blocks trainable (from block_13, the last 14x14 block)",
+                {"trainable_blocks": 5}, False),
+    "blocks5_slow": ("top 5 blocks trainable, the CNN at a third of the recipe's rate (1e-4)",
+                     {"trainable_blocks": 5, "backbone_learning_rate": 1e-4}, False),
+    "blocks5_long": ("top 5 blocks trainable, 15 epochs instead of 10",
+                     {"trainable_blocks": 5, "epochs": 15}, False),
+}  # fmt: skip
 
 
 class Data:
@@ -130,8 +121,8 @@ def run_variant(variant: str, seed: int, data: Data, config: ImageFineTuneConfig
 
     from encoders.grid_pooling import GeneralizedPooling
 
-    config, learned_pooling = variant_config(variant, config)
-    config = dataclasses.replace(config, seed=seed)
+    _, overrides, learned_pooling = VARIANTS[variant]
+    config = dataclasses.replace(config, **overrides, seed=seed)
     blocks = config.trainable_blocks
     split = build_split_backbone(SPEC, blocks)  # fresh ImageNet weights
     if learned_pooling:
@@ -191,7 +182,7 @@ def render(results: list[dict], config: ImageFineTuneConfig, machine: str) -> st
     for r in results:
         t, i = r["t2i"], r["i2t"]
         lines.append(
-            f"| {r['variant']} | {VARIANTS.get(r['variant'], '')} | {r['seed']} | {t['R@1']:.3f} "
+            f"| {r['variant']} | {VARIANTS[r['variant']][0]} | {r['seed']} | {t['R@1']:.3f} "
             f"| {t['R@5']:.3f} | {t['R@10']:.3f} | {t['MRR']:.3f} | {i['R@1']:.3f} | "
             f"{i['R@5']:.3f} | {i['R@10']:.3f} | {r['best_epoch']}/{r['epochs_run']} | "
             f"{r['seconds_per_epoch']:.0f} |"
