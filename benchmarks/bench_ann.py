@@ -159,13 +159,12 @@ def _source_embeddings(table_dir: str | None, seed: int) -> tuple[np.ndarray, st
     )
 
 
-def load_images(
-    table_dir: str | None, n: int, pca_dim: int, num_tuning: int, num_eval: int, seed: int
-) -> Dataset:
-    real, source = _source_embeddings(table_dir, seed)
-    rng = np.random.default_rng(seed)
-    dim = real.shape[1]
-    pca_dim = min(pca_dim, dim)
+def grow_embeddings(
+    real: np.ndarray, total: int, pca_dim: int, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """``total`` unit vectors grown from ``real`` unit rows (each interpolated towards one of
+    its ``IMAGE_NEIGHBOURS`` nearest real rows, plus noise shaped like the data), projected by
+    uncentred PCA to ``pca_dim``: ``(vectors, share of the energy kept)``."""
     # Uncentred PCA: the best rank-r approximation of the Gram matrix, i.e. of dot products.
     # Eigenvectors of the dim x dim second-moment matrix: one GEMM, far cheaper than an SVD of
     # the (rows x dim) table.
@@ -181,7 +180,6 @@ def load_images(
         np.sqrt(np.maximum(variance[top], 0.0))[:, np.newaxis] * directions[:, top].T
     ).astype(np.float32)
     neighbours, _ = exact_top_k(real, real, IMAGE_NEIGHBOURS + 1)
-    total = n + num_tuning + num_eval
     out = np.empty((total, pca_dim), dtype=np.float32)
     chunk = 50_000
     for begin in range(0, total, chunk):
@@ -194,6 +192,18 @@ def load_images(
             rng.standard_normal((size, len(noise_basis))).astype(np.float32) @ noise_basis
         )
         out[begin : begin + size] = _unit(_unit(grown) @ projection)
+    return out, kept
+
+
+def load_images(
+    table_dir: str | None, n: int, pca_dim: int, num_tuning: int, num_eval: int, seed: int
+) -> Dataset:
+    real, source = _source_embeddings(table_dir, seed)
+    rng = np.random.default_rng(seed)
+    dim = real.shape[1]
+    pca_dim = min(pca_dim, dim)
+    total = n + num_tuning + num_eval
+    out, kept = grow_embeddings(real, total, pca_dim, rng)
     queries, database = out[: num_tuning + num_eval], out[num_tuning + num_eval :]
     return Dataset(
         name=f"image embeddings, {n:,} x {pca_dim}",

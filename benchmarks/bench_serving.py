@@ -111,21 +111,43 @@ def _clustered(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     return vectors
 
 
-def write_table(out: Path, n: int, encoder_id: str, joint_model: str, files: int = 8) -> None:
+def write_table(
+    out: Path,
+    n: int,
+    encoder_id: str,
+    joint_model: str | None,
+    files: int = 8,
+    image: np.ndarray | None = None,
+    storage: str = "float32",
+) -> None:
+    """An ``n``-row embedding table as the index job writes it: ``image`` rows (default:
+    synthetic clustered ``IMAGE_DIM``-d ones) stored as ``storage``, and synthetic joint rows
+    unless ``joint_model`` is None."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from index.schema import embedding_table_schema
+    from index.schema import EMBEDDING_SCALE, embedding_table_schema, quantize_int8
 
-    schema = embedding_table_schema(IMAGE_DIM, JOINT_DIM)
+    dim = IMAGE_DIM if image is None else image.shape[1]
+    joint_dim = JOINT_DIM if joint_model else None
+    schema = embedding_table_schema(dim, joint_dim, storage=storage)
     rng = np.random.default_rng(1)
     (out / "table").mkdir(parents=True)
     bounds = np.linspace(0, n, files + 1, dtype=np.int64)
     for f, (start, stop) in enumerate(itertools.pairwise(bounds)):
         count = int(stop - start)
         ids = [f"img{i:08d}" for i in range(start, stop)]
-        embedding = _clustered(count, IMAGE_DIM, rng)
-        joint = _clustered(count, JOINT_DIM, rng)
+        embedding = _clustered(count, IMAGE_DIM, rng) if image is None else image[start:stop]
+        extra = {}
+        if storage == "int8":
+            embedding, scales = quantize_int8(embedding)
+            extra[EMBEDDING_SCALE] = pa.array(scales)
+        elif storage == "float16":
+            embedding = embedding.astype(np.float16)
+        if joint_model:
+            joint = _clustered(count, JOINT_DIM, rng)
+            extra["joint_embedding"] = pa.FixedSizeListArray.from_arrays(joint.ravel(), JOINT_DIM)
+            extra["joint_model"] = pa.array([joint_model] * count)
         columns = {
             "image_id": pa.array(ids),
             "uri": pa.array([f"gs://bench-corpus/{i}.jpg" for i in ids]),
@@ -134,13 +156,12 @@ def write_table(out: Path, n: int, encoder_id: str, joint_model: str, files: int
             "num_bytes": pa.array(np.full(count, 50_000, np.int64)),
             "width": pa.array(np.full(count, 640, np.int32)),
             "height": pa.array(np.full(count, 480, np.int32)),
-            "embedding": pa.FixedSizeListArray.from_arrays(embedding.ravel(), IMAGE_DIM),
+            "embedding": pa.FixedSizeListArray.from_arrays(embedding.ravel(), dim),
             "encoder": pa.array([encoder_id] * count),
             "metadata": pa.array(["{}"] * count),
-            "joint_embedding": pa.FixedSizeListArray.from_arrays(joint.ravel(), JOINT_DIM),
-            "joint_model": pa.array([joint_model] * count),
+            **extra,
         }
-        table = pa.table(columns).cast(schema)
+        table = pa.table(columns).select(schema.names).cast(schema)
         pq.write_table(table, out / "table" / f"embeddings-{f:05d}-of-{files:05d}.parquet")
 
 

@@ -328,10 +328,13 @@ def render(measured: dict, encode: dict, ann: dict, p: dict, a: Assumptions, met
         f"{_n(a.dim * 4 * 1e7 / GIB)} GiB at 10M images, {_n(p['launcher_table_gib_1b'])} GiB "
         "at 1B. Breaks around 10-20M images on a large launcher. Fix: build shards in a second "
         "Beam stage (group rows by shard id, one ScaNN build per shard on the workers).",
-        "2. **Serving loads one shard and the whole float32 table** "
-        "(`ImageSearcher.load` keeps every embedding for similar-to-id): same 5 GiB per million "
-        "vectors in every replica. Breaks around 10M. Fix: a shard router fanning out to shard "
-        "servers, ids -> vectors looked up in the shard that holds them.",
+        "2. **Serving holds every shard and every table vector** (`ImageSearcher.load`: "
+        "ScaNN's rescoring copy and AH codes, and the table's vectors as stored for "
+        "similar-to-id): 10.7 GiB per million 1280-d images with float32 tables and rescoring, "
+        "3.7 GiB with int8 ones (`benchmarks/results/served_memory.md`), in every replica. "
+        "Breaks around 5M (float32) or 15-20M (int8) images per 64 GiB node. Fix: a shard "
+        "router fanning out to shard servers, ids -> vectors looked up in the shard that holds "
+        "them.",
         f"3. **Listing the corpus**: one `MatchFiles` walks every object; at ~"
         f"{_n(a.gcs_list_objects_per_s)} objects/s that is {_n(p['listing_hours_1b'], 0)} hours "
         "for 1B before any image is read. Fix: feed a sharded Parquet manifest "

@@ -316,6 +316,7 @@ def open_index(
     verify: bool = True,
     image_search: str = "scann",
     hamming_rerank: int = DEFAULT_RERANK,
+    vector_precision: str | None = None,
 ) -> ImageIndex:
     """Load an index version for searching from Python.
 
@@ -327,7 +328,9 @@ def open_index(
     ``models_dir``, else reciprocal rank fusion). ``verify`` checks every file's SHA-256
     against the manifest first, as the server does. ``image_search="hamming"`` answers image
     queries from the version's semantic-hashing codes (indexed with ``--hash_model``): the
-    ``hamming_rerank`` Hamming-nearest rows re-ranked exactly.
+    ``hamming_rerank`` Hamming-nearest rows re-ranked exactly. ``vector_precision``
+    ``"float16"``/``"int8"`` holds the index's vectors in memory at 2 / 1 bytes a dimension
+    (default: as the table stores them).
 
     Raises FileNotFoundError for a path that is neither, or a missing version or model;
     ``index.manifest.ManifestVerificationError`` for a damaged file;
@@ -350,5 +353,6 @@ def open_index(
         models_path if fused else None,
         image_search=image_search,
         hamming_rerank=hamming_rerank,
+        vector_precision=vector_precision,
     )
     return ImageIndex(bundle, location)

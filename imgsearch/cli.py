@@ -379,6 +379,13 @@ def _serve(argv: Sequence[str]) -> int:
         "--no-text-batching", action="store_true", help="encode every text query on its own"
     )
     parser.add_argument(
+        "--vectors-in-memory",
+        choices=("stored", "float16", "int8"),
+        default="stored",
+        help="how the index's vectors are held for similar-image and exact scoring: as the "
+        "table stores them (--embedding_storage), or compacted to 2 / 1 bytes a dimension",
+    )
+    parser.add_argument(
         "--expose-uris",
         action="store_true",
         help="answers show local source paths in full (default: the file name only); URL "
@@ -440,6 +447,7 @@ def _serve(argv: Sequence[str]) -> int:
             api_key_file=args.api_key_file,
             image_search=args.image_search,
             hamming_rerank=args.hamming_rerank,
+            vector_precision=None if args.vectors_in_memory == "stored" else args.vectors_in_memory,
             glove=args.glove,
             text_batching=batching,
             events_dir=args.events,

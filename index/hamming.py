@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from index.stored_vectors import StoredVectors
 
 KIND_HASHING = "hashing"
 
@@ -185,10 +188,11 @@ def hamming_top_r(
 
 
 def rerank(
-    embeddings: np.ndarray, query: np.ndarray, candidates: np.ndarray, k: int
+    embeddings: np.ndarray | StoredVectors, query: np.ndarray, candidates: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` of ``candidates`` (rows of ``embeddings``) by exact dot product with
-    ``query``: ``(rows int64 (k',), scores float32 (k',))``, best first, ties by the lower row."""
+    """The best ``k`` of ``candidates`` (rows of ``embeddings``, a matrix or a server's held
+    vectors) by exact dot product with ``query``: ``(rows int64 (k',), scores float32 (k',))``,
+    best first, ties by the lower row."""
     candidates = np.asarray(candidates, dtype=np.int64)
     scores = embeddings[candidates] @ np.asarray(query, dtype=np.float32)
     order = np.lexsort((candidates, -scores))[: min(int(k), len(candidates))]

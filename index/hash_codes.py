@@ -30,6 +30,7 @@ from index.hamming import CodeColumns, HashEncoder, hamming_top_r
 from index.hamming import rerank as rerank_rows
 from index.manifest import IndexManifest, file_entry
 from index.schema import HASH_CODE, HASH_MODEL, compact_row, expanded_row
+from index.stored_vectors import StoredVectors
 from index.table import read_table_columns
 from storage.files import (
     copy_file,
@@ -211,7 +212,7 @@ class HammingIndex:
         self,
         queries: np.ndarray,
         depth: int,
-        embeddings: np.ndarray,
+        embeddings: np.ndarray | StoredVectors,
         allowed: np.ndarray | None = None,
         rerank: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:

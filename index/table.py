@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -16,8 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from index.schema import EMBEDDING_SCALE, JOINT_EMBEDDING, JOINT_MODEL, dequantize_int8
+from index.schema import EMBEDDING_SCALE, JOINT_EMBEDDING, JOINT_MODEL
 from index.shards import shard_of_ids
+from index.stored_vectors import StoredVectors, unit_rows
 from storage.files import join_path, list_files, open_file
 
 logger = logging.getLogger(__name__)
@@ -69,29 +71,39 @@ def _embedding_dim(field_type: pa.DataType, path: str, column: str = "embedding"
 
 _COMPACT_TYPES = (pa.float16(), pa.int8())
 
+_STORAGE_TYPES = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8()}
+
+
+def _stored_part(part: pa.Table, path: str, column: str = "embedding") -> StoredVectors:
+    """One file's ``column`` as stored: float32, float16, or int8 with ``embedding_scale``."""
+    field_type = part.schema.field(column).type
+    _storage_of(field_type, path, column)
+    if part[column].null_count:
+        raise ValueError(f"the table has {part[column].null_count} null {column!r} values")
+    dim = field_type.list_size
+    # flatten() rather than .values: it honours an array's offset, .values would not.
+    values = part[column].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    values = values.reshape(-1, dim)
+    scales = None
+    if field_type.value_type == pa.int8():
+        if EMBEDDING_SCALE not in part.column_names:
+            raise ValueError(f"{path}: an int8 {column!r} needs the {EMBEDDING_SCALE!r} column")
+        scales = part[EMBEDDING_SCALE].to_numpy(zero_copy_only=False)
+    if values.dtype != np.int8 and not np.isfinite(values).all():
+        raise ValueError(f"the table holds NaN or infinite {column} values")
+    return StoredVectors(values, scales)
+
 
 def _decode_embeddings(part: pa.Table, path: str) -> pa.Table:
     """``part`` with a float16 or int8 (+ ``embedding_scale``) ``embedding`` as unit float32.
 
-    Compact rows are renormalised after decoding: the index scores by dot product, which is the
-    cosine only for unit rows, and rounding moves a row's norm by up to ~1e-3 (int8).
+    Compact rows are renormalised after decoding (``index.stored_vectors.decode``).
     """
     field_type = part.schema.field("embedding").type
     if not (pa.types.is_fixed_size_list(field_type) and field_type.value_type in _COMPACT_TYPES):
         return part  # float32 (checked by _embedding_dim) or a type it will refuse
-    dim = field_type.list_size
-    column = part["embedding"].combine_chunks()
-    values = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    if field_type.value_type == pa.int8():
-        if EMBEDDING_SCALE not in part.column_names:
-            raise ValueError(f"{path}: an int8 'embedding' needs the {EMBEDDING_SCALE!r} column")
-        scales = part[EMBEDDING_SCALE].to_numpy(zero_copy_only=False)
-        vectors = dequantize_int8(values, scales)
-    else:
-        vectors = values.astype(np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = np.divide(vectors, norms, out=vectors, where=norms > 0).astype(np.float32)
-    decoded = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+    vectors = _stored_part(part, path).decoded()
+    decoded = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
     part = part.set_column(part.column_names.index("embedding"), "embedding", decoded)
     if EMBEDDING_SCALE in part.column_names:
         part = part.drop_columns([EMBEDDING_SCALE])
@@ -155,15 +167,8 @@ def read_embedding_table(
     joint_dim = next(iter(joint_dims.values()))
     table = pa.concat_tables(parts)
     del parts
-    if table.num_rows == 0:
-        where = "" if shard is None else f" for shard {shard[0]} of {shard[1]}"
-        raise ValueError(f"empty table: the {len(paths)} Parquet file(s) hold no rows{where}")
-    for column in table.column_names:
-        if table[column].null_count:
-            raise ValueError(f"the table has {table[column].null_count} null {column!r} values")
-
-    encoder_id = _single_encoder_id(table)
-    _check_unique_ids(table)
+    where = "" if shard is None else f" for shard {shard[0]} of {shard[1]}"
+    encoder_id = _checked_rows(table, f"the {len(paths)} Parquet file(s) hold no rows{where}")
 
     # Sort in Arrow (C++) and extract the embedding column as one matrix: no per-row Python.
     table = table.take(pc.sort_indices(table["image_id"]))
@@ -198,6 +203,169 @@ def read_embedding_table(
         joint_embeddings=joint_embeddings,
         joint_model=joint_model,
     )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StoredTable:
+    """The table's ids and vectors as serving holds them: sorted by ``image_id`` like
+    ``EmbeddingTable``, the vectors kept stored (``StoredVectors``), never decoded whole."""
+
+    image_ids: list[str]
+    uris: list[str]
+    vectors: StoredVectors
+    encoder_id: str
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def read_stored_table(
+    paths: Sequence[str], precision: str | None = None, row_order: Sequence[str] | None = None
+) -> StoredTable:
+    """``read_embedding_table``'s rows (same checks) with the vectors kept as stored, for
+    serving: decoding happens per row read.
+
+    Rows are sorted by ``image_id``, or in ``row_order`` when given (an index's global row
+    order: every id of it must be in the table and every table row in it, else ValueError).
+    ``precision`` (one of ``EMBEDDING_STORAGES``) converts the vectors, e.g. a float32 table
+    held as int8; the default keeps the table's own storage (float32 when its files differ).
+    The vectors are read ``_BATCH_ROWS`` at a time straight into their place in one matrix:
+    no decoded or reordered copy of the whole column is ever made.
+    """
+    paths = tuple(sorted(paths))
+    if not paths:
+        raise ValueError("empty table: no embedding-table Parquet files to read")
+    parts = []
+    for path in paths:
+        with open_file(path) as handle:
+            try:
+                part = pq.read_table(handle, columns=["image_id", "uri", "encoder"])
+            except (pa.ArrowException, KeyError) as err:
+                raise ValueError(f"{path} is not a readable embedding-table file: {err}") from err
+        parts.append(part.replace_schema_metadata(None))
+    table = pa.concat_tables(parts)
+    encoder_id = _checked_rows(table, f"the {len(paths)} Parquet file(s) hold no rows")
+    if row_order is None:
+        order = pc.sort_indices(table["image_id"]).to_numpy()
+        positions = np.empty(len(order), np.int64)
+        positions[order] = np.arange(len(order))
+        table = table.take(order)
+        image_ids, uris = table["image_id"].to_pylist(), table["uri"].to_pylist()
+    else:
+        positions = _positions_in(table["image_id"], row_order)
+        image_ids, uris = list(row_order), [""] * len(row_order)
+        for position, uri in zip(positions, table["uri"].to_pylist(), strict=True):
+            uris[position] = uri
+    vectors = _read_vectors(paths, "embedding", _per_file(positions, parts), precision)
+    return StoredTable(image_ids=image_ids, uris=uris, vectors=vectors, encoder_id=encoder_id)
+
+
+def read_stored_column(
+    out_dir: str, column: str, image_ids: Sequence[str], precision: str | None = None
+) -> StoredVectors:
+    """A vector column other than ``embedding`` (e.g. ``joint_embedding``) of ``OUT/table``,
+    rows scaled to unit length (as the index over it was built from), held at ``precision``
+    (default: as stored), in ``image_ids`` order (the table's ids, in any order).
+
+    Columnar, unlike ``read_table_columns``: no Python object per value. KeyError when a file
+    lacks the column; ValueError when an id is missing.
+    """
+    paths, parts = table_files(out_dir), []
+    for path in paths:
+        with open_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            if column not in parquet.schema_arrow.names:
+                raise KeyError(f"{path} has no {column!r} column: index with the flag that adds it")
+            parts.append(parquet.read(columns=["image_id"]))
+    positions = _positions_in(pa.concat_tables(parts)["image_id"], image_ids)
+    return _read_vectors(paths, column, _per_file(positions, parts), precision, unit=True)
+
+
+# Rows read, decoded or converted at a time: 16k x 1280 float32 is 80 MiB of scratch.
+_BATCH_ROWS = 16_384
+
+
+def _positions_in(ids: pa.ChunkedArray, row_order: Sequence[str]) -> np.ndarray:
+    """Where each of ``ids`` sits in ``row_order``; ValueError unless both hold the same ids."""
+    found = pc.index_in(ids, value_set=pa.array(list(row_order), pa.string()))
+    missing = found.null_count
+    if missing or len(ids) != len(row_order):
+        raise ValueError(
+            f"the table's {len(ids)} rows and the {len(row_order)} ids asked for differ: "
+            f"{missing} table rows are not among them"
+        )
+    return found.to_numpy()
+
+
+def _per_file(positions: np.ndarray, parts: Sequence[pa.Table]) -> list[np.ndarray]:
+    bounds = np.cumsum([0] + [part.num_rows for part in parts])
+    return [positions[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def _read_vectors(
+    paths: Sequence[str],
+    column: str,
+    positions: Sequence[np.ndarray],
+    precision: str | None,
+    unit: bool = False,
+) -> StoredVectors:
+    """File ``i``'s ``column`` rows placed at ``positions[i]`` of one matrix, at ``precision``
+    (default: the files' shared storage, float32 when they differ); ``unit`` rescales rows to
+    unit length."""
+    kinds = {}
+    for path in paths:
+        with open_file(path) as handle:
+            field_type = pq.ParquetFile(handle).schema_arrow.field(column).type
+        kinds[path] = (_storage_of(field_type, path, column), field_type.list_size)
+    dims = {path: dim for path, (_, dim) in kinds.items()}
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"embedding-table files disagree on the dimension: {dims}")
+    if precision is None:
+        storages = {storage for storage, _ in kinds.values()}
+        precision = storages.pop() if len(storages) == 1 else "float32"
+
+    def pieces():
+        for path, where in zip(paths, positions, strict=True):
+            scale = [EMBEDDING_SCALE] if kinds[path][0] == "int8" else []
+            with open_file(path) as handle:
+                start = 0
+                batches = pq.ParquetFile(handle).iter_batches(_BATCH_ROWS, columns=[column, *scale])
+                for batch in batches:
+                    part = _stored_part(pa.Table.from_batches([batch]), path, column)
+                    if unit:
+                        part = StoredVectors.encode(unit_rows(part.decoded()), precision)
+                    yield where[start : start + len(part)], part
+                    start += len(part)
+
+    total = sum(len(where) for where in positions)
+    vectors = StoredVectors.assemble(total, next(iter(dims.values())), precision, pieces())
+    # Arrow's allocator keeps freed batches for reuse; a server has no use for them.
+    pa.default_memory_pool().release_unused()
+    return vectors
+
+
+def _storage_of(field_type: pa.DataType, path: str, column: str) -> str:
+    if pa.types.is_fixed_size_list(field_type):
+        for storage, value_type in _STORAGE_TYPES.items():
+            if field_type.value_type == value_type:
+                return storage
+    raise ValueError(
+        f"{path}: {column!r} must be a fixed-size list of float32, float16 or int8 "
+        f"(index.schema.embedding_table_schema), got {field_type}"
+    )
+
+
+def _checked_rows(table: pa.Table, empty: str) -> str:
+    """The table's one encoder id, after refusing no rows (``empty`` says why), nulls, rows of
+    several encoders and repeated ids: each a bug upstream that an index must not hide."""
+    if table.num_rows == 0:
+        raise ValueError(f"empty table: {empty}")
+    for column in table.column_names:
+        if table[column].null_count:
+            raise ValueError(f"the table has {table[column].null_count} null {column!r} values")
+    encoder_id = _single_encoder_id(table)
+    _check_unique_ids(table)
+    return encoder_id
 
 
 def _single_encoder_id(table: pa.Table) -> str:

@@ -188,6 +188,7 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             config.image_search,
             config.hamming_rerank,
             config.expose_uris,
+            config.vector_precision,
         )
 
     # The pointer's version, or the newest one servers have served when that cannot load.

@@ -103,7 +103,7 @@ def _answer_similar(bundle, items, positions, page, allowed, answers) -> None:
             found.append((j, i, row))
     if not found:
         return
-    stored = images.embeddings[np.asarray([row for _, _, row in found])]
+    stored = images.vectors[np.asarray([row for _, _, row in found])]
     # One more, as similar_to_image_id asks: each image normally finds itself first.
     first = images.search_vectors(stored, page.end + 2, allowed)
     for (_, i, _), hits, vector in zip(found, first, stored, strict=True):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from encoders.decode_pool import BoundDecoder, DecodeBudget, bound_decoder, bound_thumbnailer
 from encoders.imaging import DecodeLimits
 from index.hash_codes import DEFAULT_RERANK
+from index.schema import EMBEDDING_STORAGES
 from serving.event_log import EventLimits
 from serving.searcher import IMAGE_SEARCHES
 from serving.text_batcher import TextBatching
@@ -95,6 +96,10 @@ class ServeConfig:
     # semantic-hashing codes (indexed with --hash_model), top hamming_rerank re-ranked exactly.
     image_search: str = "scann"
     hamming_rerank: int = DEFAULT_RERANK
+    # How the table's vectors (similar-to-id, exact filtered scores, re-ranking) are held in
+    # memory: None as the table stores them, or "float16" / "int8" (2 / 1 bytes a dimension
+    # instead of a float32 table's 4; scores move by ~1e-4 / ~1e-3). index.stored_vectors.
+    vector_precision: str | None = None
     # Request bounds: k per page, how deep pagination may go, the largest upload.
     default_k: int = 20
     max_k: int = 100
@@ -175,6 +180,11 @@ class ServeConfig:
             )
         if self.hamming_rerank < 1:
             raise ValueError(f"hamming_rerank must be >= 1, got {self.hamming_rerank}")
+        if self.vector_precision not in (None, *EMBEDDING_STORAGES):
+            raise ValueError(
+                f"vector_precision must be one of {EMBEDDING_STORAGES} or None (as stored), "
+                f"got {self.vector_precision!r}"
+            )
         if self.poll_interval_s < 0:
             raise ValueError(f"poll_interval_s must be >= 0, got {self.poll_interval_s}")
         if self.ready_grace_s < 0:

@@ -3,7 +3,7 @@
 Read once when a version loads, so a details request or a thumbnail lookup does no file I/O.
 Only the small columns are read (never the embeddings). Rows are sorted by ``image_id``, the
 order ``index.table.read_embedding_table`` gives the index, so a row number here is
-the row of ``ImageSearcher.embeddings`` too.
+the row of ``ImageSearcher.vectors`` too.
 
 Generated captions and classifier tags come from the index job's ``--captioner`` and
 ``--tag_head`` columns; the fields exist in every answer (``None`` and ``[]`` when the table

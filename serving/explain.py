@@ -59,7 +59,7 @@ def embed_with_terms(
 
 def image_vectors(text: TextSearcher, rows: list[int]) -> np.ndarray:
     """Unit vectors of indexed rows in the space text queries are scored in."""
-    vectors = text.images.embeddings[np.asarray(rows, dtype=np.int64)]
+    vectors = text.images.vectors[np.asarray(rows, dtype=np.int64)]
     if text.joint.kind != KIND_W2VV:
         vectors = text.joint.embed_image_features(vectors)
     return l2_normalize(np.asarray(vectors, np.float32))

@@ -114,7 +114,7 @@ def _target(
         except KeyError as exc:
             raise QueryError(404, f"image {similar_to!r} is not in index version "
                                     f"{bundle.version}") from exc  # fmt: skip
-        return np.asarray(bundle.images.embeddings[row], np.float32), ()
+        return np.asarray(bundle.images.vectors[row], np.float32), ()
     if bundle.text is None:
         raise QueryError(503, text_off or "text explanations need a joint model")
     try:

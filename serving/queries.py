@@ -255,7 +255,7 @@ def similar_query(bundle: IndexBundle, image_id: str, page: PageRequest) -> dict
     if row is None:
         raise QueryError(404, f"image {image_id!r} is not in index version {bundle.version}")
     allowed = bundle.allowed_rows(page.filter)
-    vector = bundle.images.embeddings[row]
+    vector = bundle.images.vectors[row]
 
     def search(n: int) -> list[SearchHit]:
         return bundle.images.search_vector(vector, n, allowed)

@@ -22,7 +22,8 @@ from index.manifest import IndexManifest, manifest_location, read_manifest, veri
 from index.scann_index import ScannParams, search_batched
 from index.schema import JOINT_EMBEDDING
 from index.shards import load_shard
-from index.table import EmbeddingTable, read_embedding_table, read_table_columns
+from index.stored_vectors import StoredVectors
+from index.table import read_stored_column, read_stored_table
 from models.query_model import EncoderMismatchError
 from storage.files import join_path, open_file
 
@@ -147,11 +148,12 @@ def merge_top_k(
 class ImageSearcher:
     """Nearest-neighbour search over one published index version, merged over its shards.
 
-    Global row ``i`` (``hit_for_row``, ``embeddings``) is shard by shard in manifest order,
-    each shard's rows in its ``ids.parquet`` order. The table's embedding matrix is kept in
-    memory in that order (``N x dim`` float32, e.g. 1M x 1280 is 5 GB) so
-    ``similar_to_image_id`` can look up a stored vector. Searches are read-only and may run
-    from several threads.
+    Global row ``i`` (``hit_for_row``, ``vectors``) is shard by shard in manifest order,
+    each shard's rows in its ``ids.parquet`` order. The table's vectors are kept in memory in
+    that order, as stored (``index.stored_vectors``: 4, 2 or 1 bytes a dimension; 1M x 1280
+    int8 is 1.2 GiB where float32 is 4.9), so ``similar_to_image_id``, exact filtered search
+    and re-ranking can read a stored vector. Searches are read-only and may run from several
+    threads.
     """
 
     def __init__(
@@ -160,7 +162,7 @@ class ImageSearcher:
         searcher: ScannSearcher | Sequence[ScannSearcher],
         image_ids: Sequence[str],
         uris: Sequence[str],
-        embeddings: np.ndarray,
+        vectors: StoredVectors | np.ndarray,
         encoder: ImageEncoder | None = None,
         joint_searcher: ScannSearcher | Sequence[ScannSearcher] | None = None,
         candidates: int = 0,
@@ -173,18 +175,20 @@ class ImageSearcher:
         shard_params = [ScannParams.from_json(manifest.shard_params(s)) for s in manifest.shards]
         self._shards = _as_shards(searcher, shard_params)
         total = sum(shard.size for shard in self._shards)
-        if not (len(image_ids) == len(uris) == embeddings.shape[0] == total):
+        if not isinstance(vectors, StoredVectors):
+            vectors = StoredVectors(np.asarray(vectors, dtype=np.float32))
+        if not (len(image_ids) == len(uris) == len(vectors) == total):
             raise ValueError(
                 f"index parts disagree on the number of images: ids {len(image_ids)}, "
-                f"uris {len(uris)}, embeddings {embeddings.shape[0]}, ScaNN {total}"
+                f"uris {len(uris)}, vectors {len(vectors)}, ScaNN {total}"
             )
-        if embeddings.shape[1] != manifest.dim:
-            raise ValueError(f"embeddings have dim {embeddings.shape[1]}, manifest {manifest.dim}")
+        if vectors.dim != manifest.dim:
+            raise ValueError(f"vectors have dim {vectors.dim}, manifest {manifest.dim}")
         self.manifest = manifest
         self._params = shard_params[0]
         self._image_ids = list(image_ids)
         self._uris = list(uris)
-        self._embeddings = embeddings
+        self._vectors = vectors
         self._row_of = {image_id: row for row, image_id in enumerate(self._image_ids)}
         self._joint_shards: list[_Shard] = []
         if manifest.joint_index is not None:
@@ -208,7 +212,7 @@ class ImageSearcher:
         self._encoder = None
         self._encoder_lock = threading.Lock()
         self._table_dir = table_dir  # the version's folder, for columns read on demand
-        self._joint_embeddings: np.ndarray | None = None
+        self._joint_vectors: StoredVectors | None = None
         self._joint_lock = threading.Lock()
         if encoder is not None:
             self._encoder = self._checked_encoder(encoder)
@@ -222,6 +226,7 @@ class ImageSearcher:
         candidates: int = 0,
         image_search: str = "scann",
         hamming_rerank: int = DEFAULT_RERANK,
+        precision: str | None = None,
     ) -> ImageSearcher:
         """Load the index version published at an output dir (or its ``manifest.json``).
 
@@ -229,7 +234,9 @@ class ImageSearcher:
         whole table once more); ``encoder`` is used for image queries instead of building the
         manifest's encoder lazily; ``candidates``: see ``search_batched``. ``image_search``
         ``"hamming"`` answers image-space queries from the version's hash codes (Hamming top
-        ``hamming_rerank``, re-ranked exactly; ValueError when it stores none). Raises
+        ``hamming_rerank``, re-ranked exactly; ValueError when it stores none). ``precision``
+        holds the vectors in memory as float32, float16 or int8 whatever the table stores
+        (default: as stored; ``index.table.read_stored_table``). Raises
         FileNotFoundError without a manifest,
         ManifestVerificationError on a damaged file, EncoderMismatchError for a wrong encoder.
         """
@@ -261,8 +268,12 @@ class ImageSearcher:
                 joint_searchers.append(joint_searcher)
 
         table_paths = [join_path(out_dir, entry["path"]) for entry in manifest.files_under("table")]
-        table = read_embedding_table(table_paths)
-        embeddings = _in_row_order(table, image_ids, out_dir, manifest)
+        try:  # the vectors straight into the index's global row order
+            table = read_stored_table(table_paths, precision, row_order=image_ids)
+        except ValueError as exc:  # possible with verify=False
+            raise ValueError(
+                f"the table under {out_dir} does not match index version {manifest.version}: {exc}"
+            ) from exc
         if table.encoder_id != manifest.encoder_id:
             raise ValueError(
                 f"the table under {out_dir} does not match index version {manifest.version} "
@@ -284,7 +295,7 @@ class ImageSearcher:
             searchers,
             image_ids,
             uris,
-            embeddings,
+            table.vectors,
             encoder=encoder,
             joint_searcher=joint_searchers,
             candidates=candidates,
@@ -304,18 +315,17 @@ class ImageSearcher:
         return self.manifest.encoder_id
 
     @property
-    def embeddings(self) -> np.ndarray:
-        """The indexed ``(N, dim)`` unit vectors, row ``i`` for ``hit_for_row(i)`` (read-only)."""
-        view = self._embeddings.view()
-        view.flags.writeable = False
-        return view
+    def vectors(self) -> StoredVectors:
+        """The indexed ``(N, dim)`` unit vectors, row ``i`` for ``hit_for_row(i)``, as held:
+        ``vectors[rows]`` decodes rows to float32."""
+        return self._vectors
 
     def row_of(self, image_id: str) -> int | None:
         """The global row of an indexed image, or None."""
         return self._row_of.get(image_id)
 
     def hit_for_row(self, row: int, score: float) -> SearchHit:
-        """The ``SearchHit`` of table row ``row`` (for searches over projected ``embeddings``)."""
+        """The ``SearchHit`` of table row ``row`` (for searches over projected ``vectors``)."""
         return SearchHit(self._image_ids[row], self._uris[row], float(score))
 
     def search_vectors(
@@ -332,12 +342,12 @@ class ImageSearcher:
         only allowed rows compete for the candidates re-ranked).
         """
         if self.hamming is not None:
-            hamming, embeddings, rerank = self.hamming, self._embeddings, self.hamming_rerank
+            hamming, vectors, rerank = self.hamming, self._vectors, self.hamming_rerank
             k = _check_k(k)
             queries = self._checked_queries(queries, self.dim)
             mask = self._checked_allowed(allowed)
             return self._tie_settled(
-                lambda depth: hamming.ranked(queries, depth, embeddings, mask, rerank), k
+                lambda depth: hamming.ranked(queries, depth, vectors, mask, rerank), k
             )
         return self._search(self._shards, queries, k, self.dim, allowed, self._vectors_of)
 
@@ -351,7 +361,7 @@ class ImageSearcher:
         return max(self.hamming.rerank, self.candidates)
 
     def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
-        return self._embeddings[rows]
+        return self._vectors[rows]
 
     def _search(
         self,
@@ -452,18 +462,20 @@ class ImageSearcher:
         """Stored joint vectors of ``rows``, for exact filtered search in the joint space.
 
         Read from the table on the first filtered query that needs them, not at load: only
-        selective filters score rows exactly, and the joint column is N x joint dim floats.
+        selective filters score rows exactly, and the joint column is N x joint dim floats
+        (held at the image vectors' precision).
         """
         with self._joint_lock:  # not the encoder's: a model build must not hold this up
-            if self._joint_embeddings is None:
-                self._joint_embeddings = self._read_joint_embeddings()
-        return self._joint_embeddings[rows]
+            if self._joint_vectors is None:
+                self._joint_vectors = self._read_joint_vectors()
+        return self._joint_vectors[rows]
 
-    def _read_joint_embeddings(self) -> np.ndarray:
+    def _read_joint_vectors(self) -> StoredVectors:
         if self._table_dir is None:
             raise ValueError("this searcher was not loaded from a folder: no joint vectors")
-        column = read_table_columns(self._table_dir, [JOINT_EMBEDDING], self._image_ids)
-        return l2_normalize(np.asarray(column[JOINT_EMBEDDING], dtype=np.float32))
+        return read_stored_column(
+            self._table_dir, JOINT_EMBEDDING, self._image_ids, self._vectors.precision
+        )
 
     def search_vector(
         self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None
@@ -487,7 +499,7 @@ class ImageSearcher:
             )
         # One extra result, because the image normally finds itself first; filter by id, not
         # by position, since an identical vector may tie with it.
-        hits = self.search_vector(self._embeddings[row], min(k + 1, len(self)), allowed)
+        hits = self.search_vector(self._vectors[row], min(k + 1, len(self)), allowed)
         return [hit for hit in hits if hit.image_id != image_id][:k]
 
     def search_image_bytes(self, data: bytes, k: int) -> list[SearchHit]:
@@ -530,26 +542,3 @@ class ImageSearcher:
                 f"(dim {self.manifest.dim})"
             )
         return encoder
-
-
-def _in_row_order(
-    table: EmbeddingTable, image_ids: Sequence[str], out_dir: str, manifest: IndexManifest
-) -> np.ndarray:
-    """The table's embeddings in the index's global row order (``image_ids``).
-
-    The table is sorted by image_id; shards (and updated shards) order rows their own way.
-    Any id missing from the table, or a table row no shard holds, means the table and index
-    come from different runs (possible with verify=False).
-    """
-    if table.image_ids == list(image_ids):  # one full-build shard: already in order
-        return table.embeddings
-    row_of = {image_id: row for row, image_id in enumerate(table.image_ids)}
-    rows = [row_of.get(image_id, -1) for image_id in image_ids]
-    missing = sum(row < 0 for row in rows)
-    if missing or len(rows) != len(table.image_ids):
-        raise ValueError(
-            f"the table under {out_dir} does not match index version {manifest.version}: "
-            f"{len(table.image_ids)} table rows, {len(rows)} indexed ids, "
-            f"{missing} indexed ids not in the table"
-        )
-    return table.embeddings[np.asarray(rows, dtype=np.int64)]

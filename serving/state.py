@@ -153,6 +153,11 @@ class IndexBundle:
                 if self.images.hamming is not None
                 else {"kind": "scann"}
             ),
+            # How the table's vectors are held (--vectors-in-memory) and what they take.
+            "vectors": {
+                "precision": self.images.vectors.precision,
+                "bytes": self.images.vectors.nbytes,
+            },
             "text_search": self.text is not None,
             "fused_search": self.fused.methods if self.fused is not None else None,
             "loaded_at": self.loaded_at,
@@ -169,6 +174,7 @@ def load_bundle(
     image_search: str = "scann",
     hamming_rerank: int = DEFAULT_RERANK,
     expose_uris: bool = True,
+    vector_precision: str | None = None,
 ) -> IndexBundle:
     """Load (and by default verify) one index version into a bundle.
 
@@ -177,7 +183,8 @@ def load_bundle(
     lose text search is refused rather than served half-working. ``candidates``: how deep
     the server pages (``ImageSearcher``), so every page is cut from one ranking.
     ``image_search``/``hamming_rerank``: how image-space queries find candidates (ScaNN or
-    the version's hash codes; ``ImageSearcher.load``).
+    the version's hash codes; ``ImageSearcher.load``). ``vector_precision``: how the stored
+    vectors are held in memory (``ImageSearcher.load``'s ``precision``; default as stored).
     """
     started = time.perf_counter()
     out_dir, manifest_path = manifest_location(index_dir)
@@ -190,6 +197,7 @@ def load_bundle(
         candidates=candidates,
         image_search=image_search,
         hamming_rerank=hamming_rerank,
+        precision=vector_precision,
     )
     text = None
     if models.joint is not None:

@@ -70,7 +70,7 @@ class TextSearcher:
         self._joint_images = (
             None
             if joint.kind == KIND_W2VV or self.uses_joint_index
-            else joint.embed_image_features(images.embeddings)
+            else images.vectors.map_chunks(joint.embed_image_features)
         )
 
     @classmethod
@@ -144,13 +144,13 @@ class TextSearcher:
         """
         vectors = l2_normalize(self.embed_queries(queries))
         if self.joint.kind == KIND_W2VV:
-            return vectors @ self.images.embeddings.T
+            return self.images.vectors.dot(vectors)
         projected = self._joint_images
         if projected is None:  # the index has this model's joint shard: project once, here
             projected = getattr(self, "_scored_images", None)
             if projected is None:
-                projected = self._scored_images = self.joint.embed_image_features(
-                    self.images.embeddings
+                projected = self._scored_images = self.images.vectors.map_chunks(
+                    self.joint.embed_image_features
                 )
         return vectors @ projected.T
 

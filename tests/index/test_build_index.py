@@ -319,7 +319,7 @@ def test_target_recall_autotunes_and_records_the_measurements(tmp_path: Path) ->
     searcher = ImageSearcher.load(str(tmp_path))
     queries = data[rng.integers(0, 25_000, 300)] + 0.05 * rng.standard_normal((300, 16))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-    exact, _ = exact_top_k(searcher.embeddings, queries, 10)
+    exact, _ = exact_top_k(searcher.vectors.decoded(), queries, 10)
     row_of = {searcher.hit_for_row(r, 0.0).image_id: r for r in range(len(searcher))}
     recalls = [
         len({row_of[hit.image_id] for hit in hits} & set(truth.tolist())) / 10

@@ -69,7 +69,7 @@ def test_upserted_rows_are_found_and_deleted_rows_never_return(tmp_path: Path, n
         assert hits[0].uri == row["uri"]
     assert ids_of(searcher.search_vector(replacement[0], 1)) == [rows[40]["image_id"]]
     row_of = {searcher.hit_for_row(r, 0).image_id: r for r in range(len(searcher))}
-    np.testing.assert_array_equal(searcher.embeddings[row_of[rows[40]["image_id"]]], replacement[0])
+    np.testing.assert_array_equal(searcher.vectors[row_of[rows[40]["image_id"]]], replacement[0])
     # Deleted ids are gone from every answer, even when asking for the whole index.
     everything = searcher.search_vectors(embeddings[[0, 7, 99]], len(searcher))
     assert all(not set(deleted) & set(ids_of(hits)) for hits in everything)

@@ -129,7 +129,9 @@ def test_an_int8_table_indexes_and_serves(tmp_path: Path) -> None:
     )
     build_index(str(tmp_path), BuildConfig("int8", ENCODER_SPEC, k=5), {})
     searcher = ImageSearcher.load(str(tmp_path))
-    assert searcher.embeddings.dtype == np.float32
+    # Held as stored: float32 when the files' storages differ (it holds both exactly).
+    assert searcher.vectors.precision == "float32"
+    assert searcher.vectors[0].dtype == np.float32
     hits = searcher.search_vectors(vectors, 1)
     assert [h[0].image_id for h in hits] == [row["image_id"] for row in rows]
     assert len(read_embedding_table(table_files(str(tmp_path)))) == 120
@@ -144,5 +146,45 @@ def test_index_job_embedding_storage_flag(small_photo_dir: Path, tmp_path: Path)
     assert str(schema.field("embedding").type.value_type) == "int8"
     searcher = ImageSearcher.load(str(out))
     for row in range(len(searcher)):
-        top = searcher.search_vector(searcher.embeddings[row], 1)[0]
+        top = searcher.search_vector(searcher.vectors[row], 1)[0]
         assert top.image_id == searcher.hit_for_row(row, 0).image_id
+
+
+def test_similar_to_id_over_compact_memory_equals_float32_within_its_precision(
+    real_rows, tmp_path: Path
+) -> None:
+    """A float32 table served with its vectors held as float16 / int8 answers similar-to-id as
+    the float32 copy does: scores within the precision's error, the same images but for swaps
+    across near-ties, and 2x / ~4x fewer bytes held."""
+    rows, vectors = real_rows
+    write_with_beam(tmp_path, rows, vectors.shape[1], "float32")
+    build_index(str(tmp_path), BuildConfig("v1", ENCODER_SPEC, k=10), {})
+    exact = ImageSearcher.load(str(tmp_path))
+    assert exact.vectors.precision == "float32"
+    ids = [exact.hit_for_row(r, 0).image_id for r in range(len(exact))]
+    for precision, tolerance in (("float16", 5e-4), ("int8", 2e-3)):
+        compact = ImageSearcher.load(str(tmp_path), precision=precision)
+        assert compact.vectors.precision == precision
+        assert (
+            compact.vectors.nbytes <= exact.vectors.nbytes / {"float16": 2, "int8": 3.9}[precision]
+        )
+        np.testing.assert_allclose(
+            compact.vectors.decoded(), exact.vectors.decoded(), atol=tolerance
+        )
+        overlap = []
+        for image_id in ids:
+            want = exact.similar_to_image_id(image_id, 10)
+            got = compact.similar_to_image_id(image_id, 10)
+            np.testing.assert_allclose(
+                [h.score for h in got], [h.score for h in want], atol=tolerance
+            )
+            # An image only the compact answer has scores (in float32) within the precision's
+            # error of the float32 answer's last: a swap across a near-tie, never a worse hit.
+            true = exact.vectors[exact.row_of(image_id)]
+            for hit in got:
+                assert (
+                    true @ exact.vectors[exact.row_of(hit.image_id)]
+                    >= want[-1].score - 2 * tolerance
+                )
+            overlap.append(len({h.image_id for h in got} & {h.image_id for h in want}) / 10)
+        assert np.mean(overlap) >= {"float16": 0.99, "int8": 0.95}[precision], np.mean(overlap)

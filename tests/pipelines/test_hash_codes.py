@@ -99,7 +99,7 @@ def test_codes_round_trip_through_the_table_and_manifest(built):
 def test_hamming_search_agrees_with_a_brute_force_oracle(built):
     searcher = ImageSearcher.load(str(built["coded"]), image_search="hamming", hamming_rerank=12)
     n = len(searcher)
-    embeddings = searcher.embeddings
+    embeddings = searcher.vectors.decoded()
     codes = read_codes(str(built["coded"]), [searcher.hit_for_row(i, 0).image_id for i in range(n)],
                        BITS // 8)  # fmt: skip
     rng = np.random.default_rng(3)

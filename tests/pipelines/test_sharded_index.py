@@ -104,7 +104,7 @@ def test_merge_over_shards_equals_one_index(sharded_and_single) -> None:
     assert rows[17]["image_id"] not in {h.image_id for h in hits}
     assert sharded.search_vector(embeddings[17], 1)[0].image_id == rows[17]["image_id"]
     row_of = {sharded.hit_for_row(r, 0.0).image_id: r for r in range(len(sharded))}
-    np.testing.assert_array_equal(sharded.embeddings[row_of[rows[3]["image_id"]]], embeddings[3])
+    np.testing.assert_array_equal(sharded.vectors[row_of[rows[3]["image_id"]]], embeddings[3])
     # k beyond the index is clipped, not padded.
     assert len(sharded.search_vector(embeddings[0], NUM_ROWS + 5)) == NUM_ROWS
 
@@ -190,7 +190,7 @@ def test_index_job_with_index_shards(small_photo_dir: Path, tmp_path: Path) -> N
     searcher = ImageSearcher.load(str(out))
     assert sorted(searcher.hit_for_row(r, 0).image_id for r in range(6)) == ids
     for row in range(len(searcher)):
-        top = searcher.search_vector(searcher.embeddings[row], 1)[0]
+        top = searcher.search_vector(searcher.vectors[row], 1)[0]
         assert top.image_id == searcher.hit_for_row(row, 0).image_id
     with pytest.raises(ValueError, match="--index_shards must be >= 1"):
         index_job.run([*args, "--index_shards", "0"])

@@ -285,6 +285,36 @@ def test_without_models_text_is_off_and_images_work(api_root: Path, serve_photos
         assert "text search needs a joint model" in plain.get("/").text
 
 
+def test_vectors_held_as_int8_serve_similar_as_float32_does(
+    api_root: Path, serve_models: Path, client: TestClient, direct: TextSearcher
+) -> None:
+    """--vectors-in-memory int8: a quarter of the bytes, similar-to-id and text answers as the
+    float32-held server gives them (these photos are far apart: no near-ties to swap)."""
+    config = ServeConfig(index=str(api_root), models_dir=str(serve_models), poll_interval_s=0,
+                         vector_precision="int8")  # fmt: skip
+    with TestClient(create_app(config)) as compact:
+        held = compact.get("/health").json()["serving"]["vectors"]
+        full = client.get("/health").json()["serving"]["vectors"]
+        assert held["precision"] == "int8" and full["precision"] == "float32"
+        assert held["bytes"] < full["bytes"] / 3.5
+        for row in range(3):
+            image_id = direct.images.hit_for_row(row, 0.0).image_id
+            want = client.get(f"/api/similar/{image_id}", params={"k": 5}).json()["results"]
+            got = compact.get(f"/api/similar/{image_id}", params={"k": 5}).json()["results"]
+            assert [r["image_id"] for r in got] == [r["image_id"] for r in want]
+            np.testing.assert_allclose(
+                [r["score"] for r in got], [r["score"] for r in want], atol=3e-3
+            )
+        query = {"q": "a dog running on the grass", "k": 5}
+
+        def ids(app: TestClient) -> list[str]:
+            return [r["image_id"] for r in app.get("/api/search", params=query).json()["results"]]
+
+        assert ids(compact) == ids(client)
+    with pytest.raises(ValueError, match="vector_precision"):
+        ServeConfig(index=str(api_root), vector_precision="int4")
+
+
 def test_index_must_exist(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="neither a publish root"):
         create_app(ServeConfig(index=str(tmp_path)), QueryModels())

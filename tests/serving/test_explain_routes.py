@@ -118,7 +118,7 @@ def test_text_heatmap_is_a_png_of_the_photo_and_scores_like_the_index(
     bundle = client.app.state.holder.current
     query = l2_normalize(bundle.text.embed_queries(["a dog running on the grass"]))[0]
     indexed = bundle.text.joint.embed_image_features(
-        bundle.images.embeddings[bundle.searcher_row("coco0")][None]
+        bundle.images.vectors[bundle.searcher_row("coco0")][None]
     )[0]
     assert float(response.headers["X-Explain-Score"]) == pytest.approx(
         float(query @ indexed), abs=1e-4

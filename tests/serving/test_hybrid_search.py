@@ -10,6 +10,7 @@ import pytest
 
 from encoders.base import l2_normalize
 from encoders.joint import KIND_W2VV
+from index.stored_vectors import StoredVectors
 from ranking.bm25 import BM25Index
 from serving.hybrid_search import (
     DEFAULT_HYBRID_WEIGHT,
@@ -56,7 +57,7 @@ class _Joint:
 
 
 class _Images:
-    embeddings = EMBEDDINGS
+    vectors = StoredVectors(EMBEDDINGS)
 
     def __len__(self) -> int:
         return len(EMBEDDINGS)

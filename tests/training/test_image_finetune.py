@@ -119,7 +119,7 @@ def test_batch_and_query_paths_give_identical_vectors(trained: Path, coco: Path,
     row = [h.uri for h in (searcher.hit_for_row(i, 0.0) for i in range(len(searcher)))].index(
         hits[0].uri
     )
-    np.testing.assert_allclose(query[0], searcher.embeddings[row], atol=1e-6)
+    np.testing.assert_allclose(query[0], searcher.vectors[row], atol=1e-6)
 
 
 def test_the_trainers_features_are_the_encoders(trained: Path, coco: Path):
