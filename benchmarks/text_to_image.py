@@ -52,9 +52,10 @@ RECIPES: dict[str, tuple[str, dict]] = {
                   {"finetune": dataclasses.replace(_FT, trainable_blocks=1)}),
     "finetune2": ("fine-tune the top two blocks (block_16, Conv_1)",
                   {"finetune": dataclasses.replace(_FT, trainable_blocks=2)}),
-    "default": ("default: fine-tune the top three blocks (block_15, block_16, Conv_1)", {}),
-    "finetune5": ("fine-tune the top five blocks (from block_13) for 15 epochs",
-                  {"finetune": dataclasses.replace(_FT, trainable_blocks=5, epochs=15)}),
+    "finetune3": ("fine-tune the top three blocks (block_15, block_16, Conv_1) for 10 epochs "
+                  "(the default before)",
+                  {"finetune": dataclasses.replace(_FT, trainable_blocks=3, epochs=10)}),
+    "default": ("default: fine-tune the top five blocks (from block_13) for 15 epochs", {}),
     "hard": ("default + VSE++ hardest negatives after half the fine-tuning epochs",
              {"finetune": dataclasses.replace(_FT, hard_negatives_from=0.5)}),
     "no_crops": ("default without random crops (photo and mirror only)",

@@ -199,7 +199,7 @@ def _full_models(assets: Path | None, models: Path, weights: str) -> Path | None
     from training import train_joint_job
 
     print(
-        "training the default recipe on Flickr8k train, once: the top three blocks of MobileNetV2 "
+        "training the default recipe on Flickr8k train, once: the top five blocks of MobileNetV2 "
         "fine-tuned with MiniLM + TF-IDF captions, then W2VV and dual ensembles (see README)"
     )
     code = train_joint_job.main(

@@ -5,7 +5,7 @@ With no flag beyond ``--dataset``, ``--split`` and ``--out`` it trains the defau
 
 1. text features for every caption from ``minilm_tfidf`` (MiniLM sentence vectors beside a
    TF-IDF fitted on the split's captions);
-2. the image side (``training.image_side``): the top three blocks of the mirror-averaging
+2. the image side (``training.image_side``): the top five blocks of the mirror-averaging
    MobileNetV2 fine-tuned inside a dual encoder on cached activations of four views per photo,
    saved as a new image-encoder version in the models directory (``--finetune-blocks 0``
    keeps the CNN frozen and reads its features through the real index job instead);
