@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv browser demo test lint format bench lock clean
+.PHONY: venv browser wrk demo test lint format bench lock clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	test -x $(CHROMIUM) || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
+
+# Debian's wrk, the HTTP load generator of benchmarks/bench_serving.py and soak_serving.py.
+wrk:
+	command -v wrk || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
 
 demo: venv
 	$(BIN)/imgsearch demo --serve
