@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -348,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--real-index", default=None, help="an index of real photos under --models' encoder"
     )
+    parser.add_argument(
+        "--serve-args", default="", help="more `imgsearch serve` flags, e.g. '--text-cache-mb 256'"
+    )
     args = parser.parse_args(argv)
     if bool(args.models) != bool(args.real_index):
         parser.error("--models and --real-index go together")
@@ -377,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     server = subprocess.Popen(
         [sys.executable, "-m", "imgsearch.cli", "serve", "--index", str(root), "--models",
-         str(models), "--port", str(args.port), "--poll-seconds", "1"],
+         str(models), "--port", str(args.port), "--poll-seconds", "1",
+         *shlex.split(args.serve_args)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -512,7 +517,8 @@ def render(args, setup, results, startup_s, rss_mib, rss_after, swapped_s, final
         "rescoring, default parameters).",
         "Queries: `GET /api/search?q=<Flickr8k dev caption>&k=10` (2,000 distinct captions, "
         f"random order): {setup['queries']} -> per-word explanation -> JSON.",
-        "Server: `imgsearch serve`, one process, one uvicorn worker, loopback. Load: `wrk -t1` "
+        f"Server: `imgsearch serve{' ' + args.serve_args if args.serve_args else ''}`, one "
+        "process, one uvicorn worker, loopback. Load: `wrk -t1` "
         f"with keep-alive, {args.duration} s per run after a 5 s warm-up, client timeout "
         f"{CLIENT_TIMEOUT_S} s; failed = non-2xx answers + socket errors (timeouts included).",
         "",
