@@ -219,9 +219,19 @@ def synthetic_setup(n: int) -> dict:
     }
 
 
-def build_real(work: Path, n: int, models_dir: Path, real_index: Path) -> tuple[Path, dict]:
+def build_real(
+    work: Path,
+    n: int,
+    models_dir: Path,
+    real_index: Path,
+    storage: str = "float32",
+    shards: int = 1,
+) -> tuple[Path, dict]:
     """-> (publish root, setup): ``real_index``'s real embeddings grown to ``n``, their joint
-    embeddings by ``models_dir``'s default joint model (the one the server will load)."""
+    embeddings by ``models_dir``'s default joint model (the one the server will load); the
+    image vectors stored and rescored as ``storage`` (``--embedding_storage`` and
+    ``--index_quantize``), in ``shards`` index shards (each built from its slice of the table:
+    one 1M-row build of both shards does not fit in 24 GiB)."""
     from benchmarks.bench_ann import grow_embeddings
     from index.build import BuildConfig, build_index
     from index.manifest import read_manifest
@@ -238,11 +248,12 @@ def build_real(work: Path, n: int, models_dir: Path, real_index: Path) -> tuple[
         "text_model": f"{name}/{version}",
         "index": f"{n:,} images: real {manifest.dim}-d `{manifest.encoder_id}` embeddings of "
         f"the photos under {real_index} grown to {n:,} (as `bench_ann.py` grows them), and "
-        f"their {models.joint.dim}-d joint embeddings by `{name}`",
+        f"their {models.joint.dim}-d joint embeddings by `{name}`; image vectors stored and "
+        f"rescored as {storage}, {shards} index shard(s)",
         "queries": f"`{name}` (text encoder `{models.text_encoder.encoder_id}` -> its text "
         f"tower) -> ScaNN search of the {models.joint.dim}-d joint shard",
     }
-    root = work / f"root-real-{n}"
+    root = work / f"root-real-{n}{'' if storage == 'float32' else '-' + storage}-{shards}"
     if (root / "latest.json").is_file():
         _log(f"reusing {root}")
         return root, setup
@@ -254,11 +265,14 @@ def build_real(work: Path, n: int, models_dir: Path, real_index: Path) -> tuple[
     ).astype(np.float32)
     out = Path(version_dir(str(root), "v1"))
     started = time.perf_counter()
-    write_table(out, n, manifest.encoder_id, f"{name}/{version}", image=grown, joint=joint)
+    write_table(
+        out, n, manifest.encoder_id, f"{name}/{version}", image=grown, joint=joint, storage=storage
+    )
     del grown, joint
     _log(f"wrote the {n}-row table in {time.perf_counter() - started:.0f} s; building ScaNN")
     started = time.perf_counter()
-    build_index(str(out), BuildConfig("v1", manifest.encoder_spec, k=10), {"inputs": n})
+    config = BuildConfig("v1", manifest.encoder_spec, k=10, num_shards=shards, quantize=storage)
+    build_index(str(out), config, {"inputs": n})
     _log(f"built both shards in {time.perf_counter() - started:.0f} s")
     write_pointer(str(root), "v1")
     return root, setup
@@ -350,6 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         "--real-index", default=None, help="an index of real photos under --models' encoder"
     )
     parser.add_argument(
+        "--storage",
+        choices=("float32", "int8"),
+        default="float32",
+        help="with --models: the image vectors' table storage and ScaNN rescoring",
+    )
+    parser.add_argument("--index-shards", type=int, default=1, help="with --models")
+    parser.add_argument(
         "--serve-args", default="", help="more `imgsearch serve` flags, e.g. '--text-cache-mb 256'"
     )
     args = parser.parse_args(argv)
@@ -364,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.models:
         models = Path(args.models)
-        root, setup = build_real(work, args.n, models, Path(args.real_index))
+        root, setup = build_real(
+            work, args.n, models, Path(args.real_index), args.storage, args.index_shards
+        )
     else:
         root, models = build(work, args.n, assets)
         setup = synthetic_setup(args.n)
