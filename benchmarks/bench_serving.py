@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -180,12 +181,27 @@ def write_table(
         pq.write_table(table, out / "table" / f"embeddings-{f:05d}-of-{files:05d}.parquet")
 
 
+def publish_v1(root: Path, n: int, write: Callable[[Path], None], config) -> None:
+    """Version v1 of ``root``: ``write(out)`` writes its ``n``-row table, ``index.build``
+    indexes it with ``config`` (a ``BuildConfig``), and the pointer names it."""
+    from index.build import build_index
+    from index.publish import version_dir, write_pointer
+
+    out = Path(version_dir(str(root), "v1"))
+    started = time.perf_counter()
+    write(out)
+    _log(f"wrote the {n}-row table in {time.perf_counter() - started:.0f} s; building ScaNN")
+    started = time.perf_counter()
+    build_index(str(out), config, {"inputs": n})
+    _log(f"built both shards in {time.perf_counter() - started:.0f} s")
+    write_pointer(str(root), "v1")
+
+
 def build(work: Path, n: int, assets: Path) -> tuple[Path, Path]:
     """-> (publish root, models dir), building them unless ``work`` already holds them."""
     from encoders.base import EncoderSpec
     from encoders.registry import create_image_encoder
-    from index.build import BuildConfig, build_index
-    from index.publish import version_dir, write_pointer
+    from index.build import BuildConfig
 
     root, models = work / f"root-{n}", work / f"models-{n}"
     if (root / "latest.json").is_file() and models.is_dir():
@@ -196,14 +212,12 @@ def build(work: Path, n: int, assets: Path) -> tuple[Path, Path]:
     spec = EncoderSpec(name="fake", weights="none", image_size=64)
     encoder_id = create_image_encoder(spec).encoder_id
     name, version = build_models(models, assets, encoder_id)
-    out = Path(version_dir(str(root), "v1"))
-    started = time.perf_counter()
-    write_table(out, n, encoder_id, f"{name}/{version}")
-    _log(f"wrote the {n}-row table in {time.perf_counter() - started:.0f} s; building ScaNN")
-    started = time.perf_counter()
-    build_index(str(out), BuildConfig("v1", spec.to_json(), k=10), {"inputs": n})
-    _log(f"built both shards in {time.perf_counter() - started:.0f} s")
-    write_pointer(str(root), "v1")
+    publish_v1(
+        root,
+        n,
+        lambda out: write_table(out, n, encoder_id, f"{name}/{version}"),
+        BuildConfig("v1", spec.to_json(), k=10),
+    )
     return root, models
 
 
@@ -233,9 +247,8 @@ def build_real(
     ``--index_quantize``), in ``shards`` index shards (each built from its slice of the table:
     one 1M-row build of both shards does not fit in 24 GiB)."""
     from benchmarks.bench_ann import grow_embeddings
-    from index.build import BuildConfig, build_index
+    from index.build import BuildConfig
     from index.manifest import read_manifest
-    from index.publish import version_dir, write_pointer
     from index.table import read_embedding_table, table_files
     from serving.state import QueryModels
 
@@ -263,18 +276,16 @@ def build_real(
     joint = np.concatenate(
         [models.joint.embed_image_features(grown[i : i + 50_000]) for i in range(0, n, 50_000)]
     ).astype(np.float32)
-    out = Path(version_dir(str(root), "v1"))
-    started = time.perf_counter()
-    write_table(
-        out, n, manifest.encoder_id, f"{name}/{version}", image=grown, joint=joint, storage=storage
-    )
-    del grown, joint
-    _log(f"wrote the {n}-row table in {time.perf_counter() - started:.0f} s; building ScaNN")
-    started = time.perf_counter()
+    joint_model = f"{name}/{version}"
+
+    def write(out: Path) -> None:
+        nonlocal grown, joint  # dropped once written: the build reads the table back
+        write_table(out, n, manifest.encoder_id, joint_model, image=grown, joint=joint,
+                    storage=storage)  # fmt: skip
+        grown = joint = None
+
     config = BuildConfig("v1", manifest.encoder_spec, k=10, num_shards=shards, quantize=storage)
-    build_index(str(out), config, {"inputs": n})
-    _log(f"built both shards in {time.perf_counter() - started:.0f} s")
-    write_pointer(str(root), "v1")
+    publish_v1(root, n, write, config)
     return root, setup
 
 

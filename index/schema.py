@@ -29,7 +29,8 @@ EMBEDDING_SCALE = "embedding_scale"
 #   differ in their largest component, and one shared scale would waste bits on most rows.
 EMBEDDING_STORAGES = ("float32", "float16", "int8")
 
-_STORAGE_TYPES = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8()}
+# The Arrow element type of each storage of ``embedding``.
+STORAGE_TYPES = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8()}
 
 
 def quantize_int8(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +180,7 @@ def embedding_table_schema(
             pa.field("num_bytes", pa.int64(), nullable=False),
             pa.field("width", pa.int32(), nullable=False),
             pa.field("height", pa.int32(), nullable=False),
-            pa.field("embedding", pa.list_(_STORAGE_TYPES[storage], dim), nullable=False),
+            pa.field("embedding", pa.list_(STORAGE_TYPES[storage], dim), nullable=False),
             *scale_fields,
             pa.field("encoder", pa.string(), nullable=False),
             pa.field("metadata", pa.string(), nullable=False),

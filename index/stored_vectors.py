@@ -15,18 +15,13 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from encoders.base import l2_normalize
 from index.schema import EMBEDDING_STORAGES, dequantize_int8, quantize_int8
 
 # Rows decoded at a time by whole-table passes: 16k x 1280 float32 is 80 MiB of scratch.
 CHUNK_ROWS = 16_384
 
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Float32 rows scaled to unit length (all-zero rows left as they are), in place."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=vectors, where=norms > 0)
 
 
 def decode(values: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
@@ -41,7 +36,7 @@ def decode(values: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
         vectors = dequantize_int8(values, scales)
     else:
         vectors = values.astype(np.float32)
-    return unit_rows(vectors)
+    return l2_normalize(vectors)
 
 
 class StoredVectors:

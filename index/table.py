@@ -17,9 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from index.schema import EMBEDDING_SCALE, JOINT_EMBEDDING, JOINT_MODEL
+from encoders.base import l2_normalize
+from index.schema import EMBEDDING_SCALE, JOINT_EMBEDDING, JOINT_MODEL, STORAGE_TYPES
 from index.shards import shard_of_ids
-from index.stored_vectors import StoredVectors, unit_rows
+from index.stored_vectors import StoredVectors
 from storage.files import join_path, list_files, open_file
 
 logger = logging.getLogger(__name__)
@@ -71,13 +72,11 @@ def _embedding_dim(field_type: pa.DataType, path: str, column: str = "embedding"
 
 _COMPACT_TYPES = (pa.float16(), pa.int8())
 
-_STORAGE_TYPES = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8()}
-
 
 def _stored_part(part: pa.Table, path: str, column: str = "embedding") -> StoredVectors:
     """One file's ``column`` as stored: float32, float16, or int8 with ``embedding_scale``."""
     field_type = part.schema.field(column).type
-    _storage_of(field_type, path, column)
+    storage = _storage_of(field_type, path, column)
     if part[column].null_count:
         raise ValueError(f"the table has {part[column].null_count} null {column!r} values")
     dim = field_type.list_size
@@ -85,7 +84,7 @@ def _stored_part(part: pa.Table, path: str, column: str = "embedding") -> Stored
     values = part[column].combine_chunks().flatten().to_numpy(zero_copy_only=False)
     values = values.reshape(-1, dim)
     scales = None
-    if field_type.value_type == pa.int8():
+    if storage == "int8":
         if EMBEDDING_SCALE not in part.column_names:
             raise ValueError(f"{path}: an int8 {column!r} needs the {EMBEDDING_SCALE!r} column")
         scales = part[EMBEDDING_SCALE].to_numpy(zero_copy_only=False)
@@ -235,11 +234,13 @@ def read_stored_table(
     paths = tuple(sorted(paths))
     if not paths:
         raise ValueError("empty table: no embedding-table Parquet files to read")
-    parts = []
+    parts, types = [], []
     for path in paths:
         with open_file(path) as handle:
             try:
-                part = pq.read_table(handle, columns=["image_id", "uri", "encoder"])
+                parquet = pq.ParquetFile(handle)
+                types.append(parquet.schema_arrow.field("embedding").type)
+                part = parquet.read(columns=["image_id", "uri", "encoder"])
             except (pa.ArrowException, KeyError) as err:
                 raise ValueError(f"{path} is not a readable embedding-table file: {err}") from err
         parts.append(part.replace_schema_metadata(None))
@@ -256,7 +257,7 @@ def read_stored_table(
         image_ids, uris = list(row_order), [""] * len(row_order)
         for position, uri in zip(positions, table["uri"].to_pylist(), strict=True):
             uris[position] = uri
-    vectors = _read_vectors(paths, "embedding", _per_file(positions, parts), precision)
+    vectors = _read_vectors(paths, types, "embedding", _per_file(positions, parts), precision)
     return StoredTable(image_ids=image_ids, uris=uris, vectors=vectors, encoder_id=encoder_id)
 
 
@@ -270,15 +271,17 @@ def read_stored_column(
     Columnar, unlike ``read_table_columns``: no Python object per value. KeyError when a file
     lacks the column; ValueError when an id is missing.
     """
-    paths, parts = table_files(out_dir), []
+    paths, parts, types = table_files(out_dir), [], []
     for path in paths:
         with open_file(path) as handle:
             parquet = pq.ParquetFile(handle)
             if column not in parquet.schema_arrow.names:
                 raise KeyError(f"{path} has no {column!r} column: index with the flag that adds it")
+            types.append(parquet.schema_arrow.field(column).type)
             parts.append(parquet.read(columns=["image_id"]))
     positions = _positions_in(pa.concat_tables(parts)["image_id"], image_ids)
-    return _read_vectors(paths, column, _per_file(positions, parts), precision, unit=True)
+    per_file = _per_file(positions, parts)
+    return _read_vectors(paths, types, column, per_file, precision, unit=True)
 
 
 # Rows read, decoded or converted at a time: 16k x 1280 float32 is 80 MiB of scratch.
@@ -304,19 +307,19 @@ def _per_file(positions: np.ndarray, parts: Sequence[pa.Table]) -> list[np.ndarr
 
 def _read_vectors(
     paths: Sequence[str],
+    types: Sequence[pa.DataType],
     column: str,
     positions: Sequence[np.ndarray],
     precision: str | None,
     unit: bool = False,
 ) -> StoredVectors:
-    """File ``i``'s ``column`` rows placed at ``positions[i]`` of one matrix, at ``precision``
-    (default: the files' shared storage, float32 when they differ); ``unit`` rescales rows to
-    unit length."""
-    kinds = {}
-    for path in paths:
-        with open_file(path) as handle:
-            field_type = pq.ParquetFile(handle).schema_arrow.field(column).type
-        kinds[path] = (_storage_of(field_type, path, column), field_type.list_size)
+    """File ``i``'s ``column`` (of Arrow type ``types[i]``) rows placed at ``positions[i]`` of
+    one matrix, at ``precision`` (default: the files' shared storage, float32 when they
+    differ); ``unit`` rescales rows to unit length."""
+    kinds = {
+        path: (_storage_of(field_type, path, column), field_type.list_size)
+        for path, field_type in zip(paths, types, strict=True)
+    }
     dims = {path: dim for path, (_, dim) in kinds.items()}
     if len(set(dims.values())) > 1:
         raise ValueError(f"embedding-table files disagree on the dimension: {dims}")
@@ -333,7 +336,7 @@ def _read_vectors(
                 for batch in batches:
                     part = _stored_part(pa.Table.from_batches([batch]), path, column)
                     if unit:
-                        part = StoredVectors.encode(unit_rows(part.decoded()), precision)
+                        part = StoredVectors.encode(l2_normalize(part.decoded()), precision)
                     yield where[start : start + len(part)], part
                     start += len(part)
 
@@ -346,7 +349,7 @@ def _read_vectors(
 
 def _storage_of(field_type: pa.DataType, path: str, column: str) -> str:
     if pa.types.is_fixed_size_list(field_type):
-        for storage, value_type in _STORAGE_TYPES.items():
+        for storage, value_type in STORAGE_TYPES.items():
             if field_type.value_type == value_type:
                 return storage
     raise ValueError(
