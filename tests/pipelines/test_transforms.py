@@ -102,3 +102,77 @@ def test_index_images_accounts_for_every_input(mixed_corpus, tmp_path):
             equal_to([True] * 5),
             label="reasons",
         )
+
+
+def test_decoding_ahead_emits_in_arrival_order_and_counts_like_in_turn(small_photo_dir):
+    """DecodeImageFn reads and decodes on its threads ahead of what it emits (the encoder
+    downstream runs meanwhile): on a real runner the outputs, their order and the rejected
+    count equal decoding each image in turn; driven directly, a slow first image does not hold
+    up the reads behind it, and the outputs still come in arrival order."""
+    import threading
+    import time
+
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import MIN_TIMESTAMP
+
+    from encoders.imaging import decode_image, sha256_hex
+    from pipelines.transforms import DEAD_LETTERS, DecodeImageFn
+    from pipelines.types import UniqueImage
+
+    photos = sorted(small_photo_dir.glob("*.jpg"))
+    data = {str(p): p.read_bytes() for p in photos}
+    data["/x/not-an-image.jpg"] = b"this is not an image"
+    images = [UniqueImage(_ref(Path(uri)), sha256_hex(b), len(b)) for uri, b in data.items()]
+    read = lambda uri, limits: data[uri]  # noqa: E731
+
+    def run(lookahead: int) -> int:
+        fn = DecodeImageFn((32, 32), DecodeLimits(), FetchLimits(retries=0), read=read,
+                           decode=decode_image, lookahead=lookahead)  # fmt: skip
+        with TestPipeline() as p:
+            out = (
+                p
+                | beam.Create([images])  # one element, so one bundle in the list's order
+                | beam.FlatMap(lambda batch: batch)
+                | beam.ParDo(fn).with_outputs(DEAD_LETTERS, main="decoded")
+            )
+            seen = out.decoded | beam.Map(lambda d: d.image.ref.uri) | beam.combiners.ToList()
+            letters = out[DEAD_LETTERS] | beam.Map(lambda d: (d.uri, d.stage))
+            assert_that(seen, equal_to([[str(p) for p in photos]]), label="order")
+            assert_that(letters, equal_to([("/x/not-an-image.jpg", "decode")]), label="dead")
+            result = p.run()
+        counters = result.metrics().query(MetricsFilter().with_name("decode_rejected"))
+        return sum(c.committed for c in counters["counters"])
+
+    assert run(lookahead=0) == 1
+    assert run(lookahead=4) == 1
+
+    read_at: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def slow_first(uri, limits):
+        with lock:
+            read_at[uri] = time.monotonic()
+        if uri == str(photos[0]):
+            time.sleep(0.5)
+        return data[uri]
+
+    fn = DecodeImageFn((32, 32), DecodeLimits(), FetchLimits(retries=0), read=slow_first,
+                       decode=decode_image, lookahead=len(images))  # fmt: skip
+    fn.setup()
+    fn.start_bundle()
+    start = time.monotonic()
+    where = dict(window=GlobalWindow(), timestamp=MIN_TIMESTAMP)  # what the runner passes
+    outputs = [out for image in images for out in fn.process(image, **where)]
+    outputs += list(fn.finish_bundle())
+    fn.teardown()
+    assert max(read_at.values()) - start < 0.4  # every read began while the first one slept
+    emitted = []
+    for out in outputs:  # WindowedValue(DecodedImage) or TaggedOutput(WindowedValue(DeadLetter))
+        if isinstance(out, beam.pvalue.TaggedOutput):
+            emitted.append(out.value.value.uri)
+        else:
+            emitted.append(out.value.image.ref.uri)
+    assert emitted == list(data)
+    with pytest.raises(ValueError, match="lookahead"):
+        DecodeImageFn((32, 32), DecodeLimits(), FetchLimits(), lookahead=-1)
