@@ -6,6 +6,7 @@ Pure PIL + NumPy in worker processes (``python -m encoders.decode_pool``); no Te
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import pickle
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from encoders.decode_pool import (
+    PIPE_BYTES,
     DecodeBudget,
     DecodeBusy,
     DecodePool,
@@ -50,6 +52,16 @@ def test_pixels_are_those_of_an_in_process_decode(pool, coco_photos) -> None:
         np.testing.assert_array_equal(got[0], want[0])
     with pytest.raises(ImageRejected, match="cannot identify format"):
         pool.decode(b"not an image at all", (224, 224), DecodeLimits())
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_a_whole_answer_fits_in_the_pipes(pool, coco_photos) -> None:
+    """224 px pixels (150 KB) cross in one write, not a 64 KiB pipe's three
+    (benchmarks/bench_decode_pool.py measures what that saves)."""
+    pool.decode(coco_photos[0].read_bytes(), (224, 224), DecodeLimits())  # started and used
+    (worker,) = pool._all
+    for pipe in (worker.process.stdin, worker.process.stdout):
+        assert fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) >= PIPE_BYTES > 224 * 224 * 3
 
 
 def test_a_decode_past_its_deadline_is_stopped_and_the_worker_replaced(pool, coco_photos) -> None:
