@@ -95,10 +95,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     vectors = clustered(args.n + args.queries, args.dim, seed=1)
     queries, database = vectors[: args.queries], vectors[args.queries :]
     truth, _ = exact_top_k(database, queries, K)
-    # Import ScaNN (and TensorFlow, ~5 s) before any timing, as a serving process has.
-    from index.scann_index import _scann_ops
+    # Import ScaNN before any timing, as a serving process has.
+    from index.scann_index import scann_pybind
 
-    _scann_ops()
+    scann_pybind()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-shards-") as tmp:
         configs = [(s, m) for s in args.shards for m in (MODES if s > 1 else ["driver"])]

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -202,14 +203,31 @@ def _as_matrix(name: str, array: np.ndarray, dim: int | None = None) -> np.ndarr
     return matrix
 
 
-def _scann_ops():
-    from scann import scann_ops_pybind  # lazy: importing scann imports TensorFlow
+def scann_pybind():
+    """ScaNN's pybind module (``scann.scann_ops.py.scann_ops_pybind``), imported without
+    TensorFlow.
+
+    ``import scann`` also imports TensorFlow, when it can, for ScaNN's TF ops, which nothing
+    here uses: 3-4 s and hundreds of MB in a process that otherwise never loads it (an index
+    job on the int8 LiteRT encoder, a server whose models run without it). ``None`` in
+    ``sys.modules`` makes that one ``import tensorflow`` fail as "not installed", which
+    ``scann/__init__`` expects and skips; TensorFlow imports normally afterwards. A process that
+    has TensorFlow already gets the usual import.
+    """
+    if "scann" not in sys.modules and "tensorflow" not in sys.modules:
+        sys.modules["tensorflow"] = None  # type: ignore[assignment]
+        try:
+            import scann  # noqa: F401  (the package, without its TF ops)
+        finally:
+            del sys.modules["tensorflow"]
+    from scann import scann_ops_pybind
 
     return scann_ops_pybind
 
 
 def _reorder_type(quantize: str):
-    from scann.scann_ops.py.scann_builder import ReorderType  # lazy, as _scann_ops
+    scann_pybind()  # the package without TensorFlow, before its submodule
+    from scann.scann_ops.py.scann_builder import ReorderType
 
     return {
         "float32": ReorderType.FLOAT32,
@@ -228,7 +246,7 @@ def build_searcher(embeddings: np.ndarray, params: ScannParams) -> ScannSearcher
     if num_vectors == 0:
         raise ValueError("empty table: there are no vectors to index")
     num_neighbors = min(params.num_neighbors, num_vectors)
-    builder = _scann_ops().builder(database, num_neighbors, "dot_product")
+    builder = scann_pybind().builder(database, num_neighbors, "dot_product")
     quantize = _reorder_type(params.quantize)
     if params.kind == "brute_force":
         builder = builder.score_brute_force(quantize)  # float32: exact results
@@ -323,7 +341,7 @@ def load_searcher(local_dir: str) -> ScannSearcher:
     """Load a searcher that ``save_searcher`` wrote into ``local_dir``."""
     if not os.path.isfile(os.path.join(local_dir, "scann_assets.pbtxt")):
         raise FileNotFoundError(f"no ScaNN index in {local_dir} (scann_assets.pbtxt is missing)")
-    return _scann_ops().load_searcher(local_dir)
+    return scann_pybind().load_searcher(local_dir)
 
 
 def _lowest_on_ties(all_scores: np.ndarray, top: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ from index.manifest import (
     verify_files,
     write_manifest,
 )
-from index.scann_index import ScannParams, load_searcher
+from index.scann_index import ScannParams, load_searcher, scann_pybind
 from index.shards import (
     INDEX_DIR,
     SHARD_ASSIGNMENT,
@@ -209,7 +209,7 @@ def _mutate_shard(
         for file in files:
             copy_file(join_path(base_dir, file["path"]), join_path(out_dir, file["path"]))
         return {"entry": dict(shard), "files": [dict(file) for file in files]}
-    from scann.scann_ops.py.scann_ops_pybind import ScannSearcher  # lazy: imports TF
+    ScannSearcher = scann_pybind().ScannSearcher  # lazy: the class of a searcher
 
     image_ids, _ = read_ids(join_path(base_dir, shard["ids_file"]))
     if is_local(base_dir):
