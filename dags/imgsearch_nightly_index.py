@@ -123,6 +123,14 @@ with DAG(
         "runner": Param("DirectRunner", enum=["DirectRunner", "DataflowRunner"]),
         "encoder": Param("mobilenet_v2", type="string"),
         "weights": Param("auto", type="string"),
+        "precision": Param(
+            "auto",
+            enum=["auto", "float32", "int8"],
+            description="auto: the int8 encoder on CPU workers when int8_weights is at hand",
+        ),
+        "int8_weights": Param(
+            "auto", type="string", description="the int8 encoder's .tflite (imgsearch quantize)"
+        ),
         "models": Param("", type="string", description="models directory (joint model, eval)"),
         "joint_model": Param("", type="string", description="dual joint model in models"),
         "tag_head": Param("", type="string", description="'auto' or an .npz: a tags column"),
@@ -184,6 +192,8 @@ with DAG(
             "previous": PREVIOUS_DIR,  # "" when nothing is published: a full run
             "encoder": "{{ params.encoder }}",
             "weights": "{{ params.weights }}",
+            "precision": "{{ params.precision }}",
+            "int8_weights": "{{ params.int8_weights }}",
             "models": "{{ params.models }}",
             "joint_model": "{{ params.joint_model }}",
             "tag_head": "{{ params.tag_head }}",

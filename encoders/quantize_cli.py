@@ -128,5 +128,8 @@ def main(argv: Sequence[str]) -> int:
         f"{args.encoder} ({resolved.tag}) calibrated on {quantized.calibration_photos} photos, "
         f"{len(quantized.denylist)} layers kept in float"
     )
-    print(f"index with: imgsearch index --encoder {name} --weights {out} ...")
+    print(
+        f"index with: imgsearch index --int8_weights {out} ... (int8 on CPU workers, float32 on "
+        f"GPU ones: --precision auto), or --encoder {name} --weights {out} (int8 everywhere)"
+    )
     return 0

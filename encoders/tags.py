@@ -52,15 +52,18 @@ def resolve_tag_head(head: str) -> Path:
 
 def check_tag_head(path: str | Path, encoder: Any) -> None:
     """Fail before launch when the head cannot tag ``encoder``'s (an ``EncoderSpec``) images:
-    a malformed file, or pooled features of another width (the fake encoder, another CNN)."""
+    a malformed file, or pooled features of another width (another CNN) or none at all (the
+    fake encoder; an int8 encoder, whose quantized graph ends at the embedding)."""
     from encoders.registry import image_encoder_dim  # no TensorFlow
+    from encoders.tflite_image import TFLITE_ENCODERS
 
     head = TagHead.load(path)
     dim = image_encoder_dim(encoder)
-    if encoder.name == "fake" or head.dim != dim:
+    no_pooled = encoder.name == "fake" or encoder.name in TFLITE_ENCODERS
+    if no_pooled or head.dim != dim:
         raise ValueError(
             f"--tag_head {path} takes {head.dim}-d pooled features but the {encoder.name!r} "
-            f"encoder gives {'no pooled features' if encoder.name == 'fake' else f'{dim}-d'}: "
+            f"encoder gives {'no pooled features' if no_pooled else f'{dim}-d'}: "
             f"tag with the encoder the head was trained on (mobilenet_v2 for the ImageNet head)"
         )
 

@@ -23,7 +23,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from encoders.base import EncoderSpec
 from encoders.decode_pool import DecodeBudget
 from encoders.imaging import DecodeLimits
+from encoders.precision_choice import PRECISIONS as ENCODER_PRECISIONS
+from encoders.precision_choice import ChoiceContext, choose_encoder, int8_name
 from encoders.tags import check_tag_head, resolve_tag_head
+from encoders.tflite_image import TFLITE_ENCODERS, auto_weights_path
 from index.hash_codes import HashCodes
 from index.metadata_columns import MetadataColumn, infer_from_schema, parse_metadata_columns
 from index.scann_index import QUANTIZE
@@ -37,6 +40,7 @@ from models.joint import (
     joint_model_image_encoder,
     resolve_joint_model,
 )
+from pipelines.workers import workers_have_gpu
 from storage.fetch import FetchLimits
 from storage.files import absolute_if_local, join_uri, open_file
 
@@ -84,6 +88,20 @@ class IndexOptions(PipelineOptions):
             default=None,
             help="'auto' (assets folder), 'imagenet' (Keras download), 'none', a path or gs:// "
             "uri (default: the --joint_model's, e.g. a fine-tuned encoder, else 'auto')",
+        )
+        parser.add_argument(
+            "--precision",
+            default="auto",
+            choices=ENCODER_PRECISIONS,
+            help="float32: the encoder as named; int8: its int8 version (LiteRT, from "
+            "--int8_weights); auto: int8 on CPU workers when a calibrated file is at hand and "
+            "nothing needs the float encoder (encoders/precision_choice.py), else float32",
+        )
+        parser.add_argument(
+            "--int8_weights",
+            default="auto",
+            help="the int8 encoder's .tflite (`imgsearch quantize` makes it); 'auto': the assets "
+            "folder's weights/<encoder>_int8.tflite if there is one",
         )
         parser.add_argument("--image_size", type=int, default=None)
         parser.add_argument("--batch_size", type=int, default=32, help="largest encode batch")
@@ -289,6 +307,7 @@ class IndexConfig:
             raise ValueError(f"--run_version may hold letters, digits, '.', '_', '-': {version!r}")
         joint_name, implicit = _joint_model_name(opts)
         encoder = _image_encoder(opts, joint_name)
+        encoder = _precision_encoder(options, encoder, joint_name)
         # A refusal caused by the default joint model (or the encoder taken from it) says so.
         because = ""
         if implicit:
@@ -522,6 +541,45 @@ def _joint_model_name(opts: Any) -> tuple[str, bool]:
     if name is not None:
         logger.info("joint column by %s, the dual model of --models %s", name, opts.models)
     return name or "", name is not None
+
+
+def _precision_encoder(
+    options: PipelineOptions, spec: EncoderSpec, joint_model: str
+) -> EncoderSpec:
+    """``--precision``'s encoder for these workers (``encoders.precision_choice``), logged."""
+    opts = options.view_as(IndexOptions)
+    if opts.precision == "float32" or spec.name in TFLITE_ENCODERS:
+        return spec  # nothing to decide: skip the GPU probe and the --previous manifest read
+    target = int8_name(spec.name)
+    int8_weights = opts.int8_weights
+    if int8_weights == "auto" and target is not None:
+        found = auto_weights_path(target)
+        int8_weights = str(found) if found is not None and found.is_file() else None
+    pinned = [f"joint model {joint_model}"] if joint_model else []
+    pinned += [f"hashing model {opts.hash_model}"] if opts.hash_model else []
+    context = ChoiceContext(
+        workers_have_gpu=opts.precision == "auto" and workers_have_gpu(options),
+        int8_weights=int8_weights or None,
+        needs_pooled_features=bool(opts.tag_head or opts.captioner),
+        pinned_by=", ".join(pinned),
+        previous_encoder=_previous_encoder(opts.previous) if opts.previous else None,
+    )
+    choice = choose_encoder(spec, opts.precision, context)
+    logger.info("image encoder %s", choice.reason)
+    return choice.spec
+
+
+def _previous_encoder(previous: str) -> str | None:
+    """The encoder name of the ``--previous`` version (None when it has no readable manifest:
+    the reuse plan reports that properly later)."""
+    from index.manifest import read_manifest
+    from pipelines.incremental.decide import resolve_previous
+
+    try:
+        index_dir, _ = resolve_previous(previous)
+        return read_manifest(index_dir).encoder_spec.get("name")
+    except (OSError, ValueError):
+        return None
 
 
 def _image_encoder(opts: Any, joint_model: str = "") -> EncoderSpec:

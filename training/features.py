@@ -100,7 +100,9 @@ def dataset_features(
             [
                 "--corpus", str(corpus), "--out", str(out), "--encoder", spec.name,
                 "--weights", spec.weights, "--image_size", str(spec.image_size),
-                "--run_version", "features", *beam_args,
+                # The features are the named encoder's (the cache folder is named for it), never
+                # the int8 stand-in the job's --precision auto could pick on CPU.
+                "--precision", "float32", "--run_version", "features", *beam_args,
             ]
         )  # fmt: skip
         logger.info("%s", result.summary())

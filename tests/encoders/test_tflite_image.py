@@ -25,6 +25,7 @@ from encoders.registry import (
     image_encoder_dim,
     image_encoder_id,
 )
+from encoders.tags import check_tag_head
 from encoders.tflite_image import TfliteImageEncoder, cpu_budget
 
 CALIBRATION = 40
@@ -112,15 +113,23 @@ def test_batches_of_any_size_give_the_same_rows(int8_encoder, held_out) -> None:
         int8_encoder.encode(pixels[:2].astype(np.float32))
 
 
-def test_index_job_and_searcher_agree_on_a_photo(int8_spec, small_photo_dir, tmp_path) -> None:
+@pytest.mark.parametrize("chosen_by", ["--encoder", "--precision"])
+def test_index_job_and_searcher_agree_on_a_photo(
+    int8_spec, small_photo_dir, tmp_path, chosen_by
+) -> None:
+    """Named (``--encoder mobilenet_v2_int8 --weights F``) or chosen by the launcher for the
+    stock encoder (``--precision int8 --int8_weights F``), the same int8 encoder runs."""
     from pipelines import index_job
     from serving.searcher import ImageSearcher
 
     out = tmp_path / "index"
+    if chosen_by == "--encoder":
+        flags = ["--encoder", int8_spec.name, "--weights", int8_spec.weights]
+    else:
+        flags = ["--precision", "int8", "--int8_weights", int8_spec.weights]
     index_job.run(
-        ["--corpus", str(small_photo_dir), "--out", str(out), "--encoder", int8_spec.name,
-         "--weights", int8_spec.weights, "--run_version", "int8-test"]
-    )  # fmt: skip
+        ["--corpus", str(small_photo_dir), "--out", str(out), *flags, "--run_version", "int8"]
+    )
     searcher = ImageSearcher.load(str(out))
     assert searcher.encoder_id == image_encoder_id(int8_spec)
     for photo in sorted(small_photo_dir.iterdir()):
@@ -130,9 +139,34 @@ def test_index_job_and_searcher_agree_on_a_photo(int8_spec, small_photo_dir, tmp
         assert hits[0].score == pytest.approx(1.0, abs=1e-5)
 
 
+def test_an_int8_index_job_never_loads_tensorflow(int8_spec, small_photo_dir, tmp_path) -> None:
+    """The whole job, ScaNN build included (scann's package would import it), in a fresh
+    process: the int8 encoder's memory and start-up advantage is real only if nothing does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pipelines import index_job\n"
+        "index_job.run(sys.argv[1:])\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    argv = ["--corpus", str(small_photo_dir), "--out", str(tmp_path / "index"), "--encoder",
+            int8_spec.name, "--weights", int8_spec.weights, "--run_version", "no-tf"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_missing_file_and_unsupported_features_say_what_to_do(
-    int8_encoder, monkeypatch, tmp_path
+    int8_encoder, int8_spec, assets_dir, monkeypatch, tmp_path
 ) -> None:
+    head = assets_dir / "weights" / "mobilenet_v2_1.0_224_imagenet1001_head.npz"
+    with pytest.raises(ValueError, match="no pooled features"):  # refused at launch, not in a batch
+        check_tag_head(head, int8_spec)
     monkeypatch.setenv("IMGSEARCH_ASSETS", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="imgsearch quantize --encoder mobilenet_v2"):
         check_image_encoder(EncoderSpec(name="mobilenet_v2_int8", weights="auto"))

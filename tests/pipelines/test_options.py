@@ -80,6 +80,7 @@ def test_what_the_nightly_dag_and_the_beam_operator_pass_is_accepted(tmp_path):
         "joint_model": "",
         "index_shards": "1",
         "max_changed_fraction": "0.1",
+        "precision": "auto",
     }
     options = {key: rendered.get(key, "float32" if "storage" in key else "x") for key in job}
     options |= {key: 20 if key == "max_num_workers" else "gs://b/x" for key in dataflow}
