@@ -12,7 +12,7 @@ so every row of a table must come from the same one, whichever worker encoded it
   LiteRT/XNNPACK from the ``--int8_weights`` file; refused, with the reason, where it cannot
   stand in for the float graph.
 * ``auto`` (the default): int8 where it is the better choice, else float32. On CPU workers the
-  int8 MobileNetV2 is 3.1-3.8x the float graph's images/s in a tight loop and 2.4x for a whole
+  int8 MobileNetV2 is 3.1-3.8x the float graph's images/s in a tight loop and 2.2-2.4x for a whole
   index run over 3,000 photos (``benchmarks/results/encode.md``, ``index.md``), at a mean cosine
   of 0.991 to its vectors and the same retrieval quality (text->image and image->text R@10 on
   Flickr8k dev within 0.006, ``benchmarks/results/int8_retrieval.md``); on a GPU worker the
