@@ -551,8 +551,10 @@ def _precision_encoder(
     if opts.precision == "float32" or spec.name in TFLITE_ENCODERS:
         return spec  # nothing to decide: skip the GPU probe and the --previous manifest read
     target = int8_name(spec.name)
-    int8_weights = opts.int8_weights
-    if int8_weights == "auto" and target is not None:
+    if target is None and opts.precision == "auto":
+        return spec  # no int8 version to choose (int8 forced is refused below, with the reason)
+    int8_weights = opts.int8_weights if target is not None else None
+    if int8_weights == "auto":
         found = auto_weights_path(target)
         int8_weights = str(found) if found is not None and found.is_file() else None
     pinned = [f"joint model {joint_model}"] if joint_model else []
