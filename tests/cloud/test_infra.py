@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from encoders.precision_choice import PRECISIONS
+from encoders.registry import IMAGE_ENCODER_NAMES
 from infra import worker_requirements
 from infra.options import beam_args, flex_args, load_options
 from pipelines.options import IndexOptions
@@ -86,6 +88,9 @@ def test_flex_template_parameters_are_the_jobs_flags():
     assert not regex["corpus"].match("/local/photos")
     assert regex["out"].match("gs://my-bucket/index/versions/20260101T000000Z")
     assert regex["target_recall"].match("0.95") and not regex["target_recall"].match("1.5")
+    for encoder in IMAGE_ENCODER_NAMES:  # every real encoder can be launched, the fake cannot
+        assert bool(regex["encoder"].match(encoder)) == (encoder != "fake"), encoder
+    assert all(regex["precision"].match(p) for p in PRECISIONS)
 
 
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")
