@@ -170,7 +170,9 @@ class DecodeImageFn(beam.DoFn):
         self, image: UniqueImage, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam
     ) -> Iterable[Any]:
         if self._threads is None:
-            yield from self._emit(*self._decoded(image))
+            output, counter = self._decoded(image)
+            _bump(counter)
+            yield output
             return
         self._pending.append((self._threads.submit(self._decoded, image), window, timestamp))
         # In arrival order: the oldest as soon as it is done, and always once past lookahead.
@@ -189,19 +191,14 @@ class DecodeImageFn(beam.DoFn):
     def _emit_pending(self) -> Iterable[Any]:
         future, window, timestamp = self._pending.popleft()
         output, counter = future.result()
+        _bump(counter)
         # An earlier element's output carries that element's window, not the current one's.
-        for out in self._emit(output, counter):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(
-                    out.tag, WindowedValue(out.value, timestamp, (window,))
-                )
-            else:
-                yield WindowedValue(out, timestamp, (window,))
-
-    def _emit(self, output: Any, counter: Any) -> Iterable[Any]:
-        if counter is not None:
-            counter.inc()  # here, not on the pool's thread: Beam's metrics are per thread
-        yield output
+        if isinstance(output, beam.pvalue.TaggedOutput):
+            yield beam.pvalue.TaggedOutput(
+                output.tag, WindowedValue(output.value, timestamp, (window,))
+            )
+        else:
+            yield WindowedValue(output, timestamp, (window,))
 
     def _decoded(self, image: UniqueImage) -> tuple[Any, Any]:
         """(the DecodedImage or a TaggedOutput dead letter, the counter to bump or None)."""
@@ -230,6 +227,13 @@ class DecodeImageFn(beam.DoFn):
             reason = f"unexpected decode error: {type(exc).__name__}: {exc}"
             return dead(STAGE_DECODE, reason), self.unexpected
         return DecodedImage(image=image, width=width, height=height, pixels=pixels), None
+
+
+def _bump(counter: Any) -> None:
+    """Count a decode outcome on the bundle's thread, not a pool's: Beam's metrics are per
+    thread (an increment on another thread is lost)."""
+    if counter is not None:
+        counter.inc()
 
 
 class HashImages(beam.PTransform):
