@@ -139,15 +139,21 @@ class TightLoop:
         return len(self.pixels) / best
 
 
-def stored_cosine(float32_out: str, int8_out: str) -> tuple[float, float]:
-    """(mean, 1st percentile) cosine between the two runs' stored vectors of the same images."""
+def paired_vectors(a_out: str, b_out: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two index outputs' stored vectors of the same images, row for row (sorted by id)."""
     from index.table import read_embedding_table, table_files
 
-    a = read_embedding_table(table_files(float32_out))
-    b = read_embedding_table(table_files(int8_out))
+    a = read_embedding_table(table_files(a_out))
+    b = read_embedding_table(table_files(b_out))
     if a.image_ids != b.image_ids:
-        raise RuntimeError("the float32 and int8 runs indexed different images")
-    cosine = (a.embeddings * b.embeddings).sum(axis=1)
+        raise RuntimeError(f"{a_out} and {b_out} indexed different images")
+    return a.embeddings, b.embeddings
+
+
+def stored_cosine(float32_out: str, int8_out: str) -> tuple[float, float]:
+    """(mean, 1st percentile) cosine between the two runs' stored vectors of the same images."""
+    a, b = paired_vectors(float32_out, int8_out)
+    cosine = (a * b).sum(axis=1)
     return float(cosine.mean()), float(np.percentile(cosine, 1))
 
 

@@ -31,8 +31,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_index import paired_vectors
 from benchmarks.machine import machine_line
 from imgsearch import settings
+from index.scann_index import exact_top_k
 
 RESULTS = REPO / "benchmarks" / "results"
 CALIBRATION_EVERY = 15
@@ -53,24 +55,19 @@ def _run(args: list[str], log: Path) -> float:
 
 
 def neighbour_agreement(a_dir: Path, b_dir: Path, k: int = 10) -> dict[str, float]:
-    """Mean cosine of the same photos' vectors, and the overlap of their k nearest neighbours."""
-    from index.table import read_embedding_table, table_files
-
-    a = read_embedding_table(table_files(str(a_dir)))
-    b = read_embedding_table(table_files(str(b_dir)))
-    if a.image_ids != b.image_ids:
-        raise RuntimeError("the two dev indexes hold different photos")
+    """Mean cosine of the same photos' vectors, and the overlap of their k nearest neighbours
+    (exact, ties to the lower row, each photo itself left out)."""
+    a, b = paired_vectors(str(a_dir), str(b_dir))
 
     def neighbours(vectors: np.ndarray) -> np.ndarray:
-        scores = vectors @ vectors.T
-        np.fill_diagonal(scores, -np.inf)
-        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top, _ = exact_top_k(vectors, vectors, k + 1)
+        return np.stack([row[row != i][:k] for i, row in enumerate(top)])
 
-    na, nb = neighbours(a.embeddings), neighbours(b.embeddings)
+    na, nb = neighbours(a), neighbours(b)
     overlap = np.mean([len(set(x) & set(y)) / k for x, y in zip(na, nb, strict=True)])
     return {
-        "photos": len(a.image_ids),
-        "cosine_mean": float((a.embeddings * b.embeddings).sum(axis=1).mean()),
+        "photos": len(a),
+        "cosine_mean": float((a * b).sum(axis=1).mean()),
         f"neighbour_overlap@{k}": float(overlap),
         "same_nearest": float(np.mean(na[:, 0] == nb[:, 0])),
     }
