@@ -4,7 +4,7 @@ Run: ``.venv/bin/python benchmarks/soak_serving.py [--photos 400] [--duration 12
 
 1. Indexes ``--photos`` real Flickr8k photos twice with the real index job (``--encoder fake``):
    version A over the first 90 %, version B over all of them, in a publish root.
-2. Starts ``imgsearch serve`` in its own process (one uvicorn worker) on 127.0.0.1, polling
+2. Starts ``imgsearch serve`` (a supervisor and its serving worker) on 127.0.0.1, polling
    the pointer every 0.5 s.
 3. For ``--duration`` seconds, client threads send a mix of image uploads, "similar" queries,
    details and thumbnails, plus hostile requests that must come back as 4xx: image bombs,
@@ -16,7 +16,7 @@ Run: ``.venv/bin/python benchmarks/soak_serving.py [--photos 400] [--duration 12
    ``--reloads`` times, so the server reloads under load, and an attacker thread keeps
    ``--idle-sockets`` connections open that send nothing, drip a header byte a second, or stall
    in a body, reopening each one the server closes.
-4. Samples the server's RSS (with its decode workers) every second and prints: requests,
+4. Samples the server's RSS (all its processes) every second and prints: requests,
    failures (any 5xx, any transport error, any good query not answered 200, any hostile one not
    a 4xx), throughput, latency percentiles, versions served, RSS at warm-up, at the end and its
    peak, and how long the server let the attacking connections live; writes
@@ -265,12 +265,12 @@ class Client(threading.Thread):
 
 
 def _rss_with_children(process: psutil.Process) -> int:
-    """The server's RSS and its decode workers' (children running encoders.decode_pool)."""
+    """The server's RSS: every process of it (the supervisor, its serving workers -- two during
+    a reload -- and their decode workers)."""
     total = process.memory_info().rss
-    for child in process.children():
+    for child in process.children(recursive=True):
         try:
-            if "encoders.decode_pool" in " ".join(child.cmdline()):
-                total += child.memory_info().rss
+            total += child.memory_info().rss
         except psutil.Error:
             continue
     return total
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "attacking connections: longest lived": attacker.longest(),
         "versions answered": ", ".join(versions),
         "reloads swapped (server count)": health["reload"]["reloads"],
-        "server + decode workers RSS warm / end / peak (MiB)": (
+        "server RSS, all its processes, warm / end / peak (MiB)": (
             f"{mib(warm):.0f} / {mib(rss[-1][1]):.0f} / {mib(max(v for _, v in rss)):.0f}"
         ),
         "RSS growth after warm-up (MiB)": f"{mib(rss[-1][1] - warm):+.1f}",

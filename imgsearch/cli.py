@@ -347,6 +347,14 @@ def _serve(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="0: no hot reload")
     parser.add_argument(
+        "--reload-in",
+        choices=("process", "thread"),
+        default="process",
+        help="where a new version of a publish root loads: a new worker process that takes "
+        "over once it listens (no stall; two workers' memory during the load), or a thread of "
+        "the serving process (requests stall while ScaNN loads: seconds per shard)",
+    )
+    parser.add_argument(
         "--ready-grace-s",
         type=float,
         default=600.0,
@@ -419,6 +427,7 @@ def _serve(argv: Sequence[str]) -> int:
     from index.manifest import ManifestVerificationError
     from serving.config import ServeConfig
     from serving.event_log import EventLimits
+    from serving.reloader import LoadFailed
     from serving.server import serve
 
     batching = None
@@ -437,6 +446,7 @@ def _serve(argv: Sequence[str]) -> int:
             host=args.host,
             port=args.port,
             poll_interval_s=args.poll_seconds,
+            reload_in=args.reload_in,
             ready_grace_s=args.ready_grace_s,
             max_upload_bytes=int(args.max_upload_mb * 2**20),
             decode_workers=args.decode_workers,
@@ -461,8 +471,9 @@ def _serve(argv: Sequence[str]) -> int:
             ),
         )
         serve(config)
-    except ManifestVerificationError as exc:
-        # A damaged index must not start serving; say which file, without a traceback.
+    except (ManifestVerificationError, LoadFailed) as exc:
+        # A damaged index must not start serving; say which file, without a traceback (a
+        # worker process's failure is its reason: the worker logged the traceback).
         print(f"imgsearch serve: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -94,8 +94,18 @@ def split_log_flags(argv: Sequence[str]) -> tuple[LogFlags, list[str]]:
     return LogFlags(max(-1, min(2, verbosity)), log_format), rest
 
 
+_configured = LogFlags()
+
+
+def current_flags() -> LogFlags:
+    """The flags of the last ``configure_logging`` (for a child process to log the same way)."""
+    return _configured
+
+
 def configure_logging(flags: LogFlags = LogFlags(), stream: TextIO | None = None) -> None:
     """Install one stderr handler with the flags' levels and format (idempotent per process)."""
+    global _configured
+    _configured = flags
     quiet_native_logs(flags.verbosity)
     ours = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG, 2: logging.DEBUG}
     theirs = {-1: logging.WARNING, 0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}

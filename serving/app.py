@@ -2,8 +2,10 @@
 
 ``create_app(config)`` loads the models and the current index version before it returns (a bad
 index or model is a start-up error, not a first-request error) and, for a publish root, starts a
-``Reloader`` with the app's lifespan. Handlers are plain ``def`` functions: FastAPI runs them in
-its thread pool, and ScaNN/NumPy release the GIL while they search.
+``Reloader`` with the app's lifespan -- unless it is a worker of ``serving.supervisor``, which
+serves the one version it was started on and shows the supervisor's reload status. Handlers
+are plain ``def`` functions: FastAPI runs them in its thread pool, and ScaNN/NumPy release the
+GIL while they search.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real Annotated query types of
@@ -56,7 +58,13 @@ from serving.metrics import ServerMetrics
 from serving.mixed_routes import add_mixed_routes
 from serving.paging import PageRequest
 from serving.redaction import public_text, public_uri
-from serving.reloader import Reloader, VersionHolder, load_first_version
+from serving.reloader import (
+    FirstVersion,
+    Reloader,
+    ReloadView,
+    VersionHolder,
+    load_first_version,
+)
 from serving.responses import json_response
 from serving.row_filters import FILTER_HELP
 from serving.state import IndexBundle, QueryModels, load_bundle
@@ -171,8 +179,18 @@ async def _read_upload(request: Request, config: ServeConfig) -> bytes:
         raise HTTPException(exc.status, exc.message) from exc
 
 
-def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAPI:
-    """Load the models and the index ``config.index`` names, and build the app around them."""
+def create_app(
+    config: ServeConfig,
+    models: QueryModels | None = None,
+    pinned: tuple[str, str] | None = None,
+    reload_view: ReloadView | None = None,
+) -> FastAPI:
+    """Load the models and the index ``config.index`` names, and build the app around them.
+
+    ``pinned`` (index folder, version) and ``reload_view``: a worker of ``serving.supervisor``,
+    which serves that one version of the publish root ``config.index`` and shows the
+    supervisor's reload status; the supervisor does the reloading (in another worker).
+    """
     if models is None:
         models = QueryModels.load(config.models_dir, config.joint_model, config.text_batching)
     fused_models = config.models_dir if config.fused else None
@@ -191,8 +209,11 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             config.vector_precision,
         )
 
-    # The pointer's version, or the newest one servers have served when that cannot load.
-    first = load_first_version(config.index, load)
+    if pinned is None:
+        # The pointer's version, or the newest one servers have served when that cannot load.
+        first = load_first_version(config.index, load)
+    else:
+        first = FirstVersion(load(*pinned), publish_root=False)
     bundle = first.bundle
     holder = VersionHolder(bundle)
     metrics = ServerMetrics()
@@ -209,8 +230,11 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
             metrics.serving(holder.current.version, len(holder.current.images))
 
     # Only a publish root has a pointer to follow; a plain index folder is served as is.
-    reloader = None
-    if first.publish_root:
+    reloader: Reloader | ReloadView | None = reload_view
+    if reload_view is not None:
+        reload_view.subscribe(on_reload)
+        metrics.follow(reload_view)
+    elif first.publish_root:
         reloader = Reloader(config.index, holder, load, config.poll_interval_s, on_reload,
                             first, config.verify)  # fmt: skip
         reloader.record_served(bundle.version)
@@ -218,12 +242,12 @@ def create_app(config: ServeConfig, models: QueryModels | None = None) -> FastAP
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
-        if reloader is not None:
+        if isinstance(reloader, Reloader):
             reloader.start()
         event_routes.start_events(_app)
         yield
         event_routes.stop_events(_app)  # writes every accepted event before the process ends
-        if reloader is not None:
+        if isinstance(reloader, Reloader):
             reloader.stop()
 
     app = FastAPI(

@@ -28,6 +28,9 @@ UPLOAD_CONTENT_TYPES = (
     "image/tiff",
 )
 
+# How a new version is loaded (ServeConfig.reload_in).
+RELOAD_MODES = ("process", "thread")
+
 # A multipart form's boundaries, part headers and text fields, beyond the upload itself.
 FORM_OVERHEAD = 64 * 1024
 
@@ -90,6 +93,11 @@ class ServeConfig:
     # unreadable pointer): long enough to load the largest version.
     poll_interval_s: float = 5.0
     ready_grace_s: float = 600.0
+    # How ``serve`` loads a new version of a publish root: "process", in a new worker process
+    # that takes over once it listens (serving.supervisor: no stall, two workers' memory
+    # during the load), or "thread", in this process beside the serving version (requests
+    # stall while ScaNN's load holds the GIL, seconds per shard).
+    reload_in: str = "process"
     # Check every file's SHA-256 against the manifest before a version may serve.
     verify: bool = True
     # Image-space queries (similar, upload): ScaNN, or "hamming": a scan of the version's
@@ -174,6 +182,8 @@ class ServeConfig:
             raise ValueError(f"default_k must be in [1, max_k={self.max_k}], got {self.default_k}")
         if self.max_offset < 0 or self.max_upload_bytes < 1 or self.max_query_chars < 1:
             raise ValueError("max_offset, max_upload_bytes and max_query_chars must be positive")
+        if self.reload_in not in RELOAD_MODES:
+            raise ValueError(f"reload_in must be one of {RELOAD_MODES}, got {self.reload_in!r}")
         if self.image_search not in IMAGE_SEARCHES:
             raise ValueError(
                 f"image_search must be one of {IMAGE_SEARCHES}, got {self.image_search!r}"

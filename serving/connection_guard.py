@@ -20,7 +20,8 @@ and memory. ``GuardedHttpToolsProtocol`` is uvicorn's httptools protocol with:
   longest (between requests or still sending its head) is closed to make room, and when none
   is idle the new one is refused; requests in progress are never cut for a newcomer.
 
-``protocol_class(limits)`` gives the class to hand to ``uvicorn.Config(http=...)``.
+``protocol_class(limits)`` gives the class to hand to ``uvicorn.Config(http=...)``, and
+``uvicorn_settings(limits)`` all of uvicorn's settings that ``limits`` decide.
 """
 
 from __future__ import annotations
@@ -184,3 +185,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 def protocol_class(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)`` under ``limits``."""
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+
+
+def uvicorn_settings(limits: ConnectionLimits) -> dict:
+    """uvicorn's own settings for ``limits``, and the protocol that adds what it lacks."""
+    return {
+        "http": protocol_class(limits),
+        "timeout_keep_alive": limits.keep_alive_s,
+        # Connections past the cap are shed by the protocol; the listen backlog only queues
+        # handshakes the event loop has not accepted yet.
+        "backlog": 2048,
+    }

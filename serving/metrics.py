@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from serving.reloader import Reloader
+    from serving.reloader import Reloader, ReloadView
     from serving.text_batcher import BatchingStats
 
 # Search latency is a few milliseconds; thumbnails and uploads take longer.
@@ -91,7 +91,7 @@ class ServerMetrics:
             registry=self.registry,
         )
 
-    def follow(self, reloader: Reloader) -> None:
+    def follow(self, reloader: Reloader | ReloadView) -> None:
         """Report ``reloader``'s refusals, lag and pointer state at each scrape."""
         self.refused_versions.set_function(lambda: len(reloader.status().refused))
         self.behind_seconds.set_function(lambda: reloader.behind_s() or 0.0)

@@ -41,7 +41,14 @@ RETRY_REFUSED_S = 600.0
 _REASON_CHARS = 2000
 
 
+class LoadFailed(Exception):
+    """A version failed to load somewhere else (a worker process, ``serving.supervisor``); the
+    message is already the reason as that process wrote it (``ManifestVerificationError: ...``)."""
+
+
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, LoadFailed):
+        return str(exc)[:_REASON_CHARS]
     return f"{type(exc).__name__}: {exc}"[:_REASON_CHARS]
 
 
@@ -69,6 +76,37 @@ class ReloadStatus:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class ReloadView:
+    """What a ``Reloader`` in another process reports, as the serving process shows it.
+
+    A worker started by ``serving.supervisor`` serves one version and loads nothing itself;
+    the supervisor's reloader pushes its status (``update``) and each result (``told``), so
+    /health, /ready and /metrics answer as they do with the reloader in process. Duck-types
+    ``Reloader.status`` and ``Reloader.behind_s``.
+    """
+
+    def __init__(self, status: ReloadStatus) -> None:
+        self._status = status
+        self._listeners: list[Callable[[str], None]] = []
+
+    def status(self) -> ReloadStatus:
+        return self._status
+
+    def behind_s(self, now: float | None = None) -> float | None:
+        since = self._status.behind_since
+        return None if since is None else (time.time() if now is None else now) - since
+
+    def update(self, status: ReloadStatus) -> None:
+        self._status = status  # one reference assignment: readers see the old or the new
+
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
+
+    def told(self, result: str) -> None:
+        for listener in self._listeners:
+            listener(result)
 
 
 class VersionHolder:

@@ -137,6 +137,7 @@ class WordService:
         self.models, self.vocabulary_size = models, vocabulary_size
         self.source: GloveSource | None = None
         self.off_reason: str | None = None
+        self._loading: threading.Thread | None = None
         if glove == GLOVE_OFF:
             self.off_reason = "words are off on this server (started with glove 'none')"
         else:
@@ -152,7 +153,14 @@ class WordService:
         """Load the words (and a joint model's vocabulary) in a daemon thread."""
         if self.source is None:
             return
-        threading.Thread(target=self._warm_up, name="words-load", daemon=True).start()
+        self._loading = threading.Thread(target=self._warm_up, name="words-load", daemon=True)
+        self._loading.start()
+
+    def wait_loaded(self, timeout_s: float | None = None) -> None:
+        """Wait for the background load (a reload's new worker finishes it before it takes
+        over, so its first seconds of serving do not share the cores with it)."""
+        if self._loading is not None:
+            self._loading.join(timeout_s)
 
     def _warm_up(self) -> None:
         try:

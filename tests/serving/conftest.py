@@ -54,6 +54,15 @@ def publish(root: Path, built: Path, version: str) -> Path:
     return target
 
 
+def publish_damaged_copy(root: Path, source: str, version: str) -> None:
+    """Publish ``version``: a copy of ``source`` with one table file damaged, complete-looking
+    (its manifest is there) but refused by the manifest check at load."""
+    broken = root / "versions" / version
+    shutil.copytree(root / "versions" / source, broken)
+    corrupt_a_table_file(broken)
+    write_pointer(str(root), version)
+
+
 @pytest.fixture(scope="module")
 def v2_root(tmp_path_factory, built_versions) -> Path:
     """A publish root serving v2 (all 8 photos), for one test module."""

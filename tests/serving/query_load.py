@@ -1,8 +1,10 @@
-"""Threads that send search queries to a live server until stopped, keeping every non-200."""
+"""Threads that send search queries to a live server until stopped, keeping every non-200 and
+the slowest answer."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 
@@ -27,6 +29,7 @@ class QueryLoad:
         self.ok = 0
         self.failures: list[str] = []
         self.versions: set[str] = set()
+        self.slowest_s = 0.0  # the longest any one request took, answered or not
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
@@ -47,13 +50,16 @@ class QueryLoad:
             i = seed
             while not self._stop.is_set():
                 i += 1
+                started = time.perf_counter()
                 try:
                     response = self._one(client, i)
                     ok = response.status_code == 200
                     detail = f"{response.status_code} {response.text[:200]}"
                 except httpx.HTTPError as exc:
                     ok, detail = False, repr(exc)
+                took = time.perf_counter() - started
                 with self._lock:
+                    self.slowest_s = max(self.slowest_s, took)
                     if ok:
                         self.ok += 1
                         self.versions.add(response.json()["version"])

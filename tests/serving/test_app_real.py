@@ -76,7 +76,8 @@ def test_cli_serve(built_versions, serve_models: Path, tmp_path: Path) -> None:
         while url is None and time.monotonic() < deadline:
             line = process.stderr.readline()
             assert line or process.poll() is None, "imgsearch serve exited early"
-            match = re.search(r"Uvicorn running on (http://\S+)", line)
+            # The supervisor's line (a publish root: workers under a supervisor), or uvicorn's.
+            match = re.search(r"(?:serving \S+ on|Uvicorn running on) (http://\S+)", line)
             url = match.group(1) if match else None
         assert url, "the server never said where it listens"
         ready = httpx.get(url + "/ready").json()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from index.publish import write_pointer
 from serving.app import create_app
 from serving.config import ServeConfig
 from serving.server import BackgroundServer
-from tests.serving.conftest import corrupt_a_table_file, publish
+from tests.serving.conftest import publish, publish_damaged_copy
 from tests.serving.query_load import SEARCH, SIMILAR, QueryLoad
 
 
@@ -43,10 +42,7 @@ def test_swap_under_load_then_refuse_a_broken_version(
             _wait_for(lambda: hammer.ok >= swapped_at + 20)
 
             # v3: a complete-looking version with a damaged file; the manifest check refuses it.
-            broken = publish_root / "versions" / "v3"
-            shutil.copytree(publish_root / "versions" / "v2", broken)
-            corrupt_a_table_file(broken)
-            write_pointer(str(publish_root), "v3")
+            publish_damaged_copy(publish_root, "v2", "v3")
             _wait_for(lambda: "v3" in health()["reload"]["refused"])
             refused_at = hammer.ok
             _wait_for(lambda: hammer.ok >= refused_at + 20)

@@ -241,9 +241,10 @@ def test_a_killed_server_keeps_every_flushed_event_and_no_partial_file(
     leftover.write_bytes(b"PAR1 a write killed half way")
     os.utime(leftover, (time.time() - 3600, time.time() - 3600))
     log = tmp_path / "serve.log"
+    # --reload-in thread: one process, so the SIGKILL hits the event writer itself.
     command = [sys.executable, "-m", "imgsearch.cli", "serve", "--index", str(publish_root),
                "--port", "0", "--events", str(events), "--events-flush-seconds", "0.2",
-               "--events-batch", "5"]  # fmt: skip
+               "--events-batch", "5", "--reload-in", "thread"]  # fmt: skip
     with log.open("w") as stderr:
         process = subprocess.Popen(
             command, cwd=REPO, stderr=stderr, stdout=subprocess.DEVNULL,
