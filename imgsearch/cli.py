@@ -43,6 +43,7 @@ from typing import NoReturn
 
 from runtime.arguments import command_parser, show_defaults
 from runtime.entry import USER_ERRORS, report_user_error
+from runtime.lean_imports import skip_keras_extras
 from runtime.log_setup import configure_logging, split_log_flags
 from runtime.process_exit import run_as_process
 
@@ -647,8 +648,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The demo prints its own steps and results; the jobs inside it log only warnings
         # (their INFO lines come back with -v), so start to first result fits on one screen.
         flags = dataclasses.replace(flags, verbosity=max(-1, flags.verbosity - 1))
-    # Before any subcommand imports TensorFlow: its C++ log level is read once, at load.
+    # Before any subcommand imports TensorFlow: its C++ log level is read once, at load, and
+    # Keras' optional imports are skipped then (runtime.lean_imports).
     configure_logging(flags)
+    skip_keras_extras()
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip())
         return 0 if argv and argv[0] in ("-h", "--help") else 2

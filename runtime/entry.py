@@ -7,6 +7,7 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
+from runtime.lean_imports import skip_keras_extras
 from runtime.log_setup import LogFlags, configure_logging, split_log_flags
 from runtime.process_exit import exit_process, run_as_process
 
@@ -35,6 +36,7 @@ def run_module_main(main: Callable[[list[str]], int | None]) -> NoReturn:
     except ValueError as exc:
         exit_process(report_user_error(prog, exc, LogFlags()))
     configure_logging(flags)
+    skip_keras_extras()
 
     def guarded() -> int | None:
         try:

@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 import uvicorn
 from threadpoolctl import threadpool_limits
 
+from runtime.lean_imports import skip_keras_extras
 from runtime.log_setup import LogFlags, configure_logging
 from runtime.process_exit import exit_process
 from serving.app import create_app
@@ -122,6 +123,7 @@ def run_worker(
     ``warm``: finish the app's background loads (the words) before listening -- for a worker
     taking over from one that serves meanwhile."""
     configure_logging(log_flags)
+    skip_keras_extras()
     threadpool_limits(1, user_api="blas")  # as serving.server.serve, for the same reason
     view = ReloadView(status)
     try:
