@@ -141,6 +141,20 @@ class WordSpace:
         self.dim = int(self.unit.shape[1])
         self._top_k = make_search(self.unit)
 
+    @classmethod
+    def from_unit(
+        cls, words: Sequence[str], unit: np.ndarray, make_search: SearchFactory = exact_search
+    ) -> WordSpace:
+        """A space over vectors normalised already (``unit`` of a space saved before), taken
+        as they are: normalising again could move their last bit."""
+        space = cls.__new__(cls)
+        unit = np.ascontiguousarray(unit, dtype=np.float32)
+        if unit.ndim != 2 or len(words) != len(unit) or not len(words):
+            raise ValueError(f"need one vector row per word: {len(words)} words, {unit.shape}")
+        space.words, space.unit, space.dim = list(words), unit, int(unit.shape[1])
+        space._top_k = make_search(unit)
+        return space
+
     def __len__(self) -> int:
         return len(self.words)
 

@@ -140,6 +140,9 @@ class ServeConfig:
     # frequent words a joint model's text encoder knows are embedded for image words.
     glove: str = "auto"
     word_vocabulary: int = 20_000
+    # A local folder where the embedded vocabulary is kept for the next process (restarts,
+    # reloads in a new worker: serving.vocabulary_cache); None embeds it in every process.
+    cache_dir: str | None = None
     # The click log (POST /api/events, serving/event_log.py): a folder or gs:// prefix for its
     # Parquet files; None turns it off (the route answers 503). Its bounds: EventLimits.
     events_dir: str | None = None

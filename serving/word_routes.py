@@ -52,6 +52,7 @@ from serving.explain import image_vectors, query_terms
 from serving.reloader import VersionHolder
 from serving.responses import json_response
 from serving.state import IndexBundle, QueryModels
+from serving.vocabulary_cache import cached_word_space
 
 logger = logging.getLogger(__name__)
 
@@ -131,10 +132,13 @@ class WordService:
     missing), a path (missing: FileNotFoundError now, at start-up) or ``"none"`` (off).
     """
 
-    def __init__(self, glove: str, models: QueryModels, vocabulary_size: int) -> None:
+    def __init__(
+        self, glove: str, models: QueryModels, vocabulary_size: int, cache_dir: str | None = None
+    ) -> None:
         if vocabulary_size < 1:
             raise ValueError(f"word_vocabulary must be >= 1, got {vocabulary_size}")
         self.models, self.vocabulary_size = models, vocabulary_size
+        self.cache_dir = cache_dir  # the embedded vocabulary between processes (None: off)
         self.source: GloveSource | None = None
         self.off_reason: str | None = None
         self._loading: threading.Thread | None = None
@@ -192,9 +196,15 @@ class WordService:
         model = self.models.model_version or (joint.kind, str(id(joint)))
         key = ("the joint vocabulary", self.source.label, *model, text_encoder.encoder_id,
                self.vocabulary_size)  # fmt: skip
+        # On disk only for a trained model's version (an id() means nothing to the next process).
+        disk_key = key if self.models.model_version else None
 
         def build() -> WordSpace:
-            return embed_vocabulary(words, text_encoder, joint, self.vocabulary_size)
+            return cached_word_space(
+                self.cache_dir,
+                disk_key,
+                lambda: embed_vocabulary(words, text_encoder, joint, self.vocabulary_size),
+            )
 
         return _once(key, build)
 
@@ -288,7 +298,7 @@ def add_word_routes(
     app: FastAPI, holder: VersionHolder, models: QueryModels, config: ServeConfig
 ) -> WordService:
     """Add the word routes to ``app`` and start loading the words (see the module doc)."""
-    service = WordService(config.glove, models, config.word_vocabulary)
+    service = WordService(config.glove, models, config.word_vocabulary, config.cache_dir)
     app.state.words = service
     service.start()
 
