@@ -147,3 +147,47 @@ def test_reload_view_shows_the_pushed_status() -> None:
     view.told("refused")
     assert view.behind_s(now=130.0) == 30.0 and view.status().refused == {"v3": "bad"}
     assert told == ["refused"]
+
+
+@pytest.mark.slow
+def test_workers_of_a_killed_supervisor_drain_and_exit(
+    publish_root: Path, tmp_path: Path, serve_models: Path
+) -> None:
+    """`imgsearch serve` SIGKILLed (no chance to stop its worker): the worker sees the pipe
+    close, drains and exits, and the port is free again -- no orphan keeps serving."""
+    import re
+    import subprocess
+    import sys
+
+    import psutil
+
+    repo = Path(__file__).resolve().parents[2]
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "imgsearch.cli", "serve", "--index", str(publish_root),
+               "--port", "0", "--models", str(serve_models), "--glove", "none",
+               "--decode-workers", "0", "--cache-dir", "none"]  # fmt: skip
+    with log.open("w") as stderr:
+        server = subprocess.Popen(command, cwd=repo, stderr=stderr, stdout=subprocess.DEVNULL,
+                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})  # fmt: skip
+    worker = None
+    try:
+        found = None
+        deadline = time.monotonic() + 120
+        while found is None and time.monotonic() < deadline:
+            assert server.poll() is None, log.read_text()[-3000:]
+            found = re.search(r"serving v1 on (http://\S+) \(worker pid (\d+)", log.read_text())
+            time.sleep(0.1)
+        assert found, "the supervisor never said where it listens"
+        url, worker = found.group(1), psutil.Process(int(found.group(2)))
+        assert httpx.get(url + "/ready", timeout=30).json()["version"] == "v1"
+        server.send_signal(signal.SIGKILL)
+        server.wait(30)
+        worker.wait(60)  # psutil.TimeoutExpired if it kept serving
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/ready", timeout=5)
+        assert "the supervisor is gone: draining and exiting" in log.read_text()
+    finally:
+        if server.poll() is None:
+            server.kill()
+        if worker is not None and worker.is_running():  # a failed test leaves no orphan
+            worker.kill()
