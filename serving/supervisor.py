@@ -58,6 +58,7 @@ class Worker:
         self.version, self.index_dir = version, index_dir
         self.process, self.conn = process, conn
         self.draining = False
+        self._reaper: threading.Thread | None = None
         # The reloader's thread and the main loop both send: one message at a time on the pipe.
         self._send_lock = threading.Lock()
 
@@ -69,10 +70,19 @@ class Worker:
             pass
 
     def drain(self) -> None:
-        """Tell it to stop accepting and end, and make sure it does (in a thread)."""
+        """Tell it to stop accepting and end, and make sure it does (in a thread, the only one
+        that waits for the process from now on: two waiters race for its exit status)."""
         self.draining = True
         self.send("drain")
-        threading.Thread(target=self._reap, name=f"reap-{self.version}", daemon=True).start()
+        self._reaper = threading.Thread(target=self._reap, name=f"reap-{self.version}",
+                                        daemon=True)  # fmt: skip
+        self._reaper.start()
+
+    def wait_ended(self, timeout_s: float) -> bool:
+        """After ``drain``: wait for the process to have ended; whether it has."""
+        assert self._reaper is not None, "wait_ended before drain"
+        self._reaper.join(timeout_s)
+        return not self._reaper.is_alive()
 
     def _reap(self) -> None:
         self.process.join(DRAIN_S + STOP_GRACE_S)
@@ -246,7 +256,7 @@ class Supervisor:
         if self.holder is not None:
             current = self.holder.current
             current.drain()
-            current.process.join(DRAIN_S + STOP_GRACE_S + 15)
+            current.wait_ended(DRAIN_S + STOP_GRACE_S + 15)
         if self._socket is not None:
             self._socket.close()
 

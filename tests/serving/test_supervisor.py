@@ -76,8 +76,7 @@ def test_reload_in_a_new_worker_under_load(
                 swapped_at = hammer.ok
                 _wait_for(lambda: hammer.ok >= swapped_at + 20)
                 # The old worker drained and ended on its own (reaped by the supervisor).
-                _wait_for(lambda: first.process.exitcode is not None, 60)
-                assert first.process.exitcode == 0
+                assert first.wait_ended(60) and first.process.exitcode == 0
 
                 publish_damaged_copy(publish_root, "v2", "v3")
                 _wait_for(lambda: "v3" in health()["reload"]["refused"])
@@ -105,10 +104,9 @@ def test_reload_in_a_new_worker_under_load(
     finally:
         supervisor.request_stop()
         watcher.join(120)
-    last = supervisor.holder.current.process
+    last = supervisor.holder.current
     assert not watcher.is_alive()
-    _wait_for(lambda: last.exitcode is not None, 60)
-    assert last.exitcode == 0  # drained at the stop, not killed
+    assert last.wait_ended(60) and last.process.exitcode == 0  # drained at the stop, not killed
 
 
 def test_close_when_draining_marks_responses_once_draining() -> None:
