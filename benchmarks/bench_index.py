@@ -34,20 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.machine import machine_line
+from benchmarks.process_memory import tree_rss_bytes
 from imgsearch import settings
 
 FLOAT32, INT8 = "mobilenet_v2", "mobilenet_v2_int8"
 CALIBRATION_PHOTOS = 400
-
-
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 def run_index(
@@ -72,7 +63,7 @@ def run_index(
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, _tree_rss(ps))
+            peak = max(peak, tree_rss_bytes(ps))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -450,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         import httpx
         import psutil
 
-        rss_mib = tree_rss_mib(psutil.Process(server.pid))
+        from benchmarks.process_memory import tree_rss_bytes
+
+        rss_mib = tree_rss_bytes(psutil.Process(server.pid)) / 2**20
         script = work / "queries.lua"
         wrk_script(script, query_captions(assets)[:2000], k=10)
         wrk(url, 4, 5, script)  # warm-up
@@ -472,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         link_version(root, "v1", "v2")
         swapped_s, rss_peak = None, rss_mib
         while load.poll() is None:
-            rss_peak = max(rss_peak, tree_rss_mib(psutil.Process(server.pid)))
+            rss_peak = max(rss_peak, tree_rss_bytes(psutil.Process(server.pid)) / 2**20)
             if swapped_s is None:
                 health = httpx.get(url + "/health", timeout=30).json()
                 if health["serving"]["version"] == "v2":
@@ -487,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         results["during hot reload (16)"] = reload_run
         _log(f"during reload: {_row(reload_run)}; swapped after {swapped_s} s")
         final = httpx.get(url + "/health").json()
-        rss_after = tree_rss_mib(psutil.Process(server.pid))
+        rss_after = tree_rss_bytes(psutil.Process(server.pid)) / 2**20
     finally:
         server.terminate()
         server.wait(60)
@@ -563,20 +565,6 @@ def _row(r: dict) -> str:
         f"p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.0f} ms, {r['requests']} requests, "
         f"{r['failed']} failed (non-2xx {r['non_2xx']}, socket errors: {r['socket_errors']})"
     )
-
-
-def tree_rss_mib(process) -> float:
-    """RSS of ``process`` and all its descendants (psutil), MiB; a process that ended while
-    being listed counts 0."""
-    import psutil
-
-    total = 0
-    for member in [process, *process.children(recursive=True)]:
-        try:
-            total += member.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / 2**20
 
 
 def render(args, setup, results, startup_s, memory, swapped_s, final, breakdown) -> str:

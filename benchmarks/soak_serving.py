@@ -46,6 +46,7 @@ import httpx
 import psutil
 
 from benchmarks.machine import machine_line
+from benchmarks.process_memory import tree_rss_bytes
 from imgsearch import settings
 
 
@@ -264,18 +265,6 @@ class Client(threading.Thread):
                     self.versions.add(response.json()["version"])
 
 
-def _rss_with_children(process: psutil.Process) -> int:
-    """The server's RSS: every process of it (the supervisor, its serving workers -- two during
-    a reload -- and their decode workers)."""
-    total = process.memory_info().rss
-    for child in process.children(recursive=True):
-        try:
-            total += child.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
-
-
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -340,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         flips = [args.duration * (i + 1) / (args.reloads + 1) for i in range(args.reloads)]
         version = "A"
         while (elapsed := time.monotonic() - started) < args.duration:
-            rss.append((elapsed, _rss_with_children(process)))
+            rss.append((elapsed, tree_rss_bytes(process)))
             if flips and elapsed >= flips[0]:
                 flips.pop(0)
                 version = "B" if version == "A" else "A"
