@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from index.publish import (
     fallback_versions,
@@ -35,6 +36,8 @@ from index.publish import (
 from serving.state import IndexBundle
 
 logger = logging.getLogger(__name__)
+
+Served = TypeVar("Served")  # what a holder serves: an IndexBundle, or a supervisor's worker
 
 # A refused version whose files did not change is tried again after this long anyway.
 RETRY_REFUSED_S = 600.0
@@ -109,22 +112,31 @@ class ReloadView:
             listener(result)
 
 
-class VersionHolder:
-    """The current bundle; replaced by reference, never modified."""
+class VersionHolder(Generic[Served]):
+    """The current bundle (or, in ``serving.supervisor``, worker); replaced by reference, never
+    modified."""
 
-    def __init__(self, bundle: IndexBundle) -> None:
+    def __init__(self, bundle: Served) -> None:
         self._bundle = bundle
         self._lock = threading.Lock()
 
     @property
-    def current(self) -> IndexBundle:
+    def current(self) -> Served:
         return self._bundle
 
-    def swap(self, bundle: IndexBundle) -> IndexBundle:
+    def swap(self, bundle: Served) -> Served:
         """Serve ``bundle`` from now on; returns the one it replaces."""
         with self._lock:  # serialises swappers; readers never wait
             old, self._bundle = self._bundle, bundle
         return old
+
+    def replace_if_current(self, expected: Served, bundle: Served) -> bool:
+        """Serve ``bundle`` instead of ``expected``, unless a swap replaced it meanwhile."""
+        with self._lock:
+            if self._bundle is not expected:
+                return False
+            self._bundle = bundle
+        return True
 
 
 class Reloader:

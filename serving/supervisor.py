@@ -29,7 +29,13 @@ from multiprocessing.process import BaseProcess
 from index.publish import resolve_index
 from runtime.log_setup import current_flags
 from serving.config import ServeConfig
-from serving.reloader import LoadFailed, Reloader, ReloadStatus, load_first_version
+from serving.reloader import (
+    LoadFailed,
+    Reloader,
+    ReloadStatus,
+    VersionHolder,
+    load_first_version,
+)
 from serving.worker_process import DRAIN_S, run_worker
 
 logger = logging.getLogger(__name__)
@@ -98,31 +104,13 @@ class Worker:
                     self.version, self.process.pid, self.process.exitcode)  # fmt: skip
 
 
-class WorkerHolder:
-    """The serving worker, for the ``Reloader`` (duck-types ``serving.reloader.VersionHolder``:
-    ``current.version`` and ``swap``); a swap drains the worker it replaces."""
-
-    def __init__(self, first: Worker) -> None:
-        self._current = first
-        self._lock = threading.Lock()
-
-    @property
-    def current(self) -> Worker:
-        return self._current
+class WorkerHolder(VersionHolder[Worker]):
+    """The serving worker, for the ``Reloader``: a swap also drains the worker it replaces."""
 
     def swap(self, worker: Worker) -> Worker:
-        with self._lock:
-            old, self._current = self._current, worker
+        old = super().swap(worker)
         old.drain()
         return old
-
-    def replace_if_current(self, dead: Worker, worker: Worker) -> bool:
-        """Serve ``worker`` instead of ``dead``, unless a reload replaced it meanwhile."""
-        with self._lock:
-            if self._current is not dead:
-                return False
-            self._current = worker
-        return True
 
 
 class Supervisor:
