@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from index.publish import version_dir, write_pointer
+from tests.serving.query_load import SEARCH, SIMILAR, QueryLoad
 
 JOINT_MODEL = "dual-serve-test"
 FAKE_IMAGE_ID = "fake/v1"
@@ -61,6 +62,42 @@ def publish_damaged_copy(root: Path, source: str, version: str) -> None:
     shutil.copytree(root / "versions" / source, broken)
     corrupt_a_table_file(broken)
     write_pointer(str(root), version)
+
+
+def wait_for(predicate, timeout_s: float = 60.0) -> None:
+    """Poll ``predicate`` until it holds; fail past ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def swap_then_refuse_under_load(
+    url: str,
+    image_ids: list[str],
+    root: Path,
+    built_versions,
+    health,
+    after_swap=lambda: None,
+    timeout_s: float = 60.0,
+) -> QueryLoad:
+    """Four query threads (two text searches to one similar-image query, over ``image_ids``,
+    which v1 and v2 both hold) while v2 is published and swapped in, then ``after_swap()``, then
+    v3 -- a complete-looking version with a damaged file -- published and refused; 20 answers
+    before, after the swap and after the refusal. The stopped load, for its failures, the
+    versions it saw and its slowest answer; ``health()`` is the server's /health."""
+    with QueryLoad(url, image_ids, (SIMILAR, SEARCH, SEARCH)) as hammer:
+        wait_for(lambda: hammer.ok >= 20, timeout_s)
+        publish(root, built_versions["v2"], "v2")
+        wait_for(lambda: health()["serving"]["version"] == "v2", timeout_s)
+        swapped_at = hammer.ok
+        wait_for(lambda: hammer.ok >= swapped_at + 20, timeout_s)
+        after_swap()
+        publish_damaged_copy(root, "v2", "v3")
+        wait_for(lambda: "v3" in health()["reload"]["refused"], timeout_s)
+        refused_at = hammer.ok
+        wait_for(lambda: hammer.ok >= refused_at + 20, timeout_s)
+    return hammer
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -12,15 +11,7 @@ from index.publish import write_pointer
 from serving.app import create_app
 from serving.config import ServeConfig
 from serving.server import BackgroundServer
-from tests.serving.conftest import publish, publish_damaged_copy
-from tests.serving.query_load import SEARCH, SIMILAR, QueryLoad
-
-
-def _wait_for(predicate, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+from tests.serving.conftest import publish, swap_then_refuse_under_load, wait_for
 
 
 @pytest.mark.slow
@@ -33,20 +24,9 @@ def test_swap_under_load_then_refuse_a_broken_version(
     image_ids = list(app.state.holder.current.details.image_ids())
     with BackgroundServer(app) as server, httpx.Client(base_url=server.url) as client:
         health = lambda: client.get("/health").json()  # noqa: E731
-        # Two text searches to one similar-image query, four threads.
-        with QueryLoad(server.url, image_ids, (SIMILAR, SEARCH, SEARCH)) as hammer:
-            _wait_for(lambda: hammer.ok >= 20)
-            publish(publish_root, built_versions["v2"], "v2")
-            _wait_for(lambda: health()["serving"]["version"] == "v2")
-            swapped_at = hammer.ok
-            _wait_for(lambda: hammer.ok >= swapped_at + 20)
-
-            # v3: a complete-looking version with a damaged file; the manifest check refuses it.
-            publish_damaged_copy(publish_root, "v2", "v3")
-            _wait_for(lambda: "v3" in health()["reload"]["refused"])
-            refused_at = hammer.ok
-            _wait_for(lambda: hammer.ok >= refused_at + 20)
-
+        hammer = swap_then_refuse_under_load(
+            server.url, image_ids, publish_root, built_versions, health
+        )
         assert hammer.failures == [], hammer.failures[:5]
         assert hammer.versions == {"v1", "v2"}
         status = health()
@@ -61,7 +41,7 @@ def test_swap_under_load_then_refuse_a_broken_version(
 
         # Publishing a good version again after the refusal is picked up as usual.
         write_pointer(str(publish_root), "v1")
-        _wait_for(lambda: health()["serving"]["version"] == "v1")
+        wait_for(lambda: health()["serving"]["version"] == "v1")
 
 
 def test_in_flight_requests_keep_their_version(publish_root: Path, built_versions) -> None:
