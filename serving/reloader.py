@@ -44,6 +44,10 @@ RETRY_REFUSED_S = 600.0
 _REASON_CHARS = 2000
 
 
+def _seconds_since(since: float | None, now: float | None = None) -> float | None:
+    return None if since is None else (time.time() if now is None else now) - since
+
+
 class LoadFailed(Exception):
     """A version failed to load somewhere else (a worker process, ``serving.supervisor``); the
     message is already the reason as that process wrote it (``ManifestVerificationError: ...``)."""
@@ -98,8 +102,7 @@ class ReloadView:
         return self._status
 
     def behind_s(self, now: float | None = None) -> float | None:
-        since = self._status.behind_since
-        return None if since is None else (time.time() if now is None else now) - since
+        return _seconds_since(self._status.behind_since, now)
 
     def update(self, status: ReloadStatus) -> None:
         self._status = status  # one reference assignment: readers see the old or the new
@@ -193,8 +196,7 @@ class Reloader:
 
     def behind_s(self, now: float | None = None) -> float | None:
         """How long the published version has not been the one served (None: it is)."""
-        since = self._behind_since
-        return None if since is None else (time.time() if now is None else now) - since
+        return _seconds_since(self._behind_since, now)
 
     def _fingerprint(self, version: str) -> str | None:
         try:

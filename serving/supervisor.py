@@ -40,7 +40,7 @@ from serving.worker_process import DRAIN_S, run_worker
 
 logger = logging.getLogger(__name__)
 
-# How often the supervisor checks its worker is alive and sends it the reload status.
+# How often the supervisor checks its worker is alive and sends it the reload status if changed.
 TICK_S = 0.5
 # A draining worker past DRAIN_S plus this is stopped (SIGTERM, then SIGKILL).
 STOP_GRACE_S = 30.0
@@ -63,7 +63,6 @@ class Worker:
     def __init__(self, version: str, index_dir: str, process: BaseProcess, conn: Connection):
         self.version, self.index_dir = version, index_dir
         self.process, self.conn = process, conn
-        self.draining = False
         self._reaper: threading.Thread | None = None
         # The reloader's thread and the main loop both send: one message at a time on the pipe.
         self._send_lock = threading.Lock()
@@ -78,7 +77,6 @@ class Worker:
     def drain(self) -> None:
         """Tell it to stop accepting and end, and make sure it does (in a thread, the only one
         that waits for the process from now on: two waiters race for its exit status)."""
-        self.draining = True
         self.send("drain")
         self._reaper = threading.Thread(target=self._reap, name=f"reap-{self.version}",
                                         daemon=True)  # fmt: skip
@@ -123,6 +121,8 @@ class Supervisor:
         self._socket: socket.socket | None = None
         self.holder: WorkerHolder | None = None
         self.reloader: Reloader | None = None
+        self._sent: tuple[Worker, ReloadStatus] | None = None  # the last status pushed, to whom
+        self._push_lock = threading.Lock()  # the reloader's thread and the main loop both push
 
     # ------------------------------------------------------------------ workers
 
@@ -174,10 +174,18 @@ class Supervisor:
         parent.close()
         raise LoadFailed(reason)
 
+    def _push_status(self, worker: Worker) -> None:
+        """Send ``worker`` the reload status, unless it has it already."""
+        with self._push_lock:
+            status = self._status()
+            if self._sent != (worker, status):
+                worker.send("status", status)
+                self._sent = (worker, status)
+
     def _on_result(self, result: str) -> None:
         assert self.holder is not None
         current = self.holder.current
-        current.send("status", self._status())
+        self._push_status(current)
         current.send("result", result)
 
     # ------------------------------------------------------------------ life
@@ -191,7 +199,7 @@ class Supervisor:
                                  self.config.poll_interval_s, self._on_result, first,
                                  self.config.verify)  # fmt: skip
         self.reloader.record_served(first.bundle.version)
-        self.holder.current.send("status", self._status())
+        self._push_status(self.holder.current)
         host, port = self._socket.getsockname()[:2]
         worker = first.bundle
         logger.info("serving %s on http://%s:%s (worker pid %s; a new version loads in a "
@@ -216,7 +224,7 @@ class Supervisor:
                 replacement.drain()
             current.conn.close()
             current = self.holder.current
-        current.send("status", self._status())
+        self._push_status(current)
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM, then drain the serving worker and end."""
