@@ -105,7 +105,8 @@ class ServerMetrics:
             ("encoder_calls", "Batched calls of the text encoder"),
             ("encoded_texts", "Texts the text encoder encoded"),
             ("cache_hits", "Query texts and words answered from the LRU"),
-            ("direct_calls", "Large requests encoded outside the batcher"),
+            ("direct_calls", "Requests encoded outside the batcher (large or stalled)"),
+            ("stalls", "Requests a batcher worker did not answer within stall_s"),
         ):
             gauge = Gauge(f"imgsearch_text_batching_{field}", help_text, registry=self.registry)
             gauge.set_function(lambda field=field: getattr(stats, field))

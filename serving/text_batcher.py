@@ -20,11 +20,16 @@ batch a text lands in changes only the summation order (measured: at most 1e-6 o
 
 Requests with more than ``max_batch`` texts (the word vocabulary of ``/api/words`` at start-up,
 the batch route) are encoded directly and not cached: they are their own batch already.
+
+A caller waits at most ``stall_s`` for a worker, then encodes its texts itself (counted as a
+stall, logged): once, on a CI VM, a worker's timed queue wait never returned, and the request it
+held hung its caller, and with it a thread of the server's pool, for good.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import queue
 import threading
 import time
@@ -34,6 +39,8 @@ import numpy as np
 
 from encoders.base import TextEncoder
 from serving.lru import LRU
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +59,10 @@ class TextBatching:
     # minilm_tfidf rows, enough for the words of a caption vocabulary: at real dimensions
     # (bench_serving.py, 200k images, 16 connections) 112 q/s against 78 with 32 MiB.
     cache_mib: float = 256.0
+    # How long a caller waits for a worker before it encodes its texts itself. Far above any
+    # real wait (a queue holds at most the server pool's requests, a batch takes ~0.1 s), so
+    # it only fires on a worker that stopped.
+    stall_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_wait_s < 0:
@@ -62,6 +73,8 @@ class TextBatching:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.cache_mib < 0:
             raise ValueError(f"cache_mib must be >= 0, got {self.cache_mib}")
+        if self.stall_s <= 0:
+            raise ValueError(f"stall_s must be positive, got {self.stall_s}")
 
     def cache_entries(self, dim: int) -> int:
         """How many ``dim``-d float32 rows the cache holds."""
@@ -87,6 +100,7 @@ class BatchingStats:
     encoded_texts: int = 0
     cache_hits: int = 0
     direct_calls: int = 0
+    stalls: int = 0
 
 
 class BatchingTextEncoder(TextEncoder):
@@ -119,7 +133,15 @@ class BatchingTextEncoder(TextEncoder):
         if missing:
             request = _Request(missing)
             self._queue.put(request)
-            request.done.wait()
+            if not request.done.wait(self.batching.stall_s):
+                # The worker holding the request may yet answer it; nobody reads that answer.
+                logger.warning(
+                    "text batcher: no answer in %.1f s for %d texts; encoding them directly",
+                    self.batching.stall_s,
+                    len(missing),
+                )
+                self._count(stalls=1, direct_calls=1, encoded_texts=len(texts))
+                return self.inner.encode(texts)
             if request.error is not None:
                 raise request.error
             found = dict(zip(missing, request.rows, strict=True))

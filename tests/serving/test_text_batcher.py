@@ -160,6 +160,27 @@ def test_large_requests_and_empty_ones_bypass_the_queue(tfidf, captions):
     assert batcher.encoder_id == tfidf.encoder_id
 
 
+def test_a_caller_whose_worker_never_answers_encodes_its_texts_itself(tfidf, captions, caplog):
+    """A stalled worker (held here inside the encoder) costs its caller ``stall_s``, not a
+    thread for good; the worker serves again once it comes back."""
+    import time
+
+    gate = threading.Event()
+    counting = Counting(tfidf, gate)
+    batcher = BatchingTextEncoder(counting, TextBatching(workers=1, stall_s=0.3, cache_mib=0))
+    started = time.monotonic()
+    try:
+        rows = batcher.encode(captions[:3])
+    finally:
+        gate.set()
+    assert time.monotonic() - started >= 0.3
+    np.testing.assert_array_equal(rows, tfidf.encode(captions[:3]))
+    assert batcher.stats.stalls == 1 and batcher.stats.direct_calls == 1
+    assert "no answer in 0.3 s for 3 texts" in caplog.text
+    np.testing.assert_array_equal(batcher.encode(captions[3:5]), tfidf.encode(captions[3:5]))
+    assert counting.calls[-1] == captions[3:5] and batcher.stats.stalls == 1
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="max_wait_s"):
         TextBatching(max_wait_s=-1)
@@ -167,3 +188,5 @@ def test_settings_are_checked():
         TextBatching(max_batch=0)
     with pytest.raises(ValueError, match="cache_mib"):
         TextBatching(cache_mib=-1)
+    with pytest.raises(ValueError, match="stall_s"):
+        TextBatching(stall_s=0)
