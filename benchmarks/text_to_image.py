@@ -55,7 +55,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "finetune3": ("fine-tune the top three blocks (block_15, block_16, Conv_1) for 10 epochs "
                   "(the default before)",
                   {"finetune": dataclasses.replace(_FT, trainable_blocks=3, epochs=10)}),
-    "default": ("default: fine-tune the top five blocks (from block_13) for 15 epochs", {}),
+    "default": ("default: fine-tune the top five blocks (from block_13) for 15 epochs, "
+                "scores corrected by each model's query bank", {}),
     "hard": ("default + VSE++ hardest negatives after half the fine-tuning epochs",
              {"finetune": dataclasses.replace(_FT, hard_negatives_from=0.5)}),
     "no_crops": ("default without random crops (photo and mirror only)",
@@ -63,6 +64,7 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "minilm": ("default with MiniLM alone as text features",
                {"text_encoder": "minilm"}),
     "single_seed": ("default with one seed per model instead of three", {"ensemble": 1}),
+    "ensemble5": ("default with five seeds per model instead of three", {"ensemble": 5}),
 }  # fmt: skip
 
 
@@ -187,6 +189,7 @@ def run_recipe(recipe: str, flickr: Path, dev, work: Path) -> list[dict]:
         spec = recorded_image_encoder(models_dir, entry)
         features = dataset_features(dev, work / "dev-features", spec)
         figures = evaluate_joint_model(models_dir, model, features)
+        plain = figures.pop("plain", None)
         rows.append({"recipe": recipe, "what": what, "model": model.split("-", 1)[0],
                      "text_encoder": config.text_encoder, "image_encoder": entry["encoder_id"],
                      "ensemble": config.ensemble, "train_seconds": train_seconds,
@@ -194,6 +197,9 @@ def run_recipe(recipe: str, flickr: Path, dev, work: Path) -> list[dict]:
         t2i, i2t = figures["text_to_image"], figures["image_to_text"]
         note(f"{recipe} {model}: text->image R@1 {t2i['R@1']:.3f} R@5 {t2i['R@5']:.3f} "
              f"R@10 {t2i['R@10']:.3f}; image->text R@1 {i2t['R@1']:.3f}")  # fmt: skip
+        if plain is not None:  # the same model without its query bank's correction
+            rows.append({**rows[-1], **plain, "what": f"{what}, plain scores",
+                         "model": f"{rows[-1]['model']} (no query bank)"})  # fmt: skip
     return rows
 
 
@@ -213,8 +219,11 @@ def write_ablation(args: argparse.Namespace, rows: list[dict], dev) -> None:
         f"photos (indexed by the index job with the model's own image encoder) with all "
         f"{len(dev.captions)} dev captions as queries, exact scoring. `w2vv` and `dual` are "
         "ensembles of the recipe's seeds; `mixed` is the two side by side (what the README "
-        "serves). Train seconds: the whole command on this machine's 2 CPU cores, caches "
-        "(text encoders, bottom activations) shared between rows, so a row after the first "
+        "serves); a `(no query bank)` row is the model above it ranked by plain dot "
+        "products, without the hubness correction of the query bank saved with it "
+        "(`encoders/query_bank.py`). Train seconds: the whole command on this machine's 2 CPU "
+        "cores, caches (text encoders, bottom activations) shared between rows, so a row after "
+        "the first "
         "may not pay for filling them; `imgsearch train joint` on a fresh machine is timed "
         "in the README.",
         "",

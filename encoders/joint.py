@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from encoders.base import l2_normalize
+from encoders.query_bank import QueryBank
 
 KIND_W2VV = "w2vv"
 KIND_DUAL = "dual"
@@ -33,6 +34,7 @@ JOINT_FORMAT_VERSION = 1
 
 TEXT_TOWER = "text_tower"
 IMAGE_TOWER = "image_tower"
+QUERY_BANK = "query_bank"
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "linear": lambda x: x,
@@ -100,6 +102,9 @@ class JointModel:
     features to ``dim`` and are empty for ``w2vv`` (whose space is the image space, so
     ``dim == image_dim``). ``logit_scale`` is the trained inverse temperature (1.0 when the loss
     has none): scores are cosines, a caller wanting calibrated softmax scores multiplies by it.
+    ``query_bank`` (optional; ``encoders.query_bank``) holds training queries in the model's
+    space: whoever ranks with the model subtracts the bias it gives each item (hubness
+    correction). Models saved before it have none and rank by plain scores.
     """
 
     kind: str
@@ -110,6 +115,7 @@ class JointModel:
     text_layers: tuple[DenseLayer, ...]
     image_layers: tuple[DenseLayer, ...] = ()
     logit_scale: float = 1.0
+    query_bank: QueryBank | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in JOINT_KINDS:
@@ -128,6 +134,8 @@ class JointModel:
             raise ValueError(
                 f"the text side gives {text_out}-d vectors, the image side {image_out}"
             )
+        if self.query_bank is not None and self.query_bank.dim != text_out:
+            raise ValueError(f"the query bank is {self.query_bank.dim}-d, the model {text_out}-d")
 
     @property
     def dim(self) -> int:
@@ -166,6 +174,7 @@ class JointModel:
             "logit_scale": float(self.logit_scale),
             TEXT_TOWER: [_layer_config(layer) for layer in self.text_layers],
             IMAGE_TOWER: [_layer_config(layer) for layer in self.image_layers],
+            **({} if self.query_bank is None else {QUERY_BANK: self.query_bank.config()}),
         }
 
     def weights(self) -> dict[str, np.ndarray]:
@@ -175,7 +184,14 @@ class JointModel:
             for position, layer in enumerate(layers):
                 arrays[f"{tower}.{position}.kernel"] = layer.kernel
                 arrays[f"{tower}.{position}.bias"] = layer.bias
+        if self.query_bank is not None:
+            arrays[f"{QUERY_BANK}.texts"] = self.query_bank.texts
+            arrays[f"{QUERY_BANK}.images"] = self.query_bank.images
         return arrays
+
+    def with_query_bank(self, bank: QueryBank | None) -> JointModel:
+        """The same model with ``bank`` (None: without one)."""
+        return dataclasses.replace(self, query_bank=bank)
 
     @classmethod
     def from_arrays(
@@ -210,6 +226,7 @@ class JointModel:
             text_layers=tower(TEXT_TOWER),
             image_layers=tower(IMAGE_TOWER),
             logit_scale=float(config.get("logit_scale", 1.0)),
+            query_bank=_query_bank(config, weights),
         )
         if model.dim != config["dim"]:
             raise ValueError(f"config says dim {config['dim']}, the weights give {model.dim}")
@@ -220,6 +237,19 @@ class JointModel:
             f"JointModel({self.kind!r}, text={self.text_encoder_id!r} ({self.text_dim}-d), "
             f"image={self.image_encoder_id!r} ({self.image_dim}-d), dim={self.dim})"
         )
+
+
+def _query_bank(config: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> QueryBank | None:
+    settings = config.get(QUERY_BANK)
+    if settings is None:
+        return None
+    try:
+        texts, images = weights[f"{QUERY_BANK}.texts"], weights[f"{QUERY_BANK}.images"]
+    except KeyError as err:
+        raise ValueError(f"the weights lack {err.args[0]!r}") from None
+    if (len(texts), len(images)) != (settings["texts"], settings["images"]):
+        raise ValueError("the query bank's config and weights disagree")
+    return QueryBank(texts, images, float(settings["temperature"]), float(settings["strength"]))
 
 
 def _merge_towers(

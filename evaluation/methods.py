@@ -10,7 +10,10 @@ A ``Method`` is scored by dot product (``caption_vectors @ image_vectors.T``), o
 methods whose scores are not one (BM25, Jaccard, tag matching, fused rankings), by its scores
 hook: ``caption_scores`` (every dataset caption x every image, computed once) and
 ``score_queries(texts) -> (Q, images)`` for single serving-style queries. ``scores()`` gives
-the ``(captions, images)`` matrix either way, which is what fusion combines.
+the ``(captions, images)`` matrix either way, which is what fusion combines. A joint model
+with a query bank (``encoders.query_bank``) gives its method ``image_bias`` and
+``caption_bias``: its text->image scores are the dot products minus each image's bias, its
+image->text scores minus each caption's, as the server ranks them.
 """
 
 from __future__ import annotations
@@ -71,6 +74,12 @@ class Method:
     # The scores hook (instead of vectors): (captions, images) and texts -> (Q, images).
     caption_scores: np.ndarray | None = None
     score_queries: Callable[[Sequence[str]], np.ndarray] | None = None
+    # Hubness correction (vector methods of a model with a query bank): per dataset image,
+    # subtracted from text->image scores; per dataset caption, from image->text scores.
+    image_bias: np.ndarray | None = None
+    caption_bias: np.ndarray | None = None
+    # The same correction per row of ``index_vectors`` (table-row order), for the ANN figures.
+    index_bias: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         vectors = self.caption_vectors is not None and self.image_vectors is not None
@@ -85,17 +94,31 @@ class Method:
     def scored_by_hook(self) -> bool:
         return self.caption_scores is not None
 
+    @property
+    def corrected(self) -> bool:
+        """Whether the scores subtract a query bank's bias (not plain dot products)."""
+        return self.image_bias is not None
+
     def scores(self) -> np.ndarray:
-        """``(captions, images)`` scores, higher is better."""
+        """``(captions, images)`` text->image scores, higher is better."""
         if self.caption_scores is not None:
             return self.caption_scores
-        return self.caption_vectors @ self.image_vectors.T
+        return self._minus_image_bias(self.caption_vectors @ self.image_vectors.T)
+
+    def image_to_text_scores(self) -> np.ndarray:
+        """``(images, captions)`` scores of each image's captions (vector methods only)."""
+        scores = self.image_vectors @ self.caption_vectors.T
+        return scores if self.caption_bias is None else scores - self.caption_bias[None]
 
     def query_scores(self, texts: Sequence[str]) -> np.ndarray:
         """``(Q, images)`` scores of new query texts."""
         if self.score_queries is not None:
             return self.score_queries(texts)
-        return np.stack([self.embed_query(t) for t in texts]) @ self.image_vectors.T
+        vectors = np.stack([self.embed_query(t) for t in texts])
+        return self._minus_image_bias(vectors @ self.image_vectors.T)
+
+    def _minus_image_bias(self, scores: np.ndarray) -> np.ndarray:
+        return scores if self.image_bias is None else scores - self.image_bias[None]
 
 
 Family = Callable[[MethodContext], list[Method]]
@@ -176,6 +199,7 @@ def joint_methods(context: MethodContext) -> list[Method]:
         texts = features.dataset.caption_texts
         caption_vectors = joint.embed_text_features(encode_texts(text_encoder, texts))
         image_vectors = joint.embed_image_features(features.image_embeddings)
+        bank = joint.query_bank
 
         def embed_query(text: str, joint=joint, text_encoder=text_encoder) -> np.ndarray:
             return joint.embed_text_features(text_encoder.encode([text]))[0]
@@ -200,6 +224,7 @@ def joint_methods(context: MethodContext) -> list[Method]:
                     "text_encoder_id": joint.text_encoder_id,
                     "image_encoder_id": joint.image_encoder_id,
                     "trained_on": metadata.get("dataset"),
+                    "query_bank": None if bank is None else bank.config(),
                 },
                 caption_vectors=caption_vectors,
                 image_vectors=image_vectors,
@@ -207,6 +232,11 @@ def joint_methods(context: MethodContext) -> list[Method]:
                 ann_name=ann_name,
                 index_vectors=None if index_vectors is None else l2_normalize(index_vectors),
                 ann_search=ann_search,
+                image_bias=None if bank is None else bank.image_bias(image_vectors),
+                caption_bias=None if bank is None else bank.text_bias(caption_vectors),
+                index_bias=None
+                if bank is None or index_vectors is None
+                else bank.image_bias(l2_normalize(index_vectors)),
             )
         )
     return methods

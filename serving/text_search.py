@@ -8,17 +8,24 @@ vector and queries are scored exactly against that projection (BLAS; fine up to 
 hundred thousand images) -- unless the index was built with that same model version
 (``imgsearch index --models DIR --joint_model NAME``): then queries search its joint-space
 ScaNN shard and nothing is projected at load.
+
+A model with a query bank (``encoders.query_bank``) has every indexed image's hubness bias
+computed at load, in the space queries are searched in; a search then takes the top
+``RERANK_DEPTH`` candidates (or the page depth, if deeper) from whichever path above and
+re-sorts them by score minus bias, and the hits carry that corrected score.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 
 from encoders.base import TextEncoder, l2_normalize
 from encoders.joint import KIND_W2VV, JointModel
+from encoders.query_bank import RERANK_DEPTH
 from index.filtered_search import filtered_search
 from index.scann_index import exact_top_k
 from models.artifacts import LATEST
@@ -72,6 +79,28 @@ class TextSearcher:
             if joint.kind == KIND_W2VV or self.uses_joint_index
             else images.vectors.map_chunks(joint.embed_image_features)
         )
+        self.image_bias = self._image_bias()
+
+    def _image_bias(self) -> np.ndarray | None:
+        """Each indexed row's hubness bias in the searched space, or None (no query bank)."""
+        bank = self.joint.query_bank
+        if bank is None:
+            return None
+        started = time.perf_counter()
+        if self._joint_images is not None:
+            bias = bank.image_bias(self._joint_images)
+        elif self.joint.kind == KIND_W2VV:
+            bias = bank.image_bias(self.images.vectors)
+        else:  # the joint shard's vectors, projected a chunk at a time rather than all read
+            embed = self.joint.embed_image_features
+            bias = self.images.vectors.map_chunks(lambda rows: bank.image_bias(embed(rows)))
+        logger.info(
+            "hubness bias of %d images from a bank of %d queries in %.1f s",
+            len(bias),
+            len(bank.texts),
+            time.perf_counter() - started,
+        )
+        return bias
 
     @classmethod
     def load(
@@ -111,6 +140,23 @@ class TextSearcher:
         the query and its words together, to explain each hit). ``allowed``: a boolean mask
         over the index's rows (a metadata filter); only those rows are results.
         """
+        if self.image_bias is None:
+            return self._search_plain(vectors, k, allowed)
+        candidates = self._search_plain(vectors, max(k, RERANK_DEPTH), allowed)
+        return [self._corrected(hits)[:k] for hits in candidates]
+
+    def _corrected(self, hits: list[SearchHit]) -> list[SearchHit]:
+        """``hits`` rescored by score minus bias, best first (ties keep the index's order)."""
+        row_of, bias = self.images.row_of, self.image_bias
+        rescored = [
+            SearchHit(hit.image_id, hit.uri, hit.score - float(bias[row_of(hit.image_id)]))
+            for hit in hits
+        ]
+        return sorted(rescored, key=_by_score)
+
+    def _search_plain(
+        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> list[list[SearchHit]]:
         if self.uses_joint_index:
             return self.images.search_joint_vectors(vectors, k, allowed)
         if self._joint_images is None:
@@ -142,7 +188,10 @@ class TextSearcher:
 
         The dual tower's projection of the index is computed on the first call and kept.
         """
-        vectors = l2_normalize(self.embed_queries(queries))
+        scores = self._plain_scores(l2_normalize(self.embed_queries(queries)))
+        return scores if self.image_bias is None else scores - self.image_bias[None]
+
+    def _plain_scores(self, vectors: np.ndarray) -> np.ndarray:
         if self.joint.kind == KIND_W2VV:
             return self.images.vectors.dot(vectors)
         projected = self._joint_images
@@ -158,3 +207,7 @@ class TextSearcher:
         if not query.strip():
             raise ValueError("empty text query")
         return self.search_many([query], k)[0]
+
+
+def _by_score(hit: SearchHit) -> float:
+    return -hit.score

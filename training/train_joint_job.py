@@ -11,7 +11,10 @@ With no flag beyond ``--dataset``, ``--split`` and ``--out`` it trains the defau
    keeps the CNN frozen and reads its features through the real index job instead);
 3. Word2VisualVec and the dual encoder on the photos' embeddings under that encoder, three
    seeds of each merged into one model (``--ensemble``), and the two side by side as
-   ``mixed-<text encoder>`` (``--no-mixed`` skips it).
+   ``mixed-<text encoder>`` (``--no-mixed`` skips it);
+4. each saved model carries a query bank (``encoders.query_bank``): 1,024 of the split's
+   captions and photos in its space, from which search subtracts each item's hubness
+   (``--query-bank 0`` saves none).
 
 Each step reuses what an earlier run made (fitted text encoders, cached activations, indexed
 features); progress (epochs, held-out R@K, time left) goes through ``training.progress``: a bar
@@ -32,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from encoders.base import EncoderSpec
-from encoders.joint import mixed_joint_model
+from encoders.joint import JointModel, mixed_joint_model
+from encoders.query_bank import DEFAULT_BANK_SIZE, QueryBank, sample_rows
 from encoders.text_registry import (
     FITTED_TEXT_ENCODER_NAMES,
     TEXT_ENCODER_NAMES,
@@ -85,10 +89,14 @@ class TrainJointConfig:
     mixed: bool = True
     # The image CNN's top blocks trained first (training.image_side); 0 keeps it frozen.
     finetune: ImageFineTuneConfig | None = dataclasses.field(default_factory=ImageFineTuneConfig)
+    # Training captions and photos kept with each model for hubness correction; 0: none.
+    query_bank: int = DEFAULT_BANK_SIZE
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
             raise ValueError(f"ensemble must be at least 1, got {self.ensemble}")
+        if self.query_bank < 0:
+            raise ValueError(f"query_bank must be >= 0, got {self.query_bank}")
         if self.finetune is not None and not fine_tunable(self.image_encoder.name):
             raise ValueError(
                 f"--finetune-blocks needs a MobileNetV2 encoder, not {self.image_encoder.name}; "
@@ -155,6 +163,13 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
         default=finetune.views,
         help="views cached per photo: the photo, its mirror, then random resized crops",
     )
+    parser.add_argument(
+        "--query-bank",
+        type=int,
+        default=DEFAULT_BANK_SIZE,
+        help="training captions and photos saved with each model, whose similarity to an item "
+        "is subtracted from its scores (hubness correction; 0: none, plain scores)",
+    )
     args, beam_args = show_defaults(parser).parse_known_args(argv)
     if args.finetune_blocks:
         finetune = dataclasses.replace(
@@ -177,8 +192,23 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainJointConfig, list[str]]:
         ensemble=args.ensemble,
         mixed=args.mixed,
         finetune=finetune if args.finetune_blocks else None,
+        query_bank=args.query_bank,
     )
     return config, beam_args
+
+
+def with_query_bank(
+    model: JointModel, text_feats: np.ndarray, image_feats: np.ndarray, size: int, seed: int = 0
+) -> JointModel:
+    """``model`` with a bank of ``size`` training captions and photos embedded by it (0: none).
+
+    A fixed sample (``seed``), so retraining on the same split keeps the same bank rows.
+    """
+    if size == 0:
+        return model
+    texts = model.embed_text_features(text_feats[sample_rows(len(text_feats), size, seed)])
+    images = model.embed_image_features(image_feats[sample_rows(len(image_feats), size, seed)])
+    return model.with_query_bank(QueryBank(texts, images))
 
 
 def text_encoder_for(config: TrainJointConfig, captions: list[str]) -> TextEncoderSpec:
@@ -256,6 +286,7 @@ def run(
         model = export_ensemble(
             members, text_feats, image_feats, text_encoder.encoder_id, image_side.encoder_id
         )
+        model = with_query_bank(model, text_feats, image_feats, config.query_bank, config.seed)
         history = histories[0]
         metadata = {
             "text_encoder": {**text_spec.to_json(), "encoder_id": text_encoder.encoder_id},
@@ -283,6 +314,7 @@ def run(
             exported["dual"],
         )
         model = mixed_joint_model(w2vv, float(config.ensemble), dual)
+        model = with_query_bank(model, text_feats, image_feats, config.query_bank, config.seed)
         metadata = {
             **{k: v for k, v in dual_meta.items() if k not in ("training_config", "history")},
             "mixed_of": {"w2vv": str(w2vv_folder), "dual": str(dual_folder)},

@@ -95,6 +95,10 @@ def test_metrics_json_schema_and_figures(evaluated):
         # Trained on these very captions: far above chance (10 / 36 = 0.28 for R@10).
         assert t2i["R@10"] > 0.5, (name, t2i)
         assert figures["description"]["model"] == name
+        # Ranked with the hubness correction of the bank saved with it: every training caption
+        # (fewer than the bank's 1,024) and photo.
+        bank = figures["description"]["query_bank"]
+        assert (bank["texts"], bank["images"]) == (5 * NUM_IMAGES, NUM_IMAGES), bank
         assert figures["description"]["image_encoder_id"] == metrics["index"]["encoder_id"]
     assert metrics["index"]["joint_model"].startswith("dual-tfidf/")
     assert (out / "index" / "manifest.json").is_file()  # the real index job's output

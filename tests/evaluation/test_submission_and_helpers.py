@@ -159,3 +159,28 @@ def test_ann_figures_measure_a_real_lossy_scann_tree():
         figures["approximate"]["R@10"] - figures["exact"]["R@10"]
     )
     assert figures["approximate"]["R@10"] <= figures["exact"]["R@10"]
+
+
+def test_a_corrected_method_ranks_by_score_minus_bias_in_both_directions():
+    """Two captions, two images. Image 1 is the nearer image of both captions (a hub) and
+    caption 0 the nearer caption of both images: their biases give each query its own."""
+    from evaluation.eval_job import _evaluate_method
+    from evaluation.methods import Method
+
+    captions = np.array([[1.0, 0.0], [0.6, 0.8]], dtype=np.float32)
+    images = np.array([[0.8, -0.6], [0.9, 0.44]], dtype=np.float32)
+    # Scores (caption, image): [[0.8, 0.9], [0.0, 0.892]].
+    plain = dict(name="m", family="joint", description={}, caption_vectors=captions,
+                 image_vectors=images, embed_query=lambda text: captions[int(text)])  # fmt: skip
+    image_bias, caption_bias = np.array([0.0, 0.3], np.float32), np.array([0.2, 0.0], np.float32)
+    corrected = Method(**plain, image_bias=image_bias, caption_bias=caption_bias)
+    np.testing.assert_allclose(corrected.scores(), captions @ images.T - image_bias[None])
+    np.testing.assert_allclose(corrected.query_scores(["0"]), corrected.scores()[:1])
+    np.testing.assert_allclose(
+        corrected.image_to_text_scores(), images @ captions.T - caption_bias[None]
+    )
+    own = np.array([0, 1])
+    before, after = _evaluate_method(Method(**plain), own, 2), _evaluate_method(corrected, own, 2)
+    assert before.t2i_ranks.tolist() == [2, 1] and after.t2i_ranks.tolist() == [1, 1]
+    assert before.i2t_ranks.tolist() == [1, 2] and after.i2t_ranks.tolist() == [1, 1]
+    assert after.top_rows.tolist() == [[0, 1], [1, 0]]

@@ -195,3 +195,43 @@ def test_joint_fn_refuses_rows_of_another_encoder_version(tmp_path: Path):
     row = {"encoder": FAKE_ID, "embedding": np.ones(64, np.float32) / 8}
     with pytest.raises(ValueError, match=r"takes fake/v0 image vectors.*encoder is fake/v1"):
         list(fn.process(row))
+
+
+def test_a_models_query_bank_reranks_every_search_path_by_score_minus_bias(
+    small_photo_dir: Path, tmp_path: Path
+):
+    """Joint shard, projection and W2VV's image index all rank by score minus each image's
+    bank bias, and their hits carry the corrected score; ``score_all`` subtracts it too."""
+    from encoders.base import l2_normalize
+    from encoders.query_bank import QueryBank
+
+    models, out = tmp_path / "models", tmp_path / "out"
+    dual, folder = _save(models, "dual-test", KIND_DUAL)
+    index_job.run(
+        fake_index_args(
+            small_photo_dir, out, "test-1", "--models", str(models), "--joint_model", "dual-test"
+        )
+    )
+    images = ImageSearcher.load(str(out))
+    stored = images.vectors.decoded()
+    queries = ["a dog on grass", "red car", "two people walking"]
+    rng = np.random.default_rng(7)
+    w2vv, _ = _save(models, "w2vv-test", KIND_W2VV)
+    for model, version in ((dual, ("dual-test", folder.name)), (dual, None), (w2vv, None)):
+        # A bank crowded around one image's direction makes that image a hub.
+        gallery = stored if model.kind == KIND_W2VV else model.embed_image_features(stored)
+        crowd = gallery[:1] + 0.2 * rng.standard_normal((40, model.dim)).astype(np.float32)
+        bank = QueryBank(l2_normalize(crowd), l2_normalize(crowd), temperature=0.05, strength=1)
+        plain = TextSearcher(images, model, HashTextEncoder(), version)
+        corrected = TextSearcher(images, model.with_query_bank(bank), HashTextEncoder(), version)
+        bias = bank.image_bias(gallery)
+        np.testing.assert_allclose(corrected.image_bias, bias, atol=1e-4)
+        expected = l2_normalize(plain.embed_queries(queries)) @ gallery.T - bias[None]
+        np.testing.assert_allclose(corrected.score_all(queries), expected, atol=1e-4)
+        for row, hits in zip(expected, corrected.search_many(queries, 4), strict=True):
+            best = np.argsort(-row, kind="stable")[:4]
+            assert [h.image_id for h in hits] == [images.hit_for_row(r, 0).image_id for r in best]
+            np.testing.assert_allclose([h.score for h in hits], row[best], atol=1e-4)
+        pairs = zip(plain.search_many(queries, 4), corrected.search_many(queries, 4), strict=True)
+        moved = [[h.image_id for h in a] != [h.image_id for h in b] for a, b in pairs]
+        assert any(moved), "the hub's bias changed no ranking: the test shows nothing"

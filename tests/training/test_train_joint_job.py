@@ -46,6 +46,15 @@ def test_both_kinds_saved_with_the_encoders_they_need(trained: Path):
     assert read_metadata(versions["mixed-tfidf"].path)["mixed_of"]["w2vv"].endswith(
         str(versions["w2vv-tfidf"].path.name)
     )
+    # Each model keeps a query bank in its own space: every training caption (395, fewer
+    # than the default 1,024) and photo, for the hubness correction.
+    for name, version in versions.items():
+        config = json.loads((version.path / "config.json").read_text())
+        assert config["query_bank"]["texts"] == metadata["dataset"]["captions"], name
+        assert config["query_bank"]["images"] == metadata["dataset"]["images"], name
+    assert train_joint_job.parse_args(
+        ["--dataset", "d", "--out", "m", "--query-bank", "0"]
+    )[0].query_bank == 0
     # Features were computed once, by the real index job, and are reused by a second run.
     features = list((trained / "features").iterdir())
     assert len(features) == 1 and (features[0] / "manifest.json").is_file()
@@ -108,3 +117,6 @@ def test_evaluate_joint_model_reports_both_directions(trained: Path, coco: Path)
     assert t2i["queries"] == len(dataset.captions) and i2t["queries"] == len(dataset.images)
     assert 0.5 < t2i["R@5"] <= t2i["R@10"] <= 1.0  # the training set: well above chance
     assert i2t["R@1"] <= i2t["R@5"]
+    # The model's query bank ranks them; "plain" holds the dot products' own figures.
+    assert figures["plain"]["text_to_image"]["queries"] == t2i["queries"]
+    assert figures["plain"]["text_to_image"] != t2i or figures["plain"]["image_to_text"] != i2t
