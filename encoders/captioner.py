@@ -210,6 +210,13 @@ class Captioner:
         compared by mean log-probability (length-normalised), so short captions are not
         favoured just for having fewer factors.
         """
+        return [beams[0] for beams in self.beams(spatial, beam, max_len)]
+
+    def beams(
+        self, spatial: np.ndarray, beam: int = 3, max_len: int | None = None
+    ) -> list[list[tuple[list[int], float]]]:
+        """Every final hypothesis of ``beam_search`` per image, best first (the first is its
+        answer): ``beam`` ``(word ids, mean log-probability per token)`` each."""
         spatial = self.check_spatial(spatial)
         n = len(spatial)
         if n == 0:
@@ -252,16 +259,32 @@ class Captioner:
             if done.all():
                 break
         score = total / np.maximum(lengths, 1)
-        top = score.argmax(axis=1)
-        results = []
-        for i in range(n):
-            ids = [int(w) for w in history[i, top[i]] if w != end]
-            results.append((ids[:max_len], float(score[i, top[i]])))
-        return results
+        # Stable: of equal scores the lower beam comes first, as argmax picked it.
+        order = np.argsort(-score, axis=1, kind="stable")
+        return [
+            [
+                ([int(w) for w in history[i, b] if w != end][:max_len], float(score[i, b]))
+                for b in order[i]
+            ]
+            for i in range(n)
+        ]
 
     def caption(self, spatial: np.ndarray, beam: int = 3) -> list[tuple[str, float]]:
         """Spatial maps -> ``(caption text, mean log-probability per token)`` per image."""
         return [(self.vocabulary.decode(ids), s) for ids, s in self.beam_search(spatial, beam)]
+
+    def captions(
+        self, spatial: np.ndarray, beam: int = 3, count: int = 3
+    ) -> list[list[tuple[str, float]]]:
+        """Up to ``count`` distinct captions per image from one beam search, best first (the
+        first is ``caption``'s); beams that decode to the same text are kept once."""
+        found = []
+        for beams in self.beams(spatial, beam):
+            texts: dict[str, float] = {}
+            for ids, score in beams:
+                texts.setdefault(self.vocabulary.decode(ids), score)
+            found.append(list(texts.items())[:count])
+        return found
 
     def save_files(self, folder: Path) -> None:
         self.model.save_weights(folder / WEIGHTS_FILE)

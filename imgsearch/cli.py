@@ -15,6 +15,7 @@
                      [--models MODELS_DIR [--model NAME] [--fused]] [--events DIR]
     imgsearch explain --index DIR --image-id ID (--text "..." --models M | --similar-to ID2)
                       --out heat.png                          (why this image: a heatmap)
+    imgsearch describe --image PATH [--models M] [--index DIR] [--json]   (captions, tags)
     imgsearch words  --word dog [-k 10] | --analogy athens greece oslo   (GloVe neighbours)
     imgsearch dupes  --index DIR [--html report.html] [--json]   (near-duplicate groups)
     imgsearch demo   [--out DIR] [--full]
@@ -507,6 +508,12 @@ def _explain(argv: Sequence[str]) -> int:
     return explain_cli.main(argv)
 
 
+def _describe(argv: Sequence[str]) -> int:
+    from serving import describe_cli
+
+    return describe_cli.main(argv)
+
+
 def _dupes(argv: Sequence[str]) -> int:
     from serving import dupes_cli
 
@@ -646,6 +653,7 @@ COMMANDS = {
     "words": _words,
     "quantize": _quantize,
     "explain": _explain,
+    "describe": _describe,
     "dupes": _dupes,
     "publish": _publish,
     "rollback": _rollback,

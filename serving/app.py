@@ -35,6 +35,7 @@ from ranking.filter_syntax import MAX_FILTER_CHARS
 from serving import event_routes, queries, uploads
 from serving.batch_routes import add_batch_routes
 from serving.config import UPLOAD_CONTENT_TYPES, ServeConfig
+from serving.describe import Describers, describe_upload
 from serving.docs_routes import add_docs_routes
 from serving.explain_routes import add_explain_routes
 from serving.focus_routes import (
@@ -360,6 +361,28 @@ def create_app(
         # Decoding and encoding are CPU work: off the event loop, like the sync handlers.
         result = await run_in_threadpool(
             queries.image_query, current, data, page, config.query_decoder()
+        )
+        return json_response(result)
+
+    describers = app.state.describers = Describers(config.models_dir)
+
+    @app.post(
+        "/api/describe",
+        tags=["images"],
+        summary="Generated captions and tags of an uploaded photo",
+        responses=_errors(400, 413, 415, 422, 429, 503),
+        description=(
+            "The captions (the models directory's captioner, top beams, mean log-probability "
+            "per word) and ImageNet tags the index job would give this photo; 'missing' says "
+            "why either is absent. The image goes as for /api/search/image."
+        ),
+        openapi_extra={"requestBody": {"content": _BINARY_BODY}},
+    )
+    async def describe(request: Request):
+        data = await _read_upload(request, config)
+        current = holder.current
+        result = await run_in_threadpool(
+            describe_upload, current, data, describers, config.query_decoder()
         )
         return json_response(result)
 

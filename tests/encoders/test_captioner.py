@@ -55,6 +55,17 @@ def test_beam_search_is_well_formed_on_unseen_inputs(trained):
         captioner.beam_search(np.zeros((1, 5, 8)))
 
 
+def test_captions_lists_the_distinct_beams_best_first(trained):
+    captioner, spatial, _ = trained
+    best = captioner.caption(spatial, beam=4)
+    for first, listed in zip(best, captioner.captions(spatial, beam=4, count=3), strict=True):
+        assert listed[0] == first and 1 <= len(listed) <= 3
+        assert len({text for text, _ in listed}) == len(listed)
+        scores = [score for _, score in listed]
+        assert scores == sorted(scores, reverse=True)
+    assert [len(c) for c in captioner.captions(spatial, beam=4, count=1)] == [1, 1, 1]
+
+
 def test_save_load_gives_identical_captions(trained, tmp_path):
     import json
 

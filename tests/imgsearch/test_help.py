@@ -10,6 +10,7 @@ COMMANDS = [
     ["index"], ["search"], ["serve"], ["train", "joint"], ["train", "captioner"],
     ["train", "fusion"], ["eval"], ["eval", "score"], ["demo"], ["doctor"], ["publish"],
     ["rollback"], ["versions"], ["quantize"], ["words"], ["explain"], ["train", "hashing"],
+    ["describe"],
 ]  # fmt: skip
 
 
