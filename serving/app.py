@@ -528,6 +528,7 @@ def _add_page_routes(
                 "title": None,
                 "result": None,
                 "reference": None,
+                "description": None,
                 "error": None,
                 "suggestions": word_suggestions(request.app, context.get("q", "")),
                 "events_on": config.events_dir is not None,
@@ -569,9 +570,18 @@ def _add_page_routes(
     async def upload_page(request: Request) -> HTMLResponse:
         bundle = holder.current
         try:
-            data, focus = await read_page_upload(request, config)  # the form's focus field too
+            data, focus, action = await read_page_upload(request, config)  # and form fields
         except HTTPException as exc:
             return render(request, bundle, error=str(exc.detail), status=exc.status_code)
+        if action == "describe":  # the Describe button: captions and tags, no search
+            try:
+                description = await run_in_threadpool(
+                    describe_upload, bundle, data, app.state.describers, config.query_decoder()
+                )
+            except queries.QueryError as exc:
+                return render(request, bundle, error=exc.message, status=exc.status)
+            return render(request, bundle, description=description,
+                          title="What your upload shows")  # fmt: skip
         # Decoding and encoding are CPU work: off the event loop, like the sync handlers.
         try:
             page = PageRequest(config.default_k)

@@ -8,7 +8,8 @@ distinct top beams. The same decode, encoder graph and float16 map as the index 
 photo described here gets the caption and tags its table row would hold (a test checks).
 
 Whatever cannot run is named in ``missing`` (no captioner for this encoder, no head for a
-fine-tuned CNN, ...); when neither can, the describer refuses with those reasons.
+fine-tuned CNN, ...); when neither can, the describer refuses with those reasons (400, as a
+focus the index's encoder cannot give: this server cannot, whatever the photo).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Describer:
         self.missing: dict[str, str] = {}
         if not hasattr(encoder, "encode_with_features"):
             raise QueryError(
-                503,
+                400,
                 f"cannot describe images: the index's encoder {encoder.encoder_id} gives no "
                 f"pooled features or spatial maps (an int8 or fake encoder)",
             )
@@ -69,7 +70,7 @@ class Describer:
                 self._captioner = Captioner.load(resolve_version(models_dir, ref.name, ref.version))
         head = self._tag_head(spec, tag_head)
         if head is None and self._captioner is None:
-            raise QueryError(503, "cannot describe images: " + "; ".join(self.missing.values()))
+            raise QueryError(400, "cannot describe images: " + "; ".join(self.missing.values()))
         self.tag_model = head.version if head is not None else None
         self._features = FeatureEncoder(encoder, head, DEFAULT_TOP_K, self._captioner is not None)
         self._lock = threading.Lock()  # one beam search at a time: it holds N x beam states
@@ -137,7 +138,7 @@ def describe_upload(
     bundle: IndexBundle, data: bytes, describers: Describers, decode: BoundDecoder
 ) -> dict[str, Any]:
     """An uploaded image -> its description under ``bundle``'s encoder (decoded as indexing
-    does; 422 when it is not a usable image, 503 when nothing can describe it)."""
+    does; 422 when it is not a usable image, 400 when nothing can describe it)."""
     encoder = bundle.images.image_encoder()
     spec = EncoderSpec.from_json(bundle.images.manifest.encoder_spec)
     describer = describers.for_encoder(encoder, spec)

@@ -66,9 +66,10 @@ def image_page(app: FastAPI, bundle: IndexBundle, data: bytes, focus: str, page:
     return focused_image_page(app.state.focus, bundle, data, focus, page, config.query_decoder())
 
 
-async def read_page_upload(request: Request, config: ServeConfig) -> tuple[bytes, str]:
-    """The search page's upload: the image (as ``uploads.read_upload`` checks it) and the
-    form's ``focus`` field ("" when absent; a raw-body upload may pass ``?focus=``)."""
+async def read_page_upload(request: Request, config: ServeConfig) -> tuple[bytes, str, str]:
+    """The search page's upload: the image (as ``uploads.read_upload`` checks it), the form's
+    ``focus`` field ("" when absent; a raw-body upload may pass ``?focus=``) and the button
+    pressed (``action``: "describe", else "")."""
     header = request.headers.get("content-type", "")
     try:
         data, parts = await uploads.read_upload_form(
@@ -76,8 +77,10 @@ async def read_page_upload(request: Request, config: ServeConfig) -> tuple[bytes
         )
     except uploads.UploadError as exc:
         raise HTTPException(exc.status, exc.message) from exc
-    focus = request.query_params.get("focus", "")
+    focus, action = request.query_params.get("focus", ""), ""
     for part in parts:
         if part.name == "focus" and part.filename is None:
             focus = part.data.decode("utf-8", "replace")
-    return data, focus.strip()[:MAX_FOCUS_CHARS]
+        elif part.name == "action" and part.filename is None:
+            action = part.data.decode("utf-8", "replace").strip()
+    return data, focus.strip()[:MAX_FOCUS_CHARS], action

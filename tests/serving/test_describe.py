@@ -128,7 +128,7 @@ def test_without_a_captioner_it_tags_and_says_why_there_are_no_captions(indexed,
     spec = _spec(indexed)
     with pytest.raises(QueryError, match=r"no models directory.*no tag head") as refused:
         Describer(create_image_encoder(spec), spec, None, tag_head=None)
-    assert refused.value.status == 503
+    assert refused.value.status == 400
 
 
 def test_the_cli_describes_a_photo(indexed, models, capsys):
@@ -142,3 +142,33 @@ def test_the_cli_describes_a_photo(indexed, models, capsys):
     code = cli.main(["describe", "--image", photo["uri"], "--index", str(indexed)])
     printed = capsys.readouterr().out
     assert code == 0 and "tags: " in printed and "no captions: " in printed
+
+
+def test_the_search_page_describes_an_upload_with_and_without_javascript(indexed, models, browser):
+    from serving.server import BackgroundServer
+    from tests.serving.conftest import wait_until
+
+    row = _rows(indexed)[PHOTOS[0]]
+    config = ServeConfig(index=str(indexed), models_dir=str(models))
+    app = create_app(config, QueryModels())
+    # Without JavaScript: the form posts to /upload with the Describe button's action.
+    with TestClient(app) as client:
+        html = client.post(
+            "/upload",
+            data={"action": "describe"},
+            files={"file": ("p.jpg", Path(row["uri"]).read_bytes(), "image/jpeg")},
+        )
+        assert html.status_code == 200
+        assert f"<li>{row['caption']} " in html.text and "What your upload shows" in html.text
+    with BackgroundServer(create_app(config, QueryModels())) as running:
+        page = browser.new_page()
+        page.goto(running.url + "/")
+        page.set_input_files("#file", row["uri"])
+        page.click("#describe-button")
+        wait_until(page, "document.querySelectorAll('#description li').length > 0")
+        first = page.inner_text("#description li")
+        assert first.startswith(row["caption"]), first
+        assert row["tags"][0]["label"] in page.inner_text("#description .tags")
+        assert page.inner_text("#title") == "What your upload shows"
+        assert page.url == running.url + "/"  # in place, no page load
+        page.close()
