@@ -15,7 +15,7 @@ untouched (batch and serving paths stay the one text graph).
 A ``QueryBank`` holds both directions: ``texts`` (training captions in the model's space)
 give the images' bias for text->image search, ``images`` (training photos) give the captions'
 bias for image->text. On Flickr8k dev with a frozen-CNN dual encoder, 1,024 bank rows gave
-text->image R@1 0.176 -> 0.196 and image->text 0.241 -> 0.251, as good as all 30k captions
+text->image R@1 0.176 -> 0.198 and image->text 0.241 -> 0.251, as good as all 30k captions
 With the default recipe's fine-tuned models, text->image R@1 went 0.275 -> 0.289 (``mixed``)
 and 0.253 -> 0.284 (``w2vv``); ``benchmarks/results/hubness.md`` has every model and the sweep.
 """
@@ -31,12 +31,14 @@ import numpy as np
 # strength 0.5-1, both directions, three model kinds); see benchmarks/results/hubness.md.
 DEFAULT_TEMPERATURE = 0.05
 DEFAULT_STRENGTH = 0.5
-# 1,024 rows did as well as 2,048 and all 30k captions (0.196 against 0.198 and 0.199 R@1), and
+# 1,024 rows did as well as 2,048, 4,096 or all 30k captions (frozen-CNN dual model, dev text->
+# image R@1 0.198 against 0.196, 0.201 and 0.195; 256 gave 0.183), and
 # the bias costs gallery x bank dot products once per loaded index: 13 s per million 1280-d
 # rows on 2 cores at 1,024 (benchmarks/results/hubness.md).
 DEFAULT_BANK_SIZE = 1024
 # Candidates a corrected search takes from the index before re-sorting them by corrected
-# score: on Flickr8k dev re-sorting the top 50 already equalled correcting every image.
+# score: on Flickr8k dev (frozen-CNN dual model) re-sorting the top 50 already equalled
+# correcting all 1,000 images.
 RERANK_DEPTH = 100
 # Gallery rows scored against the bank at a time: bounds memory to chunk x bank floats.
 _CHUNK = 8192
