@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv browser wrk demo test lint format bench lock clean
+.PHONY: venv browser java wrk demo test lint format bench lock clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	test -x $(CHROMIUM) || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
 
+# A headless Java runtime for METEOR (pycocoevalcap runs a Java program): imgsearch eval's
+# caption figures, and its tests.
+java:
+	command -v java || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q default-jre-headless)
+
 # Debian's wrk, the HTTP load generator of benchmarks/bench_serving.py and soak_serving.py.
 wrk:
 	command -v wrk || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
@@ -30,7 +35,7 @@ wrk:
 demo: venv
 	$(BIN)/imgsearch demo --serve
 
-test: venv browser
+test: venv browser java
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

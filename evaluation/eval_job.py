@@ -34,6 +34,7 @@ import numpy as np
 import evaluation.text_methods  # noqa: F401  (registers the tags, caption and fused families)
 from encoders.base import EncoderSpec, l2_normalize
 from encoders.query_bank import RERANK_DEPTH
+from evaluation.captioning import captioning_section
 from evaluation.eval_types import EvalConfig, MethodResult
 from evaluation.methods import (
     Method,
@@ -371,6 +372,9 @@ def run(argv_or_config: Sequence[str] | EvalConfig) -> dict[str, Any]:
         "joint_model": features.table.joint_model or None,
         "scann_params": images.manifest.scann_params,
     }
+    captioning = captioning_section(features)
+    if captioning is not None:  # the index has generated captions: how good are they
+        metrics["captioning"] = captioning
     metrics["provenance"] = {
         "command": config.command or f"evaluation.eval_job.run({config!r})",
         "code_version": code_version(),
@@ -424,6 +428,16 @@ def summary(metrics: dict[str, Any]) -> str:
             f"latency {name}: p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, "
             f"p99 {lat['p99']:.2f} ms ({lat['search']})"
         )
+    captioning = metrics.get("captioning")
+    if captioning is not None:
+        figures = ", ".join(
+            f"{key} " + ("missing" if captioning[key] is None else f"{captioning[key]:.3f}")
+            for key in ("BLEU-1", "BLEU-4", "METEOR", "CIDEr")
+        )
+        lines.append(
+            f"captions {captioning['captioner']} ({captioning['images']} images): {figures}"
+        )
+        lines += [f"  no {part}: {why}" for part, why in captioning.get("missing", {}).items()]
     return "\n".join(lines)
 
 

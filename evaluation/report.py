@@ -89,6 +89,19 @@ is ranked above it).</p>
 <td>{{ l.queries }}</td></tr>{% endfor %}
 </table>
 
+{% if captioning %}
+<h2>Captions ({{ captioning.captioner | e }}, {{ captioning.images }} images)</h2>
+<table id="captioning"><tr><th>BLEU-1</th><th>BLEU-2</th><th>BLEU-3</th><th>BLEU-4</th>
+<th>METEOR</th><th>CIDEr</th></tr><tr>{% for key in ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4",
+"METEOR", "CIDEr"] %}<td>{{ '%.3f' % captioning[key] if captioning[key] is not none
+else 'missing' }}</td>{% endfor %}</tr></table>
+{% for part, why in (captioning.missing or {}).items() %}
+<p class="fail">{{ part }}: {{ why | e }}</p>{% endfor %}
+<div class="thumbs">{% for c in caption_gallery %}<figure class="caption-example">
+<img alt="{{ c.image | e }}" src="data:image/jpeg;base64,{{ c.data }}"><figcaption>
+<b>{{ c.generated | e }}</b>{% for h in c.human %}<br>{{ h | e }}{% endfor %}</figcaption>
+</figure>{% endfor %}</div>{% endif %}
+
 <h2>Plots</h2>
 <img class="plot" alt="Recall@K curves" src="data:image/png;base64,{{ recall_png }}">
 <img class="plot" alt="rank histograms" src="data:image/png;base64,{{ hist_png }}">
@@ -230,6 +243,12 @@ def render_report(
         ("Sample queries", [_gallery_item(dataset, primary, row) for row in spread]),
         ("Worst failures", [_gallery_item(dataset, primary, row) for row in worst]),
     ]
+    uris = dict(dataset.images)
+    captioning = metrics.get("captioning")
+    caption_gallery = [
+        {**example, "data": thumbnail(uris[example["image"]])}
+        for example in (captioning or {}).get("examples", [])
+    ]
     first = next(iter(metrics["methods"].values()))
     descriptions = {name: m["description"] for name, m in metrics["methods"].items()}
     return _TEMPLATE.render(
@@ -242,6 +261,7 @@ def render_report(
         hist_png=rank_histogram_png(results, len(dataset.images)),
         gallery=gallery,
         gallery_top=GALLERY_TOP,
+        caption_gallery=caption_gallery,
         latency=metrics["latency_ms"],
         descriptions=json.dumps(descriptions, indent=2, default=str),
     )

@@ -96,6 +96,42 @@ def train_captioner(
     return history
 
 
+class MeteorUnavailable(RuntimeError):
+    """METEOR could not be computed here (it runs pycocoevalcap's Java program)."""
+
+
+def meteor_score(generated: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """METEOR 1.5 (pycocoevalcap's jar, English, normalised) of ``generated[i]`` against
+    ``references[i]``; ``MeteorUnavailable`` saying what to install when Java is missing."""
+    import shutil
+
+    if len(generated) != len(references) or not generated:
+        raise ValueError(f"{len(generated)} captions for {len(references)} reference sets")
+    if shutil.which("java") is None:
+        raise MeteorUnavailable(
+            "METEOR needs a Java runtime and none is on PATH: `make java` installs Debian's "
+            "default-jre-headless"
+        )
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    res = {i: [_words([text])[0]] for i, text in enumerate(generated)}
+    gts = {i: _words(refs) for i, refs in enumerate(references)}
+    try:
+        meteor = Meteor()
+        try:
+            score, _ = meteor.compute_score(gts, res)
+        finally:
+            del meteor  # its __del__ ends the Java process
+    except (OSError, ValueError) as exc:  # the jar failed to start, or died mid-way
+        raise MeteorUnavailable(f"METEOR's Java program failed: {exc!r}") from exc
+    return float(score)
+
+
+def _words(texts: Sequence[str]) -> list[str]:
+    """Each text as its lower-case words joined by spaces (the project's tokenizer)."""
+    return [" ".join(tokens) for tokens in tokenize_words(list(texts))]
+
+
 def caption_metrics(
     generated: Sequence[str], references: Sequence[Sequence[str]]
 ) -> dict[str, float]:
@@ -106,11 +142,8 @@ def caption_metrics(
     if len(generated) != len(references) or not generated:
         raise ValueError(f"{len(generated)} captions for {len(references)} reference sets")
 
-    def words(texts: Sequence[str]) -> list[str]:
-        return [" ".join(tokens) for tokens in tokenize_words(list(texts))]
-
-    res = {i: words([text]) for i, text in enumerate(generated)}
-    gts = {i: words(refs) for i, refs in enumerate(references)}
+    res = {i: _words([text]) for i, text in enumerate(generated)}
+    gts = {i: _words(refs) for i, refs in enumerate(references)}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
     return {**{f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)}, "CIDEr": float(cider)}

@@ -84,3 +84,17 @@ def test_caption_metrics_with_pycocoevalcap():
     assert perfect["CIDEr"] > poor["CIDEr"] and perfect["BLEU-4"] > poor["BLEU-4"]
     with pytest.raises(ValueError):
         caption_metrics(["a"], [])
+
+
+def test_meteor_with_pycocoevalcaps_java_program_and_without_java(monkeypatch):
+    from training.captioner import MeteorUnavailable, meteor_score
+
+    refs = [["a dog runs on the grass", "a brown dog running"], ["a man rides a bike"]]
+    perfect = meteor_score(["a dog runs on the grass", "a man rides a bike"], refs)
+    poor = meteor_score(["a cat sleeps", "the ocean at night"], refs)
+    assert 0.95 < perfect <= 1.0 and poor < 0.2, (perfect, poor)
+    with pytest.raises(ValueError):
+        meteor_score(["a"], [])
+    monkeypatch.setenv("PATH", "/nonexistent")  # a machine without a Java runtime
+    with pytest.raises(MeteorUnavailable, match="make java"):
+        meteor_score(["a man rides a bike"], refs[1:])

@@ -335,3 +335,44 @@ def test_fused_search_over_the_real_eval_index(evaluated, models: Path):
     assert len(hits) == 5 and hits[0].score >= hits[-1].score
     assert all(set(hit.parts) == {"dual-tfidf", "tags-glove"} and hit.tags for hit in hits)
     assert hits[0].caption is None
+
+
+def test_eval_with_a_captioner_reports_caption_quality(
+    dataset_dir: Path, models: Path, tmp_path: Path, mobilenet_weights: Path
+):
+    """The module's joint models beside a tiny untrained captioner for MobileNetV2 maps: the
+    eval index gets captions, and metrics.json and the report their BLEU/METEOR/CIDEr."""
+    import shutil
+
+    from index.table import read_table_columns
+    from tests.tiny_captioner import save_tiny_captioner
+    from training.captioner import caption_metrics
+
+    with_captioner = tmp_path / "models"
+    shutil.copytree(models, with_captioner, symlinks=True)
+    save_tiny_captioner(with_captioner, mobilenet_weights)
+    out = tmp_path / "eval"
+    code = cli.main(
+        ["eval", "--dataset", str(dataset_dir), "--out", str(out), "--models",
+         str(with_captioner), "--family", "joint", "--family", "caption",
+         "--latency-queries", "5"]
+    )  # fmt: skip
+    assert code == 0
+    section = json.loads((out / "metrics.json").read_text())["captioning"]
+    assert section["images"] == NUM_IMAGES and section["captioner"].startswith("captioner/")
+    for key in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "CIDEr"):
+        assert section[key] is not None and section[key] >= 0, (key, section)
+    assert "missing" not in section  # Java is installed here (make java)
+    # The figures are those of the index's own captions against the human ones.
+    dataset = load_captioned_dataset(dataset_dir, None)
+    ids = sorted(name for name, _ in dataset.images)
+    table = read_table_columns(str(out / "index"), ["caption"], ids)
+    generated = dict(zip(ids, table["caption"], strict=True))
+    human = {name: [t for n, t in dataset.captions if n == name] for name in dataset.image_names}
+    names = dataset.image_names
+    expected = caption_metrics([generated[n] for n in names], [human[n] for n in names])
+    assert section["CIDEr"] == pytest.approx(expected["CIDEr"], abs=1e-9)
+    assert section["BLEU-1"] == pytest.approx(expected["BLEU-1"], abs=1e-9)
+    assert len(section["examples"]) == 8 and section["examples"][0]["human"]
+    report = (out / "report.html").read_text()
+    assert 'id="captioning"' in report and section["examples"][0]["generated"] in report

@@ -9,12 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from encoders.captioner import Captioner, CaptionerConfig, Vocabulary
-from encoders.keras_backbones import resolve_weights
-from encoders.keras_image import GRAPH_VERSION
 from index.table import parquet_files, read_table_columns, table_has_columns
-from models.artifacts import save_model_version
 from pipelines import index_job
+from tests.tiny_captioner import save_tiny_captioner
 
 PHOTOS = ("1001773457_577c3a7d70.jpg", "1002674143_1b742ab4b8.jpg", "1007129816_e794419615.jpg")
 
@@ -22,16 +19,8 @@ PHOTOS = ("1001773457_577c3a7d70.jpg", "1002674143_1b742ab4b8.jpg", "1007129816_
 @pytest.fixture()
 def models(tmp_path: Path, mobilenet_weights: Path) -> Path:
     """A tiny untrained captioner for MobileNetV2 maps: wiring, not quality, is tested here."""
-    weights_tag = resolve_weights("mobilenet_v2", str(mobilenet_weights)).tag
-    encoder_id = f"mobilenet_v2/{GRAPH_VERSION}-{weights_tag}-224"
-    vocabulary = Vocabulary.fit(["a dog on a street", "a man with a hat"], min_count=1)
-    config = CaptionerConfig(
-        vocab_size=len(vocabulary), embed_dim=8, units=16, attention_dim=8, max_len=6,
-        image_encoder_id=encoder_id,
-    )  # fmt: skip
-    captioner = Captioner(config, vocabulary, seed=3)
     models = tmp_path / "models"
-    save_model_version(models, "captioner", config.to_json(), {}, captioner.save_files)
+    save_tiny_captioner(models, mobilenet_weights)
     return models
 
 

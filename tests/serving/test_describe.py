@@ -17,35 +17,25 @@ import pytest
 from fastapi.testclient import TestClient
 
 from encoders.base import EncoderSpec
-from encoders.captioner import Captioner, CaptionerConfig, Vocabulary
 from encoders.imaging import decode_image
-from encoders.keras_backbones import resolve_weights
-from encoders.keras_image import GRAPH_VERSION
 from imgsearch import cli
 from index.manifest import read_manifest
 from index.table import parquet_files
-from models.artifacts import save_model_version
 from pipelines import index_job
 from serving.app import create_app
 from serving.config import ServeConfig
 from serving.describe import Describer
 from serving.query_error import QueryError
 from serving.state import QueryModels
+from tests.tiny_captioner import save_tiny_captioner
 
 PHOTOS = ("1001773457_577c3a7d70.jpg", "1002674143_1b742ab4b8.jpg", "1007129816_e794419615.jpg")
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, mobilenet_weights: Path) -> Path:
-    weights_tag = resolve_weights("mobilenet_v2", str(mobilenet_weights)).tag
-    vocabulary = Vocabulary.fit(["a dog on a street", "a man with a hat"], min_count=1)
-    config = CaptionerConfig(
-        vocab_size=len(vocabulary), embed_dim=8, units=16, attention_dim=8, max_len=6,
-        image_encoder_id=f"mobilenet_v2/{GRAPH_VERSION}-{weights_tag}-224",
-    )  # fmt: skip
-    captioner = Captioner(config, vocabulary, seed=3)
     models = tmp_path_factory.mktemp("describe") / "models"
-    save_model_version(models, "captioner", config.to_json(), {}, captioner.save_files)
+    save_tiny_captioner(models, mobilenet_weights)
     return models
 
 
