@@ -22,6 +22,7 @@ import numpy as np
 from encoders.base import EncoderSpec, ImageEncoder
 from encoders.tags import DEFAULT_TOP_K, SPATIAL_KEY, FeatureEncoder, TagHead
 from serving.query_error import QueryError
+from serving.uploads import decode_upload
 
 if TYPE_CHECKING:
     from encoders.decode_pool import BoundDecoder
@@ -142,9 +143,5 @@ def describe_upload(
     encoder = bundle.images.image_encoder()
     spec = EncoderSpec.from_json(bundle.images.manifest.encoder_spec)
     describer = describers.for_encoder(encoder, spec)
-    try:
-        pixels, width, height = decode(data, encoder.input_size)
-    except ValueError as exc:  # ImageRejected: not an image, a bomb, too small, ...
-        raise QueryError(422, f"image rejected: {exc}") from exc
-    return {"image": {"bytes": len(data), "width": width, "height": height},
-            **describer.describe(pixels)}  # fmt: skip
+    pixels, echo = decode_upload(data, decode, encoder.input_size)
+    return {"image": echo, **describer.describe(pixels)}

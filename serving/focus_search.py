@@ -33,6 +33,7 @@ from serving.query_error import QueryError
 from serving.searcher import ImageSearcher, SearchHit
 from serving.sources import SourceUnavailable, read_source
 from serving.state import IndexBundle
+from serving.uploads import decode_upload
 from storage.files import open_file
 
 _INDEXED_LIMITS = DecodeLimits()  # the indexing defaults: the photo passed them once already
@@ -143,12 +144,8 @@ def focused_image_vector(
     """An encoded image's query vector pooled towards ``focus``, the target and its echo."""
     _check_service(service, bundle)
     target = service.target(focus)
-    try:
-        pixels, width, height = decode(data, bundle.images.image_encoder().input_size)
-    except ValueError as exc:  # ImageRejected: not an image, a bomb, too small, ...
-        raise queries.QueryError(422, f"image rejected: {exc}") from exc
-    vector = service.query_vector(bundle.images, pixels, target)
-    return vector, target, {"bytes": len(data), "width": width, "height": height}
+    pixels, echo = decode_upload(data, decode, bundle.images.image_encoder().input_size)
+    return service.query_vector(bundle.images, pixels, target), target, echo
 
 
 def _why(bundle: IndexBundle, target: FocusTarget, method: str, **extra) -> dict:

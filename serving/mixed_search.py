@@ -34,6 +34,7 @@ from serving.query_error import QueryError
 from serving.searcher import SearchHit
 from serving.state import IndexBundle
 from serving.text_search import TextSearcher
+from serving.uploads import decode_upload
 
 MAX_FEEDBACK_IDS = 100  # relevant + not relevant images in one feedback query
 
@@ -99,12 +100,8 @@ def upload_part(
 ) -> tuple[Part, dict]:
     """An uploaded image as a part (decoded and encoded as indexing does) and its echo."""
     encoder = bundle.images.image_encoder()
-    try:
-        pixels, width, height = decode(data, encoder.input_size)
-    except ValueError as exc:  # ImageRejected: not an image, a bomb, too small, ...
-        raise QueryError(422, f"image rejected: {exc}") from exc
+    pixels, echo = decode_upload(data, decode, encoder.input_size)
     vector = _image_space(text, encoder.encode(pixels[np.newaxis]))[0]
-    echo = {"bytes": len(data), "width": width, "height": height}
     return Part({"part": "image", "source": "upload"}, vector, weight), echo
 
 

@@ -23,6 +23,7 @@ from serving.query_error import QueryError
 from serving.redaction import public_uri
 from serving.searcher import SearchHit
 from serving.state import IndexBundle
+from serving.uploads import decode_upload
 
 
 def image_links(image_id: str) -> dict[str, str]:
@@ -224,12 +225,8 @@ def _fused_text_query(bundle: IndexBundle, text: str, page: PageRequest, started
 def image_vector(bundle: IndexBundle, data: bytes, decode: BoundDecoder) -> tuple[np.ndarray, dict]:
     """An uploaded image -> its query vector (decoded and encoded as indexing does) and echo."""
     encoder = bundle.images.image_encoder()
-    try:
-        pixels, width, height = decode(data, encoder.input_size)
-    except ValueError as exc:  # ImageRejected: not an image, a bomb, too small, ...
-        raise QueryError(422, f"image rejected: {exc}") from exc
-    vector = encoder.encode(pixels[np.newaxis])[0]
-    return vector, {"bytes": len(data), "width": width, "height": height}
+    pixels, echo = decode_upload(data, decode, encoder.input_size)
+    return encoder.encode(pixels[np.newaxis])[0], echo
 
 
 def image_query(bundle: IndexBundle, data: bytes, page: PageRequest, decode: BoundDecoder) -> dict:

@@ -15,12 +15,18 @@ blocked server.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from serving.config import FORM_OVERHEAD, UPLOAD_CONTENT_TYPES
+from serving.query_error import QueryError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from encoders.decode_pool import BoundDecoder
 
 # The most parts a form may have: the page's forms send at most a file and three fields.
 MAX_FORM_PARTS = 16
@@ -168,3 +174,16 @@ async def read_upload_form(
     if not data:
         raise UploadError(400, "empty upload")
     return data, parts
+
+
+def decode_upload(
+    data: bytes, decode: BoundDecoder, size: tuple[int, int]
+) -> tuple[np.ndarray, dict]:
+    """An uploaded image decoded as indexing decodes it (``decode`` at the encoder's input
+    ``size``) -> its pixels and the answer's echo of it; QueryError 422 when it is not a usable
+    image (not an image, a bomb, too small, ...)."""
+    try:
+        pixels, width, height = decode(data, size)
+    except ValueError as exc:  # ImageRejected
+        raise QueryError(422, f"image rejected: {exc}") from exc
+    return pixels, {"bytes": len(data), "width": width, "height": height}
