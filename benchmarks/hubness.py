@@ -35,7 +35,7 @@ from imgsearch import settings
 from models.artifacts import list_models, read_config, read_metadata
 from models.image_encoder import recorded_image_encoder
 from models.query_model import load_query_model
-from ranking.metrics import ranks_from_scores, retrieval_metrics
+from ranking.metrics import image_to_text_ranks, retrieval_metrics, text_to_image_ranks
 from training.captions import load_captioned_dataset
 from training.features import dataset_features
 from training.train_joint_job import encode_texts
@@ -46,17 +46,13 @@ BANK_SIZES = (128, 256, 512)
 KEYS = ("R@1", "R@5", "R@10")
 
 
-def figures(scores: np.ndarray, caption_image: np.ndarray, bank: QueryBank | None, caps, imgs):
-    """Text->image and image->text R@K of ``scores`` (captions x images), corrected by ``bank``."""
-    t2i_scores, i2t_scores = scores, scores.T
+def figures(caps: np.ndarray, imgs: np.ndarray, caption_image: np.ndarray, bank: QueryBank | None):
+    """Text->image and image->text R@K of caption and image vectors, corrected by ``bank``."""
+    image_bias = caption_bias = None
     if bank is not None:
-        t2i_scores = scores - bank.image_bias(imgs)[None]
-        i2t_scores = scores.T - bank.text_bias(caps)[None]
-    captions_of: list[list[int]] = [[] for _ in range(scores.shape[1])]
-    for caption, image in enumerate(caption_image):
-        captions_of[image].append(caption)
-    t2i = retrieval_metrics(ranks_from_scores(t2i_scores, caption_image[:, None]))
-    i2t = retrieval_metrics(ranks_from_scores(i2t_scores, captions_of))
+        image_bias, caption_bias = bank.image_bias(imgs), bank.text_bias(caps)
+    t2i = retrieval_metrics(text_to_image_ranks(caps, imgs, caption_image, item_bias=image_bias))
+    i2t = retrieval_metrics(image_to_text_ranks(imgs, caps, caption_image, item_bias=caption_bias))
     return {"text_to_image": {k: t2i[k] for k in KEYS}, "image_to_text": {k: i2t[k] for k in KEYS}}
 
 
@@ -70,11 +66,11 @@ def model_rows(models_dir: Path, name: str, dev, work: Path) -> list[dict]:
         raise SystemExit(f"{name} has no query bank: retrain it with imgsearch train joint")
     caps = joint.embed_text_features(encode_texts(query.text_encoder, dev.caption_texts))
     imgs = joint.embed_image_features(features.image_embeddings)
-    scores, caption_image = caps @ imgs.T, dev.caption_image_index()
+    caption_image = dev.caption_image_index()
 
     def row(setting: str, bank: QueryBank | None) -> dict:
         return {"model": name, "setting": setting,
-                **figures(scores, caption_image, bank, caps, imgs)}  # fmt: skip
+                **figures(caps, imgs, caption_image, bank)}  # fmt: skip
 
     rows = [row("plain scores", None), row("default", saved)]
     for temperature in TEMPERATURES:

@@ -11,12 +11,7 @@ from typing import Any
 
 from models.artifacts import LATEST
 from models.query_model import load_query_model
-from ranking.metrics import (
-    image_to_text_ranks,
-    ranks_from_scores,
-    retrieval_metrics,
-    text_to_image_ranks,
-)
+from ranking.metrics import image_to_text_ranks, retrieval_metrics, text_to_image_ranks
 from training.features import DatasetFeatures
 from training.train_joint_job import encode_texts
 
@@ -44,26 +39,20 @@ def evaluate_joint_model(
     caption_vecs = joint.embed_text_features(encode_texts(text_encoder, dataset.caption_texts))
     image_vecs = joint.embed_image_features(features.image_embeddings)
     caption_image = dataset.caption_image_index()
-    plain = {
-        "text_to_image": retrieval_metrics(
-            text_to_image_ranks(caption_vecs, image_vecs, caption_image)
-        ),
-        "image_to_text": retrieval_metrics(
-            image_to_text_ranks(image_vecs, caption_vecs, caption_image)
-        ),
-    }
+
+    def figures(image_bias=None, caption_bias=None) -> dict[str, Any]:
+        return {
+            "text_to_image": retrieval_metrics(
+                text_to_image_ranks(caption_vecs, image_vecs, caption_image, item_bias=image_bias)
+            ),
+            "image_to_text": retrieval_metrics(
+                image_to_text_ranks(image_vecs, caption_vecs, caption_image, item_bias=caption_bias)
+            ),
+        }
+
     bank = joint.query_bank
     if bank is None:
-        return plain
+        return figures()
     # As imgsearch eval and the server rank: minus the bias of the bank saved with the model.
-    scores = caption_vecs @ image_vecs.T
-    captions_of: list[list[int]] = [[] for _ in range(len(image_vecs))]
-    for caption, image in enumerate(caption_image):
-        captions_of[image].append(caption)
-    t2i = ranks_from_scores(scores - bank.image_bias(image_vecs)[None], caption_image[:, None])
-    i2t = ranks_from_scores(scores.T - bank.text_bias(caption_vecs)[None], captions_of)
-    return {
-        "text_to_image": retrieval_metrics(t2i),
-        "image_to_text": retrieval_metrics(i2t),
-        "plain": plain,
-    }
+    corrected = figures(bank.image_bias(image_vecs), bank.text_bias(caption_vecs))
+    return {**corrected, "plain": figures()}

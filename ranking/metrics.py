@@ -79,6 +79,16 @@ def _check_vectors(name: str, vectors: np.ndarray, dim: int | None = None) -> np
     return vectors
 
 
+def _check_bias(bias: np.ndarray | None, items: int) -> np.ndarray | float:
+    """The per-item bias as a row to subtract (0.0 for none); ValueError for a wrong length."""
+    if bias is None:
+        return 0.0
+    bias = np.asarray(bias, dtype=np.float32)
+    if bias.shape != (items,):
+        raise ValueError(f"item_bias must have shape ({items},), got {bias.shape}")
+    return bias[None, :]
+
+
 def _check_index(name: str, index: np.ndarray, length: int, num_targets: int) -> np.ndarray:
     index = np.asarray(index, dtype=np.int64)
     if index.shape != (length,):
@@ -93,19 +103,24 @@ def text_to_image_ranks(
     image_vecs: np.ndarray,
     query_image_index: np.ndarray,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    *,
+    item_bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rank of each query's own image among all images, by dot product -> ``(Q,)`` int64.
 
     ``query_image_index[q]`` is the row of ``image_vecs`` that query ``q`` (a caption) describes.
-    Same tie rule as ``ranks_from_scores``; memory is ``block_size x N`` scores at a time.
+    ``item_bias`` (one number per image, e.g. a query bank's hubness bias) is subtracted from
+    every query's scores. Same tie rule as ``ranks_from_scores``; memory is ``block_size x N``
+    scores at a time.
     """
     image_vecs = _check_vectors("image_vecs", image_vecs)
     query_vecs = _check_vectors("query_vecs", query_vecs, image_vecs.shape[1])
     index = _check_index("query_image_index", query_image_index, len(query_vecs), len(image_vecs))
+    bias = _check_bias(item_bias, len(image_vecs))
     ranks = np.empty(len(query_vecs), dtype=np.int64)
     for start in range(0, len(query_vecs), block_size):
         stop = min(start + block_size, len(query_vecs))
-        scores = query_vecs[start:stop] @ image_vecs.T
+        scores = query_vecs[start:stop] @ image_vecs.T - bias
         _check_scores(scores)
         own = scores[np.arange(stop - start), index[start:stop]]
         # ">=" counts the own image too, hence no "1 +": every tie with another image counts.
@@ -118,12 +133,15 @@ def image_to_text_ranks(
     caption_vecs: np.ndarray,
     caption_image_index: np.ndarray,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    *,
+    item_bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rank of each image's best-ranked own caption among all captions -> ``(N,)`` int64.
 
     ``caption_image_index[c]`` is the row of ``image_vecs`` that caption ``c`` describes; every
-    image needs at least one caption (ValueError otherwise). Same tie rule as
-    ``ranks_from_scores``; memory is ``block_size x C`` scores at a time.
+    image needs at least one caption (ValueError otherwise). ``item_bias`` (one number per
+    caption) is subtracted from every image's scores. Same tie rule as ``ranks_from_scores``;
+    memory is ``block_size x C`` scores at a time.
     """
     image_vecs = _check_vectors("image_vecs", image_vecs)
     caption_vecs = _check_vectors("caption_vecs", caption_vecs, image_vecs.shape[1])
@@ -135,10 +153,11 @@ def image_to_text_ranks(
         raise ValueError(
             f"{uncaptioned.size} image(s) have no caption, e.g. rows {uncaptioned[:5].tolist()}"
         )
+    bias = _check_bias(item_bias, len(caption_vecs))
     ranks = np.empty(len(image_vecs), dtype=np.int64)
     for start in range(0, len(image_vecs), block_size):
         stop = min(start + block_size, len(image_vecs))
-        scores = image_vecs[start:stop] @ caption_vecs.T
+        scores = image_vecs[start:stop] @ caption_vecs.T - bias
         _check_scores(scores)
         own = index[None, :] == np.arange(start, stop)[:, None]
         best = np.where(own, scores, -np.inf).max(axis=1)

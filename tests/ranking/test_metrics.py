@@ -95,6 +95,34 @@ def test_blockwise_helpers_match_brute_force() -> None:
     np.testing.assert_array_equal(ranks_from_scores(image_scores, relevant), expected_i2t)
 
 
+def test_blockwise_helpers_subtract_a_per_item_bias() -> None:
+    """``item_bias`` ranks as the score matrix minus one number per item would."""
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((20, 6)).astype(np.float32)
+    caption_image_index = np.repeat(np.arange(20), 2)
+    captions = images[caption_image_index] + rng.standard_normal((40, 6)).astype(np.float32)
+    image_bias = rng.uniform(0, 3, 20).astype(np.float32)
+    caption_bias = rng.uniform(0, 3, 40).astype(np.float32)
+    scores = captions @ images.T
+    for block_size in (1, 7, 1024):
+        np.testing.assert_array_equal(
+            text_to_image_ranks(captions, images, caption_image_index, block_size,
+                                item_bias=image_bias),
+            ranks_from_scores(scores - image_bias[None], [{int(i)} for i in caption_image_index]),
+        )  # fmt: skip
+        relevant = [set(np.flatnonzero(caption_image_index == i).tolist()) for i in range(20)]
+        np.testing.assert_array_equal(
+            image_to_text_ranks(images, captions, caption_image_index, block_size,
+                                item_bias=caption_bias),
+            ranks_from_scores(scores.T - caption_bias[None], relevant),
+        )  # fmt: skip
+    unbiased = text_to_image_ranks(captions, images, caption_image_index)
+    assert (text_to_image_ranks(captions, images, caption_image_index, item_bias=image_bias)
+            != unbiased).any()  # fmt: skip
+    with pytest.raises(ValueError, match="item_bias"):
+        text_to_image_ranks(captions, images, caption_image_index, item_bias=image_bias[:5])
+
+
 def test_image_to_text_needs_a_caption_per_image() -> None:
     with pytest.raises(ValueError, match="no caption"):
         image_to_text_ranks(np.eye(3), np.eye(3)[:2], np.array([0, 1]))
