@@ -212,6 +212,8 @@ def joint_methods(context: MethodContext) -> list[Method]:
         elif table.joint_embeddings is not None and table.joint_model == model_id:
             ann_name, index_vectors = "scann joint index", table.joint_embeddings
             ann_search = _searcher(context.images.search_joint_vectors, table.image_ids)
+        if index_vectors is not None:
+            index_vectors = l2_normalize(index_vectors)
         methods.append(
             Method(
                 name=name,
@@ -230,13 +232,13 @@ def joint_methods(context: MethodContext) -> list[Method]:
                 image_vectors=image_vectors,
                 embed_query=embed_query,
                 ann_name=ann_name,
-                index_vectors=None if index_vectors is None else l2_normalize(index_vectors),
+                index_vectors=index_vectors,
                 ann_search=ann_search,
                 image_bias=None if bank is None else bank.image_bias(image_vectors),
                 caption_bias=None if bank is None else bank.text_bias(caption_vectors),
                 index_bias=None
                 if bank is None or index_vectors is None
-                else bank.image_bias(l2_normalize(index_vectors)),
+                else bank.image_bias(index_vectors),
             )
         )
     return methods
