@@ -1,11 +1,11 @@
 """Caption quality in ``imgsearch eval``: the index's generated captions against the human ones.
 
 When the evaluation index has a ``caption`` column (the models directory holds a captioner
-that fits the encoder; ``eval_job.family_index_args`` adds ``--captioner``), every dataset image's
-generated caption is scored against its human captions with pycocoevalcap: BLEU-1..4, CIDEr and
-METEOR. METEOR runs a Java program; without Java the number is ``None`` and ``missing`` says
-what to install, so it is never dropped silently. ``examples`` are a few images with both
-captions, for the report's gallery.
+that fits the encoder; ``eval_job.extra_index_args`` adds ``--captioner``), every dataset
+image's generated caption is scored against its human captions with pycocoevalcap: BLEU-1..4,
+CIDEr and METEOR. METEOR runs a Java program; without Java the number is ``None`` and
+``missing`` says what to install, so it is never dropped silently. ``examples`` are a few images
+with both captions, for the report's gallery.
 """
 
 from __future__ import annotations

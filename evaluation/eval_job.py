@@ -47,7 +47,7 @@ from evaluation.submission import DEFAULT_TOP_K, score_submission, write_submiss
 from index.scann_index import exact_top_k
 from models.artifacts import code_version
 from models.captioner import resolve_captioner
-from models.image_encoder import is_fine_tuned
+from models.image_encoder import fitting_tag_head
 from models.joint import joint_model_image_encoder
 from ranking.metrics import (
     DEFAULT_KS,
@@ -133,17 +133,11 @@ def _image_encoder(config: EvalConfig, joint_names: list[str]) -> EncoderSpec:
 def extra_index_args(config: EvalConfig, spec: EncoderSpec) -> list[str]:
     """Index flags for the tag and caption families: tags from the assets' ImageNet head when
     the encoder can take it, captions from the models directory's captioner if it has one."""
-    from encoders.tags import check_tag_head, resolve_tag_head
-
     wanted = set(config.families or family_names())
     args: list[str] = []
     if wanted & {"tags", "fused"} and "--tag_head" not in config.beam_args:
         try:
-            head = resolve_tag_head("auto")
-            check_tag_head(head, spec)
-            if is_fine_tuned(spec):
-                raise ValueError(f"the ImageNet head does not fit the fine-tuned {spec.weights}")
-            args += ["--tag_head", str(head)]
+            args += ["--tag_head", str(fitting_tag_head("auto", spec))]
         except (FileNotFoundError, ValueError) as error:
             logger.info("no tags in the evaluation index: %s", error)
     captioners = captioner_names(config.models_dir)

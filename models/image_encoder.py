@@ -61,6 +61,24 @@ def is_fine_tuned(spec: EncoderSpec) -> bool:
     return exists(config) and read_json(config).get("kind") == KIND_IMAGE_ENCODER
 
 
+def fitting_tag_head(head: str, spec: EncoderSpec) -> Path:
+    """The classifier-head file ``head`` names (``"auto"``: the assets' ImageNet head), once it
+    can tag ``spec``'s images: FileNotFoundError when there is none, ValueError when it does not
+    fit (``encoders.tags.check_tag_head``: another width, no pooled features) or ``spec`` is a
+    fine-tuned encoder, whose pooled features the stock CNN's head would mislabel."""
+    from encoders.tags import check_tag_head, resolve_tag_head
+
+    path = resolve_tag_head(head)
+    check_tag_head(path, spec)
+    if is_fine_tuned(spec):
+        raise ValueError(
+            f"--tag_head {head} classifies the stock CNN's pooled features, but {spec.weights} "
+            f"is a fine-tuned encoder (its top blocks changed), so its tags would be wrong; tag "
+            f"images encoded with the stock weights, or go without tags"
+        )
+    return path
+
+
 def recorded_image_encoder(models_dir: str | Path, entry: Mapping[str, Any]) -> EncoderSpec:
     """The image encoder a model's metadata names (its ``image_encoder`` entry).
 

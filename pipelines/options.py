@@ -25,7 +25,6 @@ from encoders.decode_pool import DecodeBudget
 from encoders.imaging import DecodeLimits
 from encoders.precision_choice import PRECISIONS as ENCODER_PRECISIONS
 from encoders.precision_choice import ChoiceContext, choose_encoder, int8_name
-from encoders.tags import check_tag_head, resolve_tag_head
 from encoders.tflite_image import TFLITE_ENCODERS, auto_weights_path
 from index.hash_codes import HashCodes
 from index.metadata_columns import MetadataColumn, infer_from_schema, parse_metadata_columns
@@ -33,7 +32,7 @@ from index.scann_index import QUANTIZE
 from index.schema import EMBEDDING_STORAGES
 from models.captioner import CaptionerRef, resolve_captioner
 from models.hashing import resolve_hash_model
-from models.image_encoder import is_fine_tuned
+from models.image_encoder import fitting_tag_head
 from models.joint import (
     JointModelRef,
     default_dual_model,
@@ -322,15 +321,7 @@ class IndexConfig:
                 raise ValueError(f"{exc}{because}") from None
         tag_head = None
         if opts.tag_head:
-            tag_head = str(resolve_tag_head(opts.tag_head))
-            check_tag_head(tag_head, encoder)
-            if is_fine_tuned(encoder):
-                raise ValueError(
-                    f"--tag_head {opts.tag_head} classifies the stock CNN's pooled features, but "
-                    f"{encoder.weights} is a fine-tuned encoder (its top blocks changed), so its "
-                    f"tags would be wrong; index tags in a run with the stock weights, or drop "
-                    f"--tag_head"
-                )
+            tag_head = str(fitting_tag_head(opts.tag_head, encoder))
         captioner = None
         if opts.captioner:
             try:

@@ -77,21 +77,13 @@ class Describer:
         self._lock = threading.Lock()  # one beam search at a time: it holds N x beam states
 
     def _tag_head(self, spec: EncoderSpec, tag_head: str | None) -> TagHead | None:
-        from encoders.tags import check_tag_head, resolve_tag_head
-        from models.image_encoder import is_fine_tuned
+        from models.image_encoder import fitting_tag_head
 
         if tag_head is None:
             self.missing["tags"] = "no tag head"
             return None
-        if is_fine_tuned(spec):
-            self.missing["tags"] = (
-                f"the tag head classifies the stock CNN's features, not the fine-tuned "
-                f"{self.encoder_id}'s"
-            )
-            return None
         try:
-            path = resolve_tag_head(tag_head)
-            check_tag_head(path, spec)
+            path = fitting_tag_head(tag_head, spec)
         except (FileNotFoundError, ValueError) as exc:
             self.missing["tags"] = str(exc)
             return None

@@ -25,7 +25,7 @@ from encoders.focus import (
     focused_vector,
 )
 from encoders.imaging import DecodeLimits, ImageRejected
-from encoders.tags import TagHead, check_tag_head, resolve_tag_head
+from encoders.tags import TagHead, resolve_tag_head
 from serving import queries
 from serving.mixed_search import Found
 from serving.paging import PageRequest
@@ -64,17 +64,14 @@ class FocusService:
             return self._off[searcher.encoder_id]
 
     def _check(self, searcher: ImageSearcher) -> str | None:
-        from models.image_encoder import is_fine_tuned
+        from models.image_encoder import fitting_tag_head
 
         spec = EncoderSpec.from_json(searcher.manifest.encoder_spec)
         why = "focused search needs a CNN encoder with a spatial feature map and an ImageNet head"
         try:
-            path = resolve_tag_head(self.head_source)
-            check_tag_head(path, spec)
+            path = fitting_tag_head(self.head_source, spec)
         except (FileNotFoundError, ValueError) as exc:
             return f"{why}: {exc}"
-        if is_fine_tuned(spec):
-            return f"{why}: {spec.weights} is fine-tuned, the ImageNet head does not fit it"
         if not hasattr(searcher.image_encoder(), "encode_with_features"):
             return f"{why}: {searcher.encoder_id} gives no spatial map"
         self._head = self._head or TagHead.load(path)
