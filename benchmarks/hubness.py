@@ -22,16 +22,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.datasets import add_flickr8k_arg, flickr8k_dir
 from benchmarks.machine import machine_line
 from encoders.joint import JOINT_KINDS
 from encoders.query_bank import (
+    DEFAULT_BANK_SIZE,
     DEFAULT_STRENGTH,
     DEFAULT_TEMPERATURE,
     QueryBank,
     gallery_bias,
     sample_rows,
 )
-from imgsearch import settings
 from models.artifacts import list_models, read_config, read_metadata
 from models.image_encoder import recorded_image_encoder
 from models.query_model import load_query_model
@@ -149,18 +150,15 @@ def main() -> int:
     parser.add_argument("--names", nargs="*", default=None, help="default: every joint model")
     parser.add_argument("--work", default="/tmp/imgsearch-hubness", help="dev features cache")
     parser.add_argument("--report", default=str(REPO / "benchmarks/results/hubness.md"))
+    add_flickr8k_arg(parser)
     args = parser.parse_args()
-    assets = settings.assets_dir()
-    if assets is None:
-        print(settings.describe_assets_layout(), file=sys.stderr)
-        return 2
-    dev = load_captioned_dataset(assets / "datasets" / "flickr8k", "dev")
+    dev = load_captioned_dataset(flickr8k_dir(parser, args), "dev")
     models_dir = Path(args.models)
     names = args.names or sorted(
         m.name for m in list_models(models_dir) if read_config(m.path).get("kind") in JOINT_KINDS
     )
     rows = [r for name in names for r in model_rows(models_dir, name, dev, Path(args.work))]
-    cost = load_cost(1024)
+    cost = load_cost(DEFAULT_BANK_SIZE)
     report = Path(args.report)
     report.with_suffix(".json").write_text(json.dumps({"rows": rows, "load_cost": cost}, indent=1))
     write_report(report, rows, cost, args.models)
