@@ -57,10 +57,7 @@ def main() -> None:
     if encoder_id != captioner.config.image_encoder_id:
         raise SystemExit(f"captioner takes {captioner.config.image_encoder_id}, got {encoder_id}")
     spatial = np.asarray(spatial, np.float32)
-    references: dict[str, list[str]] = {name: [] for name, _ in images}
-    for name, text in dataset.captions:
-        if name in references:
-            references[name].append(text)
+    references = dataset.captions_by_image()
     refs = [references[name] for name, _ in images]
     rows = {}
     generated = {}

@@ -33,9 +33,7 @@ def captioning_section(features: DatasetFeatures) -> dict[str, Any] | None:
     )
     dataset = features.dataset
     generated = [values[CAPTION][row] for row in features.image_rows]
-    human: dict[str, list[str]] = {name: [] for name in dataset.image_names}
-    for name, text in dataset.captions:
-        human[name].append(text)
+    human = dataset.captions_by_image()
     references = [human[name] for name in dataset.image_names]
     section: dict[str, Any] = {
         "images": len(generated),

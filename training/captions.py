@@ -120,6 +120,13 @@ class CaptionedDataset:
     def caption_texts(self) -> list[str]:
         return [caption for _, caption in self.captions]
 
+    def captions_by_image(self) -> dict[str, list[str]]:
+        """Each image's captions, in the dataset's order (every image a key, captioned or not)."""
+        by_image: dict[str, list[str]] = {name: [] for name, _ in self.images}
+        for name, caption in self.captions:
+            by_image[name].append(caption)
+        return by_image
+
     def caption_image_index(self) -> np.ndarray:
         """``(num_captions,)`` int64: the row in ``images`` of each caption's image."""
         row_of = {name: row for row, (name, _) in enumerate(self.images)}

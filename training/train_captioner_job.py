@@ -115,10 +115,7 @@ def evaluate_captioner(
     started = time.perf_counter()
     generated = captioner.caption(np.asarray(spatial, np.float32), beam=config.beam)
     seconds = time.perf_counter() - started
-    references: dict[str, list[str]] = {name: [] for name, _ in images}
-    for name, text in dataset.captions:
-        if name in references:
-            references[name].append(text)
+    references = dataset.captions_by_image()
     texts = [text for text, _ in generated]
     metrics = caption_metrics(texts, [references[name] for name, _ in images])
     examples = [

@@ -79,6 +79,8 @@ def test_captioned_folder(tmp_path: Path) -> None:
         ("a.png", "ball on grass"),
     ]
     np.testing.assert_array_equal(dataset.caption_image_index(), [0, 1, 0])
+    assert dataset.captions_by_image() == {"a.png": ["a red ball", "ball on grass"],
+                                           "b.jpg": ["a dog runs"]}  # fmt: skip
     assert dataset.summary() == {
         "path": str(root),
         "layout": LAYOUT_FOLDER,
