@@ -36,6 +36,12 @@ _NO_HEADER_LIMITS = DecodeLimits(
 )
 
 
+# Far longer than any deadline below on any CPU (12 s here, a 2-core Xeon): the pool must stop
+# it, not a fast machine finish it first (1,000 repeats, 2.4 s here, once beat a 2 s deadline
+# in CI).
+_SLOW_JPEG = repeated_scans_jpeg(2000, 5000)
+
+
 @pytest.fixture(scope="module")
 def pool():
     started = DecodePool(DecodeBudget(workers=1, memory_bytes=96 * 2**20, timeout_s=1.0))
@@ -65,10 +71,9 @@ def test_a_whole_answer_fits_in_the_pipes(pool, coco_photos) -> None:
 
 
 def test_a_decode_past_its_deadline_is_stopped_and_the_worker_replaced(pool, coco_photos) -> None:
-    slow = repeated_scans_jpeg(2000, 1000)  # about 3 s of CPU on a 2-core EPYC
     started = time.monotonic()
     with pytest.raises(ImageRejected, match=r"decoding took longer than 1 s \(stopped\)"):
-        pool.decode(slow, (224, 224), _NO_HEADER_LIMITS)
+        pool.decode(_SLOW_JPEG, (224, 224), _NO_HEADER_LIMITS)
     assert time.monotonic() - started < 2.5
     data = coco_photos[0].read_bytes()  # the replacement worker answers
     assert pool.decode(data, (64, 64), DecodeLimits())[1:] == decode_image(data, (64, 64))[1:]
@@ -88,7 +93,7 @@ def test_a_worker_that_dies_mid_decode_is_a_rejection_and_is_replaced(pool, coco
     pid = pool._all[0].process.pid
     threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
     with pytest.raises(ImageRejected, match="decoder process died on this file"):
-        pool.decode(repeated_scans_jpeg(2000, 1000), (224, 224), _NO_HEADER_LIMITS)
+        pool.decode(_SLOW_JPEG, (224, 224), _NO_HEADER_LIMITS)
     assert pool._all[0].process.pid != pid
     pool.decode(coco_photos[0].read_bytes(), (64, 64), DecodeLimits())
 
@@ -100,7 +105,7 @@ def test_a_caller_that_finds_every_worker_busy_is_told_when_to_retry(coco_photos
 
         def decode_slowly() -> None:
             try:
-                busy.decode(repeated_scans_jpeg(2000, 1000), (64, 64), _NO_HEADER_LIMITS)
+                busy.decode(_SLOW_JPEG, (64, 64), _NO_HEADER_LIMITS)
             except ImageRejected as exc:
                 outcome.append(exc.reason)
 
@@ -154,7 +159,7 @@ def test_thumbnails_come_from_the_workers_under_the_same_guards(pool, coco_photo
         assert max(thumb.size) == 96 and thumb.format == "JPEG"
         assert abs(thumb.width / thumb.height - photo.width / photo.height) < 0.05
     with pytest.raises(ImageRejected, match=r"took longer than 1 s \(stopped\)"):
-        pool.thumbnail(repeated_scans_jpeg(2000, 1000), 96, _NO_HEADER_LIMITS)
+        pool.thumbnail(_SLOW_JPEG, 96, _NO_HEADER_LIMITS)
     with pytest.raises(ImageRejected, match="scans"):
         pool.thumbnail(repeated_scans_jpeg(2000, 1000), 96, DecodeLimits())
     assert bound_thumbnailer(DecodeLimits())(data, 96) == jpeg  # in-process, same bytes
