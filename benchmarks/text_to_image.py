@@ -59,6 +59,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
                 "scores corrected by each model's query bank", {}),
     "hard": ("default + VSE++ hardest negatives after half the fine-tuning epochs",
              {"finetune": dataclasses.replace(_FT, hard_negatives_from=0.5)}),
+    "long": ("default with 25 fine-tuning epochs instead of 15",
+             {"finetune": dataclasses.replace(_FT, epochs=25)}),
     "no_crops": ("default without random crops (photo and mirror only)",
                  {"finetune": dataclasses.replace(_FT, views=2)}),
     "minilm": ("default with MiniLM alone as text features",
