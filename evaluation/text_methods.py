@@ -22,7 +22,7 @@ import numpy as np
 from encoders.text_match import CAPTION_METHODS, make_caption_scorer
 from evaluation.methods import Method, MethodContext, family_methods, register_family
 from index.schema import CAPTION, CAPTION_MODEL, TAG_MODEL, TAGS
-from index.table import read_table_columns, table_has_columns
+from index.table import read_caption_texts, read_table_columns, table_has_columns
 from models.fusion_weights import fusion_weights
 from ranking.fusion import reciprocal_rank_fusion, weighted_fusion
 
@@ -88,7 +88,9 @@ def tag_methods(context: MethodContext) -> list[Method]:
     return [_scored_method("tags-glove", "tags", description, score, captions)]
 
 
-def _caption_scorers(documents: list[str]) -> dict[str, Callable[[Sequence[str]], np.ndarray]]:
+def _caption_scorers(
+    documents: list[list[str]],
+) -> dict[str, Callable[[Sequence[str]], np.ndarray]]:
     scorers = {}
     for name in CAPTION_METHODS:
         try:
@@ -104,8 +106,12 @@ def caption_methods(context: MethodContext) -> list[Method]:
     if not table_has_columns(context.features.index_dir, [CAPTION]):
         logger.info("no caption column in the evaluation index: no caption methods")
         return []
-    documents, model = _image_column(context, CAPTION, CAPTION_MODEL)
-    captions = context.features.dataset.caption_texts
+    _, model = _image_column(context, CAPTION, CAPTION_MODEL)
+    features = context.features
+    # Every beam the index job kept (``captions``; the one ``caption`` of an older table).
+    texts = read_caption_texts(features.index_dir, features.table.image_ids)
+    documents = [texts[r] for r in features.image_rows]
+    captions = features.dataset.caption_texts
     return [
         _scored_method(name, "caption", {"captioner": model}, score, captions)
         for name, score in _caption_scorers(documents).items()

@@ -65,6 +65,9 @@ class ImageInfo:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     caption: str | None = None
     caption_score: float | None = None
+    # Every distinct caption of its beam search, best first ({text, score}; the first is
+    # ``caption``); an older table's one caption.
+    captions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     tags: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # {label, score}
 
     @classmethod

@@ -94,6 +94,24 @@ CAPTION_SCORE = "caption_score"
 
 CAPTION_MODEL = "caption_model"
 
+# Every distinct caption of the row's beam search, best first (the first is ``caption``):
+# text matching scores an image by its best-matching caption, which finds more of the photos a
+# query describes than the top beam alone (``encoders.text_match``).
+CAPTIONS = "captions"
+
+CAPTIONS_TYPE = pa.list_(pa.struct([("text", pa.string()), ("score", pa.float32())]))
+
+
+def caption_list(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A row's ``captions`` (``[{"text", "score"}]``, best first); for a row of a table written
+    before that column, its one ``caption``; None for a row without captions."""
+    if row.get(CAPTIONS) is not None:
+        return row[CAPTIONS]
+    if row.get(CAPTION) is None:
+        return None
+    return [{"text": row[CAPTION], "score": row.get(CAPTION_SCORE)}]
+
+
 # Semantic-hashing codes of ``embedding`` (``--hash_model``, ``index.hash_codes``): the packed
 # bits (``index.hamming.pack_bits``, bits / 8 bytes) and the hashing model's ``name/version``.
 HASH_CODE = "hash_code"
@@ -124,7 +142,9 @@ def embedding_table_schema(
     neither column. ``tags`` adds ``tags`` (classifier tags, best first:
     ``list<struct<label, score>>``) and ``tag_model`` (the head's version); ``captions`` adds
     ``caption`` (a generated description), ``caption_score`` (its mean log-probability per
-    token) and ``caption_model`` (the captioner's ``name/version``). ``attributes`` adds the
+    token), ``caption_model`` (the captioner's ``name/version``) and ``captions`` (every
+    distinct caption of the beam search, best first, as ``list<struct<text, score>>``; tables
+    written before it have only ``caption``, ``caption_list`` reads both). ``attributes`` adds the
     typed metadata columns as one struct column (``index.metadata_columns``). ``hash_bits``
     adds ``hash_code`` (the embedding's semantic-hashing code, ``hash_bits / 8`` bytes) and
     ``hash_model`` (the hashing model's ``name/version``). All are optional
@@ -159,6 +179,7 @@ def embedding_table_schema(
             pa.field(CAPTION, pa.string(), nullable=False),
             pa.field(CAPTION_SCORE, pa.float32(), nullable=False),
             pa.field(CAPTION_MODEL, pa.string(), nullable=False),
+            pa.field(CAPTIONS, CAPTIONS_TYPE, nullable=False),
         ]
     if attributes:
         joint_fields.append(pa.field(ATTRIBUTES, attributes_type(attributes), nullable=False))

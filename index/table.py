@@ -18,7 +18,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from encoders.base import l2_normalize
-from index.schema import EMBEDDING_SCALE, JOINT_EMBEDDING, JOINT_MODEL, STORAGE_TYPES
+from index.schema import (
+    CAPTION,
+    CAPTIONS,
+    EMBEDDING_SCALE,
+    JOINT_EMBEDDING,
+    JOINT_MODEL,
+    STORAGE_TYPES,
+)
 from index.shards import shard_of_ids
 from index.stored_vectors import StoredVectors
 from storage.files import join_path, list_files, open_file
@@ -432,6 +439,15 @@ def read_table_columns(
     if lost:
         raise ValueError(f"{len(lost)} table rows missing from the columns read, e.g. {lost[:3]}")
     return {column: [by_id[i][column] for i in image_ids] for column in columns}
+
+
+def read_caption_texts(out_dir: str, image_ids: Sequence[str]) -> list[list[str]]:
+    """Each image's generated captions, best first, in ``image_ids`` order: its ``captions``,
+    or for a table written before that column, its one ``caption``. KeyError without either."""
+    if table_has_columns(out_dir, [CAPTIONS]):
+        cells = read_table_columns(out_dir, [CAPTIONS], image_ids)[CAPTIONS]
+        return [[caption["text"] for caption in cell] for cell in cells]
+    return [[text] for text in read_table_columns(out_dir, [CAPTION], image_ids)[CAPTION]]
 
 
 def parquet_files(folder: str) -> list[str]:

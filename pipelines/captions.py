@@ -4,8 +4,9 @@
 the same weights even if ``LATEST`` moves). The encode step keeps each image's spatial feature
 map on its row (``encoders.tags.SPATIAL_KEY``, the same backbone pass as the embedding);
 ``AddCaptions`` batches rows, runs beam search once per batch with a captioner loaded once per
-worker (``DoFn.setup``), writes ``caption``, ``caption_score`` and ``caption_model``, and drops
-the map before the table write.
+worker (``DoFn.setup``), writes ``caption``, ``caption_score``, ``caption_model`` and
+``captions`` (every distinct beam, best first: up to ``--caption_beam`` of them), and drops the
+map before the table write.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import apache_beam as beam
 import numpy as np
 
 from encoders.tags import SPATIAL_KEY
-from index.schema import CAPTION, CAPTION_MODEL, CAPTION_SCORE
+from index.schema import CAPTION, CAPTION_MODEL, CAPTION_SCORE, CAPTIONS
 from models.artifacts import resolve_version
 from models.captioner import CaptionerRef
 
@@ -43,11 +44,13 @@ class CaptionBatchFn(beam.DoFn):
                 f"encoder is {rows[0]['encoder']}"
             )
         spatial = np.stack([row[SPATIAL_KEY] for row in rows]).astype(np.float32)
-        captions = self._captioner.caption(spatial, beam=self.ref.beam)
-        for row, (text, score) in zip(rows, captions, strict=True):
+        beam = self.ref.beam
+        found = self._captioner.captions(spatial, beam=beam, count=beam)
+        for row, captions in zip(rows, found, strict=True):
             out = {key: value for key, value in row.items() if key != SPATIAL_KEY}
-            yield {**out, CAPTION: text, CAPTION_SCORE: float(score),
-                   CAPTION_MODEL: self.ref.model_id}  # fmt: skip
+            listed = [{"text": text, "score": float(score)} for text, score in captions]
+            yield {**out, CAPTION: listed[0]["text"], CAPTION_SCORE: listed[0]["score"],
+                   CAPTION_MODEL: self.ref.model_id, CAPTIONS: listed}  # fmt: skip
 
 
 class AddCaptions(beam.PTransform):

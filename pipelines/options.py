@@ -189,11 +189,17 @@ class IndexOptions(PipelineOptions):
         parser.add_argument(
             "--captioner",
             default="",
-            help="a captioner in --models: adds caption, caption_score and caption_model "
-            "columns (beam search, --caption_beam wide); the models' dual model, if any, still "
-            "adds the joint column (--joint_model none: captions only)",
+            help="a captioner in --models: adds caption, caption_score, caption_model and "
+            "captions (every distinct beam, best first) columns (beam search, --caption_beam "
+            "wide); the models' dual model, if any, still adds the joint column (--joint_model "
+            "none: captions only)",
         )
-        parser.add_argument("--caption_beam", type=int, default=3)
+        parser.add_argument(
+            "--caption_beam",
+            type=int,
+            default=3,
+            help="beam width of the caption search, and the most captions kept per image",
+        )
         parser.add_argument(
             "--hash_model",
             default="",

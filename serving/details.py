@@ -24,13 +24,14 @@ import pyarrow.parquet as pq
 
 from index.manifest import IndexManifest
 from index.metadata_columns import ATTRIBUTES, json_ready
+from index.schema import caption_list
 from storage.files import join_path, open_file
 
 # Columns shown as image details when the table has them (older tables may lack some).
 DETAIL_COLUMNS = ("width", "height", "num_bytes", "sha256", "duplicate_uris", "metadata")
-# What the tagging and captioning stages add (pipelines.types TAGS, CAPTION, CAPTION_SCORE),
-# and the typed metadata columns (index.metadata_columns ATTRIBUTES).
-DESCRIPTION_COLUMNS = ("tags", "caption", "caption_score", ATTRIBUTES)
+# What the tagging and captioning stages add (index.schema TAGS, CAPTION, CAPTION_SCORE,
+# CAPTIONS), and the typed metadata columns (index.metadata_columns ATTRIBUTES).
+DESCRIPTION_COLUMNS = ("tags", "caption", "caption_score", "captions", ATTRIBUTES)
 
 
 class ImageDetails:
@@ -116,6 +117,8 @@ class ImageDetails:
             "source_metadata": source_metadata,
             "caption": described.get("caption"),
             "caption_score": described.get("caption_score"),
+            # Every beam the index kept, best first; an older table's one caption.
+            "captions": caption_list(described) or [],
             "tags": described.get("tags") or [],
         }
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from index.schema import CAPTION, TAGS
-from index.table import read_table_columns, table_has_columns
+from index.table import read_caption_texts, read_table_columns, table_has_columns
 from ranking.fusion import reciprocal_rank_fusion, weighted_fusion
 from serving.searcher import ImageSearcher
 from serving.text_search import TextSearcher
@@ -53,6 +53,7 @@ class FusedSearcher:
         weights: dict[str, float] | None = None,
         caption_method: str = DEFAULT_CAPTION_METHOD,
         tag_synonyms: Sequence[Sequence[str]] = (),
+        caption_beams: Sequence[Sequence[str]] | None = None,
     ) -> None:
         from encoders.text_match import make_caption_scorer
 
@@ -69,7 +70,10 @@ class FusedSearcher:
         wanted = {n for n, w in weights.items() if w} if weights else {caption_method, TAG_METHOD}
         if self.captions is not None:
             for name in sorted(w for w in wanted if w.startswith("caption-")):
-                self._scorers[name] = make_caption_scorer(name, self.captions)
+                # Each image scores as its best-matching beam (``captions``), when the
+                # index kept them; ``captions`` (the top beam) is what a hit shows.
+                documents = caption_beams if caption_beams is not None else self.captions
+                self._scorers[name] = make_caption_scorer(name, documents)
         self._matcher = None
         if self.tags is not None:  # matched for the explanations even when not scored
             from encoders.glove import load_glove
@@ -125,8 +129,9 @@ class FusedSearcher:
             synonyms = TagHead.load(resolve_tag_head("auto")).synonyms
         except FileNotFoundError:
             pass
+        beams = read_caption_texts(index_dir, ids) if CAPTION in values else None
         return cls(joints, values.get(CAPTION), values.get(TAGS), weights, caption_method,
-                   synonyms)  # fmt: skip
+                   synonyms, beams)  # fmt: skip
 
     @property
     def methods(self) -> list[str]:

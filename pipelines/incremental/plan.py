@@ -24,7 +24,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from index.schema import JOINT_EMBEDDING, JOINT_MODEL, expanded_row
+from index.schema import CAPTIONS, JOINT_EMBEDDING, JOINT_MODEL, caption_list, expanded_row
 from index.table import TABLE_DIR
 from index.update_policy import UpdateDecision
 from pipelines.transforms import choose_unique
@@ -194,11 +194,15 @@ def refreshed_row(stored: dict[str, Any], refresh: Refresh) -> dict[str, Any]:
     """A stored table row under the current identity, float32 as the writer takes it.
 
     Its joint columns go unless they are of this run's joint model: recomputed downstream
-    when the run adds joint embeddings, absent from a run without them.
+    when the run adds joint embeddings, absent from a run without them. A row of a table
+    written before the ``captions`` column gets its one ``caption`` as the list (re-captioning
+    it would need its image decoded and encoded again).
     """
     row = expanded_row(stored)
     if refresh.joint != JOINT_KEEP:
         row = {k: v for k, v in row.items() if k not in (JOINT_EMBEDDING, JOINT_MODEL)}
+    if row.get(CAPTIONS) is None and caption_list(row) is not None:
+        row = {**row, CAPTIONS: caption_list(row)}
     return {
         **row,
         "image_id": refresh.image_id,

@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from index.table import parquet_files, read_table_columns, table_has_columns
+from index.table import parquet_files, read_caption_texts, read_table_columns, table_has_columns
 from pipelines import index_job
+from serving.details import ImageDetails
 from tests.tiny_captioner import save_tiny_captioner
 
 PHOTOS = ("1001773457_577c3a7d70.jpg", "1002674143_1b742ab4b8.jpg", "1007129816_e794419615.jpg")
@@ -44,10 +45,29 @@ def test_index_job_adds_caption_and_tag_columns(assets_dir, tmp_path, models, mo
         assert np.isfinite(row["caption_score"]) and row["caption_score"] <= 0
         assert row["caption_model"].startswith("captioner/")
         assert len(row["tags"]) == 5
-    assert table_has_columns(str(out), ["caption", "tags"])
+        # Every distinct beam of the width-3 search, best first: the first is the caption.
+        texts = [c["text"] for c in row["captions"]]
+        assert 1 <= len(texts) <= 3 and len(set(texts)) == len(texts)
+        assert row["captions"][0] == {"text": row["caption"], "score": row["caption_score"]}
+        scores = [c["score"] for c in row["captions"]]
+        assert scores == sorted(scores, reverse=True)
+    assert table_has_columns(str(out), ["caption", "tags", "captions"])
     ids = sorted(table.column("image_id").to_pylist())
-    columns = read_table_columns(str(out), ["caption"], ids)
+    columns = read_table_columns(str(out), ["caption", "captions"], ids)
     assert len(columns["caption"]) == 3
+    beams = read_caption_texts(str(out), ids)
+    assert beams == [[c["text"] for c in cell] for cell in columns["captions"]]
+    details = ImageDetails(table).describe(ids[0])
+    assert details["captions"] == columns["captions"][0]
+
+    # A table written before the captions column: each image's one caption is its list.
+    older = tmp_path / "older"
+    (older / "table").mkdir(parents=True)
+    pq.write_table(table.drop_columns(["captions"]), older / "table" / "part-0.parquet")
+    assert read_caption_texts(str(older), ids) == [[text] for text in columns["caption"]]
+    assert ImageDetails(table.drop_columns(["captions"])).describe(ids[0])["captions"] == [
+        {"text": columns["caption"][0], "score": details["caption_score"]}
+    ]
 
 
 def test_captioner_flags_are_checked_before_launch(tmp_path, models):

@@ -134,6 +134,16 @@ def test_refreshed_int8_rows_reach_the_writer_as_float32():
     assert EMBEDDING_SCALE not in row and row["embedding"] == pytest.approx([1.0, 0.0])
 
 
+def test_a_refreshed_row_of_a_table_before_the_captions_column_lists_its_one_caption():
+    decision = plan_content("aa", [_hashed("/c/new.jpg")], [_key("/c/old.jpg")], PLAN)
+    old = {"image_id": "x", "embedding": [1.0], "caption": "a dog", "caption_score": -0.5}
+    row = refreshed_row(old, decision.refresh)
+    assert row["captions"] == [{"text": "a dog", "score": -0.5}]
+    beams = [{"text": "a dog", "score": -0.5}, {"text": "a brown dog", "score": -0.7}]
+    assert refreshed_row({**old, "captions": beams}, decision.refresh)["captions"] == beams
+    assert "captions" not in refreshed_row({"image_id": "x", "embedding": [1.0]}, decision.refresh)
+
+
 # --- real runs ---------------------------------------------------------------------------------
 
 
