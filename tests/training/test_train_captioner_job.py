@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from encoders.base import EncoderSpec
 from encoders.captioner import Captioner
 from imgsearch import cli
 from models.artifacts import resolve_version
@@ -45,3 +46,25 @@ def test_bad_flags_are_refused(flickr, tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["train", "captioner", "--dataset", str(flickr), "--out", str(tmp_path),
                   "--epochs", "0"])  # fmt: skip
+
+
+def test_the_captioner_learns_the_maps_of_the_encoder_the_index_job_takes(tmp_path) -> None:
+    """No --encoder: the default joint model's encoder (a fine-tuned one, weights found in the
+    models directory), as the index job picks it; flags still win; no joint model: stock."""
+    from models.artifacts import save_model_version
+    from training.train_captioner_job import captioned_encoder
+
+    models = tmp_path / "models"
+    assert captioned_encoder(str(models)) == EncoderSpec()
+    weights = models / "image-mobilenet_v2_flip" / "v1" / "backbone.weights.h5"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"fine-tuned")
+    relative = "image-mobilenet_v2_flip/v1/backbone.weights.h5"
+    recorded = {"name": "mobilenet_v2_flip", "weights": "/elsewhere/backbone.weights.h5",
+                "image_size": 224, "models_file": relative}  # fmt: skip
+    save_model_version(models, "dual-tfidf", {"kind": "dual"}, {"image_encoder": recorded},
+                       lambda out: None)  # fmt: skip
+    fine_tuned = EncoderSpec(name="mobilenet_v2_flip", weights=str(weights), image_size=224)
+    assert captioned_encoder(str(models)) == fine_tuned
+    assert captioned_encoder(str(models), weights="w.h5").weights == "w.h5"
+    assert captioned_encoder(str(models), "mobilenet_v2") == EncoderSpec(name="mobilenet_v2")
