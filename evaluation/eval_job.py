@@ -18,7 +18,6 @@ figures that a quality gate could read as a pass.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -48,7 +47,7 @@ from index.scann_index import exact_top_k
 from models.artifacts import code_version
 from models.captioner import resolve_captioner
 from models.image_encoder import fitting_tag_head
-from models.joint import joint_model_image_encoder
+from models.joint import flagged_image_encoder
 from ranking.metrics import (
     DEFAULT_KS,
     image_to_text_ranks,
@@ -115,18 +114,6 @@ def parse_args(argv: Sequence[str]) -> EvalConfig:
         gallery_failures=args.gallery_failures,
         beam_args=tuple(beam_args),
         command=shlex.join(["imgsearch", "eval", *argv]),
-    )
-
-
-def _image_encoder(config: EvalConfig, joint_names: list[str]) -> EncoderSpec:
-    """The flags' encoder, else the one the first joint model was trained on."""
-    spec = EncoderSpec()
-    if joint_names:
-        spec = joint_model_image_encoder(config.models_dir, joint_names[0])
-    if config.encoder and config.encoder != spec.name:
-        spec = EncoderSpec(name=config.encoder)  # another architecture: its own default weights
-    return dataclasses.replace(
-        spec, name=config.encoder or spec.name, weights=config.weights or spec.weights
     )
 
 
@@ -283,7 +270,9 @@ def index_for_methods(
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = _image_encoder(config, joint_names)
+    spec = flagged_image_encoder(  # the flags', else the first joint model's encoder
+        config.models_dir, joint_names[0] if joint_names else "", config.encoder, config.weights
+    )
     index_args: list[str] = []
     dual = [name for name in joint_names if name.startswith("dual-")]
     if dual:  # a joint ScaNN shard, so text queries of that model run on ScaNN as in serving

@@ -86,3 +86,31 @@ def joint_model_image_encoder(models_dir: str, name: str) -> EncoderSpec:
     return recorded_image_encoder(
         models_dir, read_metadata(resolve_version(models_dir, name)).get("image_encoder", {})
     )
+
+
+def flagged_image_encoder(
+    models_dir: str,
+    joint_model: str,
+    encoder: str = "",
+    weights: str = "",
+    image_size: int | None = None,
+) -> EncoderSpec:
+    """The image encoder a job builds from its flags: ``encoder``, ``weights`` and
+    ``image_size`` where given, the rest from the encoder ``joint_model`` (a name in
+    ``models_dir``; ``""`` for none) was trained on, fine-tuned weights included, else the stock
+    defaults. Another architecture than the joint model's takes its own default weights.
+
+    The index job, ``imgsearch eval`` and the captioner's training all resolve it here, so a
+    captioner trained without flags takes the maps of the encoder an index of the same models
+    is built with.
+    """
+    spec = EncoderSpec()
+    if joint_model:
+        spec = joint_model_image_encoder(models_dir, joint_model)
+    if encoder and encoder != spec.name:
+        spec = EncoderSpec(name=encoder)  # another architecture: its own default weights
+    return EncoderSpec(
+        name=encoder or spec.name,
+        weights=weights or spec.weights,
+        image_size=image_size or spec.image_size,
+    )

@@ -36,7 +36,7 @@ from models.image_encoder import fitting_tag_head
 from models.joint import (
     JointModelRef,
     default_dual_model,
-    joint_model_image_encoder,
+    flagged_image_encoder,
     resolve_joint_model,
 )
 from pipelines.workers import workers_have_gpu
@@ -311,7 +311,9 @@ class IndexConfig:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", version):
             raise ValueError(f"--run_version may hold letters, digits, '.', '_', '-': {version!r}")
         joint_name, implicit = _joint_model_name(opts)
-        encoder = _image_encoder(opts, joint_name)
+        encoder = flagged_image_encoder(
+            opts.models, joint_name, opts.encoder, opts.weights, opts.image_size
+        )
         encoder = _precision_encoder(options, encoder, joint_name)
         # A refusal caused by the default joint model (or the encoder taken from it) says so.
         because = ""
@@ -579,18 +581,3 @@ def _previous_encoder(previous: str) -> str | None:
         return read_manifest(index_dir).encoder_spec.get("name")
     except (OSError, ValueError):
         return None
-
-
-def _image_encoder(opts: Any, joint_model: str = "") -> EncoderSpec:
-    """The flags' encoder; what they leave out comes from the ``joint_model`` (the encoder it was
-    trained on, fine-tuned weights included), else the stock defaults."""
-    spec = EncoderSpec()
-    if joint_model:
-        spec = joint_model_image_encoder(opts.models, joint_model)
-    if opts.encoder and opts.encoder != spec.name:
-        spec = EncoderSpec(name=opts.encoder)  # another architecture: its own default weights
-    return EncoderSpec(
-        name=opts.encoder or spec.name,
-        weights=opts.weights or spec.weights,
-        image_size=opts.image_size or spec.image_size,
-    )

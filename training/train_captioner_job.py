@@ -24,8 +24,7 @@ import numpy as np
 from encoders.base import EncoderSpec
 from encoders.captioner import Captioner, CaptionerConfig, Vocabulary
 from models.artifacts import save_model_version
-from models.joint import joint_model_image_encoder
-from models.query_model import default_joint_model
+from models.joint import default_dual_model, flagged_image_encoder
 from runtime.arguments import command_parser, show_defaults
 from training.captioner import CaptionerTraining, caption_metrics, train_captioner
 from training.captions import load_captioned_dataset
@@ -113,25 +112,15 @@ def parse_args(argv: Sequence[str]) -> TrainCaptionerConfig:
 
 def captioned_encoder(models_dir: str, encoder: str = "", weights: str = "") -> EncoderSpec:
     """The encoder a captioner is trained on: the flags', and what they leave out from the
-    models directory's default joint model (the encoder the index job takes from it, so the
-    captioner fits the index), else the stock defaults.
+    models directory's dual model that an index job adds by default (the encoder the index job
+    takes from it, so the captioner fits the index), else the stock defaults.
 
     A captioner on the fine-tuned encoder of the default recipe writes captions of the same
     quality as on the stock one (Flickr8k dev: BLEU-4 0.169 and CIDEr 0.437 after 600 s, against
     0.167 and 0.429 after 720 s) that retrieve far better (caption-minilm text->image R@10 0.362
     against 0.301), and it is the only one an index of that encoder can run.
     """
-    spec = EncoderSpec()
-    if not encoder:
-        try:
-            spec = joint_model_image_encoder(models_dir, default_joint_model(models_dir))
-        except FileNotFoundError:
-            pass  # no joint model (yet): the stock encoder
-    elif encoder != spec.name:
-        spec = EncoderSpec(name=encoder)  # another architecture: its own default weights
-    return EncoderSpec(
-        name=encoder or spec.name, weights=weights or spec.weights, image_size=spec.image_size
-    )
+    return flagged_image_encoder(models_dir, default_dual_model(models_dir) or "", encoder, weights)
 
 
 def evaluate_captioner(
