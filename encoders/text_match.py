@@ -108,8 +108,7 @@ def make_caption_scorer(name: str, documents: Sequence[str | Sequence[str]]):
     over the top beam alone from 0.285 to 0.301 with caption-minilm and from 0.178 to 0.199
     with caption-bm25; one document of the beams joined gained BM25 nothing (measured
     offline). The word statistics (IDF, BM25's lengths) are of the captions, not of images.
-    ``caption-minilm`` raises FileNotFoundError/ImportError
-    when MiniLM is not installed.
+    ``caption-minilm`` raises FileNotFoundError/ImportError when MiniLM is not installed.
     """
     groups = [[entry] if isinstance(entry, str) else list(entry) or [""] for entry in documents]
     flat = [caption for group in groups for caption in group]

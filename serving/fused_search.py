@@ -108,8 +108,13 @@ class FusedSearcher:
         from models.query_model import default_joint_model
 
         ids = [images.hit_for_row(i, 0.0).image_id for i in range(len(images))]
-        columns = [c for c in (CAPTION, TAGS) if table_has_columns(index_dir, [c])]
-        values = read_table_columns(index_dir, columns, ids) if columns else {}
+        tags = None
+        if table_has_columns(index_dir, [TAGS]):
+            tags = read_table_columns(index_dir, [TAGS], ids)[TAGS]
+        # Every beam the index kept; the first is the ``caption`` a hit shows.
+        beams = (
+            read_caption_texts(index_dir, ids) if table_has_columns(index_dir, [CAPTION]) else None
+        )
         joint_names = {m.name for m in list_models(models_dir) if m.kind in JOINT_KINDS}
         fitted = fusion_weights(models_dir)
         weights = fitted[0] if fitted is not None else None
@@ -129,9 +134,8 @@ class FusedSearcher:
             synonyms = TagHead.load(resolve_tag_head("auto")).synonyms
         except FileNotFoundError:
             pass
-        beams = read_caption_texts(index_dir, ids) if CAPTION in values else None
-        return cls(joints, values.get(CAPTION), values.get(TAGS), weights, caption_method,
-                   synonyms, beams)  # fmt: skip
+        captions = None if beams is None else [texts[0] for texts in beams]
+        return cls(joints, captions, tags, weights, caption_method, synonyms, beams)
 
     @property
     def methods(self) -> list[str]:

@@ -201,8 +201,9 @@ def refreshed_row(stored: dict[str, Any], refresh: Refresh) -> dict[str, Any]:
     row = expanded_row(stored)
     if refresh.joint != JOINT_KEEP:
         row = {k: v for k, v in row.items() if k not in (JOINT_EMBEDDING, JOINT_MODEL)}
-    if row.get(CAPTIONS) is None and caption_list(row) is not None:
-        row = {**row, CAPTIONS: caption_list(row)}
+    listed = caption_list(row)
+    if listed is not None:
+        row = {**row, CAPTIONS: listed}
     return {
         **row,
         "image_id": refresh.image_id,
